@@ -1,0 +1,62 @@
+//! Failures a user can act on, each with the advice the helpers print after it.
+
+use crate::ifname::IfNameError;
+
+/// A failure whose cause is known well enough to tell the user what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line does not follow QEMU's contract (`HELPER IFNAME`).
+    #[error("{0}")]
+    Usage(String),
+    /// The interface name QEMU passed cannot be a kernel interface name.
+    #[error("bad interface name")]
+    BadInterfaceName(#[source] IfNameError),
+    /// A setting from the environment does not parse.
+    #[error("{key}={value:?} is invalid: {reason}")]
+    BadSetting {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// The tap QEMU named is not there (QEMU creates it before running the script).
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    /// kvm-ifup needs a bridge that the system set up.
+    #[error("bridge {0} does not exist")]
+    NoBridge(String),
+    /// The bridge's name is taken by a link of another kind.
+    #[error("{name} is a {kind} link, not a bridge")]
+    NotABridge { name: String, kind: String },
+    /// A command kvm-net runs is not installed.
+    #[error("the {0} command is not installed")]
+    MissingTool(&'static str),
+    /// The tap itself is a bridge or is the bridge.
+    #[error("{0} is a bridge, not a VM's tap")]
+    TapIsBridge(String),
+}
+
+impl Error {
+    /// What the user should do next, printed after the cause.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "QEMU runs this helper as `HELPER IFNAME`; see --help",
+            Error::BadInterfaceName(_) => "pass the tap's name as QEMU does (-netdev tap,ifname=NAME,script=...)",
+            Error::BadSetting { .. } => "fix or unset the variable in the environment QEMU is started from",
+            Error::NoSuchInterface(_) => "create the tap first (QEMU does this itself before running the script)",
+            Error::NoBridge(_) => {
+                "create the bridge first (ip link add br0 type bridge), set KVM_NET_BRIDGE to an existing one, or use kvm-natup for a NAT network"
+            }
+            Error::NotABridge { .. } => "rename or delete that link, or set KVM_NET_BRIDGE to another bridge name",
+            Error::MissingTool(_) => "install it (Debian and Ubuntu: apt-get install iptables; Fedora: dnf install iptables-nft)",
+            Error::TapIsBridge(_) => "pass the VM's tap interface, not the bridge",
+        }
+    }
+
+    /// Exit status: 2 for a wrong invocation, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) | Error::BadInterfaceName(_) => 2,
+            _ => 1,
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The four operations QEMU's `script=`/`downscript=` run, each a short
+//! sequence of kernel requests that is safe to repeat and to run concurrently.
+
+use std::future::Future;
+
+use anyhow::{Context, Result};
+
+use crate::config::NetworkConfig;
+use crate::error::Error;
+use crate::firewall::{nat_chains, Firewall, IptablesFirewall};
+use crate::ifname::IfName;
+use crate::lock::BridgeLock;
+use crate::netlink::{Link, Netlink};
+use crate::sysctl::enable_ipv4_forwarding;
+use crate::trace::trace;
+
+/// Runs one operation on a single-threaded runtime: a helper makes a handful of
+/// sequential netlink requests and needs nothing more.
+fn block_on<T>(operation: impl Future<Output = Result<T>>) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the netlink runtime")?;
+    runtime.block_on(operation)
+}
+
+/// The tap QEMU named: it must exist and must not be a bridge.
+async fn require_tap(netlink: &Netlink, tap: &IfName) -> Result<Link> {
+    match netlink.link_by_name(tap.as_str()).await? {
+        None => Err(Error::NoSuchInterface(tap.to_string()).into()),
+        Some(link) if link.is_bridge() => Err(Error::TapIsBridge(tap.to_string()).into()),
+        Some(link) => Ok(link),
+    }
+}
+
+/// A link named `bridge`, if there is one, refusing a link of another kind.
+async fn find_bridge(netlink: &Netlink, bridge: &IfName) -> Result<Option<Link>> {
+    match netlink.link_by_name(bridge.as_str()).await? {
+        Some(link) if !link.is_bridge() => Err(Error::NotABridge {
+            name: bridge.to_string(),
+            kind: link.kind.unwrap_or_else(|| "device".to_owned()),
+        }
+        .into()),
+        found => Ok(found),
+    }
+}
+
+/// `kvm-ifup`: puts the tap on an existing bridge (bridged and isolated modes).
+pub fn ifup(tap: &IfName, config: &NetworkConfig) -> Result<()> {
+    block_on(async {
+        let netlink = Netlink::connect()?;
+        let port = require_tap(&netlink, tap)
+            .await
+            .with_context(|| format!("checking interface {tap}"))?;
+        let bridge = find_bridge(&netlink, &config.bridge)
+            .await
+            .and_then(|found| {
+                found.ok_or_else(|| Error::NoBridge(config.bridge.to_string()).into())
+            })
+            .with_context(|| format!("attaching {tap} to bridge {}", config.bridge))?;
+        trace(format_args!(
+            "attaching {tap} to {} (mtu {})",
+            bridge.name, bridge.mtu
+        ));
+        netlink.attach(&port, &bridge).await
+    })
+}
+
+/// `kvm-ifdown`: takes the tap off its bridge and sets it down; a tap that is
+/// already gone or detached is fine.
+pub fn ifdown(tap: &IfName) -> Result<()> {
+    block_on(async {
+        let netlink = Netlink::connect()?;
+        match netlink.link_by_name(tap.as_str()).await? {
+            None => {
+                trace(format_args!("{tap} is gone already"));
+                Ok(())
+            }
+            Some(link) if link.is_bridge() => Err(Error::TapIsBridge(tap.to_string()).into()),
+            Some(link) => netlink.detach_and_down(&link).await,
+        }
+    })
+}
+
+/// `kvm-natup`: makes the NAT network whole (bridge, address, forwarding,
+/// rules), then attaches the tap. Undoes what it created if a step fails,
+/// because QEMU does not run the downscript after a failed up-script.
+pub fn natup(tap: &IfName, config: &NetworkConfig) -> Result<()> {
+    let _lock = BridgeLock::acquire(&config.bridge)?;
+    let firewall = IptablesFirewall::new();
+    block_on(async {
+        let netlink = Netlink::connect()?;
+        let port = require_tap(&netlink, tap)
+            .await
+            .with_context(|| format!("checking interface {tap}"))?;
+        let existing = find_bridge(&netlink, &config.bridge)
+            .await
+            .with_context(|| format!("checking bridge {}", config.bridge))?;
+        let (bridge, created) = match existing {
+            Some(bridge) => (bridge, false),
+            None => (create_bridge(&netlink, &config.bridge).await?, true),
+        };
+        let result = complete_nat_network(&netlink, &firewall, &port, &bridge, config).await;
+        if let (Err(_), true) = (&result, created) {
+            trace(format_args!(
+                "undoing: removing bridge {} and its rules",
+                bridge.name
+            ));
+            // Best effort: the first error is the one worth reporting.
+            let _ = firewall.remove(&nat_chains(&config.bridge, config.subnet()));
+            let _ = netlink.delete(&bridge).await;
+        }
+        result
+    })
+}
+
+async fn create_bridge(netlink: &Netlink, name: &IfName) -> Result<Link> {
+    trace(format_args!("creating bridge {name}"));
+    match netlink
+        .create_managed_bridge(name.as_str(), bridge_mac(name))
+        .await?
+    {
+        Some(bridge) => Ok(bridge),
+        // Someone outside kvm-net's lock created it first: use theirs if it is a bridge.
+        None => find_bridge(netlink, name)
+            .await?
+            .with_context(|| format!("bridge {name} appeared and vanished")),
+    }
+}
+
+async fn complete_nat_network(
+    netlink: &Netlink,
+    firewall: &impl Firewall,
+    port: &Link,
+    bridge: &Link,
+    config: &NetworkConfig,
+) -> Result<()> {
+    let name = &config.bridge;
+    netlink.ensure_ipv4(bridge, config.address).await?;
+    if !bridge.up {
+        netlink.set_up(bridge).await?;
+    }
+    enable_ipv4_forwarding()?;
+    firewall
+        .ensure(&nat_chains(name, config.subnet()))
+        .with_context(|| format!("setting up NAT rules for bridge {name}"))?;
+    trace(format_args!(
+        "attaching {} to {name} (mtu {})",
+        port.name, bridge.mtu
+    ));
+    netlink.attach(port, bridge).await
+}
+
+/// `kvm-natdown`: detaches the tap; when no other port is left, removes
+/// kvm-net's rules for the bridge and, if kvm-net created it, the bridge.
+pub fn natdown(tap: &IfName, config: &NetworkConfig) -> Result<()> {
+    let lock = BridgeLock::acquire(&config.bridge)?;
+    let firewall = IptablesFirewall::new();
+    let chains = nat_chains(&config.bridge, config.subnet());
+    let bridge_gone = block_on(async {
+        let netlink = Netlink::connect()?;
+        let port = netlink.link_by_name(tap.as_str()).await?;
+        if let Some(port) = &port {
+            if port.is_bridge() {
+                return Err(Error::TapIsBridge(tap.to_string()).into());
+            }
+            netlink.detach_and_down(port).await?;
+        }
+        let Some(bridge) = netlink.link_by_name(config.bridge.as_str()).await? else {
+            trace(format_args!(
+                "bridge {} is gone; removing any rules left for it",
+                config.bridge
+            ));
+            firewall.remove(&chains)?;
+            return Ok(true);
+        };
+        if !bridge.is_bridge() {
+            return Ok(false);
+        }
+        // QEMU runs the downscript while the tap is still a port: never count it.
+        let others: Vec<Link> = netlink
+            .ports_of(&bridge)
+            .await?
+            .into_iter()
+            .filter(|link| Some(link.index) != port.as_ref().map(|p| p.index))
+            .collect();
+        if !others.is_empty() {
+            trace(format_args!(
+                "bridge {} keeps {} port(s)",
+                bridge.name,
+                others.len()
+            ));
+            return Ok(false);
+        }
+        firewall
+            .remove(&chains)
+            .with_context(|| format!("removing NAT rules for bridge {}", bridge.name))?;
+        if !bridge.is_managed() {
+            trace(format_args!(
+                "bridge {} is not kvm-net's; leaving it",
+                bridge.name
+            ));
+            return Ok(false);
+        }
+        trace(format_args!("deleting bridge {}", bridge.name));
+        netlink.delete(&bridge).await?;
+        Ok(true)
+    })?;
+    if bridge_gone {
+        lock.remove_file()?;
+    }
+    Ok(())
+}
+
+/// A stable, locally administered MAC for a bridge kvm-net creates: a bridge
+/// without one takes the lowest MAC of its ports, which changes as VMs come
+/// and go and makes guests' ARP caches stale.
+pub fn bridge_mac(bridge: &IfName) -> [u8; 6] {
+    // FNV-1a: tiny, stable across releases and platforms.
+    let hash = bridge
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let [a, b, c, d, e, ..] = hash.to_be_bytes();
+    [0x02, a, b, c, d, e]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_mac_is_unicast_locally_administered_and_stable() {
+        let name = IfName::parse("br0").expect("valid");
+        let mac = bridge_mac(&name);
+        assert_eq!(mac[0] & 0x01, 0, "unicast");
+        assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
+        assert_eq!(mac, bridge_mac(&name));
+        assert_ne!(mac, bridge_mac(&IfName::parse("br1").expect("valid")));
+    }
+}

@@ -1,0 +1,13 @@
+//! kvm-net's core: everything the tap helpers do, so that each binary is only
+//! a call to [`cli::main`].
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod firewall;
+pub mod helpers;
+pub mod ifname;
+pub mod lock;
+pub mod netlink;
+pub mod sysctl;
+pub mod trace;

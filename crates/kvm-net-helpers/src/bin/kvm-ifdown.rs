@@ -1,0 +1,9 @@
+//! `kvm-ifdown IFNAME`: run by QEMU as a tap script; see `kvm-ifdown --help`.
+
+use std::process::ExitCode;
+
+use kvm_net_core::cli::{main as run, Helper};
+
+fn main() -> ExitCode {
+    run(Helper::IfDown)
+}

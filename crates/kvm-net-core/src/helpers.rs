@@ -157,7 +157,7 @@ pub fn natdown(tap: &IfName, config: &NetworkConfig) -> Result<()> {
     let lock = BridgeLock::acquire(&config.bridge)?;
     let firewall = IptablesFirewall::new();
     let chains = nat_chains(&config.bridge, config.subnet());
-    let bridge_gone = block_on(async {
+    let network_gone = block_on(async {
         let netlink = Netlink::connect()?;
         let port = netlink.link_by_name(tap.as_str()).await?;
         if let Some(port) = &port {
@@ -166,47 +166,48 @@ pub fn natdown(tap: &IfName, config: &NetworkConfig) -> Result<()> {
             }
             netlink.detach_and_down(port).await?;
         }
-        let Some(bridge) = netlink.link_by_name(config.bridge.as_str()).await? else {
-            trace(format_args!(
-                "bridge {} is gone; removing any rules left for it",
-                config.bridge
-            ));
-            firewall.remove(&chains)?;
-            return Ok(true);
+        let bridge = match netlink.link_by_name(config.bridge.as_str()).await? {
+            Some(bridge) if bridge.is_bridge() => bridge,
+            Some(_) => return Ok(true),
+            None => {
+                trace(format_args!(
+                    "bridge {} is gone; removing any rules left for it",
+                    config.bridge
+                ));
+                firewall.remove(&chains)?;
+                return Ok(true);
+            }
         };
-        if !bridge.is_bridge() {
-            return Ok(false);
-        }
         // QEMU runs the downscript while the tap is still a port: never count it.
-        let others: Vec<Link> = netlink
+        let others = netlink
             .ports_of(&bridge)
             .await?
             .into_iter()
             .filter(|link| Some(link.index) != port.as_ref().map(|p| p.index))
-            .collect();
-        if !others.is_empty() {
+            .count();
+        if others > 0 {
             trace(format_args!(
-                "bridge {} keeps {} port(s)",
-                bridge.name,
-                others.len()
+                "bridge {} keeps {others} port(s)",
+                bridge.name
             ));
             return Ok(false);
         }
         firewall
             .remove(&chains)
             .with_context(|| format!("removing NAT rules for bridge {}", bridge.name))?;
-        if !bridge.is_managed() {
+        if bridge.is_managed() {
+            trace(format_args!("deleting bridge {}", bridge.name));
+            netlink.delete(&bridge).await?;
+        } else {
             trace(format_args!(
                 "bridge {} is not kvm-net's; leaving it",
                 bridge.name
             ));
-            return Ok(false);
         }
-        trace(format_args!("deleting bridge {}", bridge.name));
-        netlink.delete(&bridge).await?;
         Ok(true)
     })?;
-    if bridge_gone {
+    // Nothing of kvm-net's is left for this bridge: neither is its lock file.
+    if network_gone {
         lock.remove_file()?;
     }
     Ok(())

@@ -1,0 +1,35 @@
+# kvm-net: build static helpers, run the test suite, run the demo.
+#   make test    set up, build, run every test (needs root: it makes network namespaces)
+#   make build   static, stripped helpers in $(BIN_DIR)
+SHELL := /bin/bash
+CARGO ?= cargo
+MUSL := x86_64-unknown-linux-musl
+GNU := x86_64-unknown-linux-gnu
+# musl when installed (tests/setup.sh adds it), else glibc linked statically.
+TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx $(MUSL) && echo $(MUSL) || echo $(GNU))
+STATIC_FLAGS := $(if $(filter $(GNU),$(TARGET)),-C target-feature=+crt-static)
+BIN_DIR := target/$(TARGET)/release
+HELPERS := kvm-ifup kvm-ifdown kvm-natup kvm-natdown
+TEST_THREADS ?= 4
+
+.PHONY: all setup build test check clean
+
+all: build
+
+setup:
+	@tests/setup.sh
+
+build:
+	@echo "make: building static helpers for $(TARGET)$(if $(STATIC_FLAGS), (glibc +crt-static: the musl target is not installed))"
+	RUSTFLAGS="$(STATIC_FLAGS)" $(CARGO) build --release --locked --target $(TARGET) -p kvm-net-helpers
+	@ls -l $(addprefix $(BIN_DIR)/,$(HELPERS)) | awk '{printf "make: %-40s %8d bytes\n", $$9, $$5}'
+
+# Runs setup first, then re-enters make so that TARGET sees what setup installed.
+test: setup
+	@$(MAKE) --no-print-directory check
+
+check: build
+	KVM_NET_BIN_DIR=$(CURDIR)/$(BIN_DIR) $(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS)
+
+clean:
+	$(CARGO) clean

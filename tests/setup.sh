@@ -1,0 +1,32 @@
+#!/bin/bash
+# Installs what building and testing kvm-net needs on a fresh Debian machine:
+# the firewall and link tools the helpers and tests drive, QEMU and busybox for
+# the end-to-end guest, and the musl target for static binaries. Idempotent:
+# it installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v iptables >/dev/null || need+=(iptables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing ${need[*]}; run as root (or install them) first" >&2
+        exit 1
+    fi
+    echo "setup: installing ${need[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Static binaries: musl when rustup can add the target, else the Makefile
+# falls back to glibc with +crt-static.
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 \
+        || echo "setup: musl target unavailable; building static glibc binaries instead"
+fi

@@ -1,0 +1,26 @@
+//! Test harness: network namespaces that clean themselves up, and the built
+//! helper binaries run inside them exactly as QEMU runs them.
+
+pub mod netns;
+
+use std::path::PathBuf;
+
+pub use netns::Netns;
+
+/// Environment variable naming the directory that holds the helper binaries
+/// under test (`make test` points it at the static release build).
+pub const ENV_BIN_DIR: &str = "KVM_NET_BIN_DIR";
+
+/// Path of a helper binary under test.
+pub fn helper(name: &str) -> PathBuf {
+    let dir = std::env::var_os(ENV_BIN_DIR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make build` or `cargo build` first, or set {ENV_BIN_DIR}",
+        path.display()
+    );
+    path
+}

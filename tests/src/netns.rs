@@ -1,0 +1,127 @@
+//! Throwaway network namespaces held by a file descriptor: when the handle is
+//! dropped (or the test process dies), the namespace and every link, address
+//! and firewall rule in it disappear with it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+use std::thread;
+
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
+
+/// One network namespace, alive as long as this handle (or a process in it).
+#[derive(Debug)]
+pub struct Netns {
+    fd: OwnedFd,
+}
+
+impl Netns {
+    /// Creates an empty namespace (only `lo`, down) without entering it.
+    pub fn new() -> Self {
+        let fd = thread::spawn(|| -> io::Result<OwnedFd> {
+            unshare(CloneFlags::CLONE_NEWNET)?;
+            Ok(File::open("/proc/thread-self/ns/net")?.into())
+        })
+        .join()
+        .expect("namespace thread panicked")
+        .expect("creating a network namespace (needs root / CAP_SYS_ADMIN)");
+        let ns = Self { fd };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A path naming this namespace for `ip link set DEV netns PATH`.
+    pub fn path(&self) -> String {
+        format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd())
+    }
+
+    /// A command that will run inside this namespace, and is killed if the
+    /// thread that spawned it goes away (so a failed test leaves no QEMU behind).
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        let raw = self.fd.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // two async-signal-safe system calls (prctl, setns) on an fd that the
+        // child inherited open from the parent (CLOEXEC closes it only at exec).
+        unsafe {
+            command.pre_exec(move || {
+                prctl::set_pdeathsig(Signal::SIGKILL)?;
+                let fd = BorrowedFd::borrow_raw(raw);
+                setns(fd, CloneFlags::CLONE_NEWNET)?;
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// Runs a command here and returns its output, whatever its status.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.cmd(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
+    }
+
+    /// Runs a command here that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a shell script here that must succeed; returns its stdout.
+    pub fn sh(&self, script: &str) -> String {
+        self.ok(&["sh", "-ec", script])
+    }
+
+    /// Runs `f` on a thread inside this namespace: sockets it opens live here.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let fd = self.fd.as_fd();
+        thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    setns(fd, CloneFlags::CLONE_NEWNET).expect("entering the namespace");
+                    f()
+                })
+                .join()
+                .expect("thread inside the namespace panicked")
+        })
+    }
+
+    /// Everything kvm-net could change here, as text: links, addresses,
+    /// forwarding and both firewall tables.
+    pub fn snapshot(&self) -> String {
+        let mut text = String::new();
+        for args in [
+            &["ip", "-o", "link", "show"][..],
+            &["ip", "-o", "addr", "show"],
+            &["iptables", "-t", "nat", "-S"],
+            &["iptables", "-t", "filter", "-S"],
+            &["cat", "/proc/sys/net/ipv4/ip_forward"],
+        ] {
+            text.push_str(&self.ok(args));
+        }
+        text
+    }
+
+    /// Moves `link` from this namespace into `target`.
+    pub fn move_link(&self, link: &str, target: &Netns) {
+        self.ok(&["ip", "link", "set", "dev", link, "netns", &target.path()]);
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,12 +1,12 @@
 //! The four helpers run as QEMU runs them (`HELPER IFNAME`), each test in
 //! network namespaces of its own, against the real kernel and iptables.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Output, Stdio};
-use std::thread;
-use std::time::Duration;
 
+use kvm_net_tests::inspect::{
+    assert_no_nat_network, controller_of, firewall, is_up, kvm_net_lines, link_exists, mtu_of,
+};
+use kvm_net_tests::lab::{connect_from, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
 use kvm_net_tests::{helper, Netns};
 
 /// Runs a helper inside `ns` with `env`, returning its output.
@@ -18,9 +18,7 @@ fn run(ns: &Netns, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("KVM_NET_BRIDGE")
         .env_remove("KVM_NET_ADDRESS");
     command.envs(env.iter().copied()).stdin(Stdio::null());
-    command
-        .output()
-        .unwrap_or_else(|e| panic!("running {bin}: {e}"))
+    command.output().unwrap_or_else(|e| panic!("running {bin}: {e}"))
 }
 
 /// Runs a helper that must succeed silently (stdout is a VM console with -serial stdio).
@@ -42,47 +40,6 @@ fn add_tap(ns: &Netns, name: &str) {
     ns.ok(&["ip", "tuntap", "add", "dev", name, "mode", "tap"]);
 }
 
-fn link_exists(ns: &Netns, name: &str) -> bool {
-    ns.output(&["ip", "link", "show", "dev", name])
-        .status
-        .success()
-}
-
-fn controller_of(ns: &Netns, name: &str) -> Option<String> {
-    let line = ns.ok(&["ip", "-o", "link", "show", "dev", name]);
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == "master")
-        .map(|w| w[1].to_owned())
-}
-
-fn is_up(ns: &Netns, name: &str) -> bool {
-    let line = ns.ok(&["ip", "-o", "link", "show", "dev", name]);
-    line.split_once('<')
-        .and_then(|(_, rest)| rest.split_once('>'))
-        .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"))
-}
-
-fn mtu_of(ns: &Netns, name: &str) -> u32 {
-    let line = ns.ok(&["ip", "-o", "link", "show", "dev", name]);
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == "mtu")
-        .and_then(|w| w[1].parse().ok())
-        .expect("mtu in ip output")
-}
-
-/// Lines of one table that mention kvm-net (its chains, jumps and rules).
-fn kvm_net_lines(ns: &Netns, table: &str) -> Vec<String> {
-    ns.ok(&["iptables", "-t", table, "-S"])
-        .lines()
-        .filter(|l| l.contains("KVMNET") || l.contains("kvm-net"))
-        .map(String::from)
-        .collect()
-}
-
 fn expected_nat_lines(bridge: &str, subnet: &str) -> Vec<String> {
     let tag = format!("-m comment --comment \"kvm-net:{bridge}\"");
     let chain = format!("KVMNET-NAT-{bridge}");
@@ -91,12 +48,8 @@ fn expected_nat_lines(bridge: &str, subnet: &str) -> Vec<String> {
         format!("-A POSTROUTING {tag} -j {chain}"),
         format!("-A {chain} -s {subnet} -d 224.0.0.0/24 {tag} -j RETURN"),
         format!("-A {chain} -s {subnet} -d 255.255.255.255/32 {tag} -j RETURN"),
-        format!(
-            "-A {chain} -s {subnet} ! -d {subnet} -p tcp {tag} -j MASQUERADE --to-ports 1024-65535"
-        ),
-        format!(
-            "-A {chain} -s {subnet} ! -d {subnet} -p udp {tag} -j MASQUERADE --to-ports 1024-65535"
-        ),
+        format!("-A {chain} -s {subnet} ! -d {subnet} -p tcp {tag} -j MASQUERADE --to-ports 1024-65535"),
+        format!("-A {chain} -s {subnet} ! -d {subnet} -p udp {tag} -j MASQUERADE --to-ports 1024-65535"),
         format!("-A {chain} -s {subnet} ! -d {subnet} {tag} -j MASQUERADE"),
     ]
 }
@@ -121,16 +74,7 @@ fn assert_nat_network(ns: &Netns, bridge: &str, address: &str, subnet: &str) {
     assert!(is_up(ns, bridge), "bridge {bridge} is down");
     assert_eq!(ns.ok(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
     assert_eq!(kvm_net_lines(ns, "nat"), expected_nat_lines(bridge, subnet));
-    assert_eq!(
-        kvm_net_lines(ns, "filter"),
-        expected_filter_lines(bridge, subnet)
-    );
-}
-
-fn assert_no_nat_network(ns: &Netns, bridge: &str) {
-    assert!(!link_exists(ns, bridge), "bridge {bridge} left behind");
-    assert_eq!(kvm_net_lines(ns, "nat"), Vec::<String>::new());
-    assert_eq!(kvm_net_lines(ns, "filter"), Vec::<String>::new());
+    assert_eq!(kvm_net_lines(ns, "filter"), expected_filter_lines(bridge, subnet));
 }
 
 #[test]
@@ -149,24 +93,13 @@ fn first_natup_creates_bridge_address_forwarding_and_rules() {
 fn environment_picks_bridge_and_address() {
     let host = Netns::new();
     add_tap(&host, "vm1");
-    let env = [
-        ("KVM_NET_BRIDGE", "natbr1"),
-        ("KVM_NET_ADDRESS", "10.20.30.254/23"),
-    ];
+    let env = [("KVM_NET_BRIDGE", "natbr1"), ("KVM_NET_ADDRESS", "10.20.30.254/23")];
     let out = run(&host, "kvm-natup", &["vm1"], &env);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_nat_network(&host, "natbr1", "10.20.30.254/23", "10.20.30.0/23");
     assert!(!link_exists(&host, "br0"));
     let out = run(&host, "kvm-natdown", &["vm1"], &env);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_no_nat_network(&host, "natbr1");
 }
 
@@ -219,22 +152,14 @@ fn bridge_mac_stays_put_as_ports_come_and_go() {
 fn removal_is_exact_and_foreign_rules_survive() {
     let host = Netns::new();
     // What Docker and an admin typically leave in place.
-    host.sh(
-        "iptables -P FORWARD DROP
+    host.sh("iptables -P FORWARD DROP
          iptables -N DOCKER-USER
          iptables -A DOCKER-USER -j RETURN
          iptables -A FORWARD -j DOCKER-USER
          iptables -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
          iptables -t nat -N DOCKER
          iptables -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
-         iptables -t nat -A POSTROUTING -s 192.168.100.0/24 -j MASQUERADE -m comment --comment admin-rule",
-    );
-    let firewall = |ns: &Netns| {
-        (
-            ns.ok(&["iptables", "-t", "nat", "-S"]),
-            ns.ok(&["iptables", "-S"]),
-        )
-    };
+         iptables -t nat -A POSTROUTING -s 192.168.100.0/24 -j MASQUERADE -m comment --comment admin-rule");
     let before = firewall(&host);
     add_tap(&host, "tap0");
     ok(&host, "kvm-natup", "tap0");
@@ -253,11 +178,7 @@ fn removal_is_exact_and_foreign_rules_survive() {
         "-A FORWARD -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0"
     );
     ok(&host, "kvm-natdown", "tap0");
-    assert_eq!(
-        firewall(&host),
-        before,
-        "the firewall must be exactly as before"
-    );
+    assert_eq!(firewall(&host), before, "the firewall must be exactly as before");
     assert!(!link_exists(&host, "br0"));
 }
 
@@ -369,11 +290,7 @@ fn bad_input_changes_nothing() {
             assert_eq!(stderr.lines().count(), 1, "{bin} {args:?}: {stderr}");
             assert!(stderr.starts_with(&format!("{bin}: ")), "{stderr}");
             assert!(stderr.contains("; "), "no advice in: {stderr}");
-            assert_eq!(
-                host.snapshot(),
-                before,
-                "{bin} {args:?} {env:?} changed state"
-            );
+            assert_eq!(host.snapshot(), before, "{bin} {args:?} {env:?} changed state");
         }
     }
 }
@@ -394,18 +311,13 @@ fn help_and_version_exit_zero() {
 fn a_non_bridge_link_named_like_the_bridge_is_refused() {
     let host = Netns::new();
     add_tap(&host, "tap0");
-    host.ok(&[
-        "ip", "link", "add", "br0", "type", "veth", "peer", "name", "br0peer",
-    ]);
+    host.ok(&["ip", "link", "add", "br0", "type", "veth", "peer", "name", "br0peer"]);
     let before = host.snapshot();
     for bin in ["kvm-natup", "kvm-ifup"] {
         let out = run(&host, bin, &["tap0"], &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{bin}: {stderr}");
-        assert!(
-            stderr.contains("br0 is a veth link, not a bridge"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("br0 is a veth link, not a bridge"), "{stderr}");
         assert_eq!(host.snapshot(), before);
     }
     // natdown leaves a foreign link alone, and succeeds: nothing of ours is there.
@@ -437,10 +349,7 @@ fn natup_on_a_bridge_the_admin_made_keeps_the_bridge() {
     ok(&host, "kvm-natup", "tap0");
     assert_nat_network(&host, "br0", "192.168.100.1/24", "192.168.100.0/24");
     ok(&host, "kvm-natdown", "tap0");
-    assert!(
-        link_exists(&host, "br0"),
-        "kvm-net deleted a bridge it did not create"
-    );
+    assert!(link_exists(&host, "br0"), "kvm-net deleted a bridge it did not create");
     assert_eq!(kvm_net_lines(&host, "nat"), Vec::<String>::new());
 }
 
@@ -459,10 +368,7 @@ fn ifup_takes_the_bridge_mtu_and_ifdown_detaches() {
     ok(&host, "kvm-ifdown", "tap0");
     assert_eq!(controller_of(&host, "tap0"), None);
     assert!(!is_up(&host, "tap0"));
-    assert!(
-        link_exists(&host, "br0"),
-        "kvm-ifdown must never delete the bridge"
-    );
+    assert!(link_exists(&host, "br0"), "kvm-ifdown must never delete the bridge");
     assert_eq!(
         (kvm_net_lines(&host, "nat"), kvm_net_lines(&host, "filter")),
         before_rules
@@ -481,9 +387,7 @@ fn ifup_without_a_bridge_fails_and_creates_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr.starts_with(
-            "kvm-ifup: attaching tap0 to bridge br0: bridge br0 does not exist; create the bridge"
-        ),
+        stderr.starts_with("kvm-ifup: attaching tap0 to bridge br0: bridge br0 does not exist; create the bridge"),
         "{stderr}"
     );
     assert_eq!(host.snapshot(), before);
@@ -491,98 +395,34 @@ fn ifup_without_a_bridge_fails_and_creates_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bridge lab0 does not exist"));
 }
 
-/// A host namespace with an uplink to an "upstream" namespace (203.0.113.0/24,
-/// no route back to the guests) and a "guest" namespace plugged into the NAT
-/// bridge through a veth pair whose host end plays the tap.
-struct NatTopology {
-    host: Netns,
-    upstream: Netns,
-    guest: Netns,
-}
-
-const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-const UPSTREAM: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-
-impl NatTopology {
-    fn new() -> Self {
-        let (host, upstream, guest) = (Netns::new(), Netns::new(), Netns::new());
-        host.ok(&[
-            "ip", "link", "add", "up0", "type", "veth", "peer", "name", "wan0",
-        ]);
-        host.move_link("wan0", &upstream);
-        host.sh("ip addr add 203.0.113.1/24 dev up0; ip link set up0 up");
-        upstream.sh("ip addr add 203.0.113.2/24 dev wan0; ip link set wan0 up");
-        host.ok(&[
-            "ip", "link", "add", "vm0", "type", "veth", "peer", "name", "eth0",
-        ]);
-        host.move_link("eth0", &guest);
-        guest.sh("ip addr add 192.168.100.10/24 dev eth0; ip link set eth0 up; ip route add default via 192.168.100.1");
-        Self {
-            host,
-            upstream,
-            guest,
-        }
-    }
-
-    /// Opens a TCP connection from the guest to upstream; returns the source
-    /// address upstream saw.
-    fn connect_upstream(&self) -> Result<Ipv4Addr, String> {
-        let listener = self
-            .upstream
-            .enter(|| TcpListener::bind((UPSTREAM, 0)))
-            .map_err(|e| e.to_string())?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        let server = thread::spawn(move || -> Option<SocketAddr> {
-            listener.set_nonblocking(false).ok()?;
-            let (mut stream, peer) = listener.accept().ok()?;
-            let mut buf = [0u8; 5];
-            stream.read_exact(&mut buf).ok()?;
-            stream.write_all(b"world").ok()?;
-            Some(peer)
-        });
-        let reply = self.guest.enter(|| -> std::io::Result<[u8; 5]> {
-            let mut stream = TcpStream::connect_timeout(
-                &SocketAddr::from((UPSTREAM, port)),
-                Duration::from_secs(3),
-            )?;
-            stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-            stream.write_all(b"hello")?;
-            let mut buf = [0u8; 5];
-            stream.read_exact(&mut buf)?;
-            Ok(buf)
-        });
-        match reply {
-            Ok(buf) if &buf == b"world" => {}
-            Ok(buf) => return Err(format!("unexpected reply {buf:?}")),
-            Err(e) => {
-                // Unblock the server thread before reporting.
-                let _ = self.upstream.enter(|| TcpStream::connect((UPSTREAM, port)));
-                let _ = server.join();
-                return Err(e.to_string());
-            }
-        }
-        match server.join().map_err(|_| "server panicked".to_owned())? {
-            Some(SocketAddr::V4(peer)) => Ok(*peer.ip()),
-            other => Err(format!("server saw {other:?}")),
-        }
-    }
+/// A lab (host and upstream namespaces) plus a "guest" namespace plugged
+/// into the NAT bridge through a veth pair whose host end plays the tap.
+fn guest_behind(lab: &Lab) -> Netns {
+    let guest = Netns::new();
+    lab.host
+        .ok(&["ip", "link", "add", "vm0", "type", "veth", "peer", "name", "eth0"]);
+    lab.host.move_link("eth0", &guest);
+    guest.sh("ip addr add 192.168.100.10/24 dev eth0; ip link set eth0 up; ip route add default via 192.168.100.1");
+    guest
 }
 
 fn traffic_through_nat(forward_policy: &str) {
-    let net = NatTopology::new();
-    net.host.ok(&["iptables", "-P", "FORWARD", forward_policy]);
-    ok(&net.host, "kvm-natup", "vm0");
-    net.guest
-        .ok(&["busybox", "ping", "-c", "1", "-W", "2", "192.168.100.1"]);
+    let lab = Lab::new();
+    let guest = guest_behind(&lab);
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    lab.host.ok(&["iptables", "-P", "FORWARD", forward_policy]);
+    ok(&lab.host, "kvm-natup", "vm0");
+    guest.ok(&["busybox", "ping", "-c", "1", "-W", "2", "192.168.100.1"]);
+    let reply = connect_from(&guest, UPSTREAM, &server, "hello").expect("guest reaches upstream");
     assert_eq!(
-        net.connect_upstream(),
-        Ok(HOST_UPLINK),
+        reply,
+        format!("seen {HOST_UPLINK}"),
         "upstream must see the host's address"
     );
-    ok(&net.host, "kvm-natdown", "vm0");
-    assert_no_nat_network(&net.host, "br0");
+    ok(&lab.host, "kvm-natdown", "vm0");
+    assert_no_nat_network(&lab.host, "br0");
     assert!(
-        net.connect_upstream().is_err(),
+        connect_from(&guest, UPSTREAM, &server, "again").is_err(),
         "without the NAT network the guest must not get through"
     );
 }

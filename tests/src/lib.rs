@@ -1,7 +1,10 @@
 //! Test harness: network namespaces that clean themselves up, and the built
 //! helper binaries run inside them exactly as QEMU runs them.
 
+pub mod inspect;
+pub mod lab;
 pub mod netns;
+pub mod qemu;
 
 use std::path::PathBuf;
 

@@ -35,16 +35,10 @@ impl Helper {
 
     fn summary(self) -> &'static str {
         match self {
-            Helper::IfUp => {
-                "attach a VM's tap to an existing bridge (bridged or isolated networking)"
-            }
+            Helper::IfUp => "attach a VM's tap to an existing bridge (bridged or isolated networking)",
             Helper::IfDown => "detach a VM's tap from its bridge and set it down",
-            Helper::NatUp => {
-                "attach a VM's tap to the NAT bridge, creating the bridge and its rules if needed"
-            }
-            Helper::NatDown => {
-                "detach a VM's tap; remove the NAT bridge and its rules after the last one"
-            }
+            Helper::NatUp => "attach a VM's tap to the NAT bridge, creating the bridge and its rules if needed",
+            Helper::NatDown => "detach a VM's tap; remove the NAT bridge and its rules after the last one",
         }
     }
 
@@ -89,9 +83,7 @@ fn parse(args: &[OsString]) -> Result<Request, Error> {
             let name = one
                 .to_str()
                 .ok_or_else(|| Error::Usage(format!("interface name {one:?} is not UTF-8")))?;
-            IfName::parse(name)
-                .map(Request::Run)
-                .map_err(Error::BadInterfaceName)
+            IfName::parse(name).map(Request::Run).map_err(Error::BadInterfaceName)
         }
         [_, extra, ..] => Err(Error::Usage(format!("unexpected extra argument {extra:?}"))),
     }
@@ -102,10 +94,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
     let advice = err
         .chain()
         .find_map(|cause| cause.downcast_ref::<Error>())
-        .map_or(
-            "run again with KVM_NET_DEBUG=1 to see each step",
-            Error::advice,
-        );
+        .map_or("run again with KVM_NET_DEBUG=1 to see each step", Error::advice);
     format!("{err:#}; {advice}").replace(['\n', '\r'], " ")
 }
 
@@ -174,13 +163,10 @@ mod tests {
 
     #[test]
     fn error_line_has_context_cause_and_advice_on_one_line() {
-        let err = anyhow::Error::new(Error::NoBridge("br0".to_owned()))
-            .context("attaching tap0 to bridge br0");
+        let err = anyhow::Error::new(Error::NoBridge("br0".to_owned())).context("attaching tap0 to bridge br0");
         let line = one_line(&err);
         assert!(
-            line.starts_with(
-                "attaching tap0 to bridge br0: bridge br0 does not exist; create the bridge"
-            ),
+            line.starts_with("attaching tap0 to bridge br0: bridge br0 does not exist; create the bridge"),
             "{line}"
         );
         assert!(!line.contains('\n'));

@@ -109,15 +109,8 @@ mod tests {
     use super::*;
 
     fn with(vars: &[(&str, &str)]) -> Result<NetworkConfig, Error> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        NetworkConfig::from_lookup(move |key| {
-            vars.iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| OsString::from(v))
-        })
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        NetworkConfig::from_lookup(move |key| vars.iter().find(|(k, _)| k == key).map(|(_, v)| OsString::from(v)))
     }
 
     #[test]
@@ -130,8 +123,7 @@ mod tests {
 
     #[test]
     fn environment_overrides_bridge_and_address() {
-        let config =
-            with(&[(ENV_BRIDGE, "natbr7"), (ENV_ADDRESS, "10.7.0.254/16")]).expect("valid");
+        let config = with(&[(ENV_BRIDGE, "natbr7"), (ENV_ADDRESS, "10.7.0.254/16")]).expect("valid");
         assert_eq!(config.bridge.as_str(), "natbr7");
         assert_eq!(config.address.to_string(), "10.7.0.254/16");
         assert_eq!(config.subnet().to_string(), "10.7.0.0/16");

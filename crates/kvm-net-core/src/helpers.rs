@@ -54,14 +54,9 @@ pub fn ifup(tap: &IfName, config: &NetworkConfig) -> Result<()> {
             .with_context(|| format!("checking interface {tap}"))?;
         let bridge = find_bridge(&netlink, &config.bridge)
             .await
-            .and_then(|found| {
-                found.ok_or_else(|| Error::NoBridge(config.bridge.to_string()).into())
-            })
+            .and_then(|found| found.ok_or_else(|| Error::NoBridge(config.bridge.to_string()).into()))
             .with_context(|| format!("attaching {tap} to bridge {}", config.bridge))?;
-        trace(format_args!(
-            "attaching {tap} to {} (mtu {})",
-            bridge.name, bridge.mtu
-        ));
+        trace(format_args!("attaching {tap} to {} (mtu {})", bridge.name, bridge.mtu));
         netlink.attach(&port, &bridge).await
     })
 }
@@ -102,10 +97,7 @@ pub fn natup(tap: &IfName, config: &NetworkConfig) -> Result<()> {
         };
         let result = complete_nat_network(&netlink, &firewall, &port, &bridge, config).await;
         if let (Err(_), true) = (&result, created) {
-            trace(format_args!(
-                "undoing: removing bridge {} and its rules",
-                bridge.name
-            ));
+            trace(format_args!("undoing: removing bridge {} and its rules", bridge.name));
             // Best effort: the first error is the one worth reporting.
             let _ = firewall.remove(&nat_chains(&config.bridge, config.subnet()));
             let _ = netlink.delete(&bridge).await;
@@ -116,10 +108,7 @@ pub fn natup(tap: &IfName, config: &NetworkConfig) -> Result<()> {
 
 async fn create_bridge(netlink: &Netlink, name: &IfName) -> Result<Link> {
     trace(format_args!("creating bridge {name}"));
-    match netlink
-        .create_managed_bridge(name.as_str(), bridge_mac(name))
-        .await?
-    {
+    match netlink.create_managed_bridge(name.as_str(), bridge_mac(name)).await? {
         Some(bridge) => Ok(bridge),
         // Someone outside kvm-net's lock created it first: use theirs if it is a bridge.
         None => find_bridge(netlink, name)
@@ -144,10 +133,7 @@ async fn complete_nat_network(
     firewall
         .ensure(&nat_chains(name, config.subnet()))
         .with_context(|| format!("setting up NAT rules for bridge {name}"))?;
-    trace(format_args!(
-        "attaching {} to {name} (mtu {})",
-        port.name, bridge.mtu
-    ));
+    trace(format_args!("attaching {} to {name} (mtu {})", port.name, bridge.mtu));
     netlink.attach(port, bridge).await
 }
 
@@ -186,10 +172,7 @@ pub fn natdown(tap: &IfName, config: &NetworkConfig) -> Result<()> {
             .filter(|link| Some(link.index) != port.as_ref().map(|p| p.index))
             .count();
         if others > 0 {
-            trace(format_args!(
-                "bridge {} keeps {others} port(s)",
-                bridge.name
-            ));
+            trace(format_args!("bridge {} keeps {others} port(s)", bridge.name));
             return Ok(false);
         }
         firewall
@@ -199,10 +182,7 @@ pub fn natdown(tap: &IfName, config: &NetworkConfig) -> Result<()> {
             trace(format_args!("deleting bridge {}", bridge.name));
             netlink.delete(&bridge).await?;
         } else {
-            trace(format_args!(
-                "bridge {} is not kvm-net's; leaving it",
-                bridge.name
-            ));
+            trace(format_args!("bridge {} is not kvm-net's; leaving it", bridge.name));
         }
         Ok(true)
     })?;
@@ -218,12 +198,9 @@ pub fn natdown(tap: &IfName, config: &NetworkConfig) -> Result<()> {
 /// and go and makes guests' ARP caches stale.
 pub fn bridge_mac(bridge: &IfName) -> [u8; 6] {
     // FNV-1a: tiny, stable across releases and platforms.
-    let hash = bridge
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = bridge.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     let [a, b, c, d, e, ..] = hash.to_be_bytes();
     [0x02, a, b, c, d, e]
 }

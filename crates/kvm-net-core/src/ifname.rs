@@ -78,10 +78,7 @@ mod tests {
             "x.y_z@1+2",
             "abcdefghijklmno",
         ] {
-            assert_eq!(
-                IfName::parse(name).map(|n| n.to_string()),
-                Ok(name.to_owned())
-            );
+            assert_eq!(IfName::parse(name).map(|n| n.to_string()), Ok(name.to_owned()));
         }
     }
 
@@ -92,14 +89,8 @@ mod tests {
             IfName::parse("abcdefghijklmnop"),
             Err(IfNameError::TooLong(_, 16))
         ));
-        assert!(matches!(
-            IfName::parse("-tap0"),
-            Err(IfNameError::LeadingDash(_))
-        ));
-        assert!(matches!(
-            IfName::parse("--help"),
-            Err(IfNameError::LeadingDash(_))
-        ));
+        assert!(matches!(IfName::parse("-tap0"), Err(IfNameError::LeadingDash(_))));
+        assert!(matches!(IfName::parse("--help"), Err(IfNameError::LeadingDash(_))));
         assert!(matches!(IfName::parse("."), Err(IfNameError::Reserved(_))));
         assert!(matches!(IfName::parse(".."), Err(IfNameError::Reserved(_))));
         for (name, bad) in [
@@ -123,9 +114,6 @@ mod tests {
     #[test]
     fn counts_length_in_bytes_like_the_kernel() {
         // 8 two-byte characters: 16 bytes, over the limit even though 8 chars.
-        assert!(matches!(
-            IfName::parse("éééééééé"),
-            Err(IfNameError::TooLong(_, 16))
-        ));
+        assert!(matches!(IfName::parse("éééééééé"), Err(IfNameError::TooLong(_, 16))));
     }
 }

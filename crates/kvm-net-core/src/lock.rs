@@ -33,23 +33,17 @@ impl BridgeLock {
                 .write(true)
                 .open(&path)
                 .with_context(|| format!("opening lock file {}", path.display()))?;
-            file.lock()
-                .with_context(|| format!("locking {}", path.display()))?;
+            file.lock().with_context(|| format!("locking {}", path.display()))?;
             // The holder before us may have removed the file after we opened it:
             // then our lock is on an orphan, and we must lock the new file.
             let held = file
                 .metadata()
                 .with_context(|| format!("checking lock file {}", path.display()))?;
             match fs::metadata(&path) {
-                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
-                    return Ok(Self { file, path })
-                }
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Self { file, path }),
                 Ok(_) => continue,
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                Err(err) => {
-                    return Err(err)
-                        .with_context(|| format!("checking lock file {}", path.display()))
-                }
+                Err(err) => return Err(err).with_context(|| format!("checking lock file {}", path.display())),
             }
         }
     }
@@ -57,19 +51,13 @@ impl BridgeLock {
     /// Removes the lock file while still holding it, once the bridge is gone,
     /// so that lock files do not pile up; waiters notice and retry.
     pub fn remove_file(self) -> Result<()> {
-        fs::remove_file(&self.path)
-            .with_context(|| format!("removing lock file {}", self.path.display()))?;
+        fs::remove_file(&self.path).with_context(|| format!("removing lock file {}", self.path.display()))?;
         drop(self.file);
         Ok(())
     }
 }
 
 fn lock_path(bridge: &IfName) -> Result<PathBuf> {
-    let netns = fs::metadata("/proc/self/ns/net")
-        .context("identifying the network namespace (/proc/self/ns/net)")?;
-    Ok(PathBuf::from(LOCK_DIR).join(format!(
-        "netns-{}-{}-{bridge}.lock",
-        netns.dev(),
-        netns.ino()
-    )))
+    let netns = fs::metadata("/proc/self/ns/net").context("identifying the network namespace (/proc/self/ns/net)")?;
+    Ok(PathBuf::from(LOCK_DIR).join(format!("netns-{}-{}-{bridge}.lock", netns.dev(), netns.ino())))
 }

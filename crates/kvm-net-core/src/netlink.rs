@@ -82,20 +82,14 @@ pub struct Netlink {
 impl Netlink {
     /// Opens the socket and spawns its driver on the current tokio runtime.
     pub fn connect() -> Result<Self> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().context("opening a netlink socket")?;
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(connection);
         Ok(Self { handle })
     }
 
     /// Looks a link up by name; `None` when there is no such link.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut request = std::pin::pin!(self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute());
+        let mut request = std::pin::pin!(self.handle.link().get().match_name(name.to_owned()).execute());
         match request.try_next().await {
             Ok(message) => Ok(message.map(Link::from_message)),
             Err(rtnetlink::Error::NetlinkError(message))
@@ -132,9 +126,7 @@ impl Netlink {
         let message = LinkBridge::new(name).address(mac.to_vec()).build();
         match self.handle.link().add(message).execute().await {
             Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.to_io().kind() == io::ErrorKind::AlreadyExists =>
-            {
+            Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().kind() == io::ErrorKind::AlreadyExists => {
                 return Ok(None)
             }
             Err(err) => return Err(err).with_context(|| format!("creating bridge {name}")),
@@ -143,9 +135,7 @@ impl Netlink {
             .link_by_name(name)
             .await?
             .with_context(|| format!("bridge {name} vanished right after it was created"))?;
-        let mark = LinkUnspec::new_with_index(bridge.index)
-            .alias(MANAGED_ALIAS)
-            .build();
+        let mark = LinkUnspec::new_with_index(bridge.index).alias(MANAGED_ALIAS).build();
         self.handle
             .link()
             .set(mark)
@@ -186,11 +176,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.to_io().kind() == io::ErrorKind::AlreadyExists =>
-            {
-                Ok(())
-            }
+            Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().kind() == io::ErrorKind::AlreadyExists => Ok(()),
             other => other.with_context(|| format!("adding address {address} to {}", link.name)),
         }
     }
@@ -210,20 +196,13 @@ impl Netlink {
     /// the order in which no frame crosses a link with mismatched MTUs.
     pub async fn attach(&self, port: &Link, bridge: &Link) -> Result<()> {
         if port.mtu != bridge.mtu {
-            let message = LinkUnspec::new_with_index(port.index)
-                .mtu(bridge.mtu)
-                .build();
-            self.handle
-                .link()
-                .set(message)
-                .execute()
-                .await
-                .with_context(|| {
-                    format!(
-                        "setting the MTU of {} to {} (bridge {})",
-                        port.name, bridge.mtu, bridge.name
-                    )
-                })?;
+            let message = LinkUnspec::new_with_index(port.index).mtu(bridge.mtu).build();
+            self.handle.link().set(message).execute().await.with_context(|| {
+                format!(
+                    "setting the MTU of {} to {} (bridge {})",
+                    port.name, bridge.mtu, bridge.name
+                )
+            })?;
         }
         let message = LinkUnspec::new_with_index(port.index)
             .controller(bridge.index)
@@ -245,11 +224,7 @@ impl Netlink {
             builder = builder.nocontroller();
         }
         match self.handle.link().set(builder.build()).execute().await {
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.to_io().raw_os_error() == Some(Errno::ENODEV as i32) =>
-            {
-                Ok(())
-            }
+            Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().raw_os_error() == Some(Errno::ENODEV as i32) => Ok(()),
             other => other.with_context(|| format!("detaching {} and setting it down", port.name)),
         }
     }
@@ -257,11 +232,7 @@ impl Netlink {
     /// Deletes a link; one already gone counts as deleted.
     pub async fn delete(&self, link: &Link) -> Result<()> {
         match self.handle.link().del(link.index).execute().await {
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.to_io().raw_os_error() == Some(Errno::ENODEV as i32) =>
-            {
-                Ok(())
-            }
+            Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().raw_os_error() == Some(Errno::ENODEV as i32) => Ok(()),
             other => other.with_context(|| format!("deleting {}", link.name)),
         }
     }

@@ -9,11 +9,9 @@ const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Turns on IPv4 forwarding in the caller's network namespace.
 pub fn enable_ipv4_forwarding() -> Result<()> {
-    let current =
-        fs::read_to_string(IPV4_FORWARD).with_context(|| format!("reading {IPV4_FORWARD}"))?;
+    let current = fs::read_to_string(IPV4_FORWARD).with_context(|| format!("reading {IPV4_FORWARD}"))?;
     if current.trim() == "1" {
         return Ok(());
     }
-    fs::write(IPV4_FORWARD, "1")
-        .with_context(|| format!("enabling IPv4 forwarding ({IPV4_FORWARD})"))
+    fs::write(IPV4_FORWARD, "1").with_context(|| format!("enabling IPv4 forwarding ({IPV4_FORWARD})"))
 }

@@ -57,48 +57,30 @@ impl IptablesFirewall {
         let listing = self.list(chain.table)?;
         let table = Listing { lines: &listing };
         if !table.has_chain(&chain.name) {
-            trace(format_args!(
-                "creating chain {} in table {}",
-                chain.name, chain.table
-            ));
-            self.ipt
-                .new_chain(chain.table, &chain.name)
-                .map_err(crate_error)?;
+            trace(format_args!("creating chain {} in table {}", chain.name, chain.table));
+            self.ipt.new_chain(chain.table, &chain.name).map_err(crate_error)?;
         }
         let current = table.rules_of(&chain.name);
         if current != chain.rules {
-            trace(format_args!(
-                "writing {} rules of {}",
-                chain.rules.len(),
-                chain.name
-            ));
+            trace(format_args!("writing {} rules of {}", chain.rules.len(), chain.name));
             if !current.is_empty() {
-                self.ipt
-                    .flush_chain(chain.table, &chain.name)
-                    .map_err(crate_error)?;
+                self.ipt.flush_chain(chain.table, &chain.name).map_err(crate_error)?;
             }
             for rule in &chain.rules {
-                self.ipt
-                    .append(chain.table, &chain.name, rule)
-                    .map_err(crate_error)?;
+                self.ipt.append(chain.table, &chain.name, rule).map_err(crate_error)?;
             }
         }
         let jumps = table.jumps_to(chain.hook, &chain.name);
         match jumps.split_first() {
             None => {
-                trace(format_args!(
-                    "inserting jump {} -> {}",
-                    chain.hook, chain.name
-                ));
+                trace(format_args!("inserting jump {} -> {}", chain.hook, chain.name));
                 self.ipt
                     .insert(chain.table, chain.hook, &chain.jump, 1)
                     .map_err(crate_error)?;
             }
             Some((_, duplicates)) => {
                 for jump in duplicates {
-                    self.ipt
-                        .delete(chain.table, chain.hook, jump)
-                        .map_err(crate_error)?;
+                    self.ipt.delete(chain.table, chain.hook, jump).map_err(crate_error)?;
                 }
             }
         }
@@ -109,21 +91,12 @@ impl IptablesFirewall {
         let listing = self.list(chain.table)?;
         let table = Listing { lines: &listing };
         for jump in table.jumps_to(chain.hook, &chain.name) {
-            self.ipt
-                .delete(chain.table, chain.hook, jump)
-                .map_err(crate_error)?;
+            self.ipt.delete(chain.table, chain.hook, jump).map_err(crate_error)?;
         }
         if table.has_chain(&chain.name) {
-            trace(format_args!(
-                "deleting chain {} from table {}",
-                chain.name, chain.table
-            ));
-            self.ipt
-                .flush_chain(chain.table, &chain.name)
-                .map_err(crate_error)?;
-            self.ipt
-                .delete_chain(chain.table, &chain.name)
-                .map_err(crate_error)?;
+            trace(format_args!("deleting chain {} from table {}", chain.name, chain.table));
+            self.ipt.flush_chain(chain.table, &chain.name).map_err(crate_error)?;
+            self.ipt.delete_chain(chain.table, &chain.name).map_err(crate_error)?;
         }
         Ok(())
     }
@@ -132,21 +105,16 @@ impl IptablesFirewall {
 impl Firewall for IptablesFirewall {
     fn ensure(&self, chains: &[OwnChain]) -> Result<()> {
         for chain in chains {
-            self.ensure_chain(chain).with_context(|| {
-                format!(
-                    "installing {} chain {} (table {})",
-                    chain.hook, chain.name, chain.table
-                )
-            })?;
+            self.ensure_chain(chain)
+                .with_context(|| format!("installing {} chain {} (table {})", chain.hook, chain.name, chain.table))?;
         }
         Ok(())
     }
 
     fn remove(&self, chains: &[OwnChain]) -> Result<()> {
         for chain in chains {
-            self.remove_chain(chain).with_context(|| {
-                format!("removing chain {} (table {})", chain.name, chain.table)
-            })?;
+            self.remove_chain(chain)
+                .with_context(|| format!("removing chain {} (table {})", chain.name, chain.table))?;
         }
         Ok(())
     }
@@ -159,9 +127,7 @@ struct Listing<'a> {
 
 impl<'a> Listing<'a> {
     fn has_chain(&self, name: &str) -> bool {
-        self.lines
-            .iter()
-            .any(|line| line.strip_prefix("-N ") == Some(name))
+        self.lines.iter().any(|line| line.strip_prefix("-N ") == Some(name))
     }
 
     /// The rule specs of `chain`, in order, without their `-A CHAIN ` prefix.
@@ -191,9 +157,7 @@ impl<'a> Listing<'a> {
 /// turn a missing binary into advice.
 fn crate_error(err: Box<dyn StdError>) -> anyhow::Error {
     match err.downcast_ref::<io::Error>() {
-        Some(io_err) if io_err.kind() == io::ErrorKind::NotFound => {
-            anyhow::Error::new(Error::MissingTool("iptables"))
-        }
+        Some(io_err) if io_err.kind() == io::ErrorKind::NotFound => anyhow::Error::new(Error::MissingTool("iptables")),
         _ => anyhow!("{}", err.to_string().replace('\n', " ").trim().to_owned()),
     }
 }
@@ -220,10 +184,7 @@ mod tests {
         let table = Listing { lines: &lines };
         assert!(table.has_chain("KVMNET-NAT-br0"));
         assert!(!table.has_chain("KVMNET-NAT-br"));
-        assert_eq!(
-            table.rules_of("KVMNET-NAT-br0"),
-            ["-s 10.0.0.0/8 -j RETURN"]
-        );
+        assert_eq!(table.rules_of("KVMNET-NAT-br0"), ["-s 10.0.0.0/8 -j RETURN"]);
         assert_eq!(
             table.jumps_to("POSTROUTING", "KVMNET-NAT-br0"),
             [

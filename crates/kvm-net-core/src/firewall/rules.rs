@@ -29,13 +29,7 @@ pub fn comment(bridge: &IfName) -> String {
     format!("-m comment --comment \"kvm-net:{bridge}\"")
 }
 
-fn own_chain(
-    table: &'static str,
-    hook: &'static str,
-    kind: &str,
-    bridge: &IfName,
-    rules: Vec<String>,
-) -> OwnChain {
+fn own_chain(table: &'static str, hook: &'static str, kind: &str, bridge: &IfName, rules: Vec<String>) -> OwnChain {
     let name = format!("{CHAIN_PREFIX}{kind}-{bridge}");
     let jump = format!("{} -j {name}", comment(bridge));
     OwnChain {
@@ -60,9 +54,7 @@ pub fn nat_chains(bridge: &IfName, subnet: Ipv4Network) -> Vec<OwnChain> {
     ];
     let forward = vec![
         format!("-s {subnet} -i {bridge} {tag} -j ACCEPT"),
-        format!(
-            "-d {subnet} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {tag} -j ACCEPT"
-        ),
+        format!("-d {subnet} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {tag} -j ACCEPT"),
         format!("-i {bridge} -o {bridge} {tag} -j ACCEPT"),
     ];
     vec![
@@ -88,10 +80,7 @@ mod tests {
             (nat.table, nat.hook, nat.name.as_str()),
             ("nat", "POSTROUTING", "KVMNET-NAT-br0")
         );
-        assert_eq!(
-            nat.jump,
-            "-m comment --comment \"kvm-net:br0\" -j KVMNET-NAT-br0"
-        );
+        assert_eq!(nat.jump, "-m comment --comment \"kvm-net:br0\" -j KVMNET-NAT-br0");
         assert_eq!(
             nat.rules,
             [
@@ -121,12 +110,7 @@ mod tests {
     fn longest_bridge_name_fits_iptables_chain_limit() {
         let subnet: Ipv4Network = "10.0.0.0/8".parse().expect("valid");
         for chain in nat_chains(&name("abcdefghijklmno"), subnet) {
-            assert!(
-                chain.name.len() <= 28,
-                "{} is {} bytes",
-                chain.name,
-                chain.name.len()
-            );
+            assert!(chain.name.len() <= 28, "{} is {} bytes", chain.name, chain.name.len());
         }
     }
 }

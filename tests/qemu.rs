@@ -1,0 +1,212 @@
+//! QEMU end to end: real guests booted under TCG with `script=`/`downscript=`
+//! pointing at the helpers, judged by what each guest reports on its serial
+//! console and by what the upstream host saw, never by QEMU's exit status.
+
+use std::time::Duration;
+
+use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, kvm_net_lines, link_exists};
+use kvm_net_tests::lab::{Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
+use kvm_net_tests::qemu::{Vm, VmSpec};
+use nix::sys::signal::Signal;
+
+/// Long enough for a TCG boot on a loaded 2-core machine.
+const BOOT: Duration = Duration::from_secs(120);
+
+const GATEWAY: &str = "192.168.100.1";
+
+/// A NAT guest that checks the gateway, upstream by ping and by TCP.
+fn nat_guest(name: &str, tap: &str, index: u8, server: &UpstreamServer) -> VmSpec {
+    VmSpec::new(name, tap, index)
+        .order("ip", format!("192.168.100.{}/24", 10 + index))
+        .order("gw", GATEWAY)
+        .order("ping", format!("{GATEWAY},{UPSTREAM}"))
+        .order("tcp", format!("{UPSTREAM}:{}", server.port()))
+}
+
+fn upstream_steps() -> [String; 4] {
+    [
+        "link".into(),
+        format!("ping:{GATEWAY}"),
+        format!("ping:{UPSTREAM}"),
+        "tcp".into(),
+    ]
+}
+
+fn assert_upstream_saw_host(server: &UpstreamServer, guest: &str) {
+    let seen = server.seen();
+    let from_guest: Vec<_> = seen
+        .iter()
+        .filter(|s| s.message == format!("hello-from-{guest}"))
+        .collect();
+    assert!(!from_guest.is_empty(), "upstream never heard from {guest}: {seen:?}");
+    for s in from_guest {
+        assert_eq!(
+            s.peer, HOST_UPLINK,
+            "upstream must see the host's address, not the guest's"
+        );
+    }
+}
+
+#[test]
+fn nat_guest_reaches_upstream_and_everything_goes_with_it() {
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let run = Vm::start(&lab.host, &nat_guest("g1", "vmtap1", 1, &server)).wait(BOOT);
+    let steps = upstream_steps();
+    run.assert_passed(&steps.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_upstream_saw_host(&server, "g1");
+    assert_no_nat_network(&lab.host, "br0");
+    assert!(!link_exists(&lab.host, "vmtap1"), "QEMU's tap outlived QEMU");
+}
+
+#[test]
+fn two_guests_share_the_bridge_and_the_last_one_out_cleans_up() {
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    // a: proves upstream, waits for b, then stays until stopped.
+    let a = Vm::start(
+        &lab.host,
+        &nat_guest("a", "vmtap-a", 1, &server)
+            .order("peer", "192.168.100.12")
+            .order("stay", 600),
+    );
+    // b: proves upstream, waits for a, waits until a is gone, proves upstream again.
+    let b = Vm::start(
+        &lab.host,
+        &nat_guest("b", "vmtap-b", 2, &server)
+            .order("peer", "192.168.100.11")
+            .order("waitgone", "192.168.100.11"),
+    );
+    assert!(a.wait_for("KVMNET-READY", BOOT).is_some(), "guest a never got ready");
+    assert_eq!(
+        a.result("peer:192.168.100.12").map(|r| r.0),
+        Some(true),
+        "a cannot reach b"
+    );
+    assert!(
+        b.wait_for("KVMNET-RESULT peer:", BOOT).is_some(),
+        "guest b never tried a"
+    );
+    a.signal(Signal::SIGTERM);
+    let run_a = a.wait(BOOT);
+    assert!(link_exists(&lab.host, "br0"), "the bridge went while b still uses it");
+    assert_eq!(controller_of(&lab.host, "vmtap-b").as_deref(), Some("br0"));
+    let run_b = b.wait(BOOT);
+    let mut steps: Vec<String> = upstream_steps().to_vec();
+    steps.push("peer:192.168.100.11".into());
+    steps.push("gone:192.168.100.11".into());
+    steps.push("tcp-after".into());
+    run_b.assert_passed(&steps.iter().map(String::as_str).collect::<Vec<_>>());
+    let steps_a = upstream_steps();
+    run_a.assert_passed(&steps_a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_upstream_saw_host(&server, "a");
+    assert_upstream_saw_host(&server, "b");
+    assert_no_nat_network(&lab.host, "br0");
+}
+
+#[test]
+fn nat_works_behind_a_drop_policy_and_leaves_foreign_rules_intact() {
+    let lab = Lab::new();
+    lab.host.sh("iptables -P FORWARD DROP
+         iptables -N DOCKER-USER
+         iptables -A DOCKER-USER -j RETURN
+         iptables -N DOCKER-ISOLATION-STAGE-1
+         iptables -A FORWARD -j DOCKER-USER
+         iptables -A FORWARD -j DOCKER-ISOLATION-STAGE-1
+         iptables -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+         iptables -t nat -N DOCKER
+         iptables -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+         iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER");
+    let before = firewall(&lab.host);
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let run = Vm::start(&lab.host, &nat_guest("g1", "vmtap1", 1, &server)).wait(BOOT);
+    let steps = upstream_steps();
+    run.assert_passed(&steps.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_upstream_saw_host(&server, "g1");
+    assert_eq!(firewall(&lab.host), before, "foreign rules must be exactly as before");
+}
+
+#[test]
+fn bridged_guests_talk_over_a_bridge_the_host_owns() {
+    let lab = Lab::new();
+    // Isolated mode as in the documents: a bridge with no NIC and no address.
+    lab.host.sh("ip link add br0 type bridge; ip link set br0 up");
+    let before = firewall(&lab.host);
+    let spec = |name: &str, index: u8, peer: u8| {
+        VmSpec::new(name, &format!("vmtap-{name}"), index)
+            .scripts("kvm-ifup", "kvm-ifdown")
+            .order("ip", format!("192.168.100.{}/24", 10 + index))
+            .order("peer", format!("192.168.100.{}", 10 + peer))
+            .order("stay", 3)
+    };
+    let a = Vm::start(&lab.host, &spec("a", 1, 2));
+    let b = Vm::start(&lab.host, &spec("b", 2, 1));
+    let (run_a, run_b) = (a.wait(BOOT), b.wait(BOOT));
+    run_a.assert_passed(&["link", "peer:192.168.100.12"]);
+    run_b.assert_passed(&["link", "peer:192.168.100.11"]);
+    assert!(link_exists(&lab.host, "br0"), "kvm-ifdown must never delete the bridge");
+    assert!(
+        lab.host
+            .ok(&["ip", "-o", "link", "show", "master", "br0"])
+            .trim()
+            .is_empty(),
+        "ports left on br0"
+    );
+    assert_eq!(firewall(&lab.host), before, "bridged mode must not touch the firewall");
+}
+
+#[test]
+fn a_failing_natup_stops_qemu_and_leaves_nothing() {
+    let lab = Lab::new();
+    lab.host
+        .ok(&["ip", "link", "add", "br0", "type", "veth", "peer", "name", "br0peer"]);
+    let before = lab.host.snapshot();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let run = Vm::start(&lab.host, &nat_guest("g1", "vmtap1", 1, &server)).wait(BOOT);
+    assert!(!run.status.success(), "QEMU must refuse to start");
+    assert!(
+        run.stderr.contains("network script") && run.stderr.contains("failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("kvm-natup: checking bridge br0: br0 is a veth link, not a bridge"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.result("link").is_none(), "the guest must not have booted");
+    assert_eq!(lab.host.snapshot(), before, "a failed natup must leave nothing behind");
+}
+
+#[test]
+fn sigterm_runs_the_downscript() {
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let vm = Vm::start(&lab.host, &nat_guest("g1", "vmtap1", 1, &server).order("stay", 600));
+    assert!(vm.wait_for("KVMNET-READY", BOOT).is_some(), "guest never got ready");
+    assert!(link_exists(&lab.host, "br0"));
+    vm.signal(Signal::SIGTERM);
+    let run = vm.wait(BOOT);
+    assert!(run.result("tcp").is_some_and(|r| r.0), "{:?}", run.console);
+    assert_no_nat_network(&lab.host, "br0");
+}
+
+#[test]
+fn after_a_sigkill_the_next_vm_still_starts() {
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let vm = Vm::start(&lab.host, &nat_guest("g1", "vmtap1", 1, &server).order("stay", 600));
+    assert!(vm.wait_for("KVMNET-READY", BOOT).is_some(), "guest never got ready");
+    vm.signal(Signal::SIGKILL);
+    vm.wait(BOOT);
+    // No downscript ran: the bridge and the rules stay, the tap is gone.
+    assert!(link_exists(&lab.host, "br0"));
+    assert!(!link_exists(&lab.host, "vmtap1"));
+    assert!(!kvm_net_lines(&lab.host, "nat").is_empty());
+    let run = Vm::start(&lab.host, &nat_guest("g2", "vmtap2", 2, &server)).wait(BOOT);
+    let steps = upstream_steps();
+    run.assert_passed(&steps.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_upstream_saw_host(&server, "g2");
+    assert_no_nat_network(&lab.host, "br0");
+}

@@ -1,0 +1,55 @@
+//! Reading back what the helpers left in a namespace.
+
+use crate::Netns;
+
+/// Whether a link of that name exists.
+pub fn link_exists(ns: &Netns, name: &str) -> bool {
+    ns.output(&["ip", "link", "show", "dev", name]).status.success()
+}
+
+/// The bridge a link is a port of.
+pub fn controller_of(ns: &Netns, name: &str) -> Option<String> {
+    let line = ns.ok(&["ip", "-o", "link", "show", "dev", name]);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.windows(2).find(|w| w[0] == "master").map(|w| w[1].to_owned())
+}
+
+/// Whether a link is administratively up.
+pub fn is_up(ns: &Netns, name: &str) -> bool {
+    let line = ns.ok(&["ip", "-o", "link", "show", "dev", name]);
+    line.split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"))
+}
+
+/// A link's MTU.
+pub fn mtu_of(ns: &Netns, name: &str) -> u32 {
+    let line = ns.ok(&["ip", "-o", "link", "show", "dev", name]);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == "mtu")
+        .and_then(|w| w[1].parse().ok())
+        .expect("mtu in ip output")
+}
+
+/// Lines of one table that mention kvm-net (its chains, jumps and rules).
+pub fn kvm_net_lines(ns: &Netns, table: &str) -> Vec<String> {
+    ns.ok(&["iptables", "-t", table, "-S"])
+        .lines()
+        .filter(|l| l.contains("KVMNET") || l.contains("kvm-net"))
+        .map(String::from)
+        .collect()
+}
+
+/// Panics unless the bridge and every kvm-net rule are gone.
+pub fn assert_no_nat_network(ns: &Netns, bridge: &str) {
+    assert!(!link_exists(ns, bridge), "bridge {bridge} left behind");
+    assert_eq!(kvm_net_lines(ns, "nat"), Vec::<String>::new());
+    assert_eq!(kvm_net_lines(ns, "filter"), Vec::<String>::new());
+}
+
+/// Both firewall tables kvm-net writes to, as `iptables -S` prints them.
+pub fn firewall(ns: &Netns) -> String {
+    ns.ok(&["iptables", "-t", "nat", "-S"]) + &ns.ok(&["iptables", "-t", "filter", "-S"])
+}

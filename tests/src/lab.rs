@@ -1,0 +1,143 @@
+//! A "host" namespace wired to an "upstream" namespace that stands in for the
+//! internet, and a TCP server there that reports who connected. Upstream has
+//! no route back to guest subnets: only NAT (or a route the test adds) can
+//! bring replies home.
+
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crate::Netns;
+
+/// The host's address on its uplink (what upstream sees from a NATed guest).
+pub const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The upstream host's address.
+pub const UPSTREAM: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+/// Host and upstream namespaces joined by a veth pair (`up0` on the host).
+pub struct Lab {
+    /// Where QEMU and the helpers run.
+    pub host: Netns,
+    /// The outside world, reachable from the host over `up0`.
+    pub upstream: Netns,
+}
+
+impl Lab {
+    /// Builds both namespaces and the link between them.
+    pub fn new() -> Self {
+        let (host, upstream) = (Netns::new(), Netns::new());
+        host.ok(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "wan0"]);
+        host.move_link("wan0", &upstream);
+        host.sh(&format!("ip addr add {HOST_UPLINK}/24 dev up0; ip link set up0 up"));
+        upstream.sh(&format!("ip addr add {UPSTREAM}/24 dev wan0; ip link set wan0 up"));
+        Self { host, upstream }
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One connection the upstream server accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// Source address of the connection, after any NAT.
+    pub peer: Ipv4Addr,
+    /// First line the client sent.
+    pub message: String,
+}
+
+/// A TCP server in the upstream namespace: for each connection it reads one
+/// line, answers `seen PEER`, and records both. Stops when dropped.
+pub struct UpstreamServer {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UpstreamServer {
+    /// Listens on `ip` (an address of `ns`) on a free port.
+    pub fn start(ns: &Netns, ip: Ipv4Addr) -> Self {
+        let listener = ns
+            .enter(|| TcpListener::bind((ip, 0)))
+            .expect("binding the upstream server");
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let port = listener.local_addr().expect("local address").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, SocketAddr::V4(peer))) => {
+                            if let Some(message) = serve(stream, *peer.ip()) {
+                                seen.lock().expect("seen list").push(Seen {
+                                    peer: *peer.ip(),
+                                    message,
+                                });
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+                        Err(_) => thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        };
+        Self {
+            port,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The port to connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Every connection so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen list").clone()
+    }
+}
+
+fn serve(stream: TcpStream, peer: Ipv4Addr) -> Option<String> {
+    stream.set_nonblocking(false).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).ok()?;
+    (&stream).write_all(format!("seen {peer}\n").as_bytes()).ok()?;
+    Some(line.trim().to_owned())
+}
+
+impl Drop for UpstreamServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Connects from inside `ns` to `server` on `ip`, sends `message`, and returns
+/// the server's answer (`seen PEER`).
+pub fn connect_from(ns: &Netns, ip: Ipv4Addr, server: &UpstreamServer, message: &str) -> std::io::Result<String> {
+    let port = server.port();
+    ns.enter(|| {
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        stream.write_all(format!("{message}\n").as_bytes())?;
+        let mut reply = String::new();
+        BufReader::new(&stream).read_line(&mut reply)?;
+        Ok(reply.trim().to_owned())
+    })
+}

@@ -436,3 +436,42 @@ fn guest_reaches_upstream_through_nat_with_forward_accept() {
 fn guest_reaches_upstream_through_nat_with_forward_drop() {
     traffic_through_nat("DROP");
 }
+
+#[test]
+fn a_natup_failing_after_creating_the_bridge_undoes_it() {
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    let before = host.snapshot();
+    // No iptables on PATH: the firewall step fails after the bridge was made.
+    let out = run(&host, "kvm-natup", &["tap0"], &[("PATH", "/nonexistent")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the iptables command is not installed; install it"),
+        "{stderr}"
+    );
+    assert_eq!(host.snapshot(), before, "the bridge must be removed again");
+}
+
+#[test]
+fn unprivileged_callers_are_told_what_is_missing() {
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    host.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+    let before = host.snapshot();
+    for bin in ["kvm-ifup", "kvm-natup"] {
+        let mut command = host.cmd("setpriv");
+        command.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]);
+        let out = command.arg(helper(bin)).arg("tap0").output().expect("setpriv");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("needs root or CAP_NET_ADMIN"), "{stderr}");
+        assert_eq!(host.snapshot(), before);
+    }
+}

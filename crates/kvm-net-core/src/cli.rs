@@ -91,11 +91,30 @@ fn parse(args: &[OsString]) -> Result<Request, Error> {
 
 /// Formats an error as the one line the helpers print: context, cause, advice.
 pub fn one_line(err: &anyhow::Error) -> String {
-    let advice = err
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<Error>())
-        .map_or("run again with KVM_NET_DEBUG=1 to see each step", Error::advice);
+    let advice = match err.chain().find_map(|cause| cause.downcast_ref::<Error>()) {
+        Some(known) => known.advice(),
+        None if is_permission_error(err) => {
+            "kvm-net needs root or CAP_NET_ADMIN; run QEMU as root, or with a setuid helper for unprivileged VMs"
+        }
+        None => "run again with KVM_NET_DEBUG=1 to see each step",
+    };
     format!("{err:#}; {advice}").replace(['\n', '\r'], " ")
+}
+
+/// Whether the kernel refused for lack of privilege (EPERM/EACCES), from a
+/// file (the lock, a sysctl) or from netlink.
+fn is_permission_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let kind = match (
+            cause.downcast_ref::<std::io::Error>(),
+            cause.downcast_ref::<rtnetlink::Error>(),
+        ) {
+            (Some(io), _) => Some(io.kind()),
+            (None, Some(rtnetlink::Error::NetlinkError(message))) => Some(message.to_io().kind()),
+            _ => None,
+        };
+        kind == Some(std::io::ErrorKind::PermissionDenied)
+    })
 }
 
 /// The whole of a helper binary's `main`.

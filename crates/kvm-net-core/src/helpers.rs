@@ -129,10 +129,12 @@ async fn complete_nat_network(
     if !bridge.up {
         netlink.set_up(bridge).await?;
     }
-    enable_ipv4_forwarding()?;
     firewall
         .ensure(&nat_chains(name, config.subnet()))
         .with_context(|| format!("setting up NAT rules for bridge {name}"))?;
+    // Last before attaching: the step most likely to fail (the firewall) is
+    // behind us, and forwarding is a host-wide switch that is never undone.
+    enable_ipv4_forwarding()?;
     trace(format_args!("attaching {} to {name} (mtu {})", port.name, bridge.mtu));
     netlink.attach(port, bridge).await
 }

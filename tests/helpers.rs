@@ -1,44 +1,14 @@
 //! The four helpers run as QEMU runs them (`HELPER IFNAME`), each test in
 //! network namespaces of its own, against the real kernel and iptables.
 
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
 use kvm_net_tests::inspect::{
     assert_no_nat_network, controller_of, firewall, is_up, kvm_net_lines, link_exists, mtu_of,
 };
 use kvm_net_tests::lab::{connect_from, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
+use kvm_net_tests::run::{add_tap, ok, run};
 use kvm_net_tests::{helper, Netns};
-
-/// Runs a helper inside `ns` with `env`, returning its output.
-fn run(ns: &Netns, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = ns.cmd(helper(bin));
-    command
-        .args(args)
-        .env_remove("KVM_NET_DEBUG")
-        .env_remove("KVM_NET_BRIDGE")
-        .env_remove("KVM_NET_ADDRESS");
-    command.envs(env.iter().copied()).stdin(Stdio::null());
-    command.output().unwrap_or_else(|e| panic!("running {bin}: {e}"))
-}
-
-/// Runs a helper that must succeed silently (stdout is a VM console with -serial stdio).
-fn ok(ns: &Netns, bin: &str, tap: &str) {
-    let out = run(ns, bin, &[tap], &[]);
-    assert!(
-        out.status.success(),
-        "{bin} {tap} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "{bin} wrote to stdout: {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-fn add_tap(ns: &Netns, name: &str) {
-    ns.ok(&["ip", "tuntap", "add", "dev", name, "mode", "tap"]);
-}
 
 fn expected_nat_lines(bridge: &str, subnet: &str) -> Vec<String> {
     let tag = format!("-m comment --comment \"kvm-net:{bridge}\"");
@@ -395,20 +365,9 @@ fn ifup_without_a_bridge_fails_and_creates_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bridge lab0 does not exist"));
 }
 
-/// A lab (host and upstream namespaces) plus a "guest" namespace plugged
-/// into the NAT bridge through a veth pair whose host end plays the tap.
-fn guest_behind(lab: &Lab) -> Netns {
-    let guest = Netns::new();
-    lab.host
-        .ok(&["ip", "link", "add", "vm0", "type", "veth", "peer", "name", "eth0"]);
-    lab.host.move_link("eth0", &guest);
-    guest.sh("ip addr add 192.168.100.10/24 dev eth0; ip link set eth0 up; ip route add default via 192.168.100.1");
-    guest
-}
-
 fn traffic_through_nat(forward_policy: &str) {
     let lab = Lab::new();
-    let guest = guest_behind(&lab);
+    let guest = lab.guest("vm0", "192.168.100.10/24", Some("192.168.100.1"));
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
     lab.host.ok(&["iptables", "-P", "FORWARD", forward_policy]);
     ok(&lab.host, "kvm-natup", "vm0");

@@ -33,9 +33,14 @@ pub fn mtu_of(ns: &Netns, name: &str) -> u32 {
         .expect("mtu in ip output")
 }
 
-/// Lines of one table that mention kvm-net (its chains, jumps and rules).
+/// Lines of one iptables table that mention kvm-net (its chains, jumps and rules).
 pub fn kvm_net_lines(ns: &Netns, table: &str) -> Vec<String> {
-    ns.ok(&["iptables", "-t", table, "-S"])
+    kvm_net_lines_of(ns, "iptables", table)
+}
+
+/// As [`kvm_net_lines`], for `iptables` or `ip6tables`.
+pub fn kvm_net_lines_of(ns: &Netns, command: &str, table: &str) -> Vec<String> {
+    ns.ok(&[command, "-t", table, "-S"])
         .lines()
         .filter(|l| l.contains("KVMNET") || l.contains("kvm-net"))
         .map(String::from)
@@ -45,8 +50,15 @@ pub fn kvm_net_lines(ns: &Netns, table: &str) -> Vec<String> {
 /// Panics unless the bridge and every kvm-net rule are gone.
 pub fn assert_no_nat_network(ns: &Netns, bridge: &str) {
     assert!(!link_exists(ns, bridge), "bridge {bridge} left behind");
-    assert_eq!(kvm_net_lines(ns, "nat"), Vec::<String>::new());
-    assert_eq!(kvm_net_lines(ns, "filter"), Vec::<String>::new());
+    for command in ["iptables", "ip6tables"] {
+        for table in ["nat", "filter"] {
+            assert_eq!(
+                kvm_net_lines_of(ns, command, table),
+                Vec::<String>::new(),
+                "{command} -t {table}"
+            );
+        }
+    }
 }
 
 /// Both firewall tables kvm-net writes to, as `iptables -S` prints them.

@@ -3,8 +3,8 @@
 //! no route back to guest subnets: only NAT (or a route the test adds) can
 //! bring replies home.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -16,6 +16,10 @@ use crate::Netns;
 pub const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The upstream host's address.
 pub const UPSTREAM: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// The host's IPv6 address on its uplink.
+pub const HOST_UPLINK6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// The upstream host's IPv6 address.
+pub const UPSTREAM6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 
 /// Host and upstream namespaces joined by a veth pair (`up0` on the host).
 pub struct Lab {
@@ -31,9 +35,28 @@ impl Lab {
         let (host, upstream) = (Netns::new(), Netns::new());
         host.ok(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "wan0"]);
         host.move_link("wan0", &upstream);
-        host.sh(&format!("ip addr add {HOST_UPLINK}/24 dev up0; ip link set up0 up"));
-        upstream.sh(&format!("ip addr add {UPSTREAM}/24 dev wan0; ip link set wan0 up"));
+        host.sh(&format!(
+            "ip addr add {HOST_UPLINK}/24 dev up0; ip addr add {HOST_UPLINK6}/64 dev up0 nodad; ip link set up0 up"
+        ));
+        upstream.sh(&format!(
+            "ip addr add {UPSTREAM}/24 dev wan0; ip addr add {UPSTREAM6}/64 dev wan0 nodad; ip link set wan0 up"
+        ));
         Self { host, upstream }
+    }
+
+    /// A "guest" namespace plugged in through a veth pair whose host end,
+    /// `host_end`, plays the VM's tap; `address` (CIDR) and an optional
+    /// default gateway are set on the guest's `eth0`.
+    pub fn guest(&self, host_end: &str, address: &str, gateway: Option<&str>) -> Netns {
+        let guest = Netns::new();
+        self.host
+            .ok(&["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0"]);
+        self.host.move_link("eth0", &guest);
+        guest.sh(&format!("ip addr add {address} dev eth0 nodad; ip link set eth0 up"));
+        if let Some(gateway) = gateway {
+            guest.ok(&["ip", "route", "add", "default", "via", gateway]);
+        }
+        guest
     }
 }
 
@@ -47,7 +70,7 @@ impl Default for Lab {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Seen {
     /// Source address of the connection, after any NAT.
-    pub peer: Ipv4Addr,
+    pub peer: IpAddr,
     /// First line the client sent.
     pub message: String,
 }
@@ -63,7 +86,8 @@ pub struct UpstreamServer {
 
 impl UpstreamServer {
     /// Listens on `ip` (an address of `ns`) on a free port.
-    pub fn start(ns: &Netns, ip: Ipv4Addr) -> Self {
+    pub fn start(ns: &Netns, ip: impl Into<IpAddr>) -> Self {
+        let ip = ip.into();
         let listener = ns
             .enter(|| TcpListener::bind((ip, 0)))
             .expect("binding the upstream server");
@@ -76,16 +100,15 @@ impl UpstreamServer {
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((stream, SocketAddr::V4(peer))) => {
-                            if let Some(message) = serve(stream, *peer.ip()) {
+                        Ok((stream, peer)) => {
+                            if let Some(message) = serve(stream, peer.ip()) {
                                 seen.lock().expect("seen list").push(Seen {
-                                    peer: *peer.ip(),
+                                    peer: peer.ip(),
                                     message,
                                 });
                             }
                         }
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+                        // WouldBlock, or a connection reset before accept: poll again.
                         Err(_) => thread::sleep(Duration::from_millis(20)),
                     }
                 }
@@ -110,7 +133,7 @@ impl UpstreamServer {
     }
 }
 
-fn serve(stream: TcpStream, peer: Ipv4Addr) -> Option<String> {
+fn serve(stream: TcpStream, peer: IpAddr) -> Option<String> {
     stream.set_nonblocking(false).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut line = String::new();
@@ -130,8 +153,13 @@ impl Drop for UpstreamServer {
 
 /// Connects from inside `ns` to `server` on `ip`, sends `message`, and returns
 /// the server's answer (`seen PEER`).
-pub fn connect_from(ns: &Netns, ip: Ipv4Addr, server: &UpstreamServer, message: &str) -> std::io::Result<String> {
-    let port = server.port();
+pub fn connect_from(
+    ns: &Netns,
+    ip: impl Into<IpAddr>,
+    server: &UpstreamServer,
+    message: &str,
+) -> std::io::Result<String> {
+    let (ip, port) = (ip.into(), server.port());
     ns.enter(|| {
         let mut stream = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;

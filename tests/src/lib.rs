@@ -5,6 +5,7 @@ pub mod inspect;
 pub mod lab;
 pub mod netns;
 pub mod qemu;
+pub mod run;
 
 use std::path::PathBuf;
 

@@ -4,10 +4,13 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use crate::config::NetworkConfig;
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, Config, Environment, SYSTEM_CONFIG};
 use crate::error::Error;
 use crate::helpers;
 use crate::ifname::IfName;
+use crate::trace::trace;
 
 /// The four helpers, one per binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,23 +48,39 @@ impl Helper {
     fn usage(self) -> String {
         format!(
             "{name} - {summary}\n\n\
-             Usage: {name} IFNAME\n\n\
+             Usage: {name} IFNAME        (or a symlink {name}@NETWORK)\n\n\
              QEMU runs it with the tap's name: -netdev tap,id=n0,script=/usr/libexec/{name},...\n\n\
-             Environment:\n  \
-             KVM_NET_BRIDGE   bridge name (default br0)\n  \
-             KVM_NET_ADDRESS  bridge address for NAT, CIDR (default 192.168.100.1/24)\n  \
+             The network comes from, first to last: the @NETWORK suffix of the name it was\n\
+             run as, the first network whose taps pattern matches IFNAME, KVM_NET_NETWORK,\n\
+             the network called default. Networks live in {SYSTEM_CONFIG}; without\n\
+             it, default is NAT on br0 with 192.168.100.1/24.\n\n\
+             Environment (ignored when run setuid or with file capabilities):\n  \
+             KVM_NET_CONFIG   config file (default {SYSTEM_CONFIG})\n  \
+             KVM_NET_NETWORK  network name\n  \
+             KVM_NET_BRIDGE   override the network's bridge\n  \
+             KVM_NET_ADDRESS  override the network's IPv4 address, CIDR\n  \
              KVM_NET_DEBUG=1  trace each step on stderr\n",
             name = self.name(),
             summary = self.summary(),
         )
     }
 
-    fn run(self, tap: &IfName) -> anyhow::Result<()> {
+    fn run(self, tap: &IfName, invoked_as: Option<&str>) -> anyhow::Result<()> {
+        if self == Helper::IfDown {
+            return helpers::ifdown(tap);
+        }
+        let env = Environment::from_process()?;
+        let path = env.config.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CONFIG));
+        let config = Config::load(&path)?;
+        let network = config::choose(&config, invoked_as, tap, &env)?;
+        trace(format_args!(
+            "{tap}: network {} ({}, bridge {}) from {}",
+            network.name, network.mode, network.bridge, config.source
+        ));
         match self {
-            Helper::IfDown => helpers::ifdown(tap),
-            Helper::IfUp => helpers::ifup(tap, &NetworkConfig::from_env()?),
-            Helper::NatUp => helpers::natup(tap, &NetworkConfig::from_env()?),
-            Helper::NatDown => helpers::natdown(tap, &NetworkConfig::from_env()?),
+            Helper::IfUp => helpers::ifup(tap, &network, &config.source),
+            Helper::NatUp => helpers::natup(tap, &network),
+            Helper::NatDown | Helper::IfDown => helpers::natdown(tap, &network),
         }
     }
 }
@@ -117,9 +136,18 @@ fn is_permission_error(err: &anyhow::Error) -> bool {
     })
 }
 
+/// The network named by the name the helper was run as: `kvm-natup@lab` is
+/// `kvm-natup` for network `lab`.
+fn network_in_name(argv0: &OsString) -> Option<String> {
+    let name = Path::new(argv0).file_name()?.to_str()?;
+    name.split_once('@').map(|(_, network)| network.to_owned())
+}
+
 /// The whole of a helper binary's `main`.
 pub fn main(helper: Helper) -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut argv = std::env::args_os();
+    let invoked_as = argv.next().as_ref().and_then(network_in_name);
+    let args: Vec<OsString> = argv.collect();
     let result = parse(&args)
         .map_err(anyhow::Error::from)
         .and_then(|request| match request {
@@ -131,7 +159,7 @@ pub fn main(helper: Helper) -> ExitCode {
                 println!("{} {}", helper.name(), env!("CARGO_PKG_VERSION"));
                 Ok(())
             }
-            Request::Run(tap) => helper.run(&tap),
+            Request::Run(tap) => helper.run(&tap, invoked_as.as_deref()),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -178,6 +206,15 @@ mod tests {
             let err = parse(&args(bad)).expect_err("must be rejected");
             assert_eq!(err.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn network_comes_from_the_suffix_of_the_invoked_name() {
+        assert_eq!(
+            network_in_name(&OsString::from("/usr/libexec/kvm-natup@lab")).as_deref(),
+            Some("lab")
+        );
+        assert_eq!(network_in_name(&OsString::from("kvm-natup")), None);
     }
 
     #[test]

@@ -27,6 +27,34 @@ pub enum Error {
     /// The bridge's name is taken by a link of another kind.
     #[error("{name} is a {kind} link, not a bridge")]
     NotABridge { name: String, kind: String },
+    /// The config file cannot be read or does not validate.
+    #[error("config {path}{}{}: {reason}", network.as_ref().map(|n| format!(": network {n}")).unwrap_or_default(), field.map(|f| format!(": field {f}")).unwrap_or_default())]
+    Config {
+        path: String,
+        network: Option<String>,
+        field: Option<&'static str>,
+        reason: String,
+    },
+    /// The network chosen for a tap is not in the config.
+    #[error("no network named {name} in {origin} ({how})")]
+    UnknownNetwork { name: String, how: String, origin: String },
+    /// A managed network given to kvm-ifup, or a bridged one to kvm-natup.
+    #[error("network {network} is {mode}, which {helpers} do not serve")]
+    WrongHelper {
+        network: String,
+        mode: crate::config::Mode,
+        helpers: &'static str,
+    },
+    /// A new managed network's subnet is already on another interface.
+    #[error("subnet {subnet} of network {network} is in use by {user}")]
+    SubnetInUse {
+        subnet: String,
+        network: String,
+        user: String,
+    },
+    /// A setuid-root helper could not take root's real IDs for the commands it runs.
+    #[error("cannot switch to root's real user and group IDs: {0}")]
+    DropCallerIds(#[source] nix::errno::Errno),
     /// A command kvm-net runs is not installed.
     #[error("the {0} command is not installed")]
     MissingTool(&'static str),
@@ -47,6 +75,14 @@ impl Error {
                 "create the bridge first (ip link add br0 type bridge), set KVM_NET_BRIDGE to an existing one, or use kvm-natup for a NAT network"
             }
             Error::NotABridge { .. } => "rename or delete that link, or set KVM_NET_BRIDGE to another bridge name",
+            Error::Config { .. } => "fix the file (see kvm-net.toml(5) and docs/configuration.md); nothing was changed",
+            Error::UnknownNetwork { .. } => "add the network to the config file, or pick one that is there",
+            Error::WrongHelper { mode, .. } if mode.is_managed() => {
+                "use script=kvm-natup,downscript=kvm-natdown for nat, routed and isolated networks"
+            }
+            Error::WrongHelper { .. } => "use script=kvm-ifup,downscript=kvm-ifdown for bridged networks",
+            Error::SubnetInUse { .. } => "pick another subnet for this network in the config file, or remove the other user",
+            Error::DropCallerIds(_) => "install the helper owned by root with mode 4755, or run QEMU as root",
             Error::MissingTool(_) => "install it (Debian and Ubuntu: apt-get install iptables; Fedora: dnf install iptables-nft)",
             Error::TapIsBridge(_) => "pass the VM's tap interface, not the bridge",
         }

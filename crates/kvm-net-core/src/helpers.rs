@@ -5,13 +5,15 @@ use std::future::Future;
 
 use anyhow::{Context, Result};
 
-use crate::config::NetworkConfig;
+use ipnetwork::IpNetwork;
+
+use crate::config::{Network, Source};
 use crate::error::Error;
-use crate::firewall::{nat_chains, Firewall, IptablesFirewall};
+use crate::firewall::{all_chains, network_chains, Firewall, IptablesFirewall};
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{Link, Netlink};
-use crate::sysctl::enable_ipv4_forwarding;
+use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
 use crate::trace::trace;
 
 /// Runs one operation on a single-threaded runtime: a helper makes a handful of
@@ -45,24 +47,30 @@ async fn find_bridge(netlink: &Netlink, bridge: &IfName) -> Result<Option<Link>>
     }
 }
 
-/// `kvm-ifup`: puts the tap on an existing bridge (bridged and isolated modes).
-pub fn ifup(tap: &IfName, config: &NetworkConfig) -> Result<()> {
+/// `kvm-ifup`: puts the tap on an existing bridge (bridged networks, and the
+/// built-in default's `br0` exactly as `/etc/qemu-ifup` did).
+pub fn ifup(tap: &IfName, network: &Network, source: &Source) -> Result<()> {
+    if network.mode.is_managed() && *source != Source::Builtin {
+        return Err(wrong_helper(network, "kvm-ifup/kvm-ifdown"));
+    }
+    let bridge_name = &network.bridge;
     block_on(async {
         let netlink = Netlink::connect()?;
         let port = require_tap(&netlink, tap)
             .await
             .with_context(|| format!("checking interface {tap}"))?;
-        let bridge = find_bridge(&netlink, &config.bridge)
+        let bridge = find_bridge(&netlink, bridge_name)
             .await
-            .and_then(|found| found.ok_or_else(|| Error::NoBridge(config.bridge.to_string()).into()))
-            .with_context(|| format!("attaching {tap} to bridge {}", config.bridge))?;
+            .and_then(|found| found.ok_or_else(|| Error::NoBridge(bridge_name.to_string()).into()))
+            .with_context(|| format!("attaching {tap} to bridge {bridge_name}"))?;
         trace(format_args!("attaching {tap} to {} (mtu {})", bridge.name, bridge.mtu));
         netlink.attach(&port, &bridge).await
     })
 }
 
 /// `kvm-ifdown`: takes the tap off its bridge and sets it down; a tap that is
-/// already gone or detached is fine.
+/// already gone or detached is fine. Reads no config: it acts on what the
+/// kernel says the tap is attached to.
 pub fn ifdown(tap: &IfName) -> Result<()> {
     block_on(async {
         let netlink = Netlink::connect()?;
@@ -72,43 +80,89 @@ pub fn ifdown(tap: &IfName) -> Result<()> {
                 Ok(())
             }
             Some(link) if link.is_bridge() => Err(Error::TapIsBridge(tap.to_string()).into()),
-            Some(link) => netlink.detach_and_down(&link).await,
+            Some(link) => {
+                if let Some(index) = link.controller {
+                    if let Some(bridge) = netlink.link_by_index(index).await? {
+                        if bridge.is_managed() {
+                            eprintln!(
+                                "kvm-ifdown: warning: {} is a network kvm-natup created; pair kvm-natup with kvm-natdown so that it is removed when its last VM stops",
+                                bridge.name
+                            );
+                        }
+                    }
+                }
+                netlink.detach_and_down(&link).await
+            }
         }
     })
 }
 
-/// `kvm-natup`: makes the NAT network whole (bridge, address, forwarding,
-/// rules), then attaches the tap. Undoes what it created if a step fails,
-/// because QEMU does not run the downscript after a failed up-script.
-pub fn natup(tap: &IfName, config: &NetworkConfig) -> Result<()> {
-    let _lock = BridgeLock::acquire(&config.bridge)?;
+fn wrong_helper(network: &Network, helpers: &'static str) -> anyhow::Error {
+    anyhow::Error::new(Error::WrongHelper {
+        network: network.name.clone(),
+        mode: network.mode,
+        helpers,
+    })
+    .context(format!("choosing network {}", network.name))
+}
+
+/// `kvm-natup`: makes a managed network whole (bridge, addresses,
+/// forwarding, rules), then attaches the tap. Undoes what it created if a
+/// step fails, because QEMU does not run the downscript after a failed
+/// up-script.
+pub fn natup(tap: &IfName, network: &Network) -> Result<()> {
+    if !network.mode.is_managed() {
+        return Err(wrong_helper(network, "kvm-natup/kvm-natdown"));
+    }
+    let _lock = BridgeLock::acquire(&network.bridge)?;
     let firewall = IptablesFirewall::new();
     block_on(async {
         let netlink = Netlink::connect()?;
         let port = require_tap(&netlink, tap)
             .await
             .with_context(|| format!("checking interface {tap}"))?;
-        let existing = find_bridge(&netlink, &config.bridge)
+        let existing = find_bridge(&netlink, &network.bridge)
             .await
-            .with_context(|| format!("checking bridge {}", config.bridge))?;
+            .with_context(|| format!("checking bridge {}", network.bridge))?;
         let (bridge, created) = match existing {
             Some(bridge) => (bridge, false),
-            None => (create_bridge(&netlink, &config.bridge).await?, true),
+            None => (create_bridge(&netlink, network).await?, true),
         };
-        let result = complete_nat_network(&netlink, &firewall, &port, &bridge, config).await;
+        let result = complete_network(&netlink, &firewall, &port, &bridge, network).await;
         if let (Err(_), true) = (&result, created) {
             trace(format_args!("undoing: removing bridge {} and its rules", bridge.name));
             // Best effort: the first error is the one worth reporting.
-            let _ = firewall.remove(&nat_chains(&config.bridge, config.subnet()));
+            let _ = firewall.remove(&all_chains(&network.bridge));
             let _ = netlink.delete(&bridge).await;
         }
         result
     })
 }
 
-async fn create_bridge(netlink: &Netlink, name: &IfName) -> Result<Link> {
+async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
+    let name = &network.bridge;
+    let subnets = network
+        .ipv4
+        .map(IpNetwork::V4)
+        .into_iter()
+        .chain(network.ipv6.map(IpNetwork::V6));
+    for subnet in subnets {
+        let users = netlink.subnet_users(subnet, None).await?;
+        if !users.is_empty() {
+            let subnet = IpNetwork::new(subnet.network(), subnet.prefix()).unwrap_or(subnet);
+            return Err(anyhow::Error::new(Error::SubnetInUse {
+                subnet: subnet.to_string(),
+                network: network.name.clone(),
+                user: users.join(", "),
+            })
+            .context(format!("creating bridge {name}")));
+        }
+    }
     trace(format_args!("creating bridge {name}"));
-    match netlink.create_managed_bridge(name.as_str(), bridge_mac(name)).await? {
+    match netlink
+        .create_managed_bridge(name.as_str(), bridge_mac(name), network.mtu)
+        .await?
+    {
         Some(bridge) => Ok(bridge),
         // Someone outside kvm-net's lock created it first: use theirs if it is a bridge.
         None => find_bridge(netlink, name)
@@ -117,34 +171,63 @@ async fn create_bridge(netlink: &Netlink, name: &IfName) -> Result<Link> {
     }
 }
 
-async fn complete_nat_network(
+async fn complete_network(
     netlink: &Netlink,
     firewall: &impl Firewall,
     port: &Link,
     bridge: &Link,
-    config: &NetworkConfig,
+    network: &Network,
 ) -> Result<()> {
-    let name = &config.bridge;
-    netlink.ensure_ipv4(bridge, config.address).await?;
+    let name = &network.bridge;
+    for address in network
+        .ipv4
+        .map(IpNetwork::V4)
+        .into_iter()
+        .chain(network.ipv6.map(IpNetwork::V6))
+    {
+        netlink.ensure_address(bridge, address).await?;
+    }
+    let bridge = match network.mtu {
+        Some(mtu) if mtu != bridge.mtu => {
+            netlink.set_mtu(bridge, mtu).await?;
+            Link { mtu, ..bridge.clone() }
+        }
+        _ => bridge.clone(),
+    };
+    disable_accept_ra(name)?;
     if !bridge.up {
-        netlink.set_up(bridge).await?;
+        netlink.set_up(&bridge).await?;
     }
     firewall
-        .ensure(&nat_chains(name, config.subnet()))
-        .with_context(|| format!("setting up NAT rules for bridge {name}"))?;
+        .ensure(&network_chains(network))
+        .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
     // Last before attaching: the step most likely to fail (the firewall) is
     // behind us, and forwarding is a host-wide switch that is never undone.
-    enable_ipv4_forwarding()?;
+    if network.mode.forwards() {
+        if network.ipv4.is_some() {
+            enable_ipv4_forwarding()?;
+        }
+        if network.ipv6.is_some() {
+            for uplink in enable_ipv6_forwarding()? {
+                eprintln!(
+                    "kvm-natup: warning: IPv6 forwarding is now on, so {uplink} (accept_ra=1) ignores router advertisements; if it gets its address or route from them, set net.ipv6.conf.{uplink}.accept_ra=2"
+                );
+            }
+        }
+    }
     trace(format_args!("attaching {} to {name} (mtu {})", port.name, bridge.mtu));
-    netlink.attach(port, bridge).await
+    netlink.attach(port, &bridge).await
 }
 
 /// `kvm-natdown`: detaches the tap; when no other port is left, removes
 /// kvm-net's rules for the bridge and, if kvm-net created it, the bridge.
-pub fn natdown(tap: &IfName, config: &NetworkConfig) -> Result<()> {
-    let lock = BridgeLock::acquire(&config.bridge)?;
+pub fn natdown(tap: &IfName, network: &Network) -> Result<()> {
+    if !network.mode.is_managed() {
+        return Err(wrong_helper(network, "kvm-natup/kvm-natdown"));
+    }
+    let lock = BridgeLock::acquire(&network.bridge)?;
     let firewall = IptablesFirewall::new();
-    let chains = nat_chains(&config.bridge, config.subnet());
+    let chains = all_chains(&network.bridge);
     let network_gone = block_on(async {
         let netlink = Netlink::connect()?;
         let port = netlink.link_by_name(tap.as_str()).await?;
@@ -154,13 +237,13 @@ pub fn natdown(tap: &IfName, config: &NetworkConfig) -> Result<()> {
             }
             netlink.detach_and_down(port).await?;
         }
-        let bridge = match netlink.link_by_name(config.bridge.as_str()).await? {
+        let bridge = match netlink.link_by_name(network.bridge.as_str()).await? {
             Some(bridge) if bridge.is_bridge() => bridge,
             Some(_) => return Ok(true),
             None => {
                 trace(format_args!(
                     "bridge {} is gone; removing any rules left for it",
-                    config.bridge
+                    network.bridge
                 ));
                 firewall.remove(&chains)?;
                 return Ok(true);
@@ -179,7 +262,7 @@ pub fn natdown(tap: &IfName, config: &NetworkConfig) -> Result<()> {
         }
         firewall
             .remove(&chains)
-            .with_context(|| format!("removing NAT rules for bridge {}", bridge.name))?;
+            .with_context(|| format!("removing the rules for bridge {}", bridge.name))?;
         if bridge.is_managed() {
             trace(format_args!("deleting bridge {}", bridge.name));
             netlink.delete(&bridge).await?;

@@ -1,15 +1,16 @@
 //! The kernel's view of links and addresses, asked and changed over rtnetlink.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use nix::errno::Errno;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 
 /// The alias kvm-net puts on bridges it creates: the mark that makes them its own to delete.
 pub const MANAGED_ALIAS: &str = "kvm-net managed bridge";
@@ -101,6 +102,20 @@ impl Netlink {
         }
     }
 
+    /// Looks a link up by index; `None` when there is no such link.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut request = std::pin::pin!(self.handle.link().get().match_index(index).execute());
+        match request.try_next().await {
+            Ok(message) => Ok(message.map(Link::from_message)),
+            Err(rtnetlink::Error::NetlinkError(message))
+                if message.to_io().raw_os_error() == Some(Errno::ENODEV as i32) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err).with_context(|| format!("asking the kernel about interface #{index}")),
+        }
+    }
+
     /// Ports of a bridge, filtered by the kernel (a dump restricted to one controller).
     pub async fn ports_of(&self, bridge: &Link) -> Result<Vec<Link>> {
         let mut request = self.handle.link().get();
@@ -122,8 +137,12 @@ impl Netlink {
 
     /// Creates a bridge marked as kvm-net's, with a fixed MAC so that it does not
     /// change as ports come and go. Returns `None` if another process won the race.
-    pub async fn create_managed_bridge(&self, name: &str, mac: [u8; 6]) -> Result<Option<Link>> {
-        let message = LinkBridge::new(name).address(mac.to_vec()).build();
+    pub async fn create_managed_bridge(&self, name: &str, mac: [u8; 6], mtu: Option<u32>) -> Result<Option<Link>> {
+        let mut builder = LinkBridge::new(name).address(mac.to_vec());
+        if let Some(mtu) = mtu {
+            builder = builder.mtu(mtu);
+        }
+        let message = builder.build();
         match self.handle.link().add(message).execute().await {
             Ok(()) => {}
             Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().kind() == io::ErrorKind::AlreadyExists => {
@@ -148,8 +167,10 @@ impl Netlink {
         }))
     }
 
-    /// Adds the address to the link unless it is already there.
-    pub async fn ensure_ipv4(&self, link: &Link, address: Ipv4Network) -> Result<()> {
+    /// Adds the address to the link unless it is already there. IPv6
+    /// addresses skip duplicate address detection: the bridge's address is
+    /// the guests' gateway and must work at once.
+    pub async fn ensure_address(&self, link: &Link, address: IpNetwork) -> Result<()> {
         let present = self
             .handle
             .address()
@@ -161,7 +182,7 @@ impl Netlink {
                     && message
                         .attributes
                         .iter()
-                        .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == address.ip()));
+                        .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == address.ip()));
                 futures::future::ready(hit)
             })
             .await
@@ -169,16 +190,100 @@ impl Netlink {
         if present {
             return Ok(());
         }
-        match self
-            .handle
-            .address()
-            .add(link.index, IpAddr::V4(address.ip()), address.prefix())
-            .execute()
-            .await
-        {
+        let mut request = self.handle.address().add(link.index, address.ip(), address.prefix());
+        if address.is_ipv6() {
+            request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match request.execute().await {
             Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().kind() == io::ErrorKind::AlreadyExists => Ok(()),
             other => other.with_context(|| format!("adding address {address} to {}", link.name)),
         }
+    }
+
+    /// Sets a link's MTU.
+    pub async fn set_mtu(&self, link: &Link, mtu: u32) -> Result<()> {
+        let message = LinkUnspec::new_with_index(link.index).mtu(mtu).build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .with_context(|| format!("setting the MTU of {} to {mtu}", link.name))
+    }
+
+    /// Interfaces other than `except` that already use part of `subnet`, by an
+    /// address or a route ("eth0 (route 10.0.0.0/8)").
+    pub async fn subnet_users(&self, subnet: IpNetwork, except: Option<u32>) -> Result<Vec<String>> {
+        let overlaps = |other: IpNetwork| other.contains(subnet.network()) || subnet.contains(other.network());
+        let mut users: Vec<(u32, String)> = Vec::new();
+        let addresses: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context("listing addresses")?;
+        for message in addresses {
+            let index = message.header.index;
+            for attribute in &message.attributes {
+                if let AddressAttribute::Address(ip) = attribute {
+                    if let Ok(net) = IpNetwork::new(*ip, message.header.prefix_len) {
+                        if Some(index) != except && net.is_ipv4() == subnet.is_ipv4() && overlaps(net) {
+                            users.push((index, format!("address {net}")));
+                        }
+                    }
+                }
+            }
+        }
+        let query = if subnet.is_ipv4() {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        };
+        let routes: Vec<_> = self
+            .handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .context("listing routes")?;
+        for message in routes {
+            if message.header.destination_prefix_length == 0 || message.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let mut destination = None;
+            let mut oif = None;
+            for attribute in &message.attributes {
+                match attribute {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = Some(IpAddr::V4(*ip)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => destination = Some(IpAddr::V6(*ip)),
+                    RouteAttribute::Oif(index) => oif = Some(*index),
+                    _ => {}
+                }
+            }
+            let (Some(ip), Some(index)) = (destination, oif) else {
+                continue;
+            };
+            if let Ok(net) = IpNetwork::new(ip, message.header.destination_prefix_length) {
+                if Some(index) != except && overlaps(net) {
+                    users.push((index, format!("route {net}")));
+                }
+            }
+        }
+        let mut described = Vec::new();
+        for (index, what) in users {
+            let name = match self.link_by_index(index).await? {
+                Some(link) => link.name,
+                None => format!("interface #{index}"),
+            };
+            described.push(format!("{name} ({what})"));
+        }
+        Ok(described)
     }
 
     /// Brings a link up.

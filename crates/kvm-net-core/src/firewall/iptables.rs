@@ -7,14 +7,16 @@ use std::io;
 use anyhow::{anyhow, Context, Result};
 use iptables::IPTables;
 
-use super::rules::OwnChain;
+use super::rules::{Family, OwnChain};
 use super::Firewall;
 use crate::error::Error;
 use crate::trace::trace;
 
-/// Drives the `iptables` binary (legacy or nf_tables flavour) found on PATH.
+/// Drives the `iptables` and `ip6tables` binaries (legacy or nf_tables
+/// flavour) found on PATH.
 pub struct IptablesFirewall {
-    ipt: IPTables,
+    v4: IPTables,
+    v6: IPTables,
 }
 
 impl Default for IptablesFirewall {
@@ -24,26 +26,37 @@ impl Default for IptablesFirewall {
 }
 
 impl IptablesFirewall {
-    /// Builds the driver without the crate's `iptables --version` probe: every
+    /// Builds the drivers without the crate's `iptables --version` probe: every
     /// iptables since 1.4.20 has `-C` and `-w`, and a process spawn costs more
     /// than the rest of a warm start.
     pub fn new() -> Self {
+        let driver = |cmd| IPTables {
+            cmd,
+            has_check: true,
+            has_wait: true,
+            is_numeric: false,
+        };
         Self {
-            ipt: IPTables {
-                cmd: "iptables",
-                has_check: true,
-                has_wait: true,
-                is_numeric: false,
-            },
+            v4: driver("iptables"),
+            v6: driver("ip6tables"),
+        }
+    }
+
+    fn driver(&self, family: Family) -> &IPTables {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
         }
     }
 
     /// One table as `iptables -S` prints it.
-    fn list(&self, table: &str) -> Result<Vec<String>> {
-        let output = self.ipt.execute(table, "-S").map_err(crate_error)?;
+    fn list(&self, family: Family, table: &str) -> Result<Vec<String>> {
+        let driver = self.driver(family);
+        let output = driver.execute(table, "-S").map_err(|e| crate_error(driver.cmd, e))?;
         if !output.status.success() {
             return Err(anyhow!(
-                "iptables -t {table} -S failed: {}",
+                "{} -t {table} -S failed: {}",
+                driver.cmd,
                 String::from_utf8_lossy(&output.stderr).trim()
             ));
         }
@@ -53,70 +66,102 @@ impl IptablesFirewall {
             .collect())
     }
 
-    fn ensure_chain(&self, chain: &OwnChain) -> Result<()> {
-        let listing = self.list(chain.table)?;
-        let table = Listing { lines: &listing };
-        if !table.has_chain(&chain.name) {
-            trace(format_args!("creating chain {} in table {}", chain.name, chain.table));
-            self.ipt.new_chain(chain.table, &chain.name).map_err(crate_error)?;
-        }
-        let current = table.rules_of(&chain.name);
-        if current != chain.rules {
-            trace(format_args!("writing {} rules of {}", chain.rules.len(), chain.name));
-            if !current.is_empty() {
-                self.ipt.flush_chain(chain.table, &chain.name).map_err(crate_error)?;
+    /// Runs `apply` on each chain with a listing of its table, reading each
+    /// table once however many of its chains there are.
+    fn with_listings(
+        &self,
+        chains: &[OwnChain],
+        apply: impl Fn(&IPTables, &Listing, &OwnChain) -> Result<()>,
+    ) -> Result<()> {
+        let mut tables: Vec<(Family, &str)> = chains.iter().map(|c| (c.family, c.table)).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        for (family, table) in tables {
+            let lines = self.list(family, table)?;
+            let listing = Listing { lines: &lines };
+            for chain in chains.iter().filter(|c| c.family == family && c.table == table) {
+                apply(self.driver(family), &listing, chain)?;
             }
-            for rule in &chain.rules {
-                self.ipt.append(chain.table, &chain.name, rule).map_err(crate_error)?;
-            }
-        }
-        let jumps = table.jumps_to(chain.hook, &chain.name);
-        match jumps.split_first() {
-            None => {
-                trace(format_args!("inserting jump {} -> {}", chain.hook, chain.name));
-                self.ipt
-                    .insert(chain.table, chain.hook, &chain.jump, 1)
-                    .map_err(crate_error)?;
-            }
-            Some((_, duplicates)) => {
-                for jump in duplicates {
-                    self.ipt.delete(chain.table, chain.hook, jump).map_err(crate_error)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn remove_chain(&self, chain: &OwnChain) -> Result<()> {
-        let listing = self.list(chain.table)?;
-        let table = Listing { lines: &listing };
-        for jump in table.jumps_to(chain.hook, &chain.name) {
-            self.ipt.delete(chain.table, chain.hook, jump).map_err(crate_error)?;
-        }
-        if table.has_chain(&chain.name) {
-            trace(format_args!("deleting chain {} from table {}", chain.name, chain.table));
-            self.ipt.flush_chain(chain.table, &chain.name).map_err(crate_error)?;
-            self.ipt.delete_chain(chain.table, &chain.name).map_err(crate_error)?;
         }
         Ok(())
     }
 }
 
+fn ensure_chain(ipt: &IPTables, table: &Listing, chain: &OwnChain) -> Result<()> {
+    let fail = |e| crate_error(ipt.cmd, e);
+    if !table.has_chain(&chain.name) {
+        trace(format_args!(
+            "creating chain {} in {} table {}",
+            chain.name, ipt.cmd, chain.table
+        ));
+        ipt.new_chain(chain.table, &chain.name).map_err(fail)?;
+    }
+    let current = table.rules_of(&chain.name);
+    if current != chain.rules {
+        trace(format_args!(
+            "writing {} rules of {} ({})",
+            chain.rules.len(),
+            chain.name,
+            ipt.cmd
+        ));
+        if !current.is_empty() {
+            ipt.flush_chain(chain.table, &chain.name).map_err(fail)?;
+        }
+        for rule in &chain.rules {
+            ipt.append(chain.table, &chain.name, rule).map_err(fail)?;
+        }
+    }
+    let jumps = table.jumps_to(chain.hook, &chain.name);
+    match jumps.split_first() {
+        None => {
+            trace(format_args!(
+                "inserting jump {} -> {} ({})",
+                chain.hook, chain.name, ipt.cmd
+            ));
+            ipt.insert(chain.table, chain.hook, &chain.jump, 1).map_err(fail)?;
+        }
+        Some((_, duplicates)) => {
+            for jump in duplicates {
+                ipt.delete(chain.table, chain.hook, jump).map_err(fail)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_chain(ipt: &IPTables, table: &Listing, chain: &OwnChain) -> Result<()> {
+    let fail = |e| crate_error(ipt.cmd, e);
+    for jump in table.jumps_to(chain.hook, &chain.name) {
+        ipt.delete(chain.table, chain.hook, jump).map_err(fail)?;
+    }
+    if table.has_chain(&chain.name) {
+        trace(format_args!(
+            "deleting chain {} from {} table {}",
+            chain.name, ipt.cmd, chain.table
+        ));
+        ipt.flush_chain(chain.table, &chain.name).map_err(fail)?;
+        ipt.delete_chain(chain.table, &chain.name).map_err(fail)?;
+    }
+    Ok(())
+}
+
 impl Firewall for IptablesFirewall {
     fn ensure(&self, chains: &[OwnChain]) -> Result<()> {
-        for chain in chains {
-            self.ensure_chain(chain)
-                .with_context(|| format!("installing {} chain {} (table {})", chain.hook, chain.name, chain.table))?;
-        }
-        Ok(())
+        self.with_listings(chains, |ipt, table, chain| {
+            ensure_chain(ipt, table, chain).with_context(|| {
+                format!(
+                    "installing {} chain {} ({} table {})",
+                    chain.hook, chain.name, ipt.cmd, chain.table
+                )
+            })
+        })
     }
 
     fn remove(&self, chains: &[OwnChain]) -> Result<()> {
-        for chain in chains {
-            self.remove_chain(chain)
-                .with_context(|| format!("removing chain {} (table {})", chain.name, chain.table))?;
-        }
-        Ok(())
+        self.with_listings(chains, |ipt, table, chain| {
+            remove_chain(ipt, table, chain)
+                .with_context(|| format!("removing chain {} ({} table {})", chain.name, ipt.cmd, chain.table))
+        })
     }
 }
 
@@ -155,9 +200,9 @@ impl<'a> Listing<'a> {
 
 /// The iptables crate's errors are neither Send nor Sync; keep their text, and
 /// turn a missing binary into advice.
-fn crate_error(err: Box<dyn StdError>) -> anyhow::Error {
+fn crate_error(cmd: &'static str, err: Box<dyn StdError>) -> anyhow::Error {
     match err.downcast_ref::<io::Error>() {
-        Some(io_err) if io_err.kind() == io::ErrorKind::NotFound => anyhow::Error::new(Error::MissingTool("iptables")),
+        Some(io_err) if io_err.kind() == io::ErrorKind::NotFound => anyhow::Error::new(Error::MissingTool(cmd)),
         _ => anyhow!("{}", err.to_string().replace('\n', " ").trim().to_owned()),
     }
 }

@@ -7,7 +7,7 @@ mod rules;
 use anyhow::Result;
 
 pub use self::iptables::IptablesFirewall;
-pub use self::rules::{nat_chains, OwnChain};
+pub use self::rules::{all_chains, network_chains, Family, OwnChain};
 
 /// A firewall backend; iptables today, nftables may follow.
 pub trait Firewall {

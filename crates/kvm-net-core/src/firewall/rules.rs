@@ -1,17 +1,27 @@
 //! The rules a NAT bridge needs, built as the exact text `iptables -S` prints,
 //! so that a listing can be compared with what should be there.
 
-use ipnetwork::Ipv4Network;
-
+use crate::config::{Mode, Network};
 use crate::ifname::IfName;
 
 /// Prefix of every chain kvm-net creates; with a 15-byte bridge name the
 /// longest chain name (`KVMNET-NAT-` + name) stays under iptables' 28 bytes.
 pub const CHAIN_PREFIX: &str = "KVMNET-";
 
+/// Which of iptables and ip6tables holds a chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// `iptables`.
+    V4,
+    /// `ip6tables`.
+    V6,
+}
+
 /// A chain of kvm-net's own, in `table`, jumped to from the built-in `hook`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnChain {
+    /// iptables or ip6tables.
+    pub family: Family,
     /// iptables table (`nat`, `filter`).
     pub table: &'static str,
     /// Built-in chain holding the jump.
@@ -29,10 +39,22 @@ pub fn comment(bridge: &IfName) -> String {
     format!("-m comment --comment \"kvm-net:{bridge}\"")
 }
 
-fn own_chain(table: &'static str, hook: &'static str, kind: &str, bridge: &IfName, rules: Vec<String>) -> OwnChain {
-    let name = format!("{CHAIN_PREFIX}{kind}-{bridge}");
+/// The two kinds of chain kvm-net keeps per bridge and family.
+#[derive(Clone, Copy)]
+enum Kind {
+    Masquerade,
+    Forward,
+}
+
+fn own_chain(family: Family, kind: Kind, bridge: &IfName, rules: Vec<String>) -> OwnChain {
+    let (table, hook, tag) = match kind {
+        Kind::Masquerade => ("nat", "POSTROUTING", "NAT"),
+        Kind::Forward => ("filter", "FORWARD", "FWD"),
+    };
+    let name = format!("{CHAIN_PREFIX}{tag}-{bridge}");
     let jump = format!("{} -j {name}", comment(bridge));
     OwnChain {
+        family,
         table,
         hook,
         name,
@@ -41,40 +63,116 @@ fn own_chain(table: &'static str, hook: &'static str, kind: &str, bridge: &IfNam
     }
 }
 
-/// Masquerade and forward chains for a NAT bridge serving `subnet`
-/// (libvirt's rule set, so guests behave as on virbr0).
-pub fn nat_chains(bridge: &IfName, subnet: Ipv4Network) -> Vec<OwnChain> {
+/// Every chain kvm-net may have made for `bridge`, whatever mode it had: what
+/// teardown removes, so that a mode changed in between leaves nothing behind.
+pub fn all_chains(bridge: &IfName) -> Vec<OwnChain> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .flat_map(|family| [Kind::Masquerade, Kind::Forward].map(|kind| own_chain(family, kind, bridge, Vec::new())))
+        .collect()
+}
+
+/// The chains a managed network needs, by mode (libvirt's rule sets, so that
+/// guests behave as on its networks). Bridged networks need none.
+pub fn network_chains(network: &Network) -> Vec<OwnChain> {
+    let bridge = &network.bridge;
     let tag = comment(bridge);
-    let masquerade = vec![
-        format!("-s {subnet} -d 224.0.0.0/24 {tag} -j RETURN"),
-        format!("-s {subnet} -d 255.255.255.255/32 {tag} -j RETURN"),
-        format!("-s {subnet} ! -d {subnet} -p tcp {tag} -j MASQUERADE --to-ports 1024-65535"),
-        format!("-s {subnet} ! -d {subnet} -p udp {tag} -j MASQUERADE --to-ports 1024-65535"),
-        format!("-s {subnet} ! -d {subnet} {tag} -j MASQUERADE"),
-    ];
-    let forward = vec![
-        format!("-s {subnet} -i {bridge} {tag} -j ACCEPT"),
-        format!("-d {subnet} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {tag} -j ACCEPT"),
-        format!("-i {bridge} -o {bridge} {tag} -j ACCEPT"),
-    ];
-    vec![
-        own_chain("nat", "POSTROUTING", "NAT", bridge, masquerade),
-        own_chain("filter", "FORWARD", "FWD", bridge, forward),
-    ]
+    let subnets: Vec<(Family, String)> = network
+        .subnet4()
+        .map(|s| (Family::V4, s.to_string()))
+        .into_iter()
+        .chain(network.subnet6().map(|s| (Family::V6, s.to_string())))
+        .collect();
+    let mut chains = Vec::new();
+    match network.mode {
+        Mode::Bridged => {}
+        Mode::Nat | Mode::Routed => {
+            for (family, subnet) in &subnets {
+                if network.mode == Mode::Nat {
+                    chains.push(own_chain(
+                        *family,
+                        Kind::Masquerade,
+                        bridge,
+                        masquerade_rules(*family, subnet, &tag),
+                    ));
+                }
+                let back = match network.mode {
+                    // Replies only: NAT hides the guests from the outside.
+                    Mode::Nat => " -m conntrack --ctstate RELATED,ESTABLISHED",
+                    _ => "",
+                };
+                chains.push(own_chain(
+                    *family,
+                    Kind::Forward,
+                    bridge,
+                    vec![
+                        format!("-s {subnet} -i {bridge} {tag} -j ACCEPT"),
+                        format!("-d {subnet} -o {bridge}{back} {tag} -j ACCEPT"),
+                        format!("-i {bridge} -o {bridge} {tag} -j ACCEPT"),
+                    ],
+                ));
+            }
+        }
+        Mode::Isolated => {
+            // Both families always: an isolated bridge must not leak even
+            // where another network turned forwarding on.
+            for (family, unreachable) in [
+                (Family::V4, "icmp-port-unreachable"),
+                (Family::V6, "icmp6-port-unreachable"),
+            ] {
+                chains.push(own_chain(
+                    family,
+                    Kind::Forward,
+                    bridge,
+                    vec![
+                        format!("-i {bridge} -o {bridge} {tag} -j ACCEPT"),
+                        format!("-o {bridge} {tag} -j REJECT --reject-with {unreachable}"),
+                        format!("-i {bridge} {tag} -j REJECT --reject-with {unreachable}"),
+                    ],
+                ));
+            }
+        }
+    }
+    chains
+}
+
+fn masquerade_rules(family: Family, subnet: &str, tag: &str) -> Vec<String> {
+    let keep = match family {
+        Family::V4 => vec![
+            format!("-s {subnet} -d 224.0.0.0/24 {tag} -j RETURN"),
+            format!("-s {subnet} -d 255.255.255.255/32 {tag} -j RETURN"),
+        ],
+        Family::V6 => vec![format!("-s {subnet} -d ff00::/8 {tag} -j RETURN")],
+    };
+    keep.into_iter()
+        .chain([
+            format!("-s {subnet} ! -d {subnet} -p tcp {tag} -j MASQUERADE --to-ports 1024-65535"),
+            format!("-s {subnet} ! -d {subnet} -p udp {tag} -j MASQUERADE --to-ports 1024-65535"),
+            format!("-s {subnet} ! -d {subnet} {tag} -j MASQUERADE"),
+        ])
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn name(s: &str) -> IfName {
-        IfName::parse(s).expect("valid test name")
+    fn network(mode: Mode, ipv4: Option<&str>, ipv6: Option<&str>) -> Network {
+        Network {
+            mode,
+            ipv4: ipv4.and_then(|a| a.parse().ok()),
+            ipv6: ipv6.and_then(|a| a.parse().ok()),
+            ..Network::classic()
+        }
+    }
+
+    fn names(chains: &[OwnChain]) -> Vec<(Family, &str)> {
+        chains.iter().map(|c| (c.family, c.name.as_str())).collect()
     }
 
     #[test]
     fn default_network_rules_match_the_subnet_not_the_host_address() {
-        let subnet: Ipv4Network = "192.168.100.0/24".parse().expect("valid");
-        let chains = nat_chains(&name("br0"), subnet);
+        let chains = network_chains(&Network::classic());
         let nat = &chains[0];
         assert_eq!(
             (nat.table, nat.hook, nat.name.as_str()),
@@ -104,12 +202,48 @@ mod tests {
                 "-i br0 -o br0 -m comment --comment \"kvm-net:br0\" -j ACCEPT",
             ]
         );
+        assert_eq!(chains.len(), 2);
+    }
+
+    #[test]
+    fn each_mode_gets_its_chains() {
+        let nat66 = network_chains(&network(Mode::Nat, Some("10.0.0.1/24"), Some("fd00:1::1/64")));
+        assert_eq!(
+            names(&nat66),
+            [
+                (Family::V4, "KVMNET-NAT-br0"),
+                (Family::V4, "KVMNET-FWD-br0"),
+                (Family::V6, "KVMNET-NAT-br0"),
+                (Family::V6, "KVMNET-FWD-br0")
+            ]
+        );
+        assert_eq!(
+            nat66[2].rules[0],
+            "-s fd00:1::/64 -d ff00::/8 -m comment --comment \"kvm-net:br0\" -j RETURN"
+        );
+        let routed = network_chains(&network(Mode::Routed, Some("10.0.0.1/24"), None));
+        assert_eq!(names(&routed), [(Family::V4, "KVMNET-FWD-br0")]);
+        assert_eq!(
+            routed[0].rules[1],
+            "-d 10.0.0.0/24 -o br0 -m comment --comment \"kvm-net:br0\" -j ACCEPT"
+        );
+        let isolated = network_chains(&network(Mode::Isolated, None, None));
+        assert_eq!(
+            names(&isolated),
+            [(Family::V4, "KVMNET-FWD-br0"), (Family::V6, "KVMNET-FWD-br0")]
+        );
+        assert_eq!(
+            isolated[1].rules[2],
+            "-i br0 -m comment --comment \"kvm-net:br0\" -j REJECT --reject-with icmp6-port-unreachable"
+        );
+        assert!(network_chains(&network(Mode::Bridged, None, None)).is_empty());
+        assert_eq!(all_chains(&Network::classic().bridge).len(), 4);
     }
 
     #[test]
     fn longest_bridge_name_fits_iptables_chain_limit() {
-        let subnet: Ipv4Network = "10.0.0.0/8".parse().expect("valid");
-        for chain in nat_chains(&name("abcdefghijklmno"), subnet) {
+        let bridge = IfName::parse("abcdefghijklmno").expect("valid");
+        for chain in all_chains(&bridge) {
             assert!(chain.name.len() <= 28, "{} is {} bytes", chain.name, chain.name.len());
         }
     }

@@ -1,0 +1,167 @@
+//! Named networks: the system config file, validated whole on every use, or
+//! the classic scripts' single network when there is no file.
+
+mod env;
+mod file;
+mod select;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
+
+use crate::error::Error;
+use crate::ifname::IfName;
+
+pub use self::env::{Environment, ENV_ADDRESS, ENV_BRIDGE, ENV_CONFIG, ENV_NETWORK};
+pub use self::select::choose;
+
+/// The system config file; only this one is read by a privileged helper.
+pub const SYSTEM_CONFIG: &str = "/etc/kvm-net/kvm-net.toml";
+/// The network used when nothing else picks one.
+pub const DEFAULT_NETWORK: &str = "default";
+/// The bridge name of `/etc/qemu-ifup` and `qemu-natup`.
+pub const DEFAULT_BRIDGE: &str = "br0";
+/// The bridge address of `qemu-natup`, host part included.
+pub const DEFAULT_ADDRESS: &str = "192.168.100.1/24";
+
+/// How a network reaches the world, and so which helpers serve it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Guests reach out through the host's address (masquerade).
+    Nat,
+    /// Guests reach out with their own addresses; upstream routes the subnet back.
+    Routed,
+    /// Guests reach each other (and the host, if the bridge has an address); nothing is forwarded.
+    Isolated,
+    /// A bridge the system owns, usually holding the host's NIC; kvm-net only attaches taps.
+    Bridged,
+}
+
+impl Mode {
+    /// Whether kvm-net creates and removes this network's bridge (kvm-natup/kvm-natdown).
+    pub fn is_managed(self) -> bool {
+        self != Mode::Bridged
+    }
+
+    /// Whether guests' traffic is forwarded past the bridge.
+    pub fn forwards(self) -> bool {
+        matches!(self, Mode::Nat | Mode::Routed)
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "nat" => Some(Mode::Nat),
+            "routed" => Some(Mode::Routed),
+            "isolated" => Some(Mode::Isolated),
+            "bridged" => Some(Mode::Bridged),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Nat => "nat",
+            Mode::Routed => "routed",
+            Mode::Isolated => "isolated",
+            Mode::Bridged => "bridged",
+        })
+    }
+}
+
+/// One network, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network {
+    /// Its name in the config file.
+    pub name: String,
+    /// How it reaches the world.
+    pub mode: Mode,
+    /// The bridge its taps are attached to.
+    pub bridge: IfName,
+    /// The host's IPv4 address on the bridge, with the subnet's prefix.
+    pub ipv4: Option<Ipv4Network>,
+    /// The host's IPv6 address on the bridge, with the subnet's prefix.
+    pub ipv6: Option<Ipv6Network>,
+    /// MTU for a bridge kvm-net creates (taps always take the bridge's).
+    pub mtu: Option<u32>,
+    /// Tap-name patterns that pick this network (`lab-*`).
+    pub taps: Vec<glob::Pattern>,
+}
+
+impl Network {
+    /// The classic scripts' network: NAT on `br0` with `192.168.100.1/24`.
+    pub fn classic() -> Self {
+        Network {
+            name: DEFAULT_NETWORK.to_owned(),
+            mode: Mode::Nat,
+            bridge: IfName::builtin(DEFAULT_BRIDGE),
+            ipv4: DEFAULT_ADDRESS.parse().ok(),
+            ipv6: None,
+            mtu: None,
+            taps: Vec::new(),
+        }
+    }
+
+    /// The IPv4 subnet guests live in: what firewall rules match.
+    pub fn subnet4(&self) -> Option<Ipv4Network> {
+        self.ipv4.and_then(|a| Ipv4Network::new(a.network(), a.prefix()).ok())
+    }
+
+    /// The IPv6 subnet guests live in.
+    pub fn subnet6(&self) -> Option<Ipv6Network> {
+        self.ipv6.and_then(|a| Ipv6Network::new(a.network(), a.prefix()).ok())
+    }
+}
+
+/// Where the networks came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// No config file: the classic single network.
+    Builtin,
+    /// A config file.
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Builtin => f.write_str("the built-in default (no config file)"),
+            Source::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Every network the host knows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file they were read from, if any.
+    pub source: Source,
+    /// The networks, in file order.
+    pub networks: Vec<Network>,
+}
+
+impl Config {
+    /// Reads and validates `path`; a missing file means the classic network.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => file::parse(&text, path),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Config {
+                source: Source::Builtin,
+                networks: vec![Network::classic()],
+            }),
+            Err(err) => Err(Error::Config {
+                path: path.display().to_string(),
+                network: None,
+                field: None,
+                reason: format!("cannot read it: {err}"),
+            }),
+        }
+    }
+
+    /// The network called `name`.
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+}

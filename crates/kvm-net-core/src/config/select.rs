@@ -1,0 +1,155 @@
+//! Which network a tap goes on. QEMU passes only the tap's name, so the
+//! choice comes from what a QEMU command line can say, most specific first:
+//!
+//! 1. the helper's invoked name, `kvm-natup@NETWORK` (a symlink; per netdev),
+//! 2. the first network whose `taps` pattern matches the tap's name (per netdev),
+//! 3. `KVM_NET_NETWORK` in QEMU's environment (per QEMU process),
+//! 4. the network called `default`.
+//!
+//! `KVM_NET_BRIDGE` and `KVM_NET_ADDRESS` then override the chosen network's
+//! bridge and IPv4 address, and the result is validated again as a whole.
+
+use super::file::{check_unique, parse_ipv4};
+use super::{Config, Environment, Network, DEFAULT_NETWORK, ENV_ADDRESS, ENV_BRIDGE, ENV_NETWORK};
+use crate::error::Error;
+use crate::ifname::IfName;
+
+/// Picks the network for `tap` and applies the environment's overrides.
+pub fn choose(config: &Config, invoked_as: Option<&str>, tap: &IfName, env: &Environment) -> Result<Network, Error> {
+    let named = |name: &str, how: String| {
+        config.network(name).cloned().ok_or_else(|| Error::UnknownNetwork {
+            name: name.to_owned(),
+            how,
+            origin: config.source.to_string(),
+        })
+    };
+    let mut network = if let Some(name) = invoked_as {
+        named(name, format!("the helper's name ends in @{name}"))?
+    } else if let Some(network) = config
+        .networks
+        .iter()
+        .find(|n| n.taps.iter().any(|p| p.matches(tap.as_str())))
+    {
+        network.clone()
+    } else if let Some(name) = &env.network {
+        named(name, format!("{ENV_NETWORK}={name}"))?
+    } else {
+        named(
+            DEFAULT_NETWORK,
+            format!("no tap pattern matches {tap} and {ENV_NETWORK} is unset"),
+        )?
+    };
+    if env.bridge.is_none() && env.address.is_none() {
+        return Ok(network);
+    }
+    if let Some(value) = &env.bridge {
+        network.bridge = IfName::parse(value).map_err(|e| Error::BadSetting {
+            key: ENV_BRIDGE,
+            value: value.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    if let Some(value) = &env.address {
+        network.ipv4 = Some(parse_ipv4(value).map_err(|reason| Error::BadSetting {
+            key: ENV_ADDRESS,
+            value: value.clone(),
+            reason,
+        })?);
+    }
+    let mut overridden = config.clone();
+    if let Some(slot) = overridden.networks.iter_mut().find(|n| n.name == network.name) {
+        *slot = network.clone();
+    }
+    check_unique(&overridden)?;
+    Ok(network)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{file, Mode};
+
+    fn config() -> Config {
+        file::parse(
+            r#"
+            [network.default]
+            mode = "nat"
+            bridge = "br0"
+            ipv4 = "192.168.100.1/24"
+            [network.lab]
+            mode = "isolated"
+            bridge = "labbr0"
+            taps = ["lab-*"]
+            [network.lan]
+            mode = "bridged"
+            bridge = "br-lan"
+            taps = ["srv-*"]
+            "#,
+            Path::new("/etc/kvm-net/kvm-net.toml"),
+        )
+        .expect("valid")
+    }
+
+    fn pick(invoked: Option<&str>, tap: &str, env: Environment) -> Result<String, Error> {
+        choose(&config(), invoked, &IfName::parse(tap).expect("valid"), &env).map(|n| n.name)
+    }
+
+    fn env_network(name: &str) -> Environment {
+        Environment {
+            network: Some(name.to_owned()),
+            ..Environment::default()
+        }
+    }
+
+    #[test]
+    fn most_specific_choice_wins() {
+        assert_eq!(
+            pick(None, "tap0", Environment::default()).ok().as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            pick(None, "lab-web1", Environment::default()).ok().as_deref(),
+            Some("lab")
+        );
+        assert_eq!(pick(None, "tap0", env_network("lan")).ok().as_deref(), Some("lan"));
+        assert_eq!(
+            pick(None, "lab-web1", env_network("lan")).ok().as_deref(),
+            Some("lab"),
+            "pattern beats environment"
+        );
+        assert_eq!(
+            pick(Some("lan"), "lab-web1", env_network("default")).ok().as_deref(),
+            Some("lan"),
+            "name beats all"
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_errors_that_say_where_the_name_came_from() {
+        let err = pick(Some("nope"), "tap0", Environment::default()).expect_err("unknown");
+        assert!(err.to_string().contains("no network named nope"), "{err}");
+        assert!(err.to_string().contains("@nope"), "{err}");
+        let err = pick(None, "tap0", env_network("nope")).expect_err("unknown");
+        assert!(err.to_string().contains("KVM_NET_NETWORK=nope"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_are_validated_with_the_whole_config() {
+        let env = Environment {
+            bridge: Some("labbr0".to_owned()),
+            ..Environment::default()
+        };
+        assert!(pick(None, "tap0", env).is_err(), "two networks on labbr0");
+        let env = Environment {
+            address: Some("10.9.0.1/24".to_owned()),
+            ..Environment::default()
+        };
+        let network = choose(&config(), None, &IfName::parse("tap0").expect("valid"), &env).expect("valid");
+        assert_eq!(
+            (network.mode, network.ipv4.map(|a| a.to_string())),
+            (Mode::Nat, Some("10.9.0.1/24".to_owned()))
+        );
+    }
+}

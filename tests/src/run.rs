@@ -1,0 +1,92 @@
+//! Running the helpers as QEMU does, and the inputs they read.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::{helper, Netns};
+
+/// Runs a helper inside `ns` with `env` (and none of the caller's kvm-net
+/// variables), returning its output.
+pub fn run(ns: &Netns, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_path(ns, &helper(bin), args, env)
+}
+
+/// As [`run`], for a helper at any path (a symlink, a setuid copy).
+pub fn run_path(ns: &Netns, path: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = ns.cmd(path);
+    command.args(args);
+    for key in [
+        "KVM_NET_DEBUG",
+        "KVM_NET_BRIDGE",
+        "KVM_NET_ADDRESS",
+        "KVM_NET_CONFIG",
+        "KVM_NET_NETWORK",
+    ] {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied()).stdin(Stdio::null());
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", path.display()))
+}
+
+/// Runs a helper that must succeed silently (stdout is a VM console with -serial stdio).
+pub fn ok(ns: &Netns, bin: &str, tap: &str) {
+    ok_with(ns, bin, tap, &[]);
+}
+
+/// As [`ok`], with environment variables.
+pub fn ok_with(ns: &Netns, bin: &str, tap: &str, env: &[(&str, &str)]) -> String {
+    let out = run(ns, bin, &[tap], env);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{bin} {tap} failed: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{bin} wrote to stdout: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// Creates a persistent tap, as QEMU would before running the script.
+pub fn add_tap(ns: &Netns, name: &str) {
+    ns.ok(&["ip", "tuntap", "add", "dev", name, "mode", "tap"]);
+}
+
+/// A config file for one test, deleted when dropped.
+pub struct ConfigFile {
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    /// Writes `text` to a fresh file.
+    pub fn new(text: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = Self::scratch_dir().join(format!(
+            "kvm-net-{}-{}.toml",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).expect("writing the test config");
+        Self { path }
+    }
+
+    /// A scratch directory under `target/` (not `/tmp`, which may be `nosuid`).
+    pub fn scratch_dir() -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+        std::fs::create_dir_all(&dir).expect("creating target/tmp");
+        dir
+    }
+
+    /// Its path, as a string for `KVM_NET_CONFIG`.
+    pub fn path(&self) -> &str {
+        self.path.to_str().expect("UTF-8 path")
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, kvm_net_lines, link_exists};
-use kvm_net_tests::lab::{Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
+use kvm_net_tests::lab::{Lab, UpstreamServer, HOST_UPLINK, HOST_UPLINK6, UPSTREAM, UPSTREAM6};
 use kvm_net_tests::qemu::{Vm, VmSpec};
+use kvm_net_tests::run::ConfigFile;
 use nix::sys::signal::Signal;
 
 /// Long enough for a TCG boot on a loaded 2-core machine.
@@ -208,5 +209,99 @@ fn after_a_sigkill_the_next_vm_still_starts() {
     let steps = upstream_steps();
     run.assert_passed(&steps.iter().map(String::as_str).collect::<Vec<_>>());
     assert_upstream_saw_host(&server, "g2");
+    assert_no_nat_network(&lab.host, "br0");
+}
+
+#[test]
+fn isolated_guests_talk_to_each_other_but_not_upstream() {
+    let config = ConfigFile::new(
+        "[network.lab]\nmode = \"isolated\"\nbridge = \"lab0\"\nipv4 = \"10.88.0.1/24\"\ntaps = [\"lab-*\"]\n",
+    );
+    let lab = Lab::new();
+    // Forwarding on (as another network would leave it) and a route back:
+    // only kvm-net's reject rules stand between the guests and upstream.
+    lab.host.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
+    lab.upstream
+        .ok(&["ip", "route", "add", "10.88.0.0/24", "via", &HOST_UPLINK.to_string()]);
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let spec = |name: &str, index: u8, peer: u8| {
+        VmSpec::new(name, &format!("lab-{name}"), index)
+            .order("ip", format!("10.88.0.{}/24", 10 + index))
+            .order("gw", "10.88.0.1")
+            .order("ping", "10.88.0.1")
+            .order("peer", format!("10.88.0.{}", 10 + peer))
+            .order("unreachable", UPSTREAM)
+            .order("blocked", format!("{UPSTREAM}:{}", server.port()))
+            .order("stay", 3)
+            .env("KVM_NET_CONFIG", config.path())
+    };
+    let a = Vm::start(&lab.host, &spec("a", 1, 2));
+    let b = Vm::start(&lab.host, &spec("b", 2, 1));
+    let (run_a, run_b) = (a.wait(BOOT), b.wait(BOOT));
+    let unreachable = format!("unreachable:{UPSTREAM}");
+    run_a.assert_passed(&["link", "ping:10.88.0.1", "peer:10.88.0.12", &unreachable, "blocked"]);
+    run_b.assert_passed(&["link", "ping:10.88.0.1", "peer:10.88.0.11", &unreachable, "blocked"]);
+    assert!(
+        server.seen().is_empty(),
+        "upstream heard from an isolated guest: {:?}",
+        server.seen()
+    );
+    assert_no_nat_network(&lab.host, "lab0");
+}
+
+#[test]
+fn routed_guest_reaches_upstream_with_its_own_address() {
+    let config = ConfigFile::new(
+        "[network.dmz]\nmode = \"routed\"\nbridge = \"dmz0\"\nipv4 = \"10.77.0.1/24\"\ntaps = [\"dmz-*\"]\n",
+    );
+    let lab = Lab::new();
+    lab.upstream
+        .ok(&["ip", "route", "add", "10.77.0.0/24", "via", &HOST_UPLINK.to_string()]);
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let spec = VmSpec::new("r1", "dmz-r1", 1)
+        .order("ip", "10.77.0.10/24")
+        .order("gw", "10.77.0.1")
+        .order("ping", format!("10.77.0.1,{UPSTREAM}"))
+        .order("tcp", format!("{UPSTREAM}:{}", server.port()))
+        .env("KVM_NET_CONFIG", config.path());
+    let run = Vm::start(&lab.host, &spec).wait(BOOT);
+    run.assert_passed(&["link", "ping:10.77.0.1", &format!("ping:{UPSTREAM}"), "tcp"]);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].peer.to_string(),
+        "10.77.0.10",
+        "routed: upstream sees the guest itself"
+    );
+    assert_no_nat_network(&lab.host, "dmz0");
+}
+
+#[test]
+fn ipv6_guest_reaches_upstream_through_nat66() {
+    let config = ConfigFile::new(
+        "[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\nipv6 = \"fd6b:766e::1/64\"\n",
+    );
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM6);
+    let spec = VmSpec::new("six", "vmtap6", 6)
+        .order("ip6", "fd6b:766e::10/64")
+        .order("gw6", "fd6b:766e::1")
+        .order("ping", format!("fd6b:766e::1,{UPSTREAM6}"))
+        .order("tcp6", format!("{UPSTREAM6}:{}", server.port()))
+        .env("KVM_NET_CONFIG", config.path());
+    let run = Vm::start(&lab.host, &spec).wait(BOOT);
+    run.assert_passed(&[
+        "link",
+        "addr6",
+        "ping:fd6b:766e::1",
+        &format!("ping:{UPSTREAM6}"),
+        "tcp6",
+    ]);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].peer, HOST_UPLINK6,
+        "NAT66: upstream sees the host's IPv6 address"
+    );
     assert_no_nat_network(&lab.host, "br0");
 }

@@ -38,9 +38,7 @@ fn expected_filter_lines(bridge: &str, subnet: &str) -> Vec<String> {
 
 fn assert_nat_network(ns: &Netns, bridge: &str, address: &str, subnet: &str) {
     assert!(link_exists(ns, bridge), "bridge {bridge} missing");
-    assert!(ns
-        .ok(&["ip", "-o", "-4", "addr", "show", "dev", bridge])
-        .contains(&format!("inet {address} ")));
+    assert!(ns.ok(&["ip", "-o", "-4", "addr", "show", "dev", bridge]).contains(&format!("inet {address} ")));
     assert!(is_up(ns, bridge), "bridge {bridge} is down");
     assert_eq!(ns.ok(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
     assert_eq!(kvm_net_lines(ns, "nat"), expected_nat_lines(bridge, subnet));
@@ -91,10 +89,7 @@ fn lifecycle_with_several_taps() {
     assert_nat_network(&host, "br0", "192.168.100.1/24", "192.168.100.0/24");
     ok(&host, "kvm-natdown", "tap2");
     assert_no_nat_network(&host, "br0");
-    assert!(
-        link_exists(&host, "tap2"),
-        "natdown must not delete the tap (QEMU owns it)"
-    );
+    assert!(link_exists(&host, "tap2"), "natdown must not delete the tap (QEMU owns it)");
 }
 
 #[test]
@@ -103,18 +98,10 @@ fn bridge_mac_stays_put_as_ports_come_and_go() {
     add_tap(&host, "t1");
     add_tap(&host, "t2");
     ok(&host, "kvm-natup", "t1");
-    let first = host
-        .ok(&["ip", "-br", "link", "show", "dev", "br0"])
-        .split_whitespace()
-        .nth(2)
-        .map(String::from);
+    let first = host.ok(&["ip", "-br", "link", "show", "dev", "br0"]).split_whitespace().nth(2).map(String::from);
     ok(&host, "kvm-natup", "t2");
     ok(&host, "kvm-natdown", "t1");
-    let later = host
-        .ok(&["ip", "-br", "link", "show", "dev", "br0"])
-        .split_whitespace()
-        .nth(2)
-        .map(String::from);
+    let later = host.ok(&["ip", "-br", "link", "show", "dev", "br0"]).split_whitespace().nth(2).map(String::from);
     assert_eq!(first, later);
 }
 
@@ -133,20 +120,10 @@ fn removal_is_exact_and_foreign_rules_survive() {
     let before = firewall(&host);
     add_tap(&host, "tap0");
     ok(&host, "kvm-natup", "tap0");
-    assert_eq!(
-        kvm_net_lines(&host, "nat"),
-        expected_nat_lines("br0", "192.168.100.0/24")
-    );
+    assert_eq!(kvm_net_lines(&host, "nat"), expected_nat_lines("br0", "192.168.100.0/24"));
     // The jump comes first, ahead of anything that could drop guest traffic.
-    let forward: Vec<String> = host
-        .ok(&["iptables", "-S", "FORWARD"])
-        .lines()
-        .map(String::from)
-        .collect();
-    assert_eq!(
-        forward[1],
-        "-A FORWARD -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0"
-    );
+    let forward: Vec<String> = host.ok(&["iptables", "-S", "FORWARD"]).lines().map(String::from).collect();
+    assert_eq!(forward[1], "-A FORWARD -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0");
     ok(&host, "kvm-natdown", "tap0");
     assert_eq!(firewall(&host), before, "the firewall must be exactly as before");
     assert!(!link_exists(&host, "br0"));
@@ -156,29 +133,17 @@ fn removal_is_exact_and_foreign_rules_survive() {
 fn sixty_four_parallel_natups_then_natdowns() {
     let host = Netns::new();
     let taps: Vec<String> = (0..64).map(|i| format!("vm{i}")).collect();
-    host.sh(&format!(
-        "for t in {}; do ip tuntap add dev $t mode tap; done",
-        taps.join(" ")
-    ));
+    host.sh(&format!("for t in {}; do ip tuntap add dev $t mode tap; done", taps.join(" ")));
     let spawn_all = |bin: &str| {
         let children: Vec<_> = taps
             .iter()
             .map(|tap| {
-                host.cmd(helper(bin))
-                    .arg(tap)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn")
+                host.cmd(helper(bin)).arg(tap).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
             })
             .collect();
         for (tap, child) in taps.iter().zip(children) {
             let out = child.wait_with_output().expect("wait");
-            assert!(
-                out.status.success(),
-                "{bin} {tap}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{bin} {tap}: {}", String::from_utf8_lossy(&out.stderr));
         }
     };
     spawn_all("kvm-natup");
@@ -339,10 +304,7 @@ fn ifup_takes_the_bridge_mtu_and_ifdown_detaches() {
     assert_eq!(controller_of(&host, "tap0"), None);
     assert!(!is_up(&host, "tap0"));
     assert!(link_exists(&host, "br0"), "kvm-ifdown must never delete the bridge");
-    assert_eq!(
-        (kvm_net_lines(&host, "nat"), kvm_net_lines(&host, "filter")),
-        before_rules
-    );
+    assert_eq!((kvm_net_lines(&host, "nat"), kvm_net_lines(&host, "filter")), before_rules);
     ok(&host, "kvm-ifdown", "tap0");
     host.ok(&["ip", "link", "del", "tap0"]);
     ok(&host, "kvm-ifdown", "tap0");
@@ -373,11 +335,7 @@ fn traffic_through_nat(forward_policy: &str) {
     ok(&lab.host, "kvm-natup", "vm0");
     guest.ok(&["busybox", "ping", "-c", "1", "-W", "2", "192.168.100.1"]);
     let reply = connect_from(&guest, UPSTREAM, &server, "hello").expect("guest reaches upstream");
-    assert_eq!(
-        reply,
-        format!("seen {HOST_UPLINK}"),
-        "upstream must see the host's address"
-    );
+    assert_eq!(reply, format!("seen {HOST_UPLINK}"), "upstream must see the host's address");
     ok(&lab.host, "kvm-natdown", "vm0");
     assert_no_nat_network(&lab.host, "br0");
     assert!(
@@ -405,10 +363,7 @@ fn a_natup_failing_after_creating_the_bridge_undoes_it() {
     let out = run(&host, "kvm-natup", &["tap0"], &[("PATH", "/nonexistent")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("the iptables command is not installed; install it"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("the iptables command is not installed; install it"), "{stderr}");
     assert_eq!(host.snapshot(), before, "the bridge must be removed again");
 }
 
@@ -420,13 +375,7 @@ fn unprivileged_callers_are_told_what_is_missing() {
     let before = host.snapshot();
     for bin in ["kvm-ifup", "kvm-natup"] {
         let mut command = host.cmd("setpriv");
-        command.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ]);
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]);
         let out = command.arg(helper(bin)).arg("tap0").output().expect("setpriv");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -40,9 +40,7 @@ taps = ["srv-*"]
 const GUEST_A: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 88, 0, 10);
 
 fn ping(ns: &Netns, target: &str) -> bool {
-    ns.output(&["busybox", "ping", "-c", "1", "-W", "1", target])
-        .status
-        .success()
+    ns.output(&["busybox", "ping", "-c", "1", "-W", "1", target]).status.success()
 }
 
 #[test]
@@ -51,17 +49,13 @@ fn routed_guests_keep_their_own_address() {
     let env = [("KVM_NET_CONFIG", config.path())];
     let lab = Lab::new();
     // The upstream router knows the way back to the routed subnet.
-    lab.upstream
-        .ok(&["ip", "route", "add", "10.77.0.0/24", "via", &HOST_UPLINK.to_string()]);
+    lab.upstream.ok(&["ip", "route", "add", "10.77.0.0/24", "via", &HOST_UPLINK.to_string()]);
     lab.host.ok(&["iptables", "-P", "FORWARD", "DROP"]);
     let guest = lab.guest("dmz-vm1", "10.77.0.10/24", Some("10.77.0.1"));
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
     ok_with(&lab.host, "kvm-natup", "dmz-vm1", &env);
     assert_eq!(controller_of(&lab.host, "dmz-vm1").as_deref(), Some("dmz0"));
-    assert_eq!(
-        connect_from(&guest, UPSTREAM, &server, "hi").expect("routed"),
-        "seen 10.77.0.10"
-    );
+    assert_eq!(connect_from(&guest, UPSTREAM, &server, "hi").expect("routed"), "seen 10.77.0.10");
     assert!(kvm_net_lines(&lab.host, "nat").is_empty(), "routed means no masquerade");
     ok_with(&lab.host, "kvm-natdown", "dmz-vm1", &env);
     assert_no_nat_network(&lab.host, "dmz0");
@@ -74,8 +68,7 @@ fn isolated_with_an_address_reaches_the_host_but_nothing_beyond() {
     let lab = Lab::new();
     // As if another network had turned forwarding on, and upstream routed back.
     lab.host.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
-    lab.upstream
-        .ok(&["ip", "route", "add", "10.88.0.0/24", "via", &HOST_UPLINK.to_string()]);
+    lab.upstream.ok(&["ip", "route", "add", "10.88.0.0/24", "via", &HOST_UPLINK.to_string()]);
     let a = lab.guest("lab-a", "10.88.0.10/24", Some("10.88.0.1"));
     let b = lab.guest("lab-b", "10.88.0.11/24", Some("10.88.0.1"));
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
@@ -84,15 +77,9 @@ fn isolated_with_an_address_reaches_the_host_but_nothing_beyond() {
     assert!(ping(&a, "10.88.0.11"), "guests reach each other");
     assert!(ping(&a, "10.88.0.1"), "guests reach the host");
     assert!(ping(&lab.host, "10.88.0.10"), "the host reaches guests");
-    assert!(
-        connect_from(&a, UPSTREAM, &server, "out").is_err(),
-        "nothing is forwarded out"
-    );
+    assert!(connect_from(&a, UPSTREAM, &server, "out").is_err(), "nothing is forwarded out");
     let inside = UpstreamServer::start(&a, GUEST_A);
-    assert!(
-        connect_from(&lab.upstream, GUEST_A, &inside, "in").is_err(),
-        "nothing is forwarded in"
-    );
+    assert!(connect_from(&lab.upstream, GUEST_A, &inside, "in").is_err(), "nothing is forwarded in");
     ok_with(&lab.host, "kvm-natdown", "lab-a", &env);
     assert!(ping(&b, "10.88.0.1"), "the network stays for b");
     ok_with(&lab.host, "kvm-natdown", "lab-b", &env);
@@ -109,15 +96,8 @@ fn isolated_without_an_address_is_guests_only() {
     ok_with(&lab.host, "kvm-natup", "q-a", &env);
     ok_with(&lab.host, "kvm-natup", "q-b", &env);
     assert!(ping(&b, "10.99.0.10"), "guests reach each other");
-    assert!(lab
-        .host
-        .ok(&["ip", "-o", "addr", "show", "dev", "quiet0", "scope", "global"])
-        .trim()
-        .is_empty());
-    assert!(
-        !ping(&a, "192.168.100.1") && !ping(&a, &HOST_UPLINK.to_string()),
-        "not even the host"
-    );
+    assert!(lab.host.ok(&["ip", "-o", "addr", "show", "dev", "quiet0", "scope", "global"]).trim().is_empty());
+    assert!(!ping(&a, "192.168.100.1") && !ping(&a, &HOST_UPLINK.to_string()), "not even the host");
     ok_with(&lab.host, "kvm-natdown", "q-a", &env);
     ok_with(&lab.host, "kvm-natdown", "q-b", &env);
     assert_no_nat_network(&lab.host, "quiet0");
@@ -133,21 +113,9 @@ fn bridged_networks_take_kvm_ifup_and_refuse_kvm_natup() {
     add_tap(&host, "tap0");
     let before = host.snapshot();
     for (bin, tap, says) in [
-        (
-            "kvm-natup",
-            "srv-1",
-            "network lan is bridged, which kvm-natup/kvm-natdown do not serve; use script=kvm-ifup",
-        ),
-        (
-            "kvm-natdown",
-            "srv-1",
-            "network lan is bridged, which kvm-natup/kvm-natdown do not serve",
-        ),
-        (
-            "kvm-ifup",
-            "tap0",
-            "network default is nat, which kvm-ifup/kvm-ifdown do not serve; use script=kvm-natup",
-        ),
+        ("kvm-natup", "srv-1", "network lan is bridged, which kvm-natup/kvm-natdown do not serve; use script=kvm-ifup"),
+        ("kvm-natdown", "srv-1", "network lan is bridged, which kvm-natup/kvm-natdown do not serve"),
+        ("kvm-ifup", "tap0", "network default is nat, which kvm-ifup/kvm-ifdown do not serve; use script=kvm-natup"),
     ] {
         let out = run(&host, bin, &[tap], &env);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -157,11 +125,7 @@ fn bridged_networks_take_kvm_ifup_and_refuse_kvm_natup() {
     }
     ok_with(&host, "kvm-ifup", "srv-1", &env);
     assert_eq!(controller_of(&host, "srv-1").as_deref(), Some("lan0"));
-    assert_eq!(
-        firewall(&host),
-        firewall(&Netns::new()),
-        "bridged mode never touches the firewall"
-    );
+    assert_eq!(firewall(&host), firewall(&Netns::new()), "bridged mode never touches the firewall");
     ok(&host, "kvm-ifdown", "srv-1");
     assert!(link_exists(&host, "lan0"));
 }
@@ -178,9 +142,7 @@ fn two_networks_live_side_by_side_and_go_separately() {
     ok_with(&host, "kvm-natup", "lab-1", &env);
     assert_eq!(controller_of(&host, "tap0").as_deref(), Some("br0"));
     assert_eq!(controller_of(&host, "lab-1").as_deref(), Some("lab0"));
-    assert!(kvm_net_lines(&host, "filter")
-        .iter()
-        .any(|l| l.contains("KVMNET-FWD-lab0")));
+    assert!(kvm_net_lines(&host, "filter").iter().any(|l| l.contains("KVMNET-FWD-lab0")));
     ok_with(&host, "kvm-natdown", "lab-1", &env);
     assert!(!link_exists(&host, "lab0"));
     assert_eq!(
@@ -203,29 +165,14 @@ fn network_chosen_by_invoked_name_then_pattern_then_environment() {
     let named = ConfigFile::scratch_dir().join("kvm-natup@dmz");
     let _ = std::fs::remove_file(&named);
     std::os::unix::fs::symlink(helper("kvm-natup"), &named).expect("symlink");
-    let out = run_path(
-        &host,
-        &named,
-        &["lab-2"],
-        &[("KVM_NET_CONFIG", config.path()), ("KVM_NET_NETWORK", "lab")],
-    );
+    let out = run_path(&host, &named, &["lab-2"], &[("KVM_NET_CONFIG", config.path()), ("KVM_NET_NETWORK", "lab")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(controller_of(&host, "lab-2").as_deref(), Some("dmz0"));
-    ok_with(
-        &host,
-        "kvm-natup",
-        "t1",
-        &[("KVM_NET_CONFIG", config.path()), ("KVM_NET_NETWORK", "lab")],
-    );
+    ok_with(&host, "kvm-natup", "t1", &[("KVM_NET_CONFIG", config.path()), ("KVM_NET_NETWORK", "lab")]);
     assert_eq!(controller_of(&host, "t1").as_deref(), Some("lab0"));
     ok_with(&host, "kvm-natup", "t3", &[("KVM_NET_CONFIG", config.path())]);
     assert_eq!(controller_of(&host, "t3").as_deref(), Some("br0"));
-    let out = run(
-        &host,
-        "kvm-natup",
-        &["t3"],
-        &[("KVM_NET_CONFIG", config.path()), ("KVM_NET_NETWORK", "nope")],
-    );
+    let out = run(&host, "kvm-natup", &["t3"], &[("KVM_NET_CONFIG", config.path()), ("KVM_NET_NETWORK", "nope")]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no network named nope"),
         "{}",
@@ -252,10 +199,7 @@ fn each_config_error_names_file_network_and_field_and_changes_nothing() {
             let out = run(&host, bin, &["tap0"], &[("KVM_NET_CONFIG", config.path())]);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{bin}: {stderr}");
-            assert!(
-                stderr.starts_with(&format!("{bin}: config {}", config.path())),
-                "{stderr}"
-            );
+            assert!(stderr.starts_with(&format!("{bin}: config {}", config.path())), "{stderr}");
             assert!(stderr.contains(says), "{stderr:?} lacks {says:?}");
             assert_eq!(stderr.lines().count(), 1);
             assert_eq!(host.snapshot(), before);
@@ -273,24 +217,14 @@ fn a_privileged_helper_ignores_the_environment() {
     std::fs::copy(helper("kvm-natup"), &copy).expect("copy");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
     let mut command = host.cmd("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&copy)
-        .arg("tap0");
-    command
-        .env("KVM_NET_CONFIG", evil.path())
-        .env("KVM_NET_BRIDGE", "evil1")
-        .env("KVM_NET_NETWORK", "evil");
+    command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&copy).arg("tap0");
+    command.env("KVM_NET_CONFIG", evil.path()).env("KVM_NET_BRIDGE", "evil1").env("KVM_NET_NETWORK", "evil");
     let out = command.output().expect("setpriv");
     let _ = std::fs::remove_file(&copy);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!link_exists(&host, "evil0") && !link_exists(&host, "evil1"));
     if !std::path::Path::new("/etc/kvm-net/kvm-net.toml").exists() {
-        assert_eq!(
-            controller_of(&host, "tap0").as_deref(),
-            Some("br0"),
-            "the system default applies"
-        );
+        assert_eq!(controller_of(&host, "tap0").as_deref(), Some("br0"), "the system default applies");
     }
     // The same binary, not privileged beyond its caller, follows the environment.
     add_tap(&host, "tap1");
@@ -346,19 +280,9 @@ fn ipv6_guests_reach_upstream_through_nat66() {
         stderr.contains("IPv6 forwarding is now on, so up0 (accept_ra=1) ignores router advertisements"),
         "{stderr}"
     );
-    assert_eq!(
-        lab.host.ok(&["cat", "/proc/sys/net/ipv6/conf/br0/accept_ra"]).trim(),
-        "0"
-    );
-    assert_eq!(
-        connect_from(&guest, UPSTREAM6, &server, "v6").expect("NAT66"),
-        format!("seen {HOST_UPLINK6}")
-    );
-    assert_eq!(
-        lab.host.ok(&["cat", "/proc/sys/net/ipv6/conf/up0/accept_ra"]).trim(),
-        "1",
-        "uplinks are never changed"
-    );
+    assert_eq!(lab.host.ok(&["cat", "/proc/sys/net/ipv6/conf/br0/accept_ra"]).trim(), "0");
+    assert_eq!(connect_from(&guest, UPSTREAM6, &server, "v6").expect("NAT66"), format!("seen {HOST_UPLINK6}"));
+    assert_eq!(lab.host.ok(&["cat", "/proc/sys/net/ipv6/conf/up0/accept_ra"]).trim(), "1", "uplinks are never changed");
     ok_with(&lab.host, "kvm-natdown", "vm6", &env);
     assert_no_nat_network(&lab.host, "br0");
     assert!(!lab.host.ok(&["ip6tables", "-t", "nat", "-S"]).contains("KVMNET"));

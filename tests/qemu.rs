@@ -25,26 +25,15 @@ fn nat_guest(name: &str, tap: &str, index: u8, server: &UpstreamServer) -> VmSpe
 }
 
 fn upstream_steps() -> [String; 4] {
-    [
-        "link".into(),
-        format!("ping:{GATEWAY}"),
-        format!("ping:{UPSTREAM}"),
-        "tcp".into(),
-    ]
+    ["link".into(), format!("ping:{GATEWAY}"), format!("ping:{UPSTREAM}"), "tcp".into()]
 }
 
 fn assert_upstream_saw_host(server: &UpstreamServer, guest: &str) {
     let seen = server.seen();
-    let from_guest: Vec<_> = seen
-        .iter()
-        .filter(|s| s.message == format!("hello-from-{guest}"))
-        .collect();
+    let from_guest: Vec<_> = seen.iter().filter(|s| s.message == format!("hello-from-{guest}")).collect();
     assert!(!from_guest.is_empty(), "upstream never heard from {guest}: {seen:?}");
     for s in from_guest {
-        assert_eq!(
-            s.peer, HOST_UPLINK,
-            "upstream must see the host's address, not the guest's"
-        );
+        assert_eq!(s.peer, HOST_UPLINK, "upstream must see the host's address, not the guest's");
     }
 }
 
@@ -65,29 +54,16 @@ fn two_guests_share_the_bridge_and_the_last_one_out_cleans_up() {
     let lab = Lab::new();
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
     // a: proves upstream, waits for b, then stays until stopped.
-    let a = Vm::start(
-        &lab.host,
-        &nat_guest("a", "vmtap-a", 1, &server)
-            .order("peer", "192.168.100.12")
-            .order("stay", 600),
-    );
+    let a =
+        Vm::start(&lab.host, &nat_guest("a", "vmtap-a", 1, &server).order("peer", "192.168.100.12").order("stay", 600));
     // b: proves upstream, waits for a, waits until a is gone, proves upstream again.
     let b = Vm::start(
         &lab.host,
-        &nat_guest("b", "vmtap-b", 2, &server)
-            .order("peer", "192.168.100.11")
-            .order("waitgone", "192.168.100.11"),
+        &nat_guest("b", "vmtap-b", 2, &server).order("peer", "192.168.100.11").order("waitgone", "192.168.100.11"),
     );
     assert!(a.wait_for("KVMNET-READY", BOOT).is_some(), "guest a never got ready");
-    assert_eq!(
-        a.result("peer:192.168.100.12").map(|r| r.0),
-        Some(true),
-        "a cannot reach b"
-    );
-    assert!(
-        b.wait_for("KVMNET-RESULT peer:", BOOT).is_some(),
-        "guest b never tried a"
-    );
+    assert_eq!(a.result("peer:192.168.100.12").map(|r| r.0), Some(true), "a cannot reach b");
+    assert!(b.wait_for("KVMNET-RESULT peer:", BOOT).is_some(), "guest b never tried a");
     a.signal(Signal::SIGTERM);
     let run_a = a.wait(BOOT);
     assert!(link_exists(&lab.host, "br0"), "the bridge went while b still uses it");
@@ -146,36 +122,20 @@ fn bridged_guests_talk_over_a_bridge_the_host_owns() {
     run_a.assert_passed(&["link", "peer:192.168.100.12"]);
     run_b.assert_passed(&["link", "peer:192.168.100.11"]);
     assert!(link_exists(&lab.host, "br0"), "kvm-ifdown must never delete the bridge");
-    assert!(
-        lab.host
-            .ok(&["ip", "-o", "link", "show", "master", "br0"])
-            .trim()
-            .is_empty(),
-        "ports left on br0"
-    );
+    assert!(lab.host.ok(&["ip", "-o", "link", "show", "master", "br0"]).trim().is_empty(), "ports left on br0");
     assert_eq!(firewall(&lab.host), before, "bridged mode must not touch the firewall");
 }
 
 #[test]
 fn a_failing_natup_stops_qemu_and_leaves_nothing() {
     let lab = Lab::new();
-    lab.host
-        .ok(&["ip", "link", "add", "br0", "type", "veth", "peer", "name", "br0peer"]);
+    lab.host.ok(&["ip", "link", "add", "br0", "type", "veth", "peer", "name", "br0peer"]);
     let before = lab.host.snapshot();
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
     let run = Vm::start(&lab.host, &nat_guest("g1", "vmtap1", 1, &server)).wait(BOOT);
     assert!(!run.status.success(), "QEMU must refuse to start");
-    assert!(
-        run.stderr.contains("network script") && run.stderr.contains("failed"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("kvm-natup: checking bridge br0: br0 is a veth link, not a bridge"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("network script") && run.stderr.contains("failed"), "{}", run.stderr);
+    assert!(run.stderr.contains("kvm-natup: checking bridge br0: br0 is a veth link, not a bridge"), "{}", run.stderr);
     assert!(run.result("link").is_none(), "the guest must not have booted");
     assert_eq!(lab.host.snapshot(), before, "a failed natup must leave nothing behind");
 }
@@ -221,8 +181,7 @@ fn isolated_guests_talk_to_each_other_but_not_upstream() {
     // Forwarding on (as another network would leave it) and a route back:
     // only kvm-net's reject rules stand between the guests and upstream.
     lab.host.sh("echo 1 > /proc/sys/net/ipv4/ip_forward");
-    lab.upstream
-        .ok(&["ip", "route", "add", "10.88.0.0/24", "via", &HOST_UPLINK.to_string()]);
+    lab.upstream.ok(&["ip", "route", "add", "10.88.0.0/24", "via", &HOST_UPLINK.to_string()]);
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
     let spec = |name: &str, index: u8, peer: u8| {
         VmSpec::new(name, &format!("lab-{name}"), index)
@@ -241,11 +200,7 @@ fn isolated_guests_talk_to_each_other_but_not_upstream() {
     let unreachable = format!("unreachable:{UPSTREAM}");
     run_a.assert_passed(&["link", "ping:10.88.0.1", "peer:10.88.0.12", &unreachable, "blocked"]);
     run_b.assert_passed(&["link", "ping:10.88.0.1", "peer:10.88.0.11", &unreachable, "blocked"]);
-    assert!(
-        server.seen().is_empty(),
-        "upstream heard from an isolated guest: {:?}",
-        server.seen()
-    );
+    assert!(server.seen().is_empty(), "upstream heard from an isolated guest: {:?}", server.seen());
     assert_no_nat_network(&lab.host, "lab0");
 }
 
@@ -255,8 +210,7 @@ fn routed_guest_reaches_upstream_with_its_own_address() {
         "[network.dmz]\nmode = \"routed\"\nbridge = \"dmz0\"\nipv4 = \"10.77.0.1/24\"\ntaps = [\"dmz-*\"]\n",
     );
     let lab = Lab::new();
-    lab.upstream
-        .ok(&["ip", "route", "add", "10.77.0.0/24", "via", &HOST_UPLINK.to_string()]);
+    lab.upstream.ok(&["ip", "route", "add", "10.77.0.0/24", "via", &HOST_UPLINK.to_string()]);
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
     let spec = VmSpec::new("r1", "dmz-r1", 1)
         .order("ip", "10.77.0.10/24")
@@ -268,11 +222,7 @@ fn routed_guest_reaches_upstream_with_its_own_address() {
     run.assert_passed(&["link", "ping:10.77.0.1", &format!("ping:{UPSTREAM}"), "tcp"]);
     let seen = server.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(
-        seen[0].peer.to_string(),
-        "10.77.0.10",
-        "routed: upstream sees the guest itself"
-    );
+    assert_eq!(seen[0].peer.to_string(), "10.77.0.10", "routed: upstream sees the guest itself");
     assert_no_nat_network(&lab.host, "dmz0");
 }
 
@@ -290,18 +240,60 @@ fn ipv6_guest_reaches_upstream_through_nat66() {
         .order("tcp6", format!("{UPSTREAM6}:{}", server.port()))
         .env("KVM_NET_CONFIG", config.path());
     let run = Vm::start(&lab.host, &spec).wait(BOOT);
-    run.assert_passed(&[
-        "link",
-        "addr6",
-        "ping:fd6b:766e::1",
-        &format!("ping:{UPSTREAM6}"),
-        "tcp6",
-    ]);
+    run.assert_passed(&["link", "addr6", "ping:fd6b:766e::1", &format!("ping:{UPSTREAM6}"), "tcp6"]);
     let seen = server.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(
-        seen[0].peer, HOST_UPLINK6,
-        "NAT66: upstream sees the host's IPv6 address"
+    assert_eq!(seen[0].peer, HOST_UPLINK6, "NAT66: upstream sees the host's IPv6 address");
+    assert_no_nat_network(&lab.host, "br0");
+}
+
+#[test]
+fn dhcp_guests_get_a_lease_a_fixed_address_and_a_name() {
+    let config = ConfigFile::new(
+        r#"
+        [network.default]
+        mode = "nat"
+        bridge = "br0"
+        ipv4 = "192.168.100.1/24"
+        [network.default.dhcp]
+        range = ["192.168.100.100", "192.168.100.199"]
+        hosts = [{ mac = "52:54:00:6b:76:02", ip = "192.168.100.50", name = "fixed" }]
+        records = [{ name = "upstream.lab", ip = "203.0.113.2" }]
+        "#,
     );
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let spec = |name: &str, index: u8| {
+        VmSpec::new(name, &format!("vmtap-{name}"), index)
+            .order("dhcp", 1)
+            .order("resolve", "upstream.lab")
+            .order("tcp", format!("{UPSTREAM}:{}", server.port()))
+            .env("KVM_NET_CONFIG", config.path())
+    };
+    let (a, b) = (Vm::start(&lab.host, &spec("a", 1)), Vm::start(&lab.host, &spec("b", 2)));
+    let (run_a, run_b) = (a.wait(BOOT), b.wait(BOOT));
+    run_a.assert_passed(&["link", "dhcp", "resolve:upstream.lab", "tcp"]);
+    run_b.assert_passed(&["link", "dhcp", "resolve:upstream.lab", "tcp"]);
+    let leased = run_a.result("dhcp").map(|r| r.1).unwrap_or_default();
+    let last: u8 = leased
+        .strip_prefix("192.168.100.")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|octet| octet.parse().ok())
+        .unwrap_or(0);
+    assert!((100..=199).contains(&last), "lease {leased:?} outside the range");
+    assert!(leased.contains("router 192.168.100.1 dns 192.168.100.1"), "{leased}");
+    assert!(run_b.result("dhcp").is_some_and(|r| r.1.starts_with("192.168.100.50/24")), "{:?}", run_b.result("dhcp"));
+    assert_eq!(run_a.result("resolve:upstream.lab").map(|r| r.1), Some("203.0.113.2".to_owned()));
+    assert_upstream_saw_host(&server, "a");
+    assert_upstream_saw_host(&server, "b");
+    // Nothing left running: no dnsmasq of this namespace, no run directory.
+    let run_dir = format!("/run/kvm-net/dnsmasq/{}-br0", lab.host.id());
+    assert!(!std::path::Path::new(&run_dir).exists(), "{run_dir} left behind");
+    let survivors: Vec<_> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(&run_dir))
+        .collect();
+    assert!(survivors.is_empty(), "a dnsmasq outlived both VMs");
     assert_no_nat_network(&lab.host, "br0");
 }

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Installs what building and testing kvm-net needs on a fresh Debian machine:
-# the firewall and link tools the helpers and tests drive, QEMU and busybox for
-# the end-to-end guest, and the musl target for static binaries. Idempotent:
-# it installs only what is missing.
+# the firewall and link tools the helpers and tests drive, dnsmasq for DHCP,
+# QEMU and busybox for the end-to-end guest, and the musl target for static
+# binaries. Idempotent: it installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -11,6 +11,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 
 if [ ${#need[@]} -gt 0 ]; then

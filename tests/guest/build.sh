@@ -9,7 +9,8 @@ out=${1:-$here/../../target/guest}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
-if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] && [ "$out/initrd.img" -nt "$here/init" ] && [ "$out/initrd.img" -nt "$0" ]; then
+if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] && [ "$out/initrd.img" -nt "$here/init" ] \
+    && [ "$out/initrd.img" -nt "$here/udhcpc.script" ] && [ "$out/initrd.img" -nt "$0" ]; then
     exit 0
 fi
 
@@ -51,6 +52,8 @@ mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,lib/modules}
 cp "$busybox" "$root/bin/busybox"
 cp "$out"/modules/*.ko "$root/lib/modules/" 2>/dev/null || true
 install -m 0755 "$here/init" "$root/init"
+mkdir -p "$root/etc"
+install -m 0755 "$here/udhcpc.script" "$root/etc/udhcpc.script"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/initrd.img.new"
 mv "$out/initrd.img.new" "$out/initrd.img"
 echo "guest: kernel and initramfs ready in $out"

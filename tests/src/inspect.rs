@@ -26,11 +26,7 @@ pub fn is_up(ns: &Netns, name: &str) -> bool {
 pub fn mtu_of(ns: &Netns, name: &str) -> u32 {
     let line = ns.ok(&["ip", "-o", "link", "show", "dev", name]);
     let words: Vec<&str> = line.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == "mtu")
-        .and_then(|w| w[1].parse().ok())
-        .expect("mtu in ip output")
+    words.windows(2).find(|w| w[0] == "mtu").and_then(|w| w[1].parse().ok()).expect("mtu in ip output")
 }
 
 /// Lines of one iptables table that mention kvm-net (its chains, jumps and rules).
@@ -52,11 +48,7 @@ pub fn assert_no_nat_network(ns: &Netns, bridge: &str) {
     assert!(!link_exists(ns, bridge), "bridge {bridge} left behind");
     for command in ["iptables", "ip6tables"] {
         for table in ["nat", "filter"] {
-            assert_eq!(
-                kvm_net_lines_of(ns, command, table),
-                Vec::<String>::new(),
-                "{command} -t {table}"
-            );
+            assert_eq!(kvm_net_lines_of(ns, command, table), Vec::<String>::new(), "{command} -t {table}");
         }
     }
 }

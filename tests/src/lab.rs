@@ -49,8 +49,7 @@ impl Lab {
     /// default gateway are set on the guest's `eth0`.
     pub fn guest(&self, host_end: &str, address: &str, gateway: Option<&str>) -> Netns {
         let guest = Netns::new();
-        self.host
-            .ok(&["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0"]);
+        self.host.ok(&["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0"]);
         self.host.move_link("eth0", &guest);
         guest.sh(&format!("ip addr add {address} dev eth0 nodad; ip link set eth0 up"));
         if let Some(gateway) = gateway {
@@ -88,9 +87,7 @@ impl UpstreamServer {
     /// Listens on `ip` (an address of `ns`) on a free port.
     pub fn start(ns: &Netns, ip: impl Into<IpAddr>) -> Self {
         let ip = ip.into();
-        let listener = ns
-            .enter(|| TcpListener::bind((ip, 0)))
-            .expect("binding the upstream server");
+        let listener = ns.enter(|| TcpListener::bind((ip, 0))).expect("binding the upstream server");
         listener.set_nonblocking(true).expect("non-blocking listener");
         let port = listener.local_addr().expect("local address").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -102,10 +99,7 @@ impl UpstreamServer {
                     match listener.accept() {
                         Ok((stream, peer)) => {
                             if let Some(message) = serve(stream, peer.ip()) {
-                                seen.lock().expect("seen list").push(Seen {
-                                    peer: peer.ip(),
-                                    message,
-                                });
+                                seen.lock().expect("seen list").push(Seen { peer: peer.ip(), message });
                             }
                         }
                         // WouldBlock, or a connection reset before accept: poll again.
@@ -114,12 +108,7 @@ impl UpstreamServer {
                 }
             })
         };
-        Self {
-            port,
-            seen,
-            stop,
-            thread: Some(thread),
-        }
+        Self { port, seen, stop, thread: Some(thread) }
     }
 
     /// The port to connect to.

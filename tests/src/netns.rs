@@ -34,6 +34,14 @@ impl Netns {
         ns
     }
 
+    /// `netns-DEV-INO`, the identity kvm-net puts in the names of its files
+    /// under `/run` for bridges in this namespace.
+    pub fn id(&self) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(self.path()).expect("stat of the namespace");
+        format!("netns-{}-{}", meta.dev(), meta.ino())
+    }
+
     /// A path naming this namespace for `ip link set DEV netns PATH`.
     pub fn path(&self) -> String {
         format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd())
@@ -60,10 +68,7 @@ impl Netns {
 
     /// Runs a command here and returns its output, whatever its status.
     pub fn output(&self, args: &[&str]) -> Output {
-        self.cmd(args[0])
-            .args(&args[1..])
-            .output()
-            .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
+        self.cmd(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"))
     }
 
     /// Runs a command here that must succeed; returns its stdout.

@@ -21,11 +21,7 @@ fn guest_file(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest"));
     let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run tests/guest/build.sh (make test does)",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing: run tests/guest/build.sh (make test does)", path.display());
     path
 }
 
@@ -120,11 +116,9 @@ impl VmRun {
         for step in steps {
             match self.result(step) {
                 Some((true, _)) => {}
-                other => panic!(
-                    "step {step}: {other:?}\nconsole:\n{}\nstderr:\n{}",
-                    self.console.join("\n"),
-                    self.stderr
-                ),
+                other => {
+                    panic!("step {step}: {other:?}\nconsole:\n{}\nstderr:\n{}", self.console.join("\n"), self.stderr)
+                }
             }
         }
     }
@@ -154,33 +148,19 @@ impl Vm {
         );
         let mut command = ns.cmd("qemu-system-x86_64");
         command
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-monitor",
-                "none",
-            ])
+            .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none"])
             .args(["-m", "128", "-no-reboot"])
             .arg("-kernel")
             .arg(guest_file("vmlinuz"))
             .arg("-initrd")
             .arg(guest_file("initrd.img"))
             .args(["-append", &append, "-netdev", &netdev])
-            .args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={},romfile=", spec.mac),
-            ])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={},romfile=", spec.mac)])
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .expect("starting qemu-system-x86_64 (apt-get install qemu-system-x86)");
+        let mut child = command.spawn().expect("starting qemu-system-x86_64 (apt-get install qemu-system-x86)");
         let console = Arc::new(Console::default());
         let stdout = child.stdout.take().expect("piped stdout");
         let stdout_reader = {
@@ -188,11 +168,7 @@ impl Vm {
             thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
-                    console
-                        .lines
-                        .lock()
-                        .expect("console")
-                        .push(line.trim_end_matches('\r').to_owned());
+                    console.lines.lock().expect("console").push(line.trim_end_matches('\r').to_owned());
                     console.changed.notify_all();
                 }
             })
@@ -210,13 +186,7 @@ impl Vm {
                 }
             })
         };
-        Self {
-            name: spec.name.clone(),
-            child,
-            console,
-            stderr,
-            readers: vec![stdout_reader, stderr_reader],
-        }
+        Self { name: spec.name.clone(), child, console, stderr, readers: vec![stdout_reader, stderr_reader] }
     }
 
     /// Waits until a console line starts with `prefix`; returns it.
@@ -228,12 +198,7 @@ impl Vm {
                 return Some(line.clone());
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            lines = self
-                .console
-                .changed
-                .wait_timeout(lines, left.min(Duration::from_millis(200)))
-                .expect("console")
-                .0;
+            lines = self.console.changed.wait_timeout(lines, left.min(Duration::from_millis(200))).expect("console").0;
         }
     }
 
@@ -273,11 +238,7 @@ impl Vm {
         }
         let stderr = self.stderr_so_far();
         let console = self.console.lines.lock().expect("console").clone();
-        VmRun {
-            status,
-            console,
-            stderr,
-        }
+        VmRun { status, console, stderr }
     }
 }
 

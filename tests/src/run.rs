@@ -16,19 +16,11 @@ pub fn run(ns: &Netns, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output
 pub fn run_path(ns: &Netns, path: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = ns.cmd(path);
     command.args(args);
-    for key in [
-        "KVM_NET_DEBUG",
-        "KVM_NET_BRIDGE",
-        "KVM_NET_ADDRESS",
-        "KVM_NET_CONFIG",
-        "KVM_NET_NETWORK",
-    ] {
+    for key in ["KVM_NET_DEBUG", "KVM_NET_BRIDGE", "KVM_NET_ADDRESS", "KVM_NET_CONFIG", "KVM_NET_NETWORK"] {
         command.env_remove(key);
     }
     command.envs(env.iter().copied()).stdin(Stdio::null());
-    command
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", path.display()))
+    command.output().unwrap_or_else(|e| panic!("running {}: {e}", path.display()))
 }
 
 /// Runs a helper that must succeed silently (stdout is a VM console with -serial stdio).
@@ -41,11 +33,7 @@ pub fn ok_with(ns: &Netns, bin: &str, tap: &str, env: &[(&str, &str)]) -> String
     let out = run(ns, bin, &[tap], env);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{bin} {tap} failed: {stderr}");
-    assert!(
-        out.stdout.is_empty(),
-        "{bin} wrote to stdout: {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.stdout.is_empty(), "{bin} wrote to stdout: {:?}", String::from_utf8_lossy(&out.stdout));
     stderr
 }
 

@@ -99,9 +99,7 @@ fn parse(args: &[OsString]) -> Result<Request, Error> {
         [one] if one == "--help" || one == "-h" => Ok(Request::Help),
         [one] if one == "--version" || one == "-V" => Ok(Request::Version),
         [one] => {
-            let name = one
-                .to_str()
-                .ok_or_else(|| Error::Usage(format!("interface name {one:?} is not UTF-8")))?;
+            let name = one.to_str().ok_or_else(|| Error::Usage(format!("interface name {one:?} is not UTF-8")))?;
             IfName::parse(name).map(Request::Run).map_err(Error::BadInterfaceName)
         }
         [_, extra, ..] => Err(Error::Usage(format!("unexpected extra argument {extra:?}"))),
@@ -124,10 +122,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
 /// file (the lock, a sysctl) or from netlink.
 fn is_permission_error(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        let kind = match (
-            cause.downcast_ref::<std::io::Error>(),
-            cause.downcast_ref::<rtnetlink::Error>(),
-        ) {
+        let kind = match (cause.downcast_ref::<std::io::Error>(), cause.downcast_ref::<rtnetlink::Error>()) {
             (Some(io), _) => Some(io.kind()),
             (None, Some(rtnetlink::Error::NetlinkError(message))) => Some(message.to_io().kind()),
             _ => None,
@@ -143,32 +138,40 @@ fn network_in_name(argv0: &OsString) -> Option<String> {
     name.split_once('@').map(|(_, network)| network.to_owned())
 }
 
+/// Marks every file descriptor above stderr close-on-exec. QEMU runs its
+/// scripts with the tap's descriptor open (fd 3): a daemon that inherited it
+/// (dnsmasq) would keep the tap alive after QEMU exits.
+fn close_inherited_descriptors_on_exec() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on
+    // descriptors this process owns; it closes nothing and touches no memory.
+    // On kernels before 5.11 it fails with ENOSYS/EINVAL, which is harmless.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    }
+}
+
 /// The whole of a helper binary's `main`.
 pub fn main(helper: Helper) -> ExitCode {
+    close_inherited_descriptors_on_exec();
     let mut argv = std::env::args_os();
     let invoked_as = argv.next().as_ref().and_then(network_in_name);
     let args: Vec<OsString> = argv.collect();
-    let result = parse(&args)
-        .map_err(anyhow::Error::from)
-        .and_then(|request| match request {
-            Request::Help => {
-                print!("{}", helper.usage());
-                Ok(())
-            }
-            Request::Version => {
-                println!("{} {}", helper.name(), env!("CARGO_PKG_VERSION"));
-                Ok(())
-            }
-            Request::Run(tap) => helper.run(&tap, invoked_as.as_deref()),
-        });
+    let result = parse(&args).map_err(anyhow::Error::from).and_then(|request| match request {
+        Request::Help => {
+            print!("{}", helper.usage());
+            Ok(())
+        }
+        Request::Version => {
+            println!("{} {}", helper.name(), env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Request::Run(tap) => helper.run(&tap, invoked_as.as_deref()),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{}: {}", helper.name(), one_line(&err));
-            let code = err
-                .chain()
-                .find_map(|cause| cause.downcast_ref::<Error>())
-                .map_or(1, Error::exit_code);
+            let code = err.chain().find_map(|cause| cause.downcast_ref::<Error>()).map_or(1, Error::exit_code);
             ExitCode::from(code)
         }
     }
@@ -184,25 +187,14 @@ mod tests {
 
     #[test]
     fn accepts_exactly_one_interface_name() {
-        assert_eq!(
-            parse(&args(&["tap0"])).ok(),
-            Some(Request::Run(IfName::parse("tap0").expect("valid")))
-        );
+        assert_eq!(parse(&args(&["tap0"])).ok(), Some(Request::Run(IfName::parse("tap0").expect("valid"))));
         assert_eq!(parse(&args(&["--help"])).ok(), Some(Request::Help));
         assert_eq!(parse(&args(&["--version"])).ok(), Some(Request::Version));
     }
 
     #[test]
     fn rejects_what_qemu_would_never_pass() {
-        for bad in [
-            &[][..],
-            &["tap0", "tap1"],
-            &[""],
-            &["-x"],
-            &["a/b"],
-            &["tap 0"],
-            &["abcdefghijklmnop"],
-        ] {
+        for bad in [&[][..], &["tap0", "tap1"], &[""], &["-x"], &["a/b"], &["tap 0"], &["abcdefghijklmnop"]] {
             let err = parse(&args(bad)).expect_err("must be rejected");
             assert_eq!(err.exit_code(), 2, "{bad:?}");
         }
@@ -210,10 +202,7 @@ mod tests {
 
     #[test]
     fn network_comes_from_the_suffix_of_the_invoked_name() {
-        assert_eq!(
-            network_in_name(&OsString::from("/usr/libexec/kvm-natup@lab")).as_deref(),
-            Some("lab")
-        );
+        assert_eq!(network_in_name(&OsString::from("/usr/libexec/kvm-natup@lab")).as_deref(), Some("lab"));
         assert_eq!(network_in_name(&OsString::from("kvm-natup")), None);
     }
 

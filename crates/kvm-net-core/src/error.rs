@@ -13,11 +13,7 @@ pub enum Error {
     BadInterfaceName(#[source] IfNameError),
     /// A setting from the environment does not parse.
     #[error("{key}={value:?} is invalid: {reason}")]
-    BadSetting {
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
+    BadSetting { key: &'static str, value: String, reason: String },
     /// The tap QEMU named is not there (QEMU creates it before running the script).
     #[error("interface {0} does not exist")]
     NoSuchInterface(String),
@@ -29,32 +25,22 @@ pub enum Error {
     NotABridge { name: String, kind: String },
     /// The config file cannot be read or does not validate.
     #[error("config {path}{}{}: {reason}", network.as_ref().map(|n| format!(": network {n}")).unwrap_or_default(), field.map(|f| format!(": field {f}")).unwrap_or_default())]
-    Config {
-        path: String,
-        network: Option<String>,
-        field: Option<&'static str>,
-        reason: String,
-    },
+    Config { path: String, network: Option<String>, field: Option<&'static str>, reason: String },
     /// The network chosen for a tap is not in the config.
     #[error("no network named {name} in {origin} ({how})")]
     UnknownNetwork { name: String, how: String, origin: String },
     /// A managed network given to kvm-ifup, or a bridged one to kvm-natup.
     #[error("network {network} is {mode}, which {helpers} do not serve")]
-    WrongHelper {
-        network: String,
-        mode: crate::config::Mode,
-        helpers: &'static str,
-    },
+    WrongHelper { network: String, mode: crate::config::Mode, helpers: &'static str },
     /// A new managed network's subnet is already on another interface.
     #[error("subnet {subnet} of network {network} is in use by {user}")]
-    SubnetInUse {
-        subnet: String,
-        network: String,
-        user: String,
-    },
+    SubnetInUse { subnet: String, network: String, user: String },
     /// A setuid-root helper could not take root's real IDs for the commands it runs.
     #[error("cannot switch to root's real user and group IDs: {0}")]
     DropCallerIds(#[source] nix::errno::Errno),
+    /// DHCP is on for a network, and dnsmasq is not installed.
+    #[error("network {0} has DHCP on, and dnsmasq is not installed")]
+    MissingDnsmasq(String),
     /// A command kvm-net runs is not installed.
     #[error("the {0} command is not installed")]
     MissingTool(&'static str),
@@ -83,6 +69,9 @@ impl Error {
             Error::WrongHelper { .. } => "use script=kvm-ifup,downscript=kvm-ifdown for bridged networks",
             Error::SubnetInUse { .. } => "pick another subnet for this network in the config file, or remove the other user",
             Error::DropCallerIds(_) => "install the helper owned by root with mode 4755, or run QEMU as root",
+            Error::MissingDnsmasq(_) => {
+                "install it (Debian and Ubuntu: apt-get install dnsmasq-base; Fedora: dnf install dnsmasq), or set dhcp = { enabled = false } for the network"
+            }
             Error::MissingTool(_) => "install it (Debian and Ubuntu: apt-get install iptables; Fedora: dnf install iptables-nft)",
             Error::TapIsBridge(_) => "pass the VM's tap interface, not the bridge",
         }

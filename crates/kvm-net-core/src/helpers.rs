@@ -2,12 +2,14 @@
 //! sequence of kernel requests that is safe to repeat and to run concurrently.
 
 use std::future::Future;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use ipnetwork::IpNetwork;
 
 use crate::config::{Network, Source};
+use crate::dnsmasq::{self, Dnsmasq};
 use crate::error::Error;
 use crate::firewall::{all_chains, network_chains, Firewall, IptablesFirewall};
 use crate::ifname::IfName;
@@ -19,10 +21,8 @@ use crate::trace::trace;
 /// Runs one operation on a single-threaded runtime: a helper makes a handful of
 /// sequential netlink requests and needs nothing more.
 fn block_on<T>(operation: impl Future<Output = Result<T>>) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .context("starting the netlink runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_io().build().context("starting the netlink runtime")?;
     runtime.block_on(operation)
 }
 
@@ -38,11 +38,10 @@ async fn require_tap(netlink: &Netlink, tap: &IfName) -> Result<Link> {
 /// A link named `bridge`, if there is one, refusing a link of another kind.
 async fn find_bridge(netlink: &Netlink, bridge: &IfName) -> Result<Option<Link>> {
     match netlink.link_by_name(bridge.as_str()).await? {
-        Some(link) if !link.is_bridge() => Err(Error::NotABridge {
-            name: bridge.to_string(),
-            kind: link.kind.unwrap_or_else(|| "device".to_owned()),
+        Some(link) if !link.is_bridge() => {
+            Err(Error::NotABridge { name: bridge.to_string(), kind: link.kind.unwrap_or_else(|| "device".to_owned()) }
+                .into())
         }
-        .into()),
         found => Ok(found),
     }
 }
@@ -56,9 +55,7 @@ pub fn ifup(tap: &IfName, network: &Network, source: &Source) -> Result<()> {
     let bridge_name = &network.bridge;
     block_on(async {
         let netlink = Netlink::connect()?;
-        let port = require_tap(&netlink, tap)
-            .await
-            .with_context(|| format!("checking interface {tap}"))?;
+        let port = require_tap(&netlink, tap).await.with_context(|| format!("checking interface {tap}"))?;
         let bridge = find_bridge(&netlink, bridge_name)
             .await
             .and_then(|found| found.ok_or_else(|| Error::NoBridge(bridge_name.to_string()).into()))
@@ -98,12 +95,8 @@ pub fn ifdown(tap: &IfName) -> Result<()> {
 }
 
 fn wrong_helper(network: &Network, helpers: &'static str) -> anyhow::Error {
-    anyhow::Error::new(Error::WrongHelper {
-        network: network.name.clone(),
-        mode: network.mode,
-        helpers,
-    })
-    .context(format!("choosing network {}", network.name))
+    anyhow::Error::new(Error::WrongHelper { network: network.name.clone(), mode: network.mode, helpers })
+        .context(format!("choosing network {}", network.name))
 }
 
 /// `kvm-natup`: makes a managed network whole (bridge, addresses,
@@ -114,13 +107,17 @@ pub fn natup(tap: &IfName, network: &Network) -> Result<()> {
     if !network.mode.is_managed() {
         return Err(wrong_helper(network, "kvm-natup/kvm-natdown"));
     }
+    // Checked before anything is created: a missing dnsmasq is the user's to fix.
+    let dnsmasq_binary = match &network.dhcp {
+        Some(_) => Some(dnsmasq::find_binary().ok_or_else(|| Error::MissingDnsmasq(network.name.clone()))?),
+        None => None,
+    };
     let _lock = BridgeLock::acquire(&network.bridge)?;
     let firewall = IptablesFirewall::new();
+    let dhcp_server = Dnsmasq::for_bridge(&network.bridge)?;
     block_on(async {
         let netlink = Netlink::connect()?;
-        let port = require_tap(&netlink, tap)
-            .await
-            .with_context(|| format!("checking interface {tap}"))?;
+        let port = require_tap(&netlink, tap).await.with_context(|| format!("checking interface {tap}"))?;
         let existing = find_bridge(&netlink, &network.bridge)
             .await
             .with_context(|| format!("checking bridge {}", network.bridge))?;
@@ -128,10 +125,13 @@ pub fn natup(tap: &IfName, network: &Network) -> Result<()> {
             Some(bridge) => (bridge, false),
             None => (create_bridge(&netlink, network).await?, true),
         };
-        let result = complete_network(&netlink, &firewall, &port, &bridge, network).await;
+        let services =
+            Services { firewall: &firewall, dhcp_server: &dhcp_server, dnsmasq_binary: dnsmasq_binary.as_deref() };
+        let result = complete_network(&netlink, &services, &port, &bridge, network).await;
         if let (Err(_), true) = (&result, created) {
             trace(format_args!("undoing: removing bridge {} and its rules", bridge.name));
             // Best effort: the first error is the one worth reporting.
+            let _ = dhcp_server.stop();
             let _ = firewall.remove(&all_chains(&network.bridge));
             let _ = netlink.delete(&bridge).await;
         }
@@ -141,11 +141,7 @@ pub fn natup(tap: &IfName, network: &Network) -> Result<()> {
 
 async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
     let name = &network.bridge;
-    let subnets = network
-        .ipv4
-        .map(IpNetwork::V4)
-        .into_iter()
-        .chain(network.ipv6.map(IpNetwork::V6));
+    let subnets = network.ipv4.map(IpNetwork::V4).into_iter().chain(network.ipv6.map(IpNetwork::V6));
     for subnet in subnets {
         let users = netlink.subnet_users(subnet, None).await?;
         if !users.is_empty() {
@@ -159,32 +155,30 @@ async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
         }
     }
     trace(format_args!("creating bridge {name}"));
-    match netlink
-        .create_managed_bridge(name.as_str(), bridge_mac(name), network.mtu)
-        .await?
-    {
+    match netlink.create_managed_bridge(name.as_str(), bridge_mac(name), network.mtu).await? {
         Some(bridge) => Ok(bridge),
         // Someone outside kvm-net's lock created it first: use theirs if it is a bridge.
-        None => find_bridge(netlink, name)
-            .await?
-            .with_context(|| format!("bridge {name} appeared and vanished")),
+        None => find_bridge(netlink, name).await?.with_context(|| format!("bridge {name} appeared and vanished")),
     }
+}
+
+/// What a managed network runs besides the kernel's bridge.
+struct Services<'a> {
+    firewall: &'a IptablesFirewall,
+    dhcp_server: &'a Dnsmasq,
+    /// Set when the network has DHCP.
+    dnsmasq_binary: Option<&'a Path>,
 }
 
 async fn complete_network(
     netlink: &Netlink,
-    firewall: &impl Firewall,
+    services: &Services<'_>,
     port: &Link,
     bridge: &Link,
     network: &Network,
 ) -> Result<()> {
     let name = &network.bridge;
-    for address in network
-        .ipv4
-        .map(IpNetwork::V4)
-        .into_iter()
-        .chain(network.ipv6.map(IpNetwork::V6))
-    {
+    for address in network.ipv4.map(IpNetwork::V4).into_iter().chain(network.ipv6.map(IpNetwork::V6)) {
         netlink.ensure_address(bridge, address).await?;
     }
     let bridge = match network.mtu {
@@ -198,9 +192,18 @@ async fn complete_network(
     if !bridge.up {
         netlink.set_up(&bridge).await?;
     }
-    firewall
+    services
+        .firewall
         .ensure(&network_chains(network))
         .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
+    match (&network.dhcp, services.dnsmasq_binary) {
+        (Some(dhcp), Some(binary)) => services
+            .dhcp_server
+            .ensure(binary, network, dhcp)
+            .with_context(|| format!("starting DHCP for network {} on {name}", network.name))?,
+        // DHCP turned off in the config since the server was started.
+        _ => services.dhcp_server.stop()?,
+    }
     // Last before attaching: the step most likely to fail (the firewall) is
     // behind us, and forwarding is a host-wide switch that is never undone.
     if network.mode.forwards() {
@@ -227,6 +230,7 @@ pub fn natdown(tap: &IfName, network: &Network) -> Result<()> {
     }
     let lock = BridgeLock::acquire(&network.bridge)?;
     let firewall = IptablesFirewall::new();
+    let dhcp_server = Dnsmasq::for_bridge(&network.bridge)?;
     let chains = all_chains(&network.bridge);
     let network_gone = block_on(async {
         let netlink = Netlink::connect()?;
@@ -241,10 +245,8 @@ pub fn natdown(tap: &IfName, network: &Network) -> Result<()> {
             Some(bridge) if bridge.is_bridge() => bridge,
             Some(_) => return Ok(true),
             None => {
-                trace(format_args!(
-                    "bridge {} is gone; removing any rules left for it",
-                    network.bridge
-                ));
+                trace(format_args!("bridge {} is gone; removing any rules and dnsmasq left for it", network.bridge));
+                dhcp_server.stop()?;
                 firewall.remove(&chains)?;
                 return Ok(true);
             }
@@ -260,9 +262,9 @@ pub fn natdown(tap: &IfName, network: &Network) -> Result<()> {
             trace(format_args!("bridge {} keeps {others} port(s)", bridge.name));
             return Ok(false);
         }
-        firewall
-            .remove(&chains)
-            .with_context(|| format!("removing the rules for bridge {}", bridge.name))?;
+        // Teardown order: the daemon, the rules, then the bridge.
+        dhcp_server.stop().with_context(|| format!("stopping DHCP on bridge {}", bridge.name))?;
+        firewall.remove(&chains).with_context(|| format!("removing the rules for bridge {}", bridge.name))?;
         if bridge.is_managed() {
             trace(format_args!("deleting bridge {}", bridge.name));
             netlink.delete(&bridge).await?;
@@ -283,9 +285,10 @@ pub fn natdown(tap: &IfName, network: &Network) -> Result<()> {
 /// and go and makes guests' ARP caches stale.
 pub fn bridge_mac(bridge: &IfName) -> [u8; 6] {
     // FNV-1a: tiny, stable across releases and platforms.
-    let hash = bridge.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = bridge
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     let [a, b, c, d, e, ..] = hash.to_be_bytes();
     [0x02, a, b, c, d, e]
 }

@@ -41,9 +41,8 @@ impl IfName {
         if name == "." || name == ".." {
             return Err(IfNameError::Reserved(name.to_owned()));
         }
-        if let Some(bad) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '+')))
+        if let Some(bad) =
+            name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | '+')))
         {
             return Err(IfNameError::BadChar(name.to_owned(), bad));
         }
@@ -75,16 +74,7 @@ mod tests {
 
     #[test]
     fn accepts_usual_tap_and_bridge_names() {
-        for name in [
-            "tap0",
-            "br0",
-            "vnet12",
-            "lab-web1",
-            "virbr0-nic",
-            "a",
-            "x.y_z@1+2",
-            "abcdefghijklmno",
-        ] {
+        for name in ["tap0", "br0", "vnet12", "lab-web1", "virbr0-nic", "a", "x.y_z@1+2", "abcdefghijklmno"] {
             assert_eq!(IfName::parse(name).map(|n| n.to_string()), Ok(name.to_owned()));
         }
     }
@@ -92,10 +82,7 @@ mod tests {
     #[test]
     fn rejects_what_the_kernel_or_a_shell_would_trip_on() {
         assert_eq!(IfName::parse(""), Err(IfNameError::Empty));
-        assert!(matches!(
-            IfName::parse("abcdefghijklmnop"),
-            Err(IfNameError::TooLong(_, 16))
-        ));
+        assert!(matches!(IfName::parse("abcdefghijklmnop"), Err(IfNameError::TooLong(_, 16))));
         assert!(matches!(IfName::parse("-tap0"), Err(IfNameError::LeadingDash(_))));
         assert!(matches!(IfName::parse("--help"), Err(IfNameError::LeadingDash(_))));
         assert!(matches!(IfName::parse("."), Err(IfNameError::Reserved(_))));
@@ -110,11 +97,7 @@ mod tests {
             ("tap$x", '$'),
             ("täp", 'ä'),
         ] {
-            assert_eq!(
-                IfName::parse(name),
-                Err(IfNameError::BadChar(name.to_owned(), bad)),
-                "{name:?}"
-            );
+            assert_eq!(IfName::parse(name), Err(IfNameError::BadChar(name.to_owned(), bad)), "{name:?}");
         }
     }
 

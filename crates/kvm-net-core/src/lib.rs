@@ -3,11 +3,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod dnsmasq;
 pub mod error;
 pub mod firewall;
 pub mod helpers;
 pub mod ifname;
 pub mod lock;
 pub mod netlink;
+pub mod runtime;
 pub mod sysctl;
 pub mod trace;

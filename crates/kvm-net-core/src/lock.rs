@@ -9,9 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::ifname::IfName;
-
-/// Where the lock files live; `/run` is a tmpfs, so they vanish at reboot.
-pub const LOCK_DIR: &str = "/run/kvm-net/lock";
+use crate::runtime::{bridge_tag, run_subdir};
 
 /// An exclusive `flock` on one bridge in one network namespace, released on drop.
 pub struct BridgeLock {
@@ -20,12 +18,12 @@ pub struct BridgeLock {
 }
 
 impl BridgeLock {
-    /// Blocks until this process holds the bridge's lock. `/run` is shared by all
-    /// network namespaces, so the lock name carries the namespace's identity: two
-    /// `br0` in two namespaces are two bridges.
+    /// Blocks until this process holds the bridge's lock (one per bridge and
+    /// network namespace, see [`crate::runtime`]).
     pub fn acquire(bridge: &IfName) -> Result<Self> {
-        let path = lock_path(bridge)?;
-        fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+        let dir = run_subdir("lock");
+        let path = dir.join(format!("{}.lock", bridge_tag(bridge)?));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         loop {
             let file = OpenOptions::new()
                 .create(true)
@@ -36,9 +34,7 @@ impl BridgeLock {
             file.lock().with_context(|| format!("locking {}", path.display()))?;
             // The holder before us may have removed the file after we opened it:
             // then our lock is on an orphan, and we must lock the new file.
-            let held = file
-                .metadata()
-                .with_context(|| format!("checking lock file {}", path.display()))?;
+            let held = file.metadata().with_context(|| format!("checking lock file {}", path.display()))?;
             match fs::metadata(&path) {
                 Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Self { file, path }),
                 Ok(_) => continue,
@@ -55,9 +51,4 @@ impl BridgeLock {
         drop(self.file);
         Ok(())
     }
-}
-
-fn lock_path(bridge: &IfName) -> Result<PathBuf> {
-    let netns = fs::metadata("/proc/self/ns/net").context("identifying the network namespace (/proc/self/ns/net)")?;
-    Ok(PathBuf::from(LOCK_DIR).join(format!("netns-{}-{}-{bridge}.lock", netns.dev(), netns.ino())))
 }

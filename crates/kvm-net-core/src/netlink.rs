@@ -119,20 +119,13 @@ impl Netlink {
     /// Ports of a bridge, filtered by the kernel (a dump restricted to one controller).
     pub async fn ports_of(&self, bridge: &Link) -> Result<Vec<Link>> {
         let mut request = self.handle.link().get();
-        request
-            .message_mut()
-            .attributes
-            .push(LinkAttribute::Controller(bridge.index));
+        request.message_mut().attributes.push(LinkAttribute::Controller(bridge.index));
         let messages: Vec<LinkMessage> = request
             .execute()
             .try_collect()
             .await
             .with_context(|| format!("listing the ports of bridge {}", bridge.name))?;
-        Ok(messages
-            .into_iter()
-            .map(Link::from_message)
-            .filter(|link| link.controller == Some(bridge.index))
-            .collect())
+        Ok(messages.into_iter().map(Link::from_message).filter(|link| link.controller == Some(bridge.index)).collect())
     }
 
     /// Creates a bridge marked as kvm-net's, with a fixed MAC so that it does not
@@ -155,16 +148,8 @@ impl Netlink {
             .await?
             .with_context(|| format!("bridge {name} vanished right after it was created"))?;
         let mark = LinkUnspec::new_with_index(bridge.index).alias(MANAGED_ALIAS).build();
-        self.handle
-            .link()
-            .set(mark)
-            .execute()
-            .await
-            .with_context(|| format!("marking bridge {name} as kvm-net's"))?;
-        Ok(Some(Link {
-            alias: Some(MANAGED_ALIAS.to_owned()),
-            ..bridge
-        }))
+        self.handle.link().set(mark).execute().await.with_context(|| format!("marking bridge {name} as kvm-net's"))?;
+        Ok(Some(Link { alias: Some(MANAGED_ALIAS.to_owned()), ..bridge }))
     }
 
     /// Adds the address to the link unless it is already there. IPv6
@@ -192,10 +177,7 @@ impl Netlink {
         }
         let mut request = self.handle.address().add(link.index, address.ip(), address.prefix());
         if address.is_ipv6() {
-            request
-                .message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         match request.execute().await {
             Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -219,14 +201,8 @@ impl Netlink {
     pub async fn subnet_users(&self, subnet: IpNetwork, except: Option<u32>) -> Result<Vec<String>> {
         let overlaps = |other: IpNetwork| other.contains(subnet.network()) || subnet.contains(other.network());
         let mut users: Vec<(u32, String)> = Vec::new();
-        let addresses: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .context("listing addresses")?;
+        let addresses: Vec<_> =
+            self.handle.address().get().execute().try_collect().await.context("listing addresses")?;
         for message in addresses {
             let index = message.header.index;
             for attribute in &message.attributes {
@@ -244,14 +220,7 @@ impl Netlink {
         } else {
             RouteMessageBuilder::<Ipv6Addr>::new().build()
         };
-        let routes: Vec<_> = self
-            .handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .context("listing routes")?;
+        let routes: Vec<_> = self.handle.route().get(query).execute().try_collect().await.context("listing routes")?;
         for message in routes {
             if message.header.destination_prefix_length == 0 || message.header.kind != RouteType::Unicast {
                 continue;
@@ -289,12 +258,7 @@ impl Netlink {
     /// Brings a link up.
     pub async fn set_up(&self, link: &Link) -> Result<()> {
         let message = LinkUnspec::new_with_index(link.index).up().build();
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .with_context(|| format!("bringing {} up", link.name))
+        self.handle.link().set(message).execute().await.with_context(|| format!("bringing {} up", link.name))
     }
 
     /// Makes `port` a port of `bridge` with the bridge's MTU, then brings it up:
@@ -303,16 +267,10 @@ impl Netlink {
         if port.mtu != bridge.mtu {
             let message = LinkUnspec::new_with_index(port.index).mtu(bridge.mtu).build();
             self.handle.link().set(message).execute().await.with_context(|| {
-                format!(
-                    "setting the MTU of {} to {} (bridge {})",
-                    port.name, bridge.mtu, bridge.name
-                )
+                format!("setting the MTU of {} to {} (bridge {})", port.name, bridge.mtu, bridge.name)
             })?;
         }
-        let message = LinkUnspec::new_with_index(port.index)
-            .controller(bridge.index)
-            .up()
-            .build();
+        let message = LinkUnspec::new_with_index(port.index).controller(bridge.index).up().build();
         self.handle
             .link()
             .set(message)

@@ -41,11 +41,7 @@ fn main() -> ExitCode {
         print_steps("kvm-natup  ", &vm.stderr_so_far());
         let address = lab.host.ok(&["ip", "-o", "-4", "addr", "show", "dev", "br0"]);
         let address = address.split_whitespace().nth(3).unwrap_or("?").to_owned();
-        let ports = lab
-            .host
-            .ok(&["ip", "-o", "link", "show", "master", "br0"])
-            .lines()
-            .count();
+        let ports = lab.host.ok(&["ip", "-o", "link", "show", "master", "br0"]).lines().count();
         let rules = kvm_net_lines(&lab.host, "nat").len() + kvm_net_lines(&lab.host, "filter").len();
         println!(
             "  while the VM runs: bridge br0 {address}, {ports} port (demotap0), {rules} kvm-net lines in iptables -S"
@@ -58,33 +54,20 @@ fn main() -> ExitCode {
         println!("    {}", line.trim_start_matches("KVMNET-RESULT "));
     }
     for seen in server.seen() {
-        println!(
-            "  upstream saw: a connection from {} saying {:?}",
-            seen.peer, seen.message
-        );
+        println!("  upstream saw: a connection from {} saying {:?}", seen.peer, seen.message);
     }
-    print_steps(
-        "kvm-natdown",
-        run.stderr.strip_prefix(natup_trace.as_str()).unwrap_or(&run.stderr),
-    );
+    print_steps("kvm-natdown", run.stderr.strip_prefix(natup_trace.as_str()).unwrap_or(&run.stderr));
 
     let passed = ["link", "ping:192.168.100.1", &format!("ping:{UPSTREAM}"), "tcp"]
         .iter()
         .all(|step| run.result(step).is_some_and(|(ok, _)| ok));
-    let natted = server
-        .seen()
-        .iter()
-        .any(|s| s.peer == HOST_UPLINK && s.message == "hello-from-demo");
+    let natted = server.seen().iter().any(|s| s.peer == HOST_UPLINK && s.message == "hello-from-demo");
     let clean = !link_exists(&lab.host, "br0")
         && kvm_net_lines(&lab.host, "nat").is_empty()
         && kvm_net_lines(&lab.host, "filter").is_empty();
     println!(
         "  after QEMU exited: bridge br0 {}, kvm-net rules {}",
-        if link_exists(&lab.host, "br0") {
-            "still there"
-        } else {
-            "gone"
-        },
+        if link_exists(&lab.host, "br0") { "still there" } else { "gone" },
         if clean { "gone" } else { "still there" }
     );
     let verdict = ready && passed && natted && clean;

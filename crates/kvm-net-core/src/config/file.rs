@@ -7,7 +7,9 @@ use std::path::Path;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
-use super::{Config, Mode, Network, Source};
+use std::net::Ipv4Addr;
+
+use super::{Config, Dhcp, HostRecord, Mode, Network, Source, StaticLease};
 use crate::error::Error;
 use crate::ifname::IfName;
 
@@ -30,6 +32,35 @@ struct RawNetwork {
     mtu: Option<u32>,
     #[serde(default)]
     taps: Vec<String>,
+    dhcp: Option<RawDhcp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDhcp {
+    enabled: Option<bool>,
+    range: Option<Vec<String>>,
+    lease_time: Option<String>,
+    dns: Option<bool>,
+    #[serde(default)]
+    hosts: Vec<RawLease>,
+    #[serde(default)]
+    records: Vec<RawRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    mac: String,
+    ip: String,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    name: String,
+    ip: String,
 }
 
 /// Parses and validates a whole config file.
@@ -51,12 +82,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, Error> {
     let mut order: Vec<(usize, String)> = raw
         .network
         .keys()
-        .map(|name| {
-            (
-                text.find(&format!("[network.{name}]")).unwrap_or(usize::MAX),
-                name.clone(),
-            )
-        })
+        .map(|name| (text.find(&format!("[network.{name}]")).unwrap_or(usize::MAX), name.clone()))
         .collect();
     order.sort();
     let mut raw = raw.network;
@@ -65,21 +91,18 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, Error> {
         .filter_map(|(_, name)| raw.remove(&name).map(|network| (name, network)))
         .map(|(name, network)| network.validate(name, path))
         .collect::<Result<Vec<_>, _>>()?;
-    let config = Config {
-        source: Source::File(path.to_owned()),
-        networks,
-    };
+    let config = Config { source: Source::File(path.to_owned()), networks };
     check_unique(&config)?;
     Ok(config)
 }
 
-/// The `[network.NAME]` table that a line of the file belongs to.
+/// The network whose table (`[network.NAME]`, `[network.NAME.dhcp]`) a line of the file belongs to.
 fn network_at_line(text: &str, line: usize) -> Option<String> {
     text.lines()
         .take(line)
         .filter_map(|l| l.trim().strip_prefix("[network.")?.strip_suffix(']'))
         .last()
-        .map(str::to_owned)
+        .map(|table| table.split('.').next().unwrap_or(table).to_owned())
 }
 
 fn field_error(path: &Path, network: &str, field: &'static str, reason: impl Into<String>) -> Error {
@@ -98,30 +121,13 @@ impl RawNetwork {
             || name.len() > 15
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(bad(
-                "name",
-                format!("{name:?} must be 1-15 letters, digits, '-' or '_'"),
-            ));
+            return Err(bad("name", format!("{name:?} must be 1-15 letters, digits, '-' or '_'")));
         }
-        let mode = Mode::parse(&self.mode).ok_or_else(|| {
-            bad(
-                "mode",
-                format!("{:?} is not one of nat, routed, isolated, bridged", self.mode),
-            )
-        })?;
+        let mode = Mode::parse(&self.mode)
+            .ok_or_else(|| bad("mode", format!("{:?} is not one of nat, routed, isolated, bridged", self.mode)))?;
         let bridge = IfName::parse(&self.bridge).map_err(|e| bad("bridge", e.to_string()))?;
-        let ipv4 = self
-            .ipv4
-            .as_deref()
-            .map(parse_ipv4)
-            .transpose()
-            .map_err(|e| bad("ipv4", e))?;
-        let ipv6 = self
-            .ipv6
-            .as_deref()
-            .map(parse_ipv6)
-            .transpose()
-            .map_err(|e| bad("ipv6", e))?;
+        let ipv4 = self.ipv4.as_deref().map(parse_ipv4).transpose().map_err(|e| bad("ipv4", e))?;
+        let ipv6 = self.ipv6.as_deref().map(parse_ipv6).transpose().map_err(|e| bad("ipv6", e))?;
         if let Some(mtu) = self.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(bad("mtu", format!("{mtu} is outside 68-65535")));
@@ -138,11 +144,7 @@ impl RawNetwork {
                 return Err(bad("ipv4", "a routed network needs an IPv4 or IPv6 address".to_owned()))
             }
             Mode::Bridged => {
-                for (field, set) in [
-                    ("ipv4", ipv4.is_some()),
-                    ("ipv6", ipv6.is_some()),
-                    ("mtu", self.mtu.is_some()),
-                ] {
+                for (field, set) in [("ipv4", ipv4.is_some()), ("ipv6", ipv6.is_some()), ("mtu", self.mtu.is_some())] {
                     if set {
                         return Err(bad(
                             field,
@@ -153,16 +155,111 @@ impl RawNetwork {
             }
             _ => {}
         }
-        Ok(Network {
-            name,
-            mode,
-            bridge,
-            ipv4,
-            ipv6,
-            mtu: self.mtu,
-            taps,
-        })
+        // DHCP is on by default wherever there is an IPv4 subnet to serve.
+        let dhcp = match self.dhcp {
+            Some(_) if mode == Mode::Bridged => {
+                return Err(bad("dhcp", "kvm-net runs no DHCP server on a bridge it does not own".to_owned()))
+            }
+            Some(RawDhcp { enabled: Some(false), .. }) => None,
+            Some(raw) => match ipv4 {
+                Some(address) => Some(raw.validate(address).map_err(|(field, reason)| bad(field, reason))?),
+                None => return Err(bad("dhcp", "DHCP needs the network's ipv4 address".to_owned())),
+            },
+            None => ipv4.filter(|_| mode.is_managed()).map(Dhcp::defaults_for),
+        };
+        Ok(Network { name, mode, bridge, ipv4, ipv6, mtu: self.mtu, taps, dhcp })
     }
+}
+
+impl RawDhcp {
+    fn validate(self, address: Ipv4Network) -> Result<Dhcp, (&'static str, String)> {
+        let subnet = Ipv4Network::new(address.network(), address.prefix()).unwrap_or(address);
+        let host_ip = |field: &'static str, text: &str| -> Result<Ipv4Addr, (&'static str, String)> {
+            let ip: Ipv4Addr = text.parse().map_err(|_| (field, format!("{text:?} is not an IPv4 address")))?;
+            if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() {
+                return Err((field, format!("{ip} is not a host address of {subnet}")));
+            }
+            Ok(ip)
+        };
+        let mut dhcp = Dhcp::defaults_for(address);
+        if let Some(range) = &self.range {
+            let [start, end] = range.as_slice() else {
+                return Err(("dhcp.range", "write it as [\"FIRST\", \"LAST\"]".to_owned()));
+            };
+            let (start, end) = (host_ip("dhcp.range", start)?, host_ip("dhcp.range", end)?);
+            if start > end {
+                return Err(("dhcp.range", format!("{start} comes after {end}")));
+            }
+            dhcp.range = (start, end);
+        }
+        if let Some(lease_time) = self.lease_time {
+            if !valid_lease_time(&lease_time) {
+                return Err((
+                    "dhcp.lease_time",
+                    format!("{lease_time:?} is not a time of at least 2m (like 45m, 12h, 1d) or \"infinite\""),
+                ));
+            }
+            dhcp.lease_time = lease_time;
+        }
+        dhcp.dns = self.dns.unwrap_or(true);
+        for lease in self.hosts {
+            let mac = lease.mac.to_ascii_lowercase();
+            let octets: Vec<&str> = mac.split(':').collect();
+            if octets.len() != 6 || !octets.iter().all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit())) {
+                return Err(("dhcp.hosts", format!("{:?} is not a MAC address like 52:54:00:12:34:56", lease.mac)));
+            }
+            let ip = host_ip("dhcp.hosts", &lease.ip)?;
+            if let Some(name) = &lease.name {
+                if !is_hostname(name) {
+                    return Err(("dhcp.hosts", format!("{name:?} is not a host name")));
+                }
+            }
+            if dhcp.hosts.iter().any(|h: &StaticLease| h.mac == mac || h.ip == ip) {
+                return Err(("dhcp.hosts", format!("{mac} or {ip} is given twice")));
+            }
+            dhcp.hosts.push(StaticLease { mac, ip, name: lease.name });
+        }
+        for record in self.records {
+            if !is_hostname(&record.name) {
+                return Err(("dhcp.records", format!("{:?} is not a host name", record.name)));
+            }
+            let ip =
+                record.ip.parse().map_err(|_| ("dhcp.records", format!("{:?} is not an IP address", record.ip)))?;
+            dhcp.records.push(HostRecord { name: record.name, ip });
+        }
+        Ok(dhcp)
+    }
+}
+
+/// dnsmasq's lease times: a number of seconds (at least 120) with an optional
+/// unit, or `infinite`.
+fn valid_lease_time(text: &str) -> bool {
+    if text == "infinite" {
+        return true;
+    }
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 604800,
+        _ => return false,
+    };
+    digits.parse::<u64>().is_ok_and(|n| n.saturating_mul(factor) >= 120)
+}
+
+/// A DNS name: dot-separated labels of letters, digits and inner hyphens.
+fn is_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 /// Parses a bridge's IPv4 address: a host address with a prefix that leaves room for guests.
@@ -170,13 +267,9 @@ pub(super) fn parse_ipv4(value: &str) -> Result<Ipv4Network, String> {
     if !value.contains('/') {
         return Err(format!("{value:?} has no prefix length (write it as 192.168.100.1/24)"));
     }
-    let net: Ipv4Network = value
-        .parse()
-        .map_err(|e: ipnetwork::IpNetworkError| format!("{value:?}: {e}"))?;
+    let net: Ipv4Network = value.parse().map_err(|e: ipnetwork::IpNetworkError| format!("{value:?}: {e}"))?;
     if net.prefix() > 30 {
-        return Err(format!(
-            "{value:?}: a prefix longer than /30 leaves no address for a guest"
-        ));
+        return Err(format!("{value:?}: a prefix longer than /30 leaves no address for a guest"));
     }
     if net.ip() == net.network() || net.ip() == net.broadcast() {
         return Err(format!(
@@ -192,19 +285,12 @@ fn parse_ipv6(value: &str) -> Result<Ipv6Network, String> {
     if !value.contains('/') {
         return Err(format!("{value:?} has no prefix length (write it as fd00:6b76::1/64)"));
     }
-    let net: Ipv6Network = value
-        .parse()
-        .map_err(|e: ipnetwork::IpNetworkError| format!("{value:?}: {e}"))?;
+    let net: Ipv6Network = value.parse().map_err(|e: ipnetwork::IpNetworkError| format!("{value:?}: {e}"))?;
     if net.prefix() > 126 {
-        return Err(format!(
-            "{value:?}: a prefix longer than /126 leaves no address for a guest"
-        ));
+        return Err(format!("{value:?}: a prefix longer than /126 leaves no address for a guest"));
     }
     if net.ip() == net.network() {
-        return Err(format!(
-            "{value:?}: {} is the subnet's own address, not a host address",
-            net.ip()
-        ));
+        return Err(format!("{value:?}: {} is the subnet's own address, not a host address", net.ip()));
     }
     Ok(net)
 }
@@ -224,11 +310,7 @@ pub(super) fn check_unique(config: &Config) -> Result<(), Error> {
     for (i, a) in config.networks.iter().enumerate() {
         for b in &config.networks[..i] {
             if a.bridge == b.bridge {
-                return Err(bad(
-                    a,
-                    "bridge",
-                    format!("{} is already the bridge of network {}", a.bridge, b.name),
-                ));
+                return Err(bad(a, "bridge", format!("{} is already the bridge of network {}", a.bridge, b.name)));
             }
             if let (Some(x), Some(y)) = (a.subnet4(), b.subnet4()) {
                 if x.contains(y.network()) || y.contains(x.network()) {
@@ -287,28 +369,114 @@ mod tests {
         assert_eq!(names, ["lab", "default", "dmz", "lan"]);
         let default = config.network("default").expect("default");
         assert_eq!(default.mode, Mode::Nat);
-        assert_eq!(
-            default.subnet4().map(|s| s.to_string()),
-            Some("192.168.100.0/24".to_owned())
-        );
-        assert_eq!(
-            default.subnet6().map(|s| s.to_string()),
-            Some("fd00:6b76::/64".to_owned())
-        );
+        assert_eq!(default.subnet4().map(|s| s.to_string()), Some("192.168.100.0/24".to_owned()));
+        assert_eq!(default.subnet6().map(|s| s.to_string()), Some("fd00:6b76::/64".to_owned()));
         assert_eq!(default.mtu, Some(9000));
         assert_eq!(config.network("lab").map(|n| n.ipv4), Some(None));
         assert!(config.network("lan").is_some_and(|n| n.taps[1].matches("web1")));
     }
 
+    #[test]
+    fn dhcp_defaults_and_settings() {
+        let config = parse_text(
+            r#"
+            [network.default]
+            mode = "nat"
+            bridge = "br0"
+            ipv4 = "192.168.100.1/24"
+            [network.lab]
+            mode = "isolated"
+            bridge = "lab0"
+            ipv4 = "10.0.0.1/16"
+            [network.lab.dhcp]
+            range = ["10.0.1.10", "10.0.1.99"]
+            lease_time = "12h"
+            dns = false
+            hosts = [{ mac = "52:54:00:AA:BB:01", ip = "10.0.0.50", name = "fixed" }]
+            records = [{ name = "upstream.lab", ip = "203.0.113.2" }]
+            [network.quiet]
+            mode = "isolated"
+            bridge = "q0"
+            [network.off]
+            mode = "nat"
+            bridge = "off0"
+            ipv4 = "10.9.0.1/24"
+            dhcp = { enabled = false }
+            "#,
+        )
+        .expect("valid");
+        let default = config.network("default").and_then(|n| n.dhcp.clone()).expect("on by default");
+        assert_eq!(default.range, (Ipv4Addr::new(192, 168, 100, 128), Ipv4Addr::new(192, 168, 100, 254)));
+        assert_eq!((default.lease_time.as_str(), default.dns), ("1h", true));
+        let lab = config.network("lab").and_then(|n| n.dhcp.clone()).expect("configured");
+        assert_eq!(lab.range, (Ipv4Addr::new(10, 0, 1, 10), Ipv4Addr::new(10, 0, 1, 99)));
+        assert_eq!((lab.lease_time.as_str(), lab.dns), ("12h", false));
+        assert_eq!(
+            lab.hosts,
+            [StaticLease {
+                mac: "52:54:00:aa:bb:01".into(),
+                ip: Ipv4Addr::new(10, 0, 0, 50),
+                name: Some("fixed".into())
+            }]
+        );
+        assert_eq!(lab.records[0].ip.to_string(), "203.0.113.2");
+        assert_eq!(config.network("quiet").map(|n| n.dhcp.is_some()), Some(false), "no address, no DHCP");
+        assert_eq!(config.network("off").map(|n| n.dhcp.is_some()), Some(false));
+    }
+
+    #[test]
+    fn dhcp_errors_name_their_field() {
+        let net = |dhcp: &str| {
+            format!(
+                "[network.n1]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/24\"\n[network.n1.dhcp]\n{dhcp}\n"
+            )
+        };
+        assert_error(
+            &net("range = [\"10.0.1.5\", \"10.0.0.9\"]"),
+            Some("n1"),
+            Some("dhcp.range"),
+            "not a host address of 10.0.0.0/24",
+        );
+        assert_error(&net("range = [\"10.0.0.90\", \"10.0.0.9\"]"), Some("n1"), Some("dhcp.range"), "comes after");
+        assert_error(&net("range = [\"10.0.0.9\"]"), Some("n1"), Some("dhcp.range"), "[\"FIRST\", \"LAST\"]");
+        assert_error(&net("lease_time = \"10s\""), Some("n1"), Some("dhcp.lease_time"), "at least 2m");
+        assert_error(
+            &net("hosts = [{ mac = \"52:54:00\", ip = \"10.0.0.5\" }]"),
+            Some("n1"),
+            Some("dhcp.hosts"),
+            "not a MAC",
+        );
+        assert_error(
+            &net("hosts = [{ mac = \"52:54:00:00:00:01\", ip = \"10.0.0.5\", name = \"bad_name\" }]"),
+            Some("n1"),
+            Some("dhcp.hosts"),
+            "not a host name",
+        );
+        assert_error(
+            &net("records = [{ name = \"x\", ip = \"nope\" }]"),
+            Some("n1"),
+            Some("dhcp.records"),
+            "not an IP",
+        );
+        assert_error(&net("leases = 3"), Some("n1"), None, "unknown field `leases`");
+        assert_error(
+            "[network.n1]\nmode = \"bridged\"\nbridge = \"br0\"\n[network.n1.dhcp]\nenabled = true\n",
+            Some("n1"),
+            Some("dhcp"),
+            "does not own",
+        );
+        assert_error(
+            "[network.n1]\nmode = \"isolated\"\nbridge = \"br0\"\n[network.n1.dhcp]\nenabled = true\n",
+            Some("n1"),
+            Some("dhcp"),
+            "needs the network's ipv4",
+        );
+    }
+
     #[track_caller]
     fn assert_error(text: &str, network: Option<&str>, field: Option<&str>, reason: &str) {
         match parse_text(text) {
-            Err(Error::Config {
-                path,
-                network: n,
-                field: f,
-                reason: r,
-            }) => {
+            Err(Error::Config { path, network: n, field: f, reason: r }) => {
                 assert!(path.starts_with(PATH), "{path}");
                 assert_eq!(n.as_deref(), network, "{r}");
                 assert_eq!(f, field, "{r}");
@@ -340,36 +508,21 @@ mod tests {
             Some("ipv4"),
             "no prefix",
         );
-        assert_error(
-            &net("mode = \"nat\"\nbridge = \"br0\""),
-            Some("n1"),
-            Some("ipv4"),
-            "needs an IPv4",
-        );
+        assert_error(&net("mode = \"nat\"\nbridge = \"br0\""), Some("n1"), Some("ipv4"), "needs an IPv4");
         assert_error(
             &net("mode = \"nat\"\nbridge = \"averyveryverylongbr\"\nipv4 = \"10.0.0.1/24\""),
             Some("n1"),
             Some("bridge"),
             "15",
         );
-        assert_error(
-            &net("mode = \"natt\"\nbridge = \"br0\""),
-            Some("n1"),
-            Some("mode"),
-            "natt",
-        );
+        assert_error(&net("mode = \"natt\"\nbridge = \"br0\""), Some("n1"), Some("mode"), "natt");
         assert_error(
             &net("mode = \"bridged\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/24\""),
             Some("n1"),
             Some("ipv4"),
             "never changes",
         );
-        assert_error(
-            &net("mode = \"isolated\"\nbridge = \"br0\"\nmtu = 20"),
-            Some("n1"),
-            Some("mtu"),
-            "68-65535",
-        );
+        assert_error(&net("mode = \"isolated\"\nbridge = \"br0\"\nmtu = 20"), Some("n1"), Some("mtu"), "68-65535");
         assert_error(
             &net("mode = \"isolated\"\nbridge = \"br0\"\nipv6 = \"fd00::/64\""),
             Some("n1"),

@@ -6,6 +6,7 @@ mod file;
 mod select;
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -88,6 +89,60 @@ pub struct Network {
     pub mtu: Option<u32>,
     /// Tap-name patterns that pick this network (`lab-*`).
     pub taps: Vec<glob::Pattern>,
+    /// DHCP (and DNS) for guests, served by a dnsmasq of kvm-net's; `None`: off.
+    pub dhcp: Option<Dhcp>,
+}
+
+/// What the network's dnsmasq hands out and answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dhcp {
+    /// First and last address leased dynamically.
+    pub range: (Ipv4Addr, Ipv4Addr),
+    /// Lease time as dnsmasq reads it (`1h`, `45m`, `infinite`).
+    pub lease_time: String,
+    /// Whether dnsmasq also answers DNS on the bridge (and says so in its offers).
+    pub dns: bool,
+    /// Fixed addresses by MAC.
+    pub hosts: Vec<StaticLease>,
+    /// Extra names dnsmasq answers for.
+    pub records: Vec<HostRecord>,
+}
+
+impl Dhcp {
+    /// The defaults for a subnet: the upper half leased for an hour, leaving
+    /// the lower half to guests with static addresses; DNS on.
+    pub fn defaults_for(address: Ipv4Network) -> Self {
+        let network = u32::from(address.network());
+        let broadcast = u32::from(address.broadcast());
+        let half = (broadcast - network + 1) / 2;
+        Dhcp {
+            range: (Ipv4Addr::from(network + half.max(2)), Ipv4Addr::from(broadcast - 1)),
+            lease_time: "1h".to_owned(),
+            dns: true,
+            hosts: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+}
+
+/// A fixed address for one MAC, as `dhcp-host=`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticLease {
+    /// The guest NIC's MAC, lower case.
+    pub mac: String,
+    /// The address it always gets.
+    pub ip: Ipv4Addr,
+    /// Host name handed to the guest and resolvable through the bridge's DNS.
+    pub name: Option<String>,
+}
+
+/// An extra name in the bridge's DNS, as `host-record=`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRecord {
+    /// Fully qualified or short name.
+    pub name: String,
+    /// Its address.
+    pub ip: IpAddr,
 }
 
 impl Network {
@@ -101,6 +156,7 @@ impl Network {
             ipv6: None,
             mtu: None,
             taps: Vec::new(),
+            dhcp: None,
         }
     }
 
@@ -147,10 +203,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, Error> {
         match std::fs::read_to_string(path) {
             Ok(text) => file::parse(&text, path),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Config {
-                source: Source::Builtin,
-                networks: vec![Network::classic()],
-            }),
+            // The classic scripts exactly: no DHCP server appears on br0 just
+            // because kvm-net replaced them.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config { source: Source::Builtin, networks: vec![Network::classic()] })
+            }
             Err(err) => Err(Error::Config {
                 path: path.display().to_string(),
                 network: None,

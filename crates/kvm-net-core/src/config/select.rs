@@ -25,19 +25,12 @@ pub fn choose(config: &Config, invoked_as: Option<&str>, tap: &IfName, env: &Env
     };
     let mut network = if let Some(name) = invoked_as {
         named(name, format!("the helper's name ends in @{name}"))?
-    } else if let Some(network) = config
-        .networks
-        .iter()
-        .find(|n| n.taps.iter().any(|p| p.matches(tap.as_str())))
-    {
+    } else if let Some(network) = config.networks.iter().find(|n| n.taps.iter().any(|p| p.matches(tap.as_str()))) {
         network.clone()
     } else if let Some(name) = &env.network {
         named(name, format!("{ENV_NETWORK}={name}"))?
     } else {
-        named(
-            DEFAULT_NETWORK,
-            format!("no tap pattern matches {tap} and {ENV_NETWORK} is unset"),
-        )?
+        named(DEFAULT_NETWORK, format!("no tap pattern matches {tap} and {ENV_NETWORK} is unset"))?
     };
     if env.bridge.is_none() && env.address.is_none() {
         return Ok(network);
@@ -97,22 +90,13 @@ mod tests {
     }
 
     fn env_network(name: &str) -> Environment {
-        Environment {
-            network: Some(name.to_owned()),
-            ..Environment::default()
-        }
+        Environment { network: Some(name.to_owned()), ..Environment::default() }
     }
 
     #[test]
     fn most_specific_choice_wins() {
-        assert_eq!(
-            pick(None, "tap0", Environment::default()).ok().as_deref(),
-            Some("default")
-        );
-        assert_eq!(
-            pick(None, "lab-web1", Environment::default()).ok().as_deref(),
-            Some("lab")
-        );
+        assert_eq!(pick(None, "tap0", Environment::default()).ok().as_deref(), Some("default"));
+        assert_eq!(pick(None, "lab-web1", Environment::default()).ok().as_deref(), Some("lab"));
         assert_eq!(pick(None, "tap0", env_network("lan")).ok().as_deref(), Some("lan"));
         assert_eq!(
             pick(None, "lab-web1", env_network("lan")).ok().as_deref(),
@@ -137,19 +121,10 @@ mod tests {
 
     #[test]
     fn environment_overrides_are_validated_with_the_whole_config() {
-        let env = Environment {
-            bridge: Some("labbr0".to_owned()),
-            ..Environment::default()
-        };
+        let env = Environment { bridge: Some("labbr0".to_owned()), ..Environment::default() };
         assert!(pick(None, "tap0", env).is_err(), "two networks on labbr0");
-        let env = Environment {
-            address: Some("10.9.0.1/24".to_owned()),
-            ..Environment::default()
-        };
+        let env = Environment { address: Some("10.9.0.1/24".to_owned()), ..Environment::default() };
         let network = choose(&config(), None, &IfName::parse("tap0").expect("valid"), &env).expect("valid");
-        assert_eq!(
-            (network.mode, network.ipv4.map(|a| a.to_string())),
-            (Mode::Nat, Some("10.9.0.1/24".to_owned()))
-        );
+        assert_eq!((network.mode, network.ipv4.map(|a| a.to_string())), (Mode::Nat, Some("10.9.0.1/24".to_owned())));
     }
 }

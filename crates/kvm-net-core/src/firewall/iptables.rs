@@ -30,16 +30,8 @@ impl IptablesFirewall {
     /// iptables since 1.4.20 has `-C` and `-w`, and a process spawn costs more
     /// than the rest of a warm start.
     pub fn new() -> Self {
-        let driver = |cmd| IPTables {
-            cmd,
-            has_check: true,
-            has_wait: true,
-            is_numeric: false,
-        };
-        Self {
-            v4: driver("iptables"),
-            v6: driver("ip6tables"),
-        }
+        let driver = |cmd| IPTables { cmd, has_check: true, has_wait: true, is_numeric: false };
+        Self { v4: driver("iptables"), v6: driver("ip6tables") }
     }
 
     fn driver(&self, family: Family) -> &IPTables {
@@ -60,10 +52,7 @@ impl IptablesFirewall {
                 String::from_utf8_lossy(&output.stderr).trim()
             ));
         }
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect())
+        Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
     }
 
     /// Runs `apply` on each chain with a listing of its table, reading each
@@ -90,20 +79,12 @@ impl IptablesFirewall {
 fn ensure_chain(ipt: &IPTables, table: &Listing, chain: &OwnChain) -> Result<()> {
     let fail = |e| crate_error(ipt.cmd, e);
     if !table.has_chain(&chain.name) {
-        trace(format_args!(
-            "creating chain {} in {} table {}",
-            chain.name, ipt.cmd, chain.table
-        ));
+        trace(format_args!("creating chain {} in {} table {}", chain.name, ipt.cmd, chain.table));
         ipt.new_chain(chain.table, &chain.name).map_err(fail)?;
     }
     let current = table.rules_of(&chain.name);
     if current != chain.rules {
-        trace(format_args!(
-            "writing {} rules of {} ({})",
-            chain.rules.len(),
-            chain.name,
-            ipt.cmd
-        ));
+        trace(format_args!("writing {} rules of {} ({})", chain.rules.len(), chain.name, ipt.cmd));
         if !current.is_empty() {
             ipt.flush_chain(chain.table, &chain.name).map_err(fail)?;
         }
@@ -114,10 +95,7 @@ fn ensure_chain(ipt: &IPTables, table: &Listing, chain: &OwnChain) -> Result<()>
     let jumps = table.jumps_to(chain.hook, &chain.name);
     match jumps.split_first() {
         None => {
-            trace(format_args!(
-                "inserting jump {} -> {} ({})",
-                chain.hook, chain.name, ipt.cmd
-            ));
+            trace(format_args!("inserting jump {} -> {} ({})", chain.hook, chain.name, ipt.cmd));
             ipt.insert(chain.table, chain.hook, &chain.jump, 1).map_err(fail)?;
         }
         Some((_, duplicates)) => {
@@ -135,10 +113,7 @@ fn remove_chain(ipt: &IPTables, table: &Listing, chain: &OwnChain) -> Result<()>
         ipt.delete(chain.table, chain.hook, jump).map_err(fail)?;
     }
     if table.has_chain(&chain.name) {
-        trace(format_args!(
-            "deleting chain {} from {} table {}",
-            chain.name, ipt.cmd, chain.table
-        ));
+        trace(format_args!("deleting chain {} from {} table {}", chain.name, ipt.cmd, chain.table));
         ipt.flush_chain(chain.table, &chain.name).map_err(fail)?;
         ipt.delete_chain(chain.table, &chain.name).map_err(fail)?;
     }
@@ -149,10 +124,7 @@ impl Firewall for IptablesFirewall {
     fn ensure(&self, chains: &[OwnChain]) -> Result<()> {
         self.with_listings(chains, |ipt, table, chain| {
             ensure_chain(ipt, table, chain).with_context(|| {
-                format!(
-                    "installing {} chain {} ({} table {})",
-                    chain.hook, chain.name, ipt.cmd, chain.table
-                )
+                format!("installing {} chain {} ({} table {})", chain.hook, chain.name, ipt.cmd, chain.table)
             })
         })
     }
@@ -178,10 +150,7 @@ impl<'a> Listing<'a> {
     /// The rule specs of `chain`, in order, without their `-A CHAIN ` prefix.
     fn rules_of(&self, chain: &str) -> Vec<&'a str> {
         let prefix = format!("-A {chain} ");
-        self.lines
-            .iter()
-            .filter_map(|line| line.strip_prefix(prefix.as_str()))
-            .collect()
+        self.lines.iter().filter_map(|line| line.strip_prefix(prefix.as_str())).collect()
     }
 
     /// Rules of the built-in `hook` whose target is `chain`, whoever wrote them.
@@ -190,9 +159,7 @@ impl<'a> Listing<'a> {
             .into_iter()
             .filter(|spec| {
                 let words: Vec<&str> = spec.split_whitespace().collect();
-                words
-                    .windows(2)
-                    .any(|pair| (pair[0] == "-j" || pair[0] == "-g") && pair[1] == chain)
+                words.windows(2).any(|pair| (pair[0] == "-j" || pair[0] == "-g") && pair[1] == chain)
             })
             .collect()
     }
@@ -232,10 +199,7 @@ mod tests {
         assert_eq!(table.rules_of("KVMNET-NAT-br0"), ["-s 10.0.0.0/8 -j RETURN"]);
         assert_eq!(
             table.jumps_to("POSTROUTING", "KVMNET-NAT-br0"),
-            [
-                "-m comment --comment \"kvm-net:br0\" -j KVMNET-NAT-br0",
-                "-j KVMNET-NAT-br0"
-            ]
+            ["-m comment --comment \"kvm-net:br0\" -j KVMNET-NAT-br0", "-j KVMNET-NAT-br0"]
         );
     }
 }

@@ -39,36 +39,36 @@ pub fn comment(bridge: &IfName) -> String {
     format!("-m comment --comment \"kvm-net:{bridge}\"")
 }
 
-/// The two kinds of chain kvm-net keeps per bridge and family.
+/// The kinds of chain kvm-net keeps per bridge and family.
 #[derive(Clone, Copy)]
 enum Kind {
     Masquerade,
     Forward,
+    /// DHCP and DNS from guests to the bridge's dnsmasq.
+    Input,
+    /// Checksums of DHCP replies, which guests using vhost-net otherwise drop.
+    Checksum,
 }
 
 fn own_chain(family: Family, kind: Kind, bridge: &IfName, rules: Vec<String>) -> OwnChain {
     let (table, hook, tag) = match kind {
         Kind::Masquerade => ("nat", "POSTROUTING", "NAT"),
         Kind::Forward => ("filter", "FORWARD", "FWD"),
+        Kind::Input => ("filter", "INPUT", "IN"),
+        Kind::Checksum => ("mangle", "POSTROUTING", "MNG"),
     };
     let name = format!("{CHAIN_PREFIX}{tag}-{bridge}");
     let jump = format!("{} -j {name}", comment(bridge));
-    OwnChain {
-        family,
-        table,
-        hook,
-        name,
-        jump,
-        rules,
-    }
+    OwnChain { family, table, hook, name, jump, rules }
 }
 
 /// Every chain kvm-net may have made for `bridge`, whatever mode it had: what
 /// teardown removes, so that a mode changed in between leaves nothing behind.
 pub fn all_chains(bridge: &IfName) -> Vec<OwnChain> {
-    [Family::V4, Family::V6]
+    [Kind::Masquerade, Kind::Forward, Kind::Input, Kind::Checksum]
+        .map(|kind| own_chain(Family::V4, kind, bridge, Vec::new()))
         .into_iter()
-        .flat_map(|family| [Kind::Masquerade, Kind::Forward].map(|kind| own_chain(family, kind, bridge, Vec::new())))
+        .chain([Kind::Masquerade, Kind::Forward].map(|kind| own_chain(Family::V6, kind, bridge, Vec::new())))
         .collect()
 }
 
@@ -89,12 +89,7 @@ pub fn network_chains(network: &Network) -> Vec<OwnChain> {
         Mode::Nat | Mode::Routed => {
             for (family, subnet) in &subnets {
                 if network.mode == Mode::Nat {
-                    chains.push(own_chain(
-                        *family,
-                        Kind::Masquerade,
-                        bridge,
-                        masquerade_rules(*family, subnet, &tag),
-                    ));
+                    chains.push(own_chain(*family, Kind::Masquerade, bridge, masquerade_rules(*family, subnet, &tag)));
                 }
                 let back = match network.mode {
                     // Replies only: NAT hides the guests from the outside.
@@ -116,10 +111,8 @@ pub fn network_chains(network: &Network) -> Vec<OwnChain> {
         Mode::Isolated => {
             // Both families always: an isolated bridge must not leak even
             // where another network turned forwarding on.
-            for (family, unreachable) in [
-                (Family::V4, "icmp-port-unreachable"),
-                (Family::V6, "icmp6-port-unreachable"),
-            ] {
+            for (family, unreachable) in [(Family::V4, "icmp-port-unreachable"), (Family::V6, "icmp6-port-unreachable")]
+            {
                 chains.push(own_chain(
                     family,
                     Kind::Forward,
@@ -132,6 +125,20 @@ pub fn network_chains(network: &Network) -> Vec<OwnChain> {
                 ));
             }
         }
+    }
+    if let Some(dhcp) = &network.dhcp {
+        let mut accept = vec![format!("-i {bridge} -p udp -m udp --dport 67 {tag} -j ACCEPT")];
+        if dhcp.dns {
+            accept.push(format!("-i {bridge} -p udp -m udp --dport 53 {tag} -j ACCEPT"));
+            accept.push(format!("-i {bridge} -p tcp -m tcp --dport 53 {tag} -j ACCEPT"));
+        }
+        chains.push(own_chain(Family::V4, Kind::Input, bridge, accept));
+        chains.push(own_chain(
+            Family::V4,
+            Kind::Checksum,
+            bridge,
+            vec![format!("-o {bridge} -p udp -m udp --dport 68 {tag} -j CHECKSUM --checksum-fill")],
+        ));
     }
     chains
 }
@@ -174,10 +181,7 @@ mod tests {
     fn default_network_rules_match_the_subnet_not_the_host_address() {
         let chains = network_chains(&Network::classic());
         let nat = &chains[0];
-        assert_eq!(
-            (nat.table, nat.hook, nat.name.as_str()),
-            ("nat", "POSTROUTING", "KVMNET-NAT-br0")
-        );
+        assert_eq!((nat.table, nat.hook, nat.name.as_str()), ("nat", "POSTROUTING", "KVMNET-NAT-br0"));
         assert_eq!(nat.jump, "-m comment --comment \"kvm-net:br0\" -j KVMNET-NAT-br0");
         assert_eq!(
             nat.rules,
@@ -190,10 +194,7 @@ mod tests {
             ]
         );
         let forward = &chains[1];
-        assert_eq!(
-            (forward.table, forward.hook, forward.name.as_str()),
-            ("filter", "FORWARD", "KVMNET-FWD-br0")
-        );
+        assert_eq!((forward.table, forward.hook, forward.name.as_str()), ("filter", "FORWARD", "KVMNET-FWD-br0"));
         assert_eq!(
             forward.rules,
             [
@@ -217,27 +218,31 @@ mod tests {
                 (Family::V6, "KVMNET-FWD-br0")
             ]
         );
-        assert_eq!(
-            nat66[2].rules[0],
-            "-s fd00:1::/64 -d ff00::/8 -m comment --comment \"kvm-net:br0\" -j RETURN"
-        );
+        assert_eq!(nat66[2].rules[0], "-s fd00:1::/64 -d ff00::/8 -m comment --comment \"kvm-net:br0\" -j RETURN");
         let routed = network_chains(&network(Mode::Routed, Some("10.0.0.1/24"), None));
         assert_eq!(names(&routed), [(Family::V4, "KVMNET-FWD-br0")]);
-        assert_eq!(
-            routed[0].rules[1],
-            "-d 10.0.0.0/24 -o br0 -m comment --comment \"kvm-net:br0\" -j ACCEPT"
-        );
+        assert_eq!(routed[0].rules[1], "-d 10.0.0.0/24 -o br0 -m comment --comment \"kvm-net:br0\" -j ACCEPT");
         let isolated = network_chains(&network(Mode::Isolated, None, None));
-        assert_eq!(
-            names(&isolated),
-            [(Family::V4, "KVMNET-FWD-br0"), (Family::V6, "KVMNET-FWD-br0")]
-        );
+        assert_eq!(names(&isolated), [(Family::V4, "KVMNET-FWD-br0"), (Family::V6, "KVMNET-FWD-br0")]);
         assert_eq!(
             isolated[1].rules[2],
             "-i br0 -m comment --comment \"kvm-net:br0\" -j REJECT --reject-with icmp6-port-unreachable"
         );
         assert!(network_chains(&network(Mode::Bridged, None, None)).is_empty());
-        assert_eq!(all_chains(&Network::classic().bridge).len(), 4);
+        assert_eq!(all_chains(&Network::classic().bridge).len(), 6);
+        let with_dhcp = Network {
+            dhcp: Some(crate::config::Dhcp::defaults_for("10.0.0.1/24".parse().expect("net"))),
+            ..Network::classic()
+        };
+        let chains = network_chains(&with_dhcp);
+        let input = chains.iter().find(|c| c.hook == "INPUT").expect("input chain");
+        assert_eq!(input.rules[0], "-i br0 -p udp -m udp --dport 67 -m comment --comment \"kvm-net:br0\" -j ACCEPT");
+        assert_eq!(input.rules.len(), 3);
+        let mangle = chains.iter().find(|c| c.table == "mangle").expect("mangle chain");
+        assert_eq!(
+            mangle.rules,
+            ["-o br0 -p udp -m udp --dport 68 -m comment --comment \"kvm-net:br0\" -j CHECKSUM --checksum-fill"]
+        );
     }
 
     #[test]

@@ -1,0 +1,26 @@
+//! Files kvm-net keeps under `/run` (a tmpfs: gone at reboot, like the
+//! kernel state they go with). `/run` is shared by every network namespace,
+//! so each name carries the namespace's identity: two `br0` in two
+//! namespaces are two bridges.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::ifname::IfName;
+
+/// kvm-net's directory under `/run`.
+pub const RUN_DIR: &str = "/run/kvm-net";
+
+/// `netns-DEV-INO-BRIDGE`: one bridge in this process's network namespace.
+pub fn bridge_tag(bridge: &IfName) -> Result<String> {
+    let netns = fs::metadata("/proc/self/ns/net").context("identifying the network namespace (/proc/self/ns/net)")?;
+    Ok(format!("netns-{}-{}-{bridge}", netns.dev(), netns.ino()))
+}
+
+/// A directory under [`RUN_DIR`] for one kind of file (`lock`, `dnsmasq`).
+pub fn run_subdir(kind: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(kind)
+}

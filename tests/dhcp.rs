@@ -1,0 +1,238 @@
+//! DHCP and DNS for managed networks: the dnsmasq kvm-net starts, restarts
+//! and stops, seen from guest namespaces with busybox's udhcpc and nslookup.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use kvm_net_tests::inspect::{assert_no_nat_network, kvm_net_lines};
+use kvm_net_tests::lab::Lab;
+use kvm_net_tests::run::{add_tap, ok_with, run, ConfigFile};
+use kvm_net_tests::{helper, Netns};
+
+const DHCP_NETWORK: &str = r#"
+[network.default]
+mode = "nat"
+bridge = "br0"
+ipv4 = "192.168.100.1/24"
+
+[network.default.dhcp]
+range = ["192.168.100.100", "192.168.100.199"]
+lease_time = "2h"
+hosts = [{ mac = "52:54:00:aa:00:50", ip = "192.168.100.50", name = "fixed" }]
+records = [{ name = "upstream.lab", ip = "203.0.113.2" }]
+
+[network.lab]
+mode = "isolated"
+bridge = "lab0"
+ipv4 = "10.88.0.1/24"
+taps = ["lab-*"]
+"#;
+
+/// The run directory of the dnsmasq serving `bridge` in `ns`.
+fn run_dir(ns: &Netns, bridge: &str) -> PathBuf {
+    PathBuf::from(format!("/run/kvm-net/dnsmasq/{}-{bridge}", ns.id()))
+}
+
+fn dnsmasq_pid(ns: &Netns, bridge: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(run_dir(ns, bridge).join("dnsmasq.pid")).ok()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// Asks for a lease from inside `guest`; returns the address offered.
+fn lease(guest: &Netns) -> Option<String> {
+    let script = ConfigFile::scratch_dir().join("udhcpc-print.sh");
+    if !script.exists() {
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease $ip router $router dns $dns\"\nexit 0\n",
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    let out = guest.output(&[
+        "busybox",
+        "udhcpc",
+        "-i",
+        "eth0",
+        "-n",
+        "-q",
+        "-f",
+        "-t",
+        "5",
+        "-T",
+        "1",
+        "-s",
+        script.to_str()?,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("lease "))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+}
+
+#[test]
+fn guests_get_leases_fixed_addresses_and_names() {
+    let config = ConfigFile::new(DHCP_NETWORK);
+    let env = [("KVM_NET_CONFIG", config.path())];
+    let lab = Lab::new();
+    let dynamic = lab.guest("vm1", "0.0.0.0/32", None);
+    let fixed = lab.guest("vm2", "0.0.0.0/32", None);
+    fixed.ok(&["ip", "link", "set", "eth0", "address", "52:54:00:aa:00:50"]);
+    ok_with(&lab.host, "kvm-natup", "vm1", &env);
+    ok_with(&lab.host, "kvm-natup", "vm2", &env);
+    let address = lease(&dynamic).expect("a lease");
+    let last: u8 = address.rsplit('.').next().and_then(|o| o.parse().ok()).expect("IPv4");
+    assert!(address.starts_with("192.168.100.") && (100..=199).contains(&last), "{address} outside the range");
+    assert_eq!(lease(&fixed).as_deref(), Some("192.168.100.50"));
+    fixed.ok(&["ip", "addr", "add", "192.168.100.50/24", "dev", "eth0"]);
+    // busybox nslookup also asks for AAAA, which has no answer here: judge the A answer.
+    let resolve = |name: &str| {
+        String::from_utf8_lossy(&fixed.output(&["busybox", "nslookup", name, "192.168.100.1"]).stdout).into_owned()
+    };
+    let answer = resolve("upstream.lab");
+    assert!(answer.contains("Address: 203.0.113.2"), "{answer}");
+    let answer = resolve("fixed");
+    assert!(answer.contains("Address: 192.168.100.50"), "{answer}");
+    let conf = std::fs::read_to_string(run_dir(&lab.host, "br0").join("dnsmasq.conf")).expect("conf");
+    assert!(
+        conf.contains("interface=br0\n") && conf.contains("except-interface=lo\n") && conf.contains("bind-dynamic\n")
+    );
+    assert!(kvm_net_lines(&lab.host, "filter").iter().any(|l| l.contains("--dport 67")));
+    assert!(kvm_net_lines(&lab.host, "mangle").iter().any(|l| l.contains("CHECKSUM --checksum-fill")));
+    let pid = dnsmasq_pid(&lab.host, "br0").expect("dnsmasq runs");
+    ok_with(&lab.host, "kvm-natdown", "vm1", &env);
+    assert_eq!(dnsmasq_pid(&lab.host, "br0"), Some(pid), "stays while a VM is left");
+    ok_with(&lab.host, "kvm-natdown", "vm2", &env);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "dnsmasq outlived its network");
+    assert!(!run_dir(&lab.host, "br0").exists(), "run directory left behind");
+    assert_no_nat_network(&lab.host, "br0");
+    assert!(kvm_net_lines(&lab.host, "mangle").is_empty());
+}
+
+#[test]
+fn a_dead_dnsmasq_is_restarted_and_a_changed_config_reloads() {
+    let config = ConfigFile::new(DHCP_NETWORK);
+    let env = [("KVM_NET_CONFIG", config.path())];
+    let host = Netns::new();
+    for tap in ["tap0", "tap1", "tap2"] {
+        add_tap(&host, tap);
+    }
+    ok_with(&host, "kvm-natup", "tap0", &env);
+    let first = dnsmasq_pid(&host, "br0").expect("running");
+    host.ok(&["kill", "-9", &first.to_string()]);
+    ok_with(&host, "kvm-natup", "tap1", &env);
+    let second = dnsmasq_pid(&host, "br0").expect("restarted");
+    assert_ne!(first, second);
+    let changed = ConfigFile::new(&DHCP_NETWORK.replace("lease_time = \"2h\"", "lease_time = \"3h\""));
+    ok_with(&host, "kvm-natup", "tap2", &[("KVM_NET_CONFIG", changed.path())]);
+    let third = dnsmasq_pid(&host, "br0").expect("restarted");
+    assert_ne!(second, third, "a changed config must restart dnsmasq");
+    assert!(!Path::new(&format!("/proc/{second}")).exists());
+    let conf = std::fs::read_to_string(run_dir(&host, "br0").join("dnsmasq.conf")).expect("conf");
+    assert!(conf.contains(",3h\n"), "{conf}");
+    for tap in ["tap0", "tap1", "tap2"] {
+        ok_with(&host, "kvm-natdown", tap, &[("KVM_NET_CONFIG", changed.path())]);
+    }
+    assert!(!Path::new(&format!("/proc/{third}")).exists());
+}
+
+#[test]
+fn a_pidfile_naming_another_process_is_not_obeyed() {
+    let config = ConfigFile::new(DHCP_NETWORK);
+    let env = [("KVM_NET_CONFIG", config.path())];
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    let mut stranger = host.cmd("sleep").arg("60").spawn().expect("sleep");
+    let dir = run_dir(&host, "br0");
+    std::fs::create_dir_all(&dir).expect("run dir");
+    std::fs::write(dir.join("dnsmasq.pid"), format!("{}\n", stranger.id())).expect("pidfile");
+    ok_with(&host, "kvm-natup", "tap0", &env);
+    let ours = dnsmasq_pid(&host, "br0").expect("its own dnsmasq");
+    assert_ne!(ours, stranger.id() as i32);
+    ok_with(&host, "kvm-natdown", "tap0", &env);
+    assert!(stranger.try_wait().expect("wait").is_none(), "kvm-net killed a process it did not start");
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+}
+
+#[test]
+fn two_networks_have_a_dnsmasq_each() {
+    let config = ConfigFile::new(DHCP_NETWORK);
+    let env = [("KVM_NET_CONFIG", config.path())];
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    add_tap(&host, "lab-1");
+    ok_with(&host, "kvm-natup", "tap0", &env);
+    ok_with(&host, "kvm-natup", "lab-1", &env);
+    let (a, b) = (dnsmasq_pid(&host, "br0").expect("br0"), dnsmasq_pid(&host, "lab0").expect("lab0"));
+    assert_ne!(a, b);
+    let lab_conf = std::fs::read_to_string(run_dir(&host, "lab0").join("dnsmasq.conf")).expect("conf");
+    assert!(
+        lab_conf.contains("interface=lab0\n")
+            && lab_conf.contains("dhcp-range=10.88.0.128,10.88.0.254,255.255.255.0,1h")
+    );
+    ok_with(&host, "kvm-natdown", "lab-1", &env);
+    assert!(!Path::new(&format!("/proc/{b}")).exists());
+    assert_eq!(dnsmasq_pid(&host, "br0"), Some(a), "the other network's dnsmasq stays");
+    ok_with(&host, "kvm-natdown", "tap0", &env);
+    assert!(!Path::new(&format!("/proc/{a}")).exists());
+}
+
+#[test]
+fn dhcp_without_dnsmasq_is_a_clear_error_and_changes_nothing() {
+    let config = ConfigFile::new(DHCP_NETWORK);
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    // A PATH with the firewall tools but no dnsmasq.
+    let bin = ConfigFile::scratch_dir().join(format!("no-dnsmasq-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).expect("dir");
+    for tool in ["iptables", "ip6tables"] {
+        let _ = std::os::unix::fs::symlink(format!("/usr/sbin/{tool}"), bin.join(tool));
+    }
+    let before = host.snapshot();
+    let out = run(
+        &host,
+        "kvm-natup",
+        &["tap0"],
+        &[("KVM_NET_CONFIG", config.path()), ("PATH", bin.to_str().expect("utf-8"))],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&bin);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("network default has DHCP on, and dnsmasq is not installed; install it (Debian and Ubuntu: apt-get install dnsmasq-base"), "{stderr}");
+    assert_eq!(host.snapshot(), before);
+}
+
+#[test]
+fn dnsmasq_does_not_inherit_the_tap_descriptor() {
+    let config = ConfigFile::new(DHCP_NETWORK);
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    // QEMU runs its scripts with the tap open as fd 3, without close-on-exec.
+    let marker = ConfigFile::scratch_dir().join(format!("fd3-marker-{}", std::process::id()));
+    let file = std::fs::File::create(&marker).expect("marker");
+    let raw = file.as_raw_fd();
+    let mut command = host.cmd(helper("kvm-natup"));
+    command.arg("tap0").env("KVM_NET_CONFIG", config.path()).stdin(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().expect("kvm-natup");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = dnsmasq_pid(&host, "br0").expect("running");
+    let leaked = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| target == marker);
+    let _ = std::fs::remove_file(&marker);
+    assert!(!leaked, "dnsmasq holds the descriptor QEMU passed as fd 3");
+    ok_with(&host, "kvm-natdown", "tap0", &[("KVM_NET_CONFIG", config.path())]);
+}

@@ -10,6 +10,7 @@ pub mod helpers;
 pub mod ifname;
 pub mod lock;
 pub mod netlink;
+pub mod network;
 pub mod runtime;
 pub mod sysctl;
 pub mod trace;

@@ -1,0 +1,280 @@
+//! A managed network's whole life: bringing it up (bridge, addresses,
+//! forwarding, rules, dnsmasq) and tearing it down, under the bridge's lock.
+//! The helpers, `kvm-net up/down` and `kvm-net gc` all go through here.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use ipnetwork::IpNetwork;
+
+use crate::config::Network;
+use crate::dnsmasq::{self, Dnsmasq};
+use crate::error::Error;
+use crate::firewall::{all_chains, network_chains, Firewall, IptablesFirewall};
+use crate::ifname::IfName;
+use crate::lock::BridgeLock;
+use crate::netlink::{Link, Netlink};
+use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
+use crate::trace::trace;
+
+/// Runs one operation on a single-threaded runtime: a helper makes a handful of
+/// sequential netlink requests and needs nothing more.
+pub fn block_on<T>(operation: impl Future<Output = Result<T>>) -> Result<T> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_io().build().context("starting the netlink runtime")?;
+    runtime.block_on(operation)
+}
+
+/// A link named `bridge`, if there is one, refusing a link of another kind.
+pub async fn find_bridge(netlink: &Netlink, bridge: &IfName) -> Result<Option<Link>> {
+    match netlink.link_by_name(bridge.as_str()).await? {
+        Some(link) if !link.is_bridge() => {
+            Err(Error::NotABridge { name: bridge.to_string(), kind: link.kind.unwrap_or_else(|| "device".to_owned()) }
+                .into())
+        }
+        found => Ok(found),
+    }
+}
+
+/// What a managed bridge has besides the kernel's link: its firewall chains
+/// and its dnsmasq. Built from the bridge name alone, so that leftovers of a
+/// network no longer in the config can be removed too.
+pub struct Services {
+    /// The iptables backend.
+    pub firewall: IptablesFirewall,
+    /// The bridge's dnsmasq (running or not).
+    pub dhcp_server: Dnsmasq,
+    bridge: IfName,
+}
+
+impl Services {
+    /// The services of `bridge` in this network namespace.
+    pub fn for_bridge(bridge: &IfName) -> Result<Self> {
+        Ok(Self {
+            firewall: IptablesFirewall::new(),
+            dhcp_server: Dnsmasq::for_bridge(bridge)?,
+            bridge: bridge.clone(),
+        })
+    }
+
+    /// Removes everything kvm-net made for the bridge, in netavark's order:
+    /// the daemon, the rules, then the bridge itself (only if kvm-net created
+    /// it). Keeps going past a failed step, so that one failure does not leave
+    /// the rest behind, and reports the first.
+    pub async fn tear_down(&self, netlink: &Netlink, bridge: Option<&Link>) -> Result<()> {
+        let name = &self.bridge;
+        let daemon = self.dhcp_server.stop().with_context(|| format!("stopping DHCP on bridge {name}"));
+        let rules =
+            self.firewall.remove(&all_chains(name)).with_context(|| format!("removing the rules for bridge {name}"));
+        let link = match bridge {
+            Some(bridge) if bridge.is_managed() => {
+                trace(format_args!("deleting bridge {name}"));
+                netlink.delete(bridge).await
+            }
+            Some(_) => {
+                trace(format_args!("bridge {name} is not kvm-net's; leaving it"));
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        daemon.and(rules).and(link)
+    }
+}
+
+/// A managed network being brought up: checked before its lock is taken.
+pub struct Bringup<'a> {
+    network: &'a Network,
+    dnsmasq_binary: Option<PathBuf>,
+    services: Services,
+}
+
+impl<'a> Bringup<'a> {
+    /// Checks what can be checked before anything is created: the mode, and
+    /// dnsmasq where DHCP is on.
+    pub fn prepare(network: &'a Network, helpers: &'static str) -> Result<Self> {
+        if !network.mode.is_managed() {
+            return Err(anyhow::Error::new(Error::WrongHelper {
+                network: network.name.clone(),
+                mode: network.mode,
+                helpers,
+            })
+            .context(format!("choosing network {}", network.name)));
+        }
+        let dnsmasq_binary = match &network.dhcp {
+            Some(_) => Some(dnsmasq::find_binary().ok_or_else(|| Error::MissingDnsmasq(network.name.clone()))?),
+            None => None,
+        };
+        Ok(Self { network, dnsmasq_binary, services: Services::for_bridge(&network.bridge)? })
+    }
+
+    /// Makes the network whole, then runs `and_then` on its bridge (attaching a
+    /// tap). If the bridge was created here and anything fails, everything is
+    /// removed again: QEMU does not run the downscript after a failed up-script.
+    /// The caller holds the bridge's lock.
+    pub async fn run<F, Fut>(&self, netlink: &Netlink, and_then: F) -> Result<()>
+    where
+        F: FnOnce(Link) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        let network = self.network;
+        let existing = find_bridge(netlink, &network.bridge)
+            .await
+            .with_context(|| format!("checking bridge {}", network.bridge))?;
+        let (bridge, created) = match existing {
+            Some(bridge) => (bridge, false),
+            None => (create_bridge(netlink, network).await?, true),
+        };
+        let result = match self.complete(netlink, &bridge).await {
+            Ok(bridge) => and_then(bridge).await,
+            Err(err) => Err(err),
+        };
+        if let (Err(_), true) = (&result, created) {
+            trace(format_args!("undoing: removing bridge {} and what was made for it", bridge.name));
+            // Best effort: the first error is the one worth reporting.
+            let _ = self.services.tear_down(netlink, Some(&bridge)).await;
+        }
+        result
+    }
+
+    async fn complete(&self, netlink: &Netlink, bridge: &Link) -> Result<Link> {
+        let network = self.network;
+        let name = &network.bridge;
+        for address in network.ipv4.map(IpNetwork::V4).into_iter().chain(network.ipv6.map(IpNetwork::V6)) {
+            netlink.ensure_address(bridge, address).await?;
+        }
+        let bridge = match network.mtu {
+            Some(mtu) if mtu != bridge.mtu => {
+                netlink.set_mtu(bridge, mtu).await?;
+                Link { mtu, ..bridge.clone() }
+            }
+            _ => bridge.clone(),
+        };
+        disable_accept_ra(name)?;
+        if !bridge.up {
+            netlink.set_up(&bridge).await?;
+        }
+        self.services
+            .firewall
+            .ensure(&network_chains(network))
+            .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
+        match (&network.dhcp, &self.dnsmasq_binary) {
+            (Some(dhcp), Some(binary)) => self
+                .services
+                .dhcp_server
+                .ensure(binary, network, dhcp)
+                .with_context(|| format!("starting DHCP for network {} on {name}", network.name))?,
+            // DHCP turned off in the config since the server was started.
+            _ => self.services.dhcp_server.stop()?,
+        }
+        // Last: the step most likely to fail (the firewall) is behind us, and
+        // forwarding is a host-wide switch that is never undone.
+        if network.mode.forwards() {
+            if network.ipv4.is_some() {
+                enable_ipv4_forwarding()?;
+            }
+            if network.ipv6.is_some() {
+                for uplink in enable_ipv6_forwarding()? {
+                    eprintln!(
+                        "kvm-net: warning: IPv6 forwarding is now on, so {uplink} (accept_ra=1) ignores router advertisements; if it gets its address or route from them, set net.ipv6.conf.{uplink}.accept_ra=2"
+                    );
+                }
+            }
+        }
+        Ok(bridge)
+    }
+}
+
+async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
+    let name = &network.bridge;
+    let subnets = network.ipv4.map(IpNetwork::V4).into_iter().chain(network.ipv6.map(IpNetwork::V6));
+    for subnet in subnets {
+        let users = netlink.subnet_users(subnet, None).await?;
+        if !users.is_empty() {
+            let subnet = IpNetwork::new(subnet.network(), subnet.prefix()).unwrap_or(subnet);
+            return Err(anyhow::Error::new(Error::SubnetInUse {
+                subnet: subnet.to_string(),
+                network: network.name.clone(),
+                user: users.join(", "),
+            })
+            .context(format!("creating bridge {name}")));
+        }
+    }
+    trace(format_args!("creating bridge {name}"));
+    match netlink.create_managed_bridge(name.as_str(), bridge_mac(name), network.mtu).await? {
+        Some(bridge) => Ok(bridge),
+        // Someone outside kvm-net's lock created it first: use theirs if it is a bridge.
+        None => find_bridge(netlink, name).await?.with_context(|| format!("bridge {name} appeared and vanished")),
+    }
+}
+
+/// `kvm-net up`: brings a managed network up without a VM.
+pub fn up(network: &Network) -> Result<()> {
+    let bringup = Bringup::prepare(network, "kvm-net up")?;
+    let _lock = BridgeLock::acquire(&network.bridge)?;
+    block_on(async {
+        let netlink = Netlink::connect()?;
+        bringup.run(&netlink, |_| async { Ok(()) }).await
+    })
+}
+
+/// What taking a network down found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Down {
+    /// It was torn down; these ports were still attached (with `force`).
+    Removed { detached: Vec<String> },
+    /// It has ports and `force` was not given: nothing was changed.
+    InUse { ports: Vec<String> },
+}
+
+/// Takes a managed bridge down (network from the config, or a bridge kvm-net
+/// made that the config no longer names), under its lock.
+pub fn down(bridge: &IfName, force: bool) -> Result<Down> {
+    let lock = BridgeLock::acquire(bridge)?;
+    let services = Services::for_bridge(bridge)?;
+    let outcome = block_on(async {
+        let netlink = Netlink::connect()?;
+        let link = find_bridge(&netlink, bridge).await?;
+        let ports = match &link {
+            Some(link) => netlink.ports_of(link).await?.into_iter().map(|p| p.name).collect(),
+            None => Vec::new(),
+        };
+        if !ports.is_empty() && !force {
+            return Ok(Down::InUse { ports });
+        }
+        services.tear_down(&netlink, link.as_ref()).await?;
+        Ok(Down::Removed { detached: ports })
+    })?;
+    if matches!(outcome, Down::Removed { .. }) {
+        lock.remove_file()?;
+    }
+    Ok(outcome)
+}
+
+/// A stable, locally administered MAC for a bridge kvm-net creates: a bridge
+/// without one takes the lowest MAC of its ports, which changes as VMs come
+/// and go and makes guests' ARP caches stale.
+pub fn bridge_mac(bridge: &IfName) -> [u8; 6] {
+    // FNV-1a: tiny, stable across releases and platforms.
+    let hash = bridge
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let [a, b, c, d, e, ..] = hash.to_be_bytes();
+    [0x02, a, b, c, d, e]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_mac_is_unicast_locally_administered_and_stable() {
+        let name = IfName::parse("br0").expect("valid");
+        let mac = bridge_mac(&name);
+        assert_eq!(mac[0] & 0x01, 0, "unicast");
+        assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
+        assert_eq!(mac, bridge_mac(&name));
+        assert_ne!(mac, bridge_mac(&IfName::parse("br1").expect("valid")));
+    }
+}

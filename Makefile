@@ -1,7 +1,7 @@
 # kvm-net: build static helpers, run the test suite, run the demo.
 #   make demo    set up, build, boot one VM through kvm-natup in throwaway namespaces
 #   make test    set up, build, run every test (needs root: it makes network namespaces)
-#   make build   static, stripped helpers in $(BIN_DIR)
+#   make build   static, stripped helpers and kvm-net in $(BIN_DIR)
 SHELL := /bin/bash
 CARGO ?= cargo
 MUSL := x86_64-unknown-linux-musl
@@ -11,6 +11,7 @@ TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx $(MUSL) 
 STATIC_FLAGS := $(if $(filter $(GNU),$(TARGET)),-C target-feature=+crt-static)
 BIN_DIR := target/$(TARGET)/release
 HELPERS := kvm-ifup kvm-ifdown kvm-natup kvm-natdown
+BINARIES := $(HELPERS) kvm-net
 TEST_THREADS ?= 4
 
 .PHONY: all setup build guest demo run-demo test check clean
@@ -21,9 +22,9 @@ setup:
 	@tests/setup.sh
 
 build:
-	@echo "make: building static helpers for $(TARGET)$(if $(STATIC_FLAGS), (glibc +crt-static: the musl target is not installed))"
-	RUSTFLAGS="$(STATIC_FLAGS)" $(CARGO) build --release --locked --target $(TARGET) -p kvm-net-helpers
-	@ls -l $(addprefix $(BIN_DIR)/,$(HELPERS)) | awk '{printf "make: %-40s %8d bytes\n", $$9, $$5}'
+	@echo "make: building static binaries for $(TARGET)$(if $(STATIC_FLAGS), (glibc +crt-static: the musl target is not installed))"
+	RUSTFLAGS="$(STATIC_FLAGS)" $(CARGO) build --release --locked --target $(TARGET) -p kvm-net-helpers -p kvm-net-admin
+	@ls -l $(addprefix $(BIN_DIR)/,$(BINARIES)) | awk '{printf "make: %-40s %8d bytes\n", $$9, $$5}'
 
 # The test guest (Debian cloud kernel + busybox initramfs), built once into target/guest.
 guest:

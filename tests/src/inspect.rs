@@ -43,12 +43,22 @@ pub fn kvm_net_lines_of(ns: &Netns, command: &str, table: &str) -> Vec<String> {
         .collect()
 }
 
-/// Panics unless the bridge and every kvm-net rule are gone.
+/// Panics unless the bridge and every kvm-net rule for it are gone, in both
+/// families and every table kvm-net writes to.
 pub fn assert_no_nat_network(ns: &Netns, bridge: &str) {
     assert!(!link_exists(ns, bridge), "bridge {bridge} left behind");
+    let ours: Vec<String> = ["NAT", "FWD", "IN", "MNG"]
+        .iter()
+        .map(|kind| format!("KVMNET-{kind}-{bridge}"))
+        .chain([format!("\"kvm-net:{bridge}\"")])
+        .collect();
     for command in ["iptables", "ip6tables"] {
-        for table in ["nat", "filter"] {
-            assert_eq!(kvm_net_lines_of(ns, command, table), Vec::<String>::new(), "{command} -t {table}");
+        for table in ["nat", "filter", "mangle"] {
+            let left: Vec<String> = kvm_net_lines_of(ns, command, table)
+                .into_iter()
+                .filter(|line| line.split_whitespace().any(|word| ours.iter().any(|o| o == word)))
+                .collect();
+            assert_eq!(left, Vec::<String>::new(), "{command} -t {table} still has rules of {bridge}");
         }
     }
 }

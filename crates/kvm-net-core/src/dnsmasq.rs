@@ -99,6 +99,11 @@ impl Dnsmasq {
         })
     }
 
+    /// Whether anything of this bridge's dnsmasq is left (files or a process).
+    pub fn leftover(&self) -> bool {
+        self.dir.exists()
+    }
+
     /// Stops this bridge's dnsmasq, if one of ours runs, and removes its files.
     pub fn stop(&self) -> Result<()> {
         if let Some(pid) = self.running_pid() {

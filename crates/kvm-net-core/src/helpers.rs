@@ -130,6 +130,10 @@ pub fn natdown(tap: &IfName, network: &Network) -> Result<()> {
             trace(format_args!("bridge {} keeps {others} port(s)", bridge.name));
             return Ok(false);
         }
+        if bridge.is_kept_up() {
+            trace(format_args!("bridge {} stays: kvm-net up keeps it until kvm-net down", bridge.name));
+            return Ok(false);
+        }
         services.tear_down(&netlink, Some(&bridge)).await?;
         Ok(true)
     })?;

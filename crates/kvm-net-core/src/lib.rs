@@ -1,6 +1,7 @@
 //! kvm-net's core: everything the tap helpers do, so that each binary is only
 //! a call to [`cli::main`].
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod dnsmasq;
@@ -12,5 +13,6 @@ pub mod lock;
 pub mod netlink;
 pub mod network;
 pub mod runtime;
+pub mod status;
 pub mod sysctl;
 pub mod trace;

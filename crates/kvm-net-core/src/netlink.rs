@@ -14,6 +14,8 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 
 /// The alias kvm-net puts on bridges it creates: the mark that makes them its own to delete.
 pub const MANAGED_ALIAS: &str = "kvm-net managed bridge";
+/// The alias of a managed bridge that `kvm-net up` keeps up without VMs.
+pub const KEPT_UP_ALIAS: &str = "kvm-net managed bridge, kept up";
 
 /// What kvm-net needs to know about one link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +73,13 @@ impl Link {
 
     /// Whether kvm-net created this bridge (and so may delete it).
     pub fn is_managed(&self) -> bool {
-        self.is_bridge() && self.alias.as_deref() == Some(MANAGED_ALIAS)
+        self.is_bridge() && matches!(self.alias.as_deref(), Some(MANAGED_ALIAS | KEPT_UP_ALIAS))
+    }
+
+    /// Whether `kvm-net up` asked for this bridge to stay without VMs, so that
+    /// neither the last VM's downscript nor `kvm-net gc` removes it.
+    pub fn is_kept_up(&self) -> bool {
+        self.is_bridge() && self.alias.as_deref() == Some(KEPT_UP_ALIAS)
     }
 }
 
@@ -114,6 +122,36 @@ impl Netlink {
             }
             Err(err) => Err(err).with_context(|| format!("asking the kernel about interface #{index}")),
         }
+    }
+
+    /// Every link in the namespace.
+    pub async fn all_links(&self) -> Result<Vec<Link>> {
+        let messages: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.context("listing the links")?;
+        Ok(messages.into_iter().map(Link::from_message).collect())
+    }
+
+    /// The addresses on a link, with their prefixes.
+    pub async fn addresses_of(&self, link: &Link) -> Result<Vec<IpNetwork>> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .with_context(|| format!("listing the addresses of {}", link.name))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| {
+                let prefix = m.header.prefix_len;
+                m.attributes.into_iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => IpNetwork::new(ip, prefix).ok(),
+                    _ => None,
+                })
+            })
+            .collect())
     }
 
     /// Ports of a bridge, filtered by the kernel (a dump restricted to one controller).
@@ -253,6 +291,12 @@ impl Netlink {
             described.push(format!("{name} ({what})"));
         }
         Ok(described)
+    }
+
+    /// Sets a link's alias (kvm-net's marks on bridges).
+    pub async fn set_alias(&self, link: &Link, alias: &str) -> Result<()> {
+        let message = LinkUnspec::new_with_index(link.index).alias(alias).build();
+        self.handle.link().set(message).execute().await.with_context(|| format!("marking {} as {alias:?}", link.name))
     }
 
     /// Brings a link up.

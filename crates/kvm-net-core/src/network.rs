@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
 
-use crate::config::Network;
+use crate::config::{Config, Network};
 use crate::dnsmasq::{self, Dnsmasq};
 use crate::error::Error;
-use crate::firewall::{all_chains, network_chains, Firewall, IptablesFirewall};
+use crate::firewall::{all_chains, network_chains, Firewall, IptablesFirewall, RuleState};
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
-use crate::netlink::{Link, Netlink};
+use crate::netlink::{Link, Netlink, KEPT_UP_ALIAS};
 use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
 use crate::trace::trace;
 
@@ -208,13 +208,24 @@ async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
     }
 }
 
-/// `kvm-net up`: brings a managed network up without a VM.
+/// `kvm-net up`: brings a managed network up without a VM, and keeps it up
+/// (marked in the bridge's alias) until `kvm-net down`: the last VM's
+/// downscript and `kvm-net gc` leave it alone.
 pub fn up(network: &Network) -> Result<()> {
     let bringup = Bringup::prepare(network, "kvm-net up")?;
     let _lock = BridgeLock::acquire(&network.bridge)?;
     block_on(async {
         let netlink = Netlink::connect()?;
-        bringup.run(&netlink, |_| async { Ok(()) }).await
+        let netlink = &netlink;
+        bringup
+            .run(netlink, |bridge| async move {
+                // A bridge of the system's stays unmarked: its owner decides when it goes.
+                if bridge.is_managed() {
+                    netlink.set_alias(&bridge, KEPT_UP_ALIAS).await?;
+                }
+                Ok(())
+            })
+            .await
     })
 }
 
@@ -249,6 +260,61 @@ pub fn down(bridge: &IfName, force: bool) -> Result<Down> {
         lock.remove_file()?;
     }
     Ok(outcome)
+}
+
+/// `kvm-net gc`: removes managed networks that have no ports left: bridges
+/// kvm-net created (whatever the config says now), and what is left of
+/// configured networks whose bridge is gone (rules, dnsmasq). Each under the
+/// bridge's lock, re-checked once the lock is held, so a VM starting at the
+/// same moment always wins. Returns one line per network removed.
+pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
+    let mut candidates: Vec<(IfName, Option<String>)> = block_on(async {
+        let netlink = Netlink::connect()?;
+        let links = netlink.all_links().await?;
+        Ok(links
+            .iter()
+            .filter(|l| l.is_managed() && !l.is_kept_up() && !links.iter().any(|p| p.controller == Some(l.index)))
+            .filter_map(|l| IfName::parse(&l.name).ok())
+            .map(|name| (name, None))
+            .collect())
+    })?;
+    for network in config.map_or(&[][..], |c| &c.networks).iter().filter(|n| n.mode.is_managed()) {
+        match candidates.iter_mut().find(|(bridge, _)| *bridge == network.bridge) {
+            Some(candidate) => candidate.1 = Some(network.name.clone()),
+            None => candidates.push((network.bridge.clone(), Some(network.name.clone()))),
+        }
+    }
+    let mut report = Vec::new();
+    for (bridge, network) in candidates {
+        let lock = BridgeLock::acquire(&bridge)?;
+        let services = Services::for_bridge(&bridge)?;
+        let leftovers = services.dhcp_server.leftover()
+            || services.firewall.state(&all_chains(&bridge))?.iter().any(|c| c.state != RuleState::Missing);
+        let removed = block_on(async {
+            let netlink = Netlink::connect()?;
+            let link = netlink.link_by_name(bridge.as_str()).await?;
+            let what = match &link {
+                Some(link) if link.is_managed() && !link.is_kept_up() && netlink.ports_of(link).await?.is_empty() => {
+                    "an empty bridge"
+                }
+                None if leftovers => "rules or a dnsmasq of a bridge that is gone",
+                _ => return Ok(None),
+            };
+            let named = network.as_deref().map_or(String::new(), |n| format!(" (network {n})"));
+            if dry_run {
+                return Ok(Some(format!("would remove {bridge}{named}: {what}")));
+            }
+            services.tear_down(&netlink, link.as_ref()).await?;
+            Ok(Some(format!("removed {bridge}{named}: {what}")))
+        })?;
+        if let Some(line) = removed {
+            if !dry_run {
+                lock.remove_file()?;
+            }
+            report.push(line);
+        }
+    }
+    Ok(report)
 }
 
 /// A stable, locally administered MAC for a bridge kvm-net creates: a bridge

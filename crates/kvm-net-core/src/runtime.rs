@@ -24,3 +24,15 @@ pub fn bridge_tag(bridge: &IfName) -> Result<String> {
 pub fn run_subdir(kind: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(kind)
 }
+
+/// `/proc/PID` of every process in this process's network namespace, with its PID.
+pub fn processes_here() -> Vec<(u32, PathBuf)> {
+    let identity = |path: &std::path::Path| fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    let ours = identity(std::path::Path::new("/proc/self/ns/net"));
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| Some((entry.file_name().to_str()?.parse::<u32>().ok()?, entry.path())))
+        .filter(|(_, dir)| ours.is_some() && identity(&dir.join("ns/net")) == ours)
+        .collect()
+}

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use iptables::IPTables;
 
 use super::rules::{Family, OwnChain};
-use super::Firewall;
+use super::{ChainState, DropsBefore, Firewall, RuleState};
 use crate::error::Error;
 use crate::trace::trace;
 
@@ -57,22 +57,23 @@ impl IptablesFirewall {
 
     /// Runs `apply` on each chain with a listing of its table, reading each
     /// table once however many of its chains there are.
-    fn with_listings(
+    fn with_listings<T>(
         &self,
         chains: &[OwnChain],
-        apply: impl Fn(&IPTables, &Listing, &OwnChain) -> Result<()>,
-    ) -> Result<()> {
+        apply: impl Fn(&IPTables, &Listing, &OwnChain) -> Result<T>,
+    ) -> Result<Vec<T>> {
         let mut tables: Vec<(Family, &str)> = chains.iter().map(|c| (c.family, c.table)).collect();
         tables.sort_unstable();
         tables.dedup();
+        let mut results = Vec::with_capacity(chains.len());
         for (family, table) in tables {
             let lines = self.list(family, table)?;
             let listing = Listing { lines: &lines };
             for chain in chains.iter().filter(|c| c.family == family && c.table == table) {
-                apply(self.driver(family), &listing, chain)?;
+                results.push(apply(self.driver(family), &listing, chain)?);
             }
         }
-        Ok(())
+        Ok(results)
     }
 }
 
@@ -127,6 +128,7 @@ impl Firewall for IptablesFirewall {
                 format!("installing {} chain {} ({} table {})", chain.hook, chain.name, ipt.cmd, chain.table)
             })
         })
+        .map(drop)
     }
 
     fn remove(&self, chains: &[OwnChain]) -> Result<()> {
@@ -134,6 +136,42 @@ impl Firewall for IptablesFirewall {
             remove_chain(ipt, table, chain)
                 .with_context(|| format!("removing chain {} ({} table {})", chain.name, ipt.cmd, chain.table))
         })
+        .map(drop)
+    }
+
+    fn state(&self, chains: &[OwnChain]) -> Result<Vec<ChainState>> {
+        self.with_listings(chains, |_, table, chain| {
+            let state = if !table.has_chain(&chain.name) {
+                RuleState::Missing
+            } else if table.rules_of(&chain.name) != chain.rules {
+                RuleState::Differs
+            } else if table.jumps_to(chain.hook, &chain.name).len() != 1 {
+                RuleState::NoJump
+            } else {
+                RuleState::Ok
+            };
+            Ok(ChainState { family: chain.family, table: chain.table, name: chain.name.clone(), state })
+        })
+    }
+
+    fn drops_before(&self, family: Family, table: &str, hook: &str, chain: &str) -> Result<DropsBefore> {
+        let lines = self.list(family, table)?;
+        let listing = Listing { lines: &lines };
+        let policy = lines.iter().find_map(|l| l.strip_prefix(&format!("-P {hook} "))).unwrap_or("ACCEPT").to_owned();
+        let mut rules = Vec::new();
+        let mut jump_present = false;
+        for spec in listing.rules_of(hook) {
+            let words: Vec<&str> = spec.split_whitespace().collect();
+            let target = words.windows(2).find(|w| w[0] == "-j").map(|w| w[1]);
+            if target == Some(chain) {
+                jump_present = true;
+                break;
+            }
+            if matches!(target, Some("DROP" | "REJECT")) {
+                rules.push(format!("-A {hook} {spec}"));
+            }
+        }
+        Ok(DropsBefore { policy, jump_present, rules })
     }
 }
 

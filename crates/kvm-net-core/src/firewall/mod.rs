@@ -18,4 +18,48 @@ pub trait Firewall {
     /// Deletes the jumps to each chain and the chain itself; what is already
     /// gone counts as removed. Nothing outside these chains is touched.
     fn remove(&self, chains: &[OwnChain]) -> Result<()>;
+
+    /// How each chain compares with its plan, without changing anything.
+    fn state(&self, chains: &[OwnChain]) -> Result<Vec<ChainState>>;
+
+    /// The rules of a built-in chain that come before kvm-net's jump to
+    /// `chain` and drop or reject traffic, plus the chain's policy.
+    fn drops_before(&self, family: Family, table: &str, hook: &str, chain: &str) -> Result<DropsBefore>;
+}
+
+/// One chain of kvm-net's as the firewall has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainState {
+    /// iptables or ip6tables.
+    pub family: Family,
+    /// Its table.
+    pub table: &'static str,
+    /// Its name.
+    pub name: String,
+    /// How it compares with the plan.
+    pub state: RuleState,
+}
+
+/// How a chain compares with its plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleState {
+    /// Chain, rules and exactly one jump, as planned.
+    Ok,
+    /// The chain does not exist.
+    Missing,
+    /// The chain exists with other rules.
+    Differs,
+    /// The chain is right, but nothing jumps to it.
+    NoJump,
+}
+
+/// What may stop traffic in a built-in chain before kvm-net's rules see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropsBefore {
+    /// The chain's policy (`ACCEPT`, `DROP`).
+    pub policy: String,
+    /// Whether kvm-net's jump is there at all.
+    pub jump_present: bool,
+    /// `-A HOOK ... -j DROP|REJECT` rules ahead of the jump (all of them when there is no jump).
+    pub rules: Vec<String>,
 }

@@ -1,0 +1,223 @@
+//! `kvm-net`: the administrator's view of what the tap helpers manage.
+//! Parses the command line and prints; everything else is the core's.
+
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kvm_net_core::check::{self, Finding};
+use kvm_net_core::cli::one_line;
+use kvm_net_core::config::{Config, Environment, SYSTEM_CONFIG};
+use kvm_net_core::error::Error;
+use kvm_net_core::ifname::IfName;
+use kvm_net_core::network::{self, Down};
+use kvm_net_core::status::{self, Status};
+
+/// Status, diagnosis and clean-up of the networks kvm-net's tap helpers
+/// (kvm-natup, kvm-natdown, kvm-ifup, kvm-ifdown) manage.
+#[derive(Parser)]
+#[command(name = "kvm-net", version, max_term_width = 100)]
+struct Args {
+    /// Config file [default: $KVM_NET_CONFIG, else /etc/kvm-net/kvm-net.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show each network: bridge, addresses, ports (and the QEMU holding each), rules, dnsmasq
+    Status {
+        /// Only this network
+        network: Option<String>,
+        /// Print JSON (shape documented in kvm-net(1))
+        #[arg(long)]
+        json: bool,
+    },
+    /// Diagnose: one finding per line with its fix; exit 0 clean, 1 warnings, 2 errors
+    Check {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove managed networks with no ports left (bridge, rules, dnsmasq)
+    Gc {
+        /// Say what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Bring a managed network up before any VM (bridge, rules, DHCP)
+    Up {
+        /// Network name from the config
+        network: String,
+    },
+    /// Take a managed network down; refused while VMs are attached
+    Down {
+        /// Network name from the config
+        network: String,
+        /// Also when ports are attached (their VMs lose the network)
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("kvm-net: {}", one_line(&err));
+            ExitCode::from(err.chain().find_map(|c| c.downcast_ref::<Error>()).map_or(1, Error::exit_code).max(1))
+        }
+    }
+}
+
+fn load_config(explicit: Option<PathBuf>) -> Result<Result<Config, Error>> {
+    let env = Environment::from_process()?;
+    let path = explicit.or(env.config).unwrap_or_else(|| PathBuf::from(SYSTEM_CONFIG));
+    Ok(Config::load(&path))
+}
+
+fn run(args: Args) -> Result<u8> {
+    let config = load_config(args.config)?;
+    match args.command {
+        Command::Status { network, json } => {
+            let config = config?;
+            if let Some(name) = &network {
+                config.network(name).with_context(|| format!("no network named {name} in {}", config.source))?;
+            }
+            let status = status::collect(&config, network.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(0)
+        }
+        Command::Check { json } => {
+            let findings = check::run(config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&findings)?);
+            } else {
+                print_findings(&findings);
+            }
+            Ok(check::exit_code(&findings))
+        }
+        Command::Gc { dry_run } => {
+            let removed = network::gc(config.as_ref().ok(), dry_run)?;
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            for line in removed {
+                println!("{line}");
+            }
+            Ok(0)
+        }
+        Command::Up { network } => {
+            let config = config?;
+            let chosen = managed(&config, &network)?;
+            network::up(chosen)?;
+            println!("network {network} is up on {}", chosen.bridge);
+            Ok(0)
+        }
+        Command::Down { network, force } => {
+            let config = config?;
+            let bridge: IfName = managed(&config, &network)?.bridge.clone();
+            match network::down(&bridge, force)? {
+                Down::InUse { ports } => {
+                    eprintln!(
+                        "kvm-net: network {network} still has ports ({}); stop those VMs first, or use --force",
+                        ports.join(", ")
+                    );
+                    Ok(1)
+                }
+                Down::Removed { detached } if detached.is_empty() => {
+                    println!("network {network} is down");
+                    Ok(0)
+                }
+                Down::Removed { detached } => {
+                    println!("network {network} is down; its VMs lost their network: {}", detached.join(", "));
+                    Ok(0)
+                }
+            }
+        }
+    }
+}
+
+fn managed<'a>(config: &'a Config, name: &str) -> Result<&'a kvm_net_core::config::Network> {
+    let network = config.network(name).with_context(|| format!("no network named {name} in {}", config.source))?;
+    if !network.mode.is_managed() {
+        anyhow::bail!("network {name} is bridged: its bridge is the system's, kvm-net never brings it up or down");
+    }
+    Ok(network)
+}
+
+fn print_status(status: &Status) {
+    println!("config: {}", status.config);
+    let mut rows =
+        vec![["NETWORK", "MODE", "BRIDGE", "STATE", "ADDRESSES", "PORTS", "RULES", "DHCP"].map(String::from).to_vec()];
+    for n in &status.networks {
+        let ports: Vec<String> = n
+            .ports
+            .iter()
+            .map(|p| match (&p.process, p.pid) {
+                (Some(process), Some(pid)) => format!("{} ({process} {pid})", p.name),
+                _ => p.name.clone(),
+            })
+            .collect();
+        let rules = if n.rules.is_empty() {
+            "-".to_owned()
+        } else {
+            let bad: Vec<String> =
+                n.rules.iter().filter(|r| r.state != "ok").map(|r| format!("{} {}", r.chain, r.state)).collect();
+            if bad.is_empty() {
+                "ok".to_owned()
+            } else {
+                bad.join(", ")
+            }
+        };
+        let dhcp = match &n.dnsmasq {
+            None => "off".to_owned(),
+            Some(d) => d.pid.map_or("not running".to_owned(), |pid| format!("dnsmasq {pid}")),
+        };
+        rows.push(vec![
+            n.name.clone(),
+            n.mode.clone(),
+            n.bridge.clone(),
+            n.state.to_owned(),
+            dash(n.addresses.join(" ")),
+            dash(ports.join(", ")),
+            rules,
+            dhcp,
+        ]);
+    }
+    print!("{}", table::render(&rows));
+    if !status.unconfigured_bridges.is_empty() {
+        println!("bridges made by kvm-net that no network names: {}", status.unconfigured_bridges.join(", "));
+    }
+}
+
+fn dash(text: String) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text
+    }
+}
+
+fn print_findings(findings: &[Finding]) {
+    if findings.is_empty() {
+        println!("ok: no problems found");
+    }
+    for finding in findings {
+        let severity = match finding.severity {
+            check::Severity::Error => "error",
+            check::Severity::Warning => "warning",
+        };
+        println!("{severity} [{}]: {}; fix: {}", finding.code, finding.message, finding.fix);
+    }
+}

@@ -1,0 +1,265 @@
+//! `kvm-net check`: what is wrong with the networks kvm-net manages, one
+//! finding each, with what the user sees and the fix.
+
+use std::fs;
+
+use anyhow::Result;
+use ipnetwork::IpNetwork;
+use serde::Serialize;
+
+use crate::config::{Config, Mode, Network};
+use crate::dnsmasq::Dnsmasq;
+use crate::error::Error;
+use crate::firewall::{network_chains, Family, Firewall, IptablesFirewall, RuleState};
+use crate::netlink::{Link, Netlink};
+use crate::network::block_on;
+use crate::runtime::processes_here;
+use crate::status::rule_state_name;
+
+/// How bad a finding is; the exit status is the worst one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Works now, but will bite (exit status 1).
+    Warning,
+    /// Guests are or will be cut off (exit status 2).
+    Error,
+}
+
+/// One problem, with its fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Warning or error.
+    pub severity: Severity,
+    /// Stable identifier, documented in docs/troubleshooting.md.
+    pub code: &'static str,
+    /// The network concerned, if one is.
+    pub network: Option<String>,
+    /// What is wrong.
+    pub message: String,
+    /// What to do.
+    pub fix: String,
+}
+
+impl Finding {
+    fn new(severity: Severity, code: &'static str, network: Option<&Network>, message: String, fix: String) -> Self {
+        Self { severity, code, network: network.map(|n| n.name.clone()), message, fix }
+    }
+}
+
+/// 0 when clean, 1 with warnings only, 2 with errors.
+pub fn exit_code(findings: &[Finding]) -> u8 {
+    match findings.iter().map(|f| f.severity).max() {
+        None => 0,
+        Some(Severity::Warning) => 1,
+        Some(Severity::Error) => 2,
+    }
+}
+
+/// Runs every check; a config that does not load is itself a finding.
+pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
+    let mut findings = Vec::new();
+    if running_here("firewalld") {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "firewalld",
+            None,
+            "firewalld is running: each of its reloads removes rules it did not make, kvm-net's included".to_owned(),
+            "start (or restart) any VM on each network after a reload, or run `kvm-net up NETWORK`: kvm-natup restores its rules".to_owned(),
+        ));
+    }
+    let config = match config {
+        Ok(config) => Some(config),
+        Err(err) => {
+            findings.push(Finding {
+                severity: Severity::Error,
+                code: "config",
+                network: None,
+                message: err.to_string(),
+                fix: err.advice().to_owned(),
+            });
+            None
+        }
+    };
+    let firewall = IptablesFirewall::new();
+    block_on(async {
+        let netlink = Netlink::connect()?;
+        let links = netlink.all_links().await?;
+        for link in links.iter().filter(|l| l.is_managed() && !l.is_kept_up()) {
+            if !links.iter().any(|p| p.controller == Some(link.index)) {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    code: "empty-bridge",
+                    network: config
+                        .as_ref()
+                        .and_then(|c| c.networks.iter().find(|n| n.bridge.as_str() == link.name))
+                        .map(|n| n.name.clone()),
+                    message: format!(
+                        "bridge {} was made by kvm-net and has no ports left (a VM killed without its downscript?)",
+                        link.name
+                    ),
+                    fix: "run `kvm-net gc` to remove it with its rules and dnsmasq".to_owned(),
+                });
+            }
+        }
+        for network in config.iter().flat_map(|c| &c.networks) {
+            check_network(&netlink, &firewall, &links, network, &mut findings).await?;
+        }
+        Ok(())
+    })?;
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    Ok(findings)
+}
+
+async fn check_network(
+    netlink: &Netlink,
+    firewall: &IptablesFirewall,
+    links: &[Link],
+    network: &Network,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let name = &network.name;
+    let bridge = network.bridge.as_str();
+    let link = links.iter().find(|l| l.name == bridge);
+    if let Some(link) = link.filter(|l| !l.is_bridge()) {
+        findings.push(Finding::new(
+            Severity::Error,
+            "not-a-bridge",
+            Some(network),
+            format!(
+                "{bridge}, the bridge of network {name}, is a {} link, not a bridge: no VM can start on it",
+                link.kind.as_deref().unwrap_or("device")
+            ),
+            format!("rename or delete that link (ip link del {bridge}), or give network {name} another bridge"),
+        ));
+        return Ok(());
+    }
+    if network.mode.is_managed() {
+        for subnet in network.ipv4.map(IpNetwork::V4).into_iter().chain(network.ipv6.map(IpNetwork::V6)) {
+            let users = netlink.subnet_users(subnet, link.map(|l| l.index)).await?;
+            if !users.is_empty() {
+                let subnet = IpNetwork::new(subnet.network(), subnet.prefix()).unwrap_or(subnet);
+                findings.push(Finding::new(
+                    Severity::Error,
+                    "subnet-collision",
+                    Some(network),
+                    format!("subnet {subnet} of network {name} is in use by {}", users.join(", ")),
+                    format!("give network {name} another subnet, or remove the other user"),
+                ));
+            }
+        }
+    }
+    if link.is_none() {
+        return Ok(());
+    }
+    match network.mode {
+        Mode::Bridged => {
+            if read_sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables").as_deref() == Some("1") {
+                findings.push(Finding::new(
+                    Severity::Warning,
+                    "br-netfilter",
+                    Some(network),
+                    format!("net.bridge.bridge-nf-call-iptables=1: frames bridged on {bridge} go through iptables FORWARD, where a DROP policy or rule (Docker's) cuts the guests off"),
+                    "sysctl -w net.bridge.bridge-nf-call-iptables=0 (and set it in /etc/sysctl.d), or accept the bridge's traffic in FORWARD (iptables -I FORWARD -m physdev --physdev-is-bridged -j ACCEPT)".to_owned(),
+                ));
+            }
+        }
+        _ => check_managed(firewall, network, findings)?,
+    }
+    Ok(())
+}
+
+fn check_managed(firewall: &IptablesFirewall, network: &Network, findings: &mut Vec<Finding>) -> Result<()> {
+    let name = &network.name;
+    let bridge = &network.bridge;
+    let broken: Vec<String> = firewall
+        .state(&network_chains(network))?
+        .into_iter()
+        .filter(|c| c.state != RuleState::Ok)
+        .map(|c| {
+            format!(
+                "{} {} ({})",
+                if c.family == Family::V4 { "iptables" } else { "ip6tables" },
+                c.name,
+                rule_state_name(c.state)
+            )
+        })
+        .collect();
+    if !broken.is_empty() {
+        findings.push(Finding::new(
+            Severity::Error,
+            "rules-missing",
+            Some(network),
+            format!(
+                "network {name} is up on {bridge}, but its firewall rules are not as kvm-net set them: {}",
+                broken.join(", ")
+            ),
+            format!("run `kvm-net up {name}` (or start any VM on it): kvm-net restores exactly its own rules"),
+        ));
+    }
+    if network.mode.forwards() {
+        for (family, subnet, sysctl) in [
+            (Family::V4, network.ipv4.is_some(), "/proc/sys/net/ipv4/ip_forward"),
+            (Family::V6, network.ipv6.is_some(), "/proc/sys/net/ipv6/conf/all/forwarding"),
+        ] {
+            if !subnet {
+                continue;
+            }
+            if read_sysctl(sysctl).as_deref() == Some("0") {
+                let key = sysctl.trim_start_matches("/proc/sys/").replace('/', ".");
+                findings.push(Finding::new(
+                    Severity::Error,
+                    "forwarding-off",
+                    Some(network),
+                    format!(
+                        "{key}=0 while {} network {name} is up: guests reach the host but nothing beyond",
+                        network.mode
+                    ),
+                    format!("run `kvm-net up {name}`, or sysctl -w {key}=1"),
+                ));
+            }
+            let chain = format!("KVMNET-FWD-{bridge}");
+            let drops = firewall.drops_before(family, "filter", "FORWARD", &chain)?;
+            if !drops.rules.is_empty() || (drops.policy == "DROP" && !drops.jump_present) {
+                let why = match (drops.jump_present, drops.rules.first()) {
+                    (true, Some(rule)) => format!("`{rule}` comes before kvm-net's accepts"),
+                    (false, Some(rule)) if drops.policy != "DROP" => {
+                        format!("`{rule}` drops forwarded traffic and kvm-net's accepts are missing")
+                    }
+                    _ => format!("FORWARD's policy is {} and kvm-net's accepts are missing", drops.policy),
+                };
+                findings.push(Finding::new(
+                    Severity::Error,
+                    "forward-drop",
+                    Some(network),
+                    format!("guests of network {name} cannot get out: {why}"),
+                    format!("run `kvm-net up {name}` to put kvm-net's jump back at the top of FORWARD, or move that rule after it"),
+                ));
+            }
+        }
+    }
+    if network.dhcp.is_some() && Dnsmasq::for_bridge(bridge)?.running_pid().is_none() {
+        findings.push(Finding::new(
+            Severity::Error,
+            "dnsmasq-down",
+            Some(network),
+            format!(
+                "network {name} has DHCP on, but no dnsmasq of kvm-net's serves {bridge}: new guests get no address"
+            ),
+            format!(
+                "run `kvm-net up {name}` (or start any VM on it) to start it; see its log in /run/kvm-net/dnsmasq/"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn read_sysctl(path: &str) -> Option<String> {
+    fs::read_to_string(path).ok().map(|v| v.trim().to_owned())
+}
+
+/// Whether a process of that name runs in this network namespace (firewalld
+/// manages the firewall of the namespace it runs in).
+fn running_here(name: &str) -> bool {
+    processes_here().iter().any(|(_, dir)| fs::read_to_string(dir.join("comm")).is_ok_and(|comm| comm.trim() == name))
+}

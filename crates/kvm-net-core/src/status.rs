@@ -1,0 +1,193 @@
+//! `kvm-net status`: what each configured network looks like in the kernel,
+//! the firewall and the process table, as a stable structure (`--json`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::config::{Config, Network};
+use crate::dnsmasq::Dnsmasq;
+use crate::firewall::{network_chains, Family, Firewall, IptablesFirewall, RuleState};
+use crate::netlink::{Link, Netlink};
+use crate::network::block_on;
+use crate::runtime::processes_here;
+
+/// The version of the JSON shape; bumped on any incompatible change.
+pub const STATUS_VERSION: u32 = 1;
+
+/// Everything `kvm-net status` reports.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Shape version, [`STATUS_VERSION`].
+    pub version: u32,
+    /// Where the networks came from.
+    pub config: String,
+    /// One entry per configured network, in config order.
+    pub networks: Vec<NetworkStatus>,
+    /// Bridges kvm-net created that no configured network names.
+    pub unconfigured_bridges: Vec<String>,
+}
+
+/// One network.
+#[derive(Debug, Serialize)]
+pub struct NetworkStatus {
+    /// Network name.
+    pub name: String,
+    /// `nat`, `routed`, `isolated` or `bridged`.
+    pub mode: String,
+    /// Bridge name.
+    pub bridge: String,
+    /// `up` (bridge exists), `down` (no such link) or `not-a-bridge`.
+    pub state: &'static str,
+    /// Whether the bridge carries kvm-net's mark (created by kvm-net).
+    pub created_by_kvm_net: bool,
+    /// Whether `kvm-net up` keeps it up without VMs (until `kvm-net down`).
+    pub kept_up: bool,
+    /// Addresses on the bridge, CIDR.
+    pub addresses: Vec<String>,
+    /// The bridge's ports.
+    pub ports: Vec<PortStatus>,
+    /// kvm-net's chains for the network (empty for bridged networks).
+    pub rules: Vec<RuleStatus>,
+    /// The network's dnsmasq; `null` when DHCP is off.
+    pub dnsmasq: Option<DnsmasqStatus>,
+}
+
+/// One port of a bridge.
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    /// Interface name.
+    pub name: String,
+    /// PID of the process holding the tap open (QEMU), when found.
+    pub pid: Option<u32>,
+    /// That process's name.
+    pub process: Option<String>,
+}
+
+/// One of kvm-net's chains.
+#[derive(Debug, Serialize)]
+pub struct RuleStatus {
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    /// iptables table.
+    pub table: &'static str,
+    /// Chain name.
+    pub chain: String,
+    /// `ok`, `missing`, `differs` or `no-jump`.
+    pub state: &'static str,
+}
+
+/// A network's DHCP server.
+#[derive(Debug, Serialize)]
+pub struct DnsmasqStatus {
+    /// PID of the running dnsmasq; `null` when it is not running.
+    pub pid: Option<i32>,
+}
+
+/// The name kvm-net's JSON uses for a rule state.
+pub fn rule_state_name(state: RuleState) -> &'static str {
+    match state {
+        RuleState::Ok => "ok",
+        RuleState::Missing => "missing",
+        RuleState::Differs => "differs",
+        RuleState::NoJump => "no-jump",
+    }
+}
+
+/// Reads the state of every network in `config` (or of the one named `only`).
+pub fn collect(config: &Config, only: Option<&str>) -> Result<Status> {
+    let firewall = IptablesFirewall::new();
+    let holders = tap_holders();
+    block_on(async {
+        let netlink = Netlink::connect()?;
+        let links = netlink.all_links().await?;
+        let mut networks = Vec::new();
+        for network in config.networks.iter().filter(|n| only.is_none_or(|name| n.name == name)) {
+            networks.push(network_status(&netlink, &firewall, &links, &holders, network).await?);
+        }
+        let unconfigured_bridges = links
+            .iter()
+            .filter(|l| l.is_managed() && !config.networks.iter().any(|n| n.bridge.as_str() == l.name))
+            .map(|l| l.name.clone())
+            .collect();
+        Ok(Status { version: STATUS_VERSION, config: config.source.to_string(), networks, unconfigured_bridges })
+    })
+}
+
+async fn network_status(
+    netlink: &Netlink,
+    firewall: &IptablesFirewall,
+    links: &[Link],
+    holders: &HashMap<String, (u32, String)>,
+    network: &Network,
+) -> Result<NetworkStatus> {
+    let link = links.iter().find(|l| l.name == network.bridge.as_str());
+    let (state, addresses, ports) = match link {
+        None => ("down", Vec::new(), Vec::new()),
+        Some(link) if !link.is_bridge() => ("not-a-bridge", Vec::new(), Vec::new()),
+        Some(link) => {
+            let addresses = netlink.addresses_of(link).await?.iter().map(ToString::to_string).collect();
+            let ports = links
+                .iter()
+                .filter(|p| p.controller == Some(link.index))
+                .map(|p| {
+                    let holder = holders.get(&p.name);
+                    PortStatus { name: p.name.clone(), pid: holder.map(|h| h.0), process: holder.map(|h| h.1.clone()) }
+                })
+                .collect();
+            ("up", addresses, ports)
+        }
+    };
+    let rules = firewall
+        .state(&network_chains(network))?
+        .into_iter()
+        .map(|c| RuleStatus {
+            family: match c.family {
+                Family::V4 => "ipv4",
+                Family::V6 => "ipv6",
+            },
+            table: c.table,
+            chain: c.name,
+            state: rule_state_name(c.state),
+        })
+        .collect();
+    let dnsmasq = match &network.dhcp {
+        Some(_) => Some(DnsmasqStatus { pid: Dnsmasq::for_bridge(&network.bridge)?.running_pid().map(|p| p.as_raw()) }),
+        None => None,
+    };
+    Ok(NetworkStatus {
+        name: network.name.clone(),
+        mode: network.mode.to_string(),
+        bridge: network.bridge.to_string(),
+        state,
+        created_by_kvm_net: link.is_some_and(Link::is_managed),
+        kept_up: link.is_some_and(Link::is_kept_up),
+        addresses,
+        ports,
+        rules,
+        dnsmasq,
+    })
+}
+
+/// Which process holds each tap open, for processes in this network
+/// namespace: a tun descriptor's fdinfo names its interface (`iff:`).
+fn tap_holders() -> HashMap<String, (u32, String)> {
+    let mut holders = HashMap::new();
+    for (pid, dir) in processes_here() {
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).ok().as_deref() != Some(Path::new("/dev/net/tun")) {
+                continue;
+            }
+            let info = fs::read_to_string(dir.join("fdinfo").join(fd.file_name())).unwrap_or_default();
+            if let Some(name) = info.lines().find_map(|l| l.strip_prefix("iff:")) {
+                let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_owned();
+                holders.insert(name.trim().to_owned(), (pid, comm));
+            }
+        }
+    }
+    holders
+}

@@ -1,0 +1,260 @@
+//! `kvm-net status|check|gc|up|down`, each finding of `check` created for
+//! real in a namespace of its own.
+
+use std::process::Output;
+use std::time::Duration;
+
+use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, kvm_net_lines, link_exists};
+use kvm_net_tests::lab::Lab;
+use kvm_net_tests::qemu::{Vm, VmSpec};
+use kvm_net_tests::run::{add_tap, ok_with, run, ConfigFile};
+use kvm_net_tests::Netns;
+
+const CONFIG: &str = r#"
+[network.default]
+mode = "nat"
+bridge = "br0"
+ipv4 = "192.168.100.1/24"
+
+[network.lab]
+mode = "isolated"
+bridge = "lab0"
+ipv4 = "10.88.0.1/24"
+taps = ["lab-*"]
+dhcp = { enabled = false }
+
+[network.lan]
+mode = "bridged"
+bridge = "lan0"
+taps = ["srv-*"]
+"#;
+
+/// A namespace with the default network up (one tap on it) and a quiet
+/// bridge-netfilter setting, so that `check` starts out clean.
+fn healthy(config: &ConfigFile) -> Netns {
+    let host = Netns::new();
+    host.sh("echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables");
+    add_tap(&host, "tap0");
+    ok_with(&host, "kvm-natup", "tap0", &[("KVM_NET_CONFIG", config.path())]);
+    host
+}
+
+fn kvm_net(ns: &Netns, config: &ConfigFile, args: &[&str]) -> Output {
+    run(ns, "kvm-net", args, &[("KVM_NET_CONFIG", config.path())])
+}
+
+/// Runs `kvm-net check`; returns its exit code and its lines.
+fn check(ns: &Netns, config: &ConfigFile) -> (i32, String) {
+    let out = kvm_net(ns, config, &["check"]);
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[track_caller]
+fn assert_finding(ns: &Netns, config: &ConfigFile, code: i32, line_start: &str) {
+    let (exit, text) = check(ns, config);
+    assert!(text.lines().any(|l| l.starts_with(line_start)), "no {line_start:?} in:\n{text}");
+    assert_eq!(exit, code, "{text}");
+    let json = kvm_net(ns, config, &["check", "--json"]);
+    assert_eq!(json.status.code(), Some(code));
+    assert!(String::from_utf8_lossy(&json.stdout).contains("\"code\""), "JSON output");
+}
+
+#[test]
+fn a_healthy_host_checks_clean() {
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    assert_eq!(check(&host, &config), (0, "ok: no problems found\n".to_owned()));
+}
+
+#[test]
+fn check_finds_missing_rules() {
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    host.ok(&["iptables", "-t", "nat", "-F", "KVMNET-NAT-br0"]);
+    assert_finding(&host, &config, 2, "error [rules-missing]: network default is up on br0, but its firewall rules are not as kvm-net set them: iptables KVMNET-NAT-br0 (differs)");
+    // The fix it names works.
+    assert!(kvm_net(&host, &config, &["up", "default"]).status.success());
+    assert_eq!(check(&host, &config).0, 0);
+}
+
+#[test]
+fn check_finds_a_drop_ahead_of_kvm_nets_accepts() {
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    host.ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    assert_eq!(check(&host, &config).0, 0, "DROP policy with kvm-net's accepts in place is fine");
+    host.ok(&["iptables", "-I", "FORWARD", "1", "-j", "DROP"]);
+    assert_finding(&host, &config, 2, "error [forward-drop]: guests of network default cannot get out: `-A FORWARD -j DROP` comes before kvm-net's accepts");
+    host.ok(&["iptables", "-D", "FORWARD", "1"]);
+    host.ok(&["iptables", "-D", "FORWARD", "-m", "comment", "--comment", "kvm-net:br0", "-j", "KVMNET-FWD-br0"]);
+    assert_finding(&host, &config, 2, "error [forward-drop]: guests of network default cannot get out: FORWARD's policy is DROP and kvm-net's accepts are missing");
+}
+
+#[test]
+fn check_finds_bridge_netfilter_with_a_bridged_network() {
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    host.ok(&["ip", "link", "add", "lan0", "type", "bridge"]);
+    assert_eq!(check(&host, &config).0, 0);
+    host.sh("echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables");
+    assert_finding(&host, &config, 1, "warning [br-netfilter]: net.bridge.bridge-nf-call-iptables=1: frames bridged on lan0 go through iptables FORWARD");
+}
+
+#[test]
+fn check_finds_forwarding_switched_off() {
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    host.sh("echo 0 > /proc/sys/net/ipv4/ip_forward");
+    assert_finding(&host, &config, 2, "error [forwarding-off]: net.ipv4.ip_forward=0 while nat network default is up");
+}
+
+#[test]
+fn check_finds_a_subnet_collision() {
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    host.sh("ip link add eth7 type veth peer name eth7p; ip addr add 10.88.0.77/16 dev eth7");
+    assert_finding(
+        &host,
+        &config,
+        2,
+        "error [subnet-collision]: subnet 10.88.0.0/24 of network lab is in use by eth7 (address 10.88.0.77/16)",
+    );
+}
+
+#[test]
+fn check_finds_an_empty_bridge_left_behind() {
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    // A VM killed with SIGKILL: the kernel deletes its tap, no downscript runs.
+    host.ok(&["ip", "link", "del", "tap0"]);
+    assert_finding(&host, &config, 1, "warning [empty-bridge]: bridge br0 was made by kvm-net and has no ports left");
+}
+
+#[test]
+fn check_finds_a_non_bridge_with_a_bridge_name() {
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    host.ok(&["ip", "link", "add", "lab0", "type", "veth", "peer", "name", "lab0p"]);
+    assert_finding(
+        &host,
+        &config,
+        2,
+        "error [not-a-bridge]: lab0, the bridge of network lab, is a veth link, not a bridge",
+    );
+}
+
+#[test]
+fn check_finds_firewalld() {
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    let fake = ConfigFile::scratch_dir().join(format!("firewalld-{}", std::process::id())).join("firewalld");
+    std::fs::create_dir_all(fake.parent().expect("dir")).expect("dir");
+    std::fs::copy("/bin/sleep", &fake).expect("copy");
+    let mut firewalld = host.cmd(&fake).arg("30").spawn().expect("fake firewalld");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_finding(&host, &config, 1, "warning [firewalld]: firewalld is running");
+    let _ = firewalld.kill();
+    let _ = firewalld.wait();
+    let _ = std::fs::remove_dir_all(fake.parent().expect("dir"));
+}
+
+#[test]
+fn check_finds_config_errors_and_a_dead_dnsmasq() {
+    let broken = ConfigFile::new("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\n");
+    let host = Netns::new();
+    assert_finding(
+        &host,
+        &broken,
+        2,
+        &format!("error [config]: config {}: network default: field ipv4", broken.path()),
+    );
+    let config = ConfigFile::new(CONFIG);
+    let host = healthy(&config);
+    let pid = std::fs::read_dir("/run/kvm-net/dnsmasq")
+        .expect("dir")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy() == format!("{}-br0", host.id()))
+        .and_then(|e| std::fs::read_to_string(e.path().join("dnsmasq.pid")).ok())
+        .expect("pidfile");
+    host.ok(&["kill", pid.trim()]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_finding(
+        &host,
+        &config,
+        2,
+        "error [dnsmasq-down]: network default has DHCP on, but no dnsmasq of kvm-net's serves br0",
+    );
+}
+
+#[test]
+fn gc_removes_networks_whose_vms_vanished_and_nothing_else() {
+    let config = ConfigFile::new(CONFIG);
+    let env = [("KVM_NET_CONFIG", config.path())];
+    let host = healthy(&config);
+    add_tap(&host, "lab-1");
+    add_tap(&host, "lab-2");
+    ok_with(&host, "kvm-natup", "lab-1", &env);
+    ok_with(&host, "kvm-natup", "lab-2", &env);
+    host.ok(&["ip", "link", "add", "lan0", "type", "bridge"]);
+    // Both VMs of lab were killed without their downscripts.
+    host.sh("ip link del lab-1; ip link del lab-2");
+    let dry = kvm_net(&host, &config, &["gc", "--dry-run"]);
+    assert_eq!(String::from_utf8_lossy(&dry.stdout), "would remove lab0 (network lab): an empty bridge\n");
+    assert!(link_exists(&host, "lab0"), "--dry-run removed something");
+    let out = kvm_net(&host, &config, &["gc"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "removed lab0 (network lab): an empty bridge\n");
+    assert_no_nat_network(&host, "lab0");
+    assert!(
+        link_exists(&host, "br0") && controller_of(&host, "tap0").as_deref() == Some("br0"),
+        "gc touched a network in use"
+    );
+    assert!(link_exists(&host, "lan0"), "gc touched a bridge kvm-net did not make");
+    assert!(kvm_net_lines(&host, "filter").iter().any(|l| l.contains("KVMNET-FWD-br0")));
+    assert_eq!(String::from_utf8_lossy(&kvm_net(&host, &config, &["gc"]).stdout), "nothing to remove\n");
+}
+
+#[test]
+fn up_keeps_a_network_until_down() {
+    let config = ConfigFile::new(CONFIG);
+    let env = [("KVM_NET_CONFIG", config.path())];
+    let host = Netns::new();
+    let out = kvm_net(&host, &config, &["up", "lab"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(link_exists(&host, "lab0"));
+    add_tap(&host, "lab-1");
+    ok_with(&host, "kvm-natup", "lab-1", &env);
+    ok_with(&host, "kvm-natdown", "lab-1", &env);
+    assert!(link_exists(&host, "lab0"), "the last VM's downscript removed a network kvm-net up keeps");
+    assert_eq!(String::from_utf8_lossy(&kvm_net(&host, &config, &["gc"]).stdout), "nothing to remove\n");
+    ok_with(&host, "kvm-natup", "lab-1", &env);
+    let refused = kvm_net(&host, &config, &["down", "lab"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("network lab still has ports (lab-1)"));
+    assert!(link_exists(&host, "lab0"));
+    let forced = kvm_net(&host, &config, &["down", "lab", "--force"]);
+    assert!(forced.status.success());
+    assert_no_nat_network(&host, "lab0");
+    let bridged = kvm_net(&host, &config, &["up", "lan"]);
+    assert!(String::from_utf8_lossy(&bridged.stderr).contains("network lan is bridged"));
+}
+
+#[test]
+fn status_shows_each_port_and_the_qemu_holding_it() {
+    let config = ConfigFile::new(CONFIG);
+    let lab = Lab::new();
+    let spec = VmSpec::new("g1", "vmtap1", 1).order("stay", 600).env("KVM_NET_CONFIG", config.path());
+    let vm = Vm::start(&lab.host, &spec);
+    assert!(vm.wait_for("KVMNET-READY", Duration::from_secs(120)).is_some(), "guest never got ready");
+    let out = kvm_net(&lab.host, &config, &["status", "--json"]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(json.contains("\"version\": 1"), "{json}");
+    assert!(json.contains("\"name\": \"vmtap1\"") && json.contains("\"process\": \"qemu-system-x86\""), "{json}");
+    assert!(json.contains("\"addresses\": [\n        \"192.168.100.1/24\""), "{json}");
+    let table = String::from_utf8_lossy(&kvm_net(&lab.host, &config, &["status"]).stdout).into_owned();
+    let row = table.lines().find(|l| l.starts_with("default ")).expect("a row for default");
+    assert!(row.contains("vmtap1 (qemu-system-x86 ") && row.contains(" ok ") && row.contains("dnsmasq "), "{table}");
+    vm.signal(nix::sys::signal::Signal::SIGTERM);
+    vm.wait(Duration::from_secs(60));
+    assert_no_nat_network(&lab.host, "br0");
+}

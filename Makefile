@@ -1,20 +1,40 @@
-# kvm-net: build static helpers, run the test suite, run the demo.
-#   make demo    set up, build, boot one VM through kvm-natup in throwaway namespaces
-#   make test    set up, build, run every test (needs root: it makes network namespaces)
-#   make build   static, stripped helpers and kvm-net in $(BIN_DIR)
+# kvm-net: build static helpers, run the test suite, run the demo, install.
+#   make demo          set up, build, boot one VM through kvm-natup in throwaway namespaces
+#   make test          set up, build, run every test (needs root: it makes network namespaces)
+#   make build         static, stripped helpers and kvm-net in $(BIN_DIR)
+#   make install       DESTDIR, PREFIX (/usr/local), LIBEXECDIR, BINDIR, SBINDIR, MANDIR, DOCDIR, SYSCONFDIR
+#   make uninstall     removes exactly what install put there
+#   make qemu-dropin   /etc/qemu-ifup and /etc/qemu-ifdown run kvm-ifup/kvm-ifdown (reversible:
+#   make qemu-dropin-remove)
+#   make deb, make rpm, make package-test
 SHELL := /bin/bash
 CARGO ?= cargo
 MUSL := x86_64-unknown-linux-musl
 GNU := x86_64-unknown-linux-gnu
 # musl when installed (tests/setup.sh adds it), else glibc linked statically.
 TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx $(MUSL) && echo $(MUSL) || echo $(GNU))
-STATIC_FLAGS := $(if $(filter $(GNU),$(TARGET)),-C target-feature=+crt-static)
+# Static, and not position-independent: a static-pie is an ET_DYN object that
+# packaging tools mistake for a shared library.
+STATIC_FLAGS := -C relocation-model=static $(if $(filter $(GNU),$(TARGET)),-C target-feature=+crt-static)
 BIN_DIR := target/$(TARGET)/release
 HELPERS := kvm-ifup kvm-ifdown kvm-natup kvm-natdown
 BINARIES := $(HELPERS) kvm-net
 TEST_THREADS ?= 4
 
-.PHONY: all setup build guest demo run-demo test check clean
+PREFIX ?= /usr/local
+LIBEXECDIR ?= $(PREFIX)/libexec
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/kvm-net
+SYSCONFDIR ?= /etc
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+MAN_PAGES := man1/kvm-net.1 man5/kvm-net.toml.5 man8/kvm-natup.8 man8/kvm-natdown.8 man8/kvm-ifup.8 \
+	man8/kvm-ifdown.8 man8/kvm-net-qemu-dropin.8
+INSTALLED := $(addprefix $(LIBEXECDIR)/,$(HELPERS)) $(BINDIR)/kvm-net $(SBINDIR)/kvm-net-qemu-dropin \
+	$(addprefix $(MANDIR)/,$(MAN_PAGES)) $(DOCDIR)/kvm-net.toml.example $(DOCDIR)/README.md
+
+.PHONY: all setup build guest demo run-demo test check clean install uninstall qemu-dropin qemu-dropin-remove deb rpm package-test
 
 all: build
 
@@ -22,7 +42,7 @@ setup:
 	@tests/setup.sh
 
 build:
-	@echo "make: building static binaries for $(TARGET)$(if $(STATIC_FLAGS), (glibc +crt-static: the musl target is not installed))"
+	@echo "make: building static binaries for $(TARGET)$(if $(filter $(GNU),$(TARGET)), (glibc +crt-static: the musl target is not installed))"
 	RUSTFLAGS="$(STATIC_FLAGS)" $(CARGO) build --release --locked --target $(TARGET) -p kvm-net-helpers -p kvm-net-admin
 	@ls -l $(addprefix $(BIN_DIR)/,$(BINARIES)) | awk '{printf "make: %-40s %8d bytes\n", $$9, $$5}'
 
@@ -46,6 +66,43 @@ check: build guest
 	@set -o pipefail; KVM_NET_BIN_DIR=$(CURDIR)/$(BIN_DIR) $(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS) 2>&1 \
 	  | tee target/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' target/test.log
+
+# Installs what `make build` made; builds nothing itself, so that it can run as
+# root after an unprivileged build.
+install:
+	@test -x $(BIN_DIR)/kvm-natup || { echo "make: run 'make build' first" >&2; exit 1; }
+	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(addprefix $(BIN_DIR)/,$(HELPERS)) $(DESTDIR)$(LIBEXECDIR)/
+	install -m 0755 $(BIN_DIR)/kvm-net $(DESTDIR)$(BINDIR)/kvm-net
+	sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|' packaging/kvm-net-qemu-dropin.in > $(DESTDIR)$(SBINDIR)/kvm-net-qemu-dropin
+	chmod 0755 $(DESTDIR)$(SBINDIR)/kvm-net-qemu-dropin
+	for page in $(MAN_PAGES); do \
+	  install -d $(DESTDIR)$(MANDIR)/$$(dirname $$page); \
+	  install -m 0644 docs/man/$$(basename $$page) $(DESTDIR)$(MANDIR)/$$page; \
+	done
+	install -m 0644 docs/examples/kvm-net.toml $(DESTDIR)$(DOCDIR)/kvm-net.toml.example
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	-rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null
+
+qemu-dropin:
+	SYSCONFDIR=$(SYSCONFDIR) $(DESTDIR)$(SBINDIR)/kvm-net-qemu-dropin enable
+
+qemu-dropin-remove:
+	SYSCONFDIR=$(SYSCONFDIR) $(DESTDIR)$(SBINDIR)/kvm-net-qemu-dropin disable
+
+deb: build
+	packaging/debian/build-deb.sh $(BIN_DIR) $(VERSION)
+
+rpm: build
+	packaging/rpm/build-rpm.sh $(BIN_DIR) $(VERSION)
+
+# Builds the .deb, installs it, runs the QEMU NAT scenario against
+# /usr/libexec/kvm-natup, then purges it and checks nothing is left.
+package-test: deb guest
+	packaging/package-test.sh target/kvm-net_$(VERSION)_amd64.deb
 
 clean:
 	$(CARGO) clean

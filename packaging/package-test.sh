@@ -1,0 +1,67 @@
+#!/bin/bash
+# Installs the .deb on this machine, checks its files and the reversible
+# /etc/qemu-ifup drop-in, runs the QEMU NAT end-to-end scenario with QEMU
+# pointing at /usr/libexec/kvm-natup and /usr/libexec/kvm-natdown, then purges
+# the package and checks that nothing of it is left. Needs root.
+#   packaging/package-test.sh target/kvm-net_VERSION_amd64.deb
+set -euo pipefail
+deb=$1
+top=$(cd "$(dirname "$0")/.." && pwd)
+passed=0
+pass() { echo "package-test: ok: $1"; passed=$((passed + 1)); }
+fail() { echo "package-test: FAILED: $1" >&2; echo "package-test: $passed passed, 1 failed"; exit 1; }
+
+if dpkg -s kvm-net >/dev/null 2>&1; then
+    echo "package-test: kvm-net is already installed here; remove it first (this test purges it)" >&2
+    exit 1
+fi
+fingerprint() { if [ -e "$1" ]; then sha256sum "$1"; else echo "absent $1"; fi; }
+ifup_before=$(fingerprint /etc/qemu-ifup)
+ifdown_before=$(fingerprint /etc/qemu-ifdown)
+# make install / make uninstall into a scratch DESTDIR leave nothing behind.
+destdir=$(mktemp -d)
+(cd "$top" && make --no-print-directory install DESTDIR="$destdir" PREFIX=/usr >/dev/null \
+    && make --no-print-directory uninstall DESTDIR="$destdir" PREFIX=/usr >/dev/null)
+left=$(find "$destdir" -type f -o -type l)
+rm -rf "$destdir"
+[ -z "$left" ] || fail "make uninstall left: $left"
+pass "make install then make uninstall leave no file behind"
+
+trap 'dpkg --purge kvm-net >/dev/null 2>&1 || true' EXIT
+
+dpkg -i "$deb" >/dev/null
+mapfile -t files < <(dpkg -L kvm-net | while read -r f; do [ -f "$f" ] && echo "$f"; done)
+for f in /usr/libexec/kvm-natup /usr/libexec/kvm-natdown /usr/libexec/kvm-ifup /usr/libexec/kvm-ifdown /usr/bin/kvm-net; do
+    [ -x "$f" ] || fail "$f is not installed"
+done
+[ ! -e /etc/kvm-net ] || fail "the package put a config in /etc"
+man -w kvm-natup >/dev/null && man -w kvm-net.toml >/dev/null || fail "man pages not found by man"
+kvm-net --version >/dev/null || fail "kvm-net does not run"
+pass "installed ${#files[@]} files, no conffile"
+
+if [ -e /etc/qemu-ifup ]; then
+    kvm-net-qemu-dropin enable >/dev/null
+    [ "$(readlink /etc/qemu-ifup)" = /usr/libexec/kvm-ifup ] || fail "drop-in: /etc/qemu-ifup does not run kvm-ifup"
+    kvm-net-qemu-dropin enable >/dev/null || fail "drop-in: enabling twice failed"
+    kvm-net-qemu-dropin disable >/dev/null
+    [ "$(fingerprint /etc/qemu-ifup)" = "$ifup_before" ] || fail "drop-in: /etc/qemu-ifup not restored"
+    [ "$(fingerprint /etc/qemu-ifdown)" = "$ifdown_before" ] || fail "drop-in: /etc/qemu-ifdown not restored"
+    pass "the /etc/qemu-ifup drop-in goes on and comes off, restoring the packaged file"
+fi
+
+(cd "$top" && KVM_NET_BIN_DIR=/usr/libexec cargo test --quiet --locked -p kvm-net-tests --test qemu \
+    -- --exact nat_guest_reaches_upstream_and_everything_goes_with_it) || fail "QEMU NAT scenario with /usr/libexec/kvm-natup"
+pass "QEMU booted a guest through /usr/libexec/kvm-natup and kvm-natdown"
+
+# Purging with the drop-in on must take it off too.
+[ -e /etc/qemu-ifup ] && kvm-net-qemu-dropin enable >/dev/null
+dpkg --purge kvm-net >/dev/null
+trap - EXIT
+for f in "${files[@]}"; do
+    [ ! -e "$f" ] || fail "$f is left after purge"
+done
+[ ! -e /usr/share/doc/kvm-net ] || fail "/usr/share/doc/kvm-net is left after purge"
+[ "$(fingerprint /etc/qemu-ifup)" = "$ifup_before" ] || fail "/etc/qemu-ifup not restored by purge"
+[ -z "$(dpkg-divert --list /etc/qemu-ifup)" ] || fail "a diversion of /etc/qemu-ifup is left"
+pass "purge left nothing of the package, and the drop-in was undone"
+echo "package-test: $passed passed, 0 failed"

@@ -188,7 +188,7 @@ fn dhcp_without_dnsmasq_is_a_clear_error_and_changes_nothing() {
     // A PATH with the firewall tools but no dnsmasq.
     let bin = ConfigFile::scratch_dir().join(format!("no-dnsmasq-{}", std::process::id()));
     std::fs::create_dir_all(&bin).expect("dir");
-    for tool in ["iptables", "ip6tables"] {
+    for tool in ["iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"] {
         let _ = std::os::unix::fs::symlink(format!("/usr/sbin/{tool}"), bin.join(tool));
     }
     let before = host.snapshot();

@@ -363,7 +363,7 @@ fn a_natup_failing_after_creating_the_bridge_undoes_it() {
     let out = run(&host, "kvm-natup", &["tap0"], &[("PATH", "/nonexistent")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("the iptables command is not installed; install it"), "{stderr}");
+    assert!(stderr.contains("the iptables-save command is not installed; install it"), "{stderr}");
     assert_eq!(host.snapshot(), before, "the bridge must be removed again");
 }
 

@@ -29,6 +29,7 @@ pub fn find_binary() -> Option<PathBuf> {
 }
 
 /// The dnsmasq of one bridge: its run directory and the files in it.
+#[derive(Clone)]
 pub struct Dnsmasq {
     dir: PathBuf,
 }

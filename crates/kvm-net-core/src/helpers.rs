@@ -7,7 +7,7 @@ use crate::config::{Network, Source};
 use crate::error::Error;
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
-use crate::netlink::{Link, Netlink};
+use crate::netlink::{has_port_besides, Link, Netlink};
 use crate::network::{block_on, find_bridge, Bringup, Services};
 use crate::trace::trace;
 
@@ -120,14 +120,8 @@ pub fn natdown(tap: &IfName, network: &Network) -> Result<()> {
             }
         };
         // QEMU runs the downscript while the tap is still a port: never count it.
-        let others = netlink
-            .ports_of(&bridge)
-            .await?
-            .into_iter()
-            .filter(|link| Some(link.index) != port.as_ref().map(|p| p.index))
-            .count();
-        if others > 0 {
-            trace(format_args!("bridge {} keeps {others} port(s)", bridge.name));
+        if has_port_besides(&bridge, port.as_ref().map(|p| p.index))? {
+            trace(format_args!("bridge {} keeps other ports", bridge.name));
             return Ok(false);
         }
         if bridge.is_kept_up() {

@@ -7,9 +7,14 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::link::LinkExtentMask;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::sys::protocols::NETLINK_ROUTE;
+use rtnetlink::sys::{Socket, SocketAddr};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 
 /// The alias kvm-net puts on bridges it creates: the mark that makes them its own to delete.
@@ -341,6 +346,54 @@ impl Netlink {
         match self.handle.link().del(link.index).execute().await {
             Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().raw_os_error() == Some(Errno::ENODEV as i32) => Ok(()),
             other => other.with_context(|| format!("deleting {}", link.name)),
+        }
+    }
+}
+
+/// Whether `bridge` has a port other than `except`: the last-port question of
+/// every VM stop. A kernel-filtered dump, read one datagram at a time on a
+/// socket of its own and abandoned at the first port found: through the
+/// shared connection the whole dump would be read (the kernel builds each
+/// batch as it is read), and with 1000 VMs on a bridge that cost 80 ms.
+pub fn has_port_besides(bridge: &Link, except: Option<u32>) -> Result<bool> {
+    let context = || format!("listing the ports of bridge {}", bridge.name);
+    let mut socket = Socket::new(NETLINK_ROUTE).with_context(context)?;
+    socket.bind_auto().with_context(context)?;
+    socket.connect(&SocketAddr::new(0, 0)).with_context(context)?;
+    let mut query = LinkMessage::default();
+    query.attributes.push(LinkAttribute::Controller(bridge.index));
+    query.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetLink(query));
+    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0).with_context(context)?;
+    let mut datagram: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        datagram.clear();
+        socket.recv(&mut datagram, 0).with_context(context)?;
+        let mut offset = 0;
+        while offset < datagram.len() {
+            let message =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..]).with_context(context)?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                    let link = Link::from_message(link);
+                    if link.controller == Some(bridge.index) && Some(link.index) != except {
+                        return Ok(true);
+                    }
+                }
+                NetlinkPayload::Done(_) => return Ok(false),
+                NetlinkPayload::Error(error) => return Err(error.to_io()).with_context(context),
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
         }
     }
 }

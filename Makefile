@@ -7,6 +7,7 @@
 #   make qemu-dropin   /etc/qemu-ifup and /etc/qemu-ifdown run kvm-ifup/kvm-ifdown (reversible:
 #   make qemu-dropin-remove)
 #   make deb, make rpm, make package-test
+#   make bench         timings against the classic scripts and the kernel floor (docs/performance.md)
 SHELL := /bin/bash
 CARGO ?= cargo
 MUSL := x86_64-unknown-linux-musl
@@ -34,7 +35,7 @@ MAN_PAGES := man1/kvm-net.1 man5/kvm-net.toml.5 man8/kvm-natup.8 man8/kvm-natdow
 INSTALLED := $(addprefix $(LIBEXECDIR)/,$(HELPERS)) $(BINDIR)/kvm-net $(SBINDIR)/kvm-net-qemu-dropin \
 	$(addprefix $(MANDIR)/,$(MAN_PAGES)) $(DOCDIR)/kvm-net.toml.example $(DOCDIR)/README.md
 
-.PHONY: all setup build guest demo run-demo test check clean install uninstall qemu-dropin qemu-dropin-remove deb rpm package-test
+.PHONY: all bench setup build guest demo run-demo test check clean install uninstall qemu-dropin qemu-dropin-remove deb rpm package-test
 
 all: build
 
@@ -56,6 +57,12 @@ demo: setup
 run-demo: build guest
 	@$(CARGO) build --quiet --locked -p kvm-net-tests --bin kvm-net-demo
 	@KVM_NET_BIN_DIR=$(CURDIR)/$(BIN_DIR) target/debug/kvm-net-demo
+
+# Benchmarks (never assertions): prints a table and rewrites docs/performance.md.
+bench:
+	@tests/setup.sh --bench
+	@$(MAKE) --no-print-directory build >/dev/null
+	KVM_NET_BIN_DIR=$(CURDIR)/$(BIN_DIR) benches/run.sh
 
 # Runs setup first, then re-enters make so that TARGET sees what setup installed.
 test: setup

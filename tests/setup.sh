@@ -2,7 +2,8 @@
 # Installs what building and testing kvm-net needs on a fresh Debian machine:
 # the firewall and link tools the helpers and tests drive, dnsmasq for DHCP,
 # QEMU and busybox for the end-to-end guest, and the musl target for static
-# binaries. Idempotent: it installs only what is missing.
+# binaries; with --bench also hyperfine and bridge-utils. Idempotent: it
+# installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,11 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v cpio >/dev/null || need+=(cpio)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+if [ "${1:-}" = --bench ]; then
+    # The benchmark's timer, and brctl for the classic scripts it compares with.
+    command -v hyperfine >/dev/null || need+=(hyperfine)
+    command -v brctl >/dev/null || need+=(bridge-utils)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -35,7 +35,12 @@ for f in /usr/libexec/kvm-natup /usr/libexec/kvm-natdown /usr/libexec/kvm-ifup /
     [ -x "$f" ] || fail "$f is not installed"
 done
 [ ! -e /etc/kvm-net ] || fail "the package put a config in /etc"
-man -w kvm-natup >/dev/null && man -w kvm-net.toml >/dev/null || fail "man pages not found by man"
+for page in man8/kvm-natup.8.gz man8/kvm-ifup.8.gz man5/kvm-net.toml.5.gz man1/kvm-net.1.gz; do
+    [ -f "/usr/share/man/$page" ] || fail "/usr/share/man/$page is not installed"
+done
+if command -v man >/dev/null; then
+    man -w kvm-natup >/dev/null && man -w kvm-net.toml >/dev/null || fail "man does not find the pages"
+fi
 kvm-net --version >/dev/null || fail "kvm-net does not run"
 pass "installed ${#files[@]} files, no conffile"
 

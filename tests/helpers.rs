@@ -190,11 +190,14 @@ fn next_natup_heals_flushed_rules() {
     assert_nat_network(&host, "br0", "192.168.100.1/24", "192.168.100.0/24");
 }
 
+/// Arguments and environment of one bad invocation.
+type BadCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+
 #[test]
 fn bad_input_changes_nothing() {
     let host = Netns::new();
     add_tap(&host, "tap0");
-    let cases: &[(&[&str], &[(&str, &str)])] = &[
+    let cases: &[BadCase] = &[
         (&[], &[]),
         (&[""], &[]),
         (&["abcdefghijklmnop"], &[]),

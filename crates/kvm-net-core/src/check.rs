@@ -107,7 +107,7 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
         }
         Ok(())
     })?;
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Ok(findings)
 }
 

@@ -1,6 +1,5 @@
 //! The kernel's view of links and addresses, asked and changed over rtnetlink.
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
@@ -15,7 +14,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
 use rtnetlink::sys::{Socket, SocketAddr};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkGetRequest, LinkUnspec, RouteMessageBuilder};
 
 /// The alias kvm-net puts on bridges it creates: the mark that makes them its own to delete.
 pub const MANAGED_ALIAS: &str = "kvm-net managed bridge";
@@ -88,6 +87,21 @@ impl Link {
     }
 }
 
+/// Whether a netlink request failed with `errno`.
+fn failed_with(err: &rtnetlink::Error, errno: Errno) -> bool {
+    matches!(err, rtnetlink::Error::NetlinkError(message) if message.to_io().raw_os_error() == Some(errno as i32))
+}
+
+/// The one link a get request names; `None` when there is no such link.
+async fn one_link(request: LinkGetRequest, what: impl FnOnce() -> String) -> Result<Option<Link>> {
+    let mut answers = std::pin::pin!(request.execute());
+    match answers.try_next().await {
+        Ok(message) => Ok(message.map(Link::from_message)),
+        Err(err) if failed_with(&err, Errno::ENODEV) => Ok(None),
+        Err(err) => Err(err).with_context(what),
+    }
+}
+
 /// A connection to the kernel's routing netlink, for one helper run.
 pub struct Netlink {
     handle: Handle,
@@ -103,30 +117,14 @@ impl Netlink {
 
     /// Looks a link up by name; `None` when there is no such link.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut request = std::pin::pin!(self.handle.link().get().match_name(name.to_owned()).execute());
-        match request.try_next().await {
-            Ok(message) => Ok(message.map(Link::from_message)),
-            Err(rtnetlink::Error::NetlinkError(message))
-                if message.to_io().raw_os_error() == Some(Errno::ENODEV as i32) =>
-            {
-                Ok(None)
-            }
-            Err(err) => Err(err).with_context(|| format!("asking the kernel about {name}")),
-        }
+        one_link(self.handle.link().get().match_name(name.to_owned()), || format!("asking the kernel about {name}"))
+            .await
     }
 
     /// Looks a link up by index; `None` when there is no such link.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut request = std::pin::pin!(self.handle.link().get().match_index(index).execute());
-        match request.try_next().await {
-            Ok(message) => Ok(message.map(Link::from_message)),
-            Err(rtnetlink::Error::NetlinkError(message))
-                if message.to_io().raw_os_error() == Some(Errno::ENODEV as i32) =>
-            {
-                Ok(None)
-            }
-            Err(err) => Err(err).with_context(|| format!("asking the kernel about interface #{index}")),
-        }
+        one_link(self.handle.link().get().match_index(index), || format!("asking the kernel about interface #{index}"))
+            .await
     }
 
     /// Every link in the namespace.
@@ -181,9 +179,7 @@ impl Netlink {
         let message = builder.build();
         match self.handle.link().add(message).execute().await {
             Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().kind() == io::ErrorKind::AlreadyExists => {
-                return Ok(None)
-            }
+            Err(err) if failed_with(&err, Errno::EEXIST) => return Ok(None),
             Err(err) => return Err(err).with_context(|| format!("creating bridge {name}")),
         }
         let bridge = self
@@ -223,7 +219,7 @@ impl Netlink {
             request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         match request.execute().await {
-            Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(err) if failed_with(&err, Errno::EEXIST) => Ok(()),
             other => other.with_context(|| format!("adding address {address} to {}", link.name)),
         }
     }
@@ -336,7 +332,7 @@ impl Netlink {
             builder = builder.nocontroller();
         }
         match self.handle.link().set(builder.build()).execute().await {
-            Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().raw_os_error() == Some(Errno::ENODEV as i32) => Ok(()),
+            Err(err) if failed_with(&err, Errno::ENODEV) => Ok(()),
             other => other.with_context(|| format!("detaching {} and setting it down", port.name)),
         }
     }
@@ -344,7 +340,7 @@ impl Netlink {
     /// Deletes a link; one already gone counts as deleted.
     pub async fn delete(&self, link: &Link) -> Result<()> {
         match self.handle.link().del(link.index).execute().await {
-            Err(rtnetlink::Error::NetlinkError(m)) if m.to_io().raw_os_error() == Some(Errno::ENODEV as i32) => Ok(()),
+            Err(err) if failed_with(&err, Errno::ENODEV) => Ok(()),
             other => other.with_context(|| format!("deleting {}", link.name)),
         }
     }

@@ -67,7 +67,7 @@ impl Services {
     pub async fn tear_down(&self, netlink: &Netlink, bridge: Option<&Link>) -> Result<()> {
         let name = self.bridge.clone();
         let dhcp_server = self.dhcp_server.clone();
-        let firewall = self.firewall.clone();
+        let firewall = self.firewall;
         let daemon_and_rules = std::thread::spawn(move || {
             let daemon = dhcp_server.stop().with_context(|| format!("stopping DHCP on bridge {name}"));
             let rules =

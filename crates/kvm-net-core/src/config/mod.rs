@@ -114,7 +114,7 @@ impl Dhcp {
     pub fn defaults_for(address: Ipv4Network) -> Self {
         let network = u32::from(address.network());
         let broadcast = u32::from(address.broadcast());
-        let half = (broadcast - network + 1) / 2;
+        let half = (broadcast - network).div_ceil(2);
         Dhcp {
             range: (Ipv4Addr::from(network + half.max(2)), Ipv4Addr::from(broadcast - 1)),
             lease_time: "1h".to_owned(),

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kvm_net_core::check::{self, Finding};
 use kvm_net_core::cli::one_line;
-use kvm_net_core::config::{Config, Environment, SYSTEM_CONFIG};
+use kvm_net_core::config::{Config, Environment};
 use kvm_net_core::error::Error;
 use kvm_net_core::ifname::IfName;
 use kvm_net_core::network::{self, Down};
@@ -77,8 +77,10 @@ fn main() -> ExitCode {
 }
 
 fn load_config(explicit: Option<PathBuf>) -> Result<Result<Config, Error>> {
-    let env = Environment::from_process()?;
-    let path = explicit.or(env.config).unwrap_or_else(|| PathBuf::from(SYSTEM_CONFIG));
+    let path = match explicit {
+        Some(path) => path,
+        None => Environment::from_process()?.config_path(),
+    };
     Ok(Config::load(&path))
 }
 

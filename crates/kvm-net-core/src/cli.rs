@@ -4,9 +4,9 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::config::{self, Config, Environment, SYSTEM_CONFIG};
+use crate::config::{self, Config, Environment, Network, Source, SYSTEM_CONFIG};
 use crate::error::Error;
 use crate::helpers;
 use crate::ifname::IfName;
@@ -66,21 +66,25 @@ impl Helper {
     }
 
     fn run(self, tap: &IfName, invoked_as: Option<&str>) -> anyhow::Result<()> {
-        if self == Helper::IfDown {
-            return helpers::ifdown(tap);
-        }
-        let env = Environment::from_process()?;
-        let path = env.config.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CONFIG));
-        let config = Config::load(&path)?;
-        let network = config::choose(&config, invoked_as, tap, &env)?;
-        trace(format_args!(
-            "{tap}: network {} ({}, bridge {}) from {}",
-            network.name, network.mode, network.bridge, config.source
-        ));
+        // kvm-ifdown reads no config: it acts on what the tap is attached to.
+        let chosen = || -> anyhow::Result<(Network, Source)> {
+            let env = Environment::from_process()?;
+            let config = Config::load(&env.config_path())?;
+            let network = config::choose(&config, invoked_as, tap, &env)?;
+            trace(format_args!(
+                "{tap}: network {} ({}, bridge {}) from {}",
+                network.name, network.mode, network.bridge, config.source
+            ));
+            Ok((network, config.source))
+        };
         match self {
-            Helper::IfUp => helpers::ifup(tap, &network, &config.source),
-            Helper::NatUp => helpers::natup(tap, &network),
-            Helper::NatDown | Helper::IfDown => helpers::natdown(tap, &network),
+            Helper::IfDown => helpers::ifdown(tap),
+            Helper::IfUp => {
+                let (network, source) = chosen()?;
+                helpers::ifup(tap, &network, &source)
+            }
+            Helper::NatUp => helpers::natup(tap, &chosen()?.0),
+            Helper::NatDown => helpers::natdown(tap, &chosen()?.0),
         }
     }
 }

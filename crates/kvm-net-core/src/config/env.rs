@@ -82,6 +82,13 @@ impl Environment {
     }
 }
 
+impl Environment {
+    /// The config file to read: `KVM_NET_CONFIG`, else the system file.
+    pub fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from(super::SYSTEM_CONFIG))
+    }
+}
+
 /// `AT_SECURE` from the auxiliary vector: set by the kernel for setuid/setgid
 /// programs and for programs with file capabilities.
 fn privileged_beyond_caller() -> bool {

@@ -176,14 +176,7 @@ fn check_managed(firewall: &IptablesFirewall, network: &Network, findings: &mut 
         .state(&network_chains(network))?
         .into_iter()
         .filter(|c| c.state != RuleState::Ok)
-        .map(|c| {
-            format!(
-                "{} {} ({})",
-                if c.family == Family::V4 { "iptables" } else { "ip6tables" },
-                c.name,
-                rule_state_name(c.state)
-            )
-        })
+        .map(|c| format!("{} {} ({})", c.family.command(), c.name, rule_state_name(c.state)))
         .collect();
     if !broken.is_empty() {
         findings.push(Finding::new(

@@ -90,7 +90,7 @@ impl Saved {
 /// Applies a restore script (one `*table ... COMMIT` section per table).
 fn restore(family: Family, script: &str) -> Result<()> {
     let (_, restore) = commands(family);
-    trace(format_args!("{restore} --noflush:\n{}", script.trim_end()));
+    trace(format_args!("{restore} --noflush: {} lines in one transaction per table", script.lines().count()));
     let mut child = Command::new(restore)
         .args(["--noflush", "-w"])
         .stdin(Stdio::piped())
@@ -130,6 +130,23 @@ fn script(edits: BTreeMap<&str, Vec<String>>) -> String {
     text
 }
 
+/// What a chain's edits do, in words, for KVM_NET_DEBUG.
+fn summary(lines: &[String]) -> String {
+    let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+    let mut parts = Vec::new();
+    if count(":") > 0 {
+        parts.push(format!("write {} rules", count("-A ")));
+    }
+    for (prefix, what) in [("-I ", "insert jump"), ("-D ", "delete jump"), ("-X ", "delete chain")] {
+        match count(prefix) {
+            0 => {}
+            1 => parts.push(what.to_owned()),
+            n => parts.push(format!("{what} x{n}")),
+        }
+    }
+    parts.join(", ")
+}
+
 /// The lines that make `chain` match its plan in `table` (none when it does).
 fn ensure_edits(table: &Listing, chain: &OwnChain) -> Vec<String> {
     let mut lines = Vec::new();
@@ -165,7 +182,17 @@ impl IptablesFirewall {
             let saved = Saved::read(family)?;
             let mut edits: BTreeMap<&str, Vec<String>> = BTreeMap::new();
             for chain in chains {
-                edits.entry(chain.table).or_default().extend(edit(&saved.listing(chain.table), chain));
+                let lines = edit(&saved.listing(chain.table), chain);
+                if !lines.is_empty() {
+                    trace(format_args!(
+                        "{} ({} table {}): {}",
+                        chain.name,
+                        family.command(),
+                        chain.table,
+                        summary(&lines)
+                    ));
+                }
+                edits.entry(chain.table).or_default().extend(lines);
             }
             let text = script(edits);
             if !text.is_empty() {

@@ -17,6 +17,16 @@ pub enum Family {
     V6,
 }
 
+impl Family {
+    /// The command that manages this family's rules.
+    pub fn command(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+}
+
 /// A chain of kvm-net's own, in `table`, jumped to from the built-in `hook`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnChain {

@@ -177,7 +177,9 @@ fn check_finds_config_errors_and_a_dead_dnsmasq() {
         .and_then(|e| std::fs::read_to_string(e.path().join("dnsmasq.pid")).ok())
         .expect("pidfile");
     host.ok(&["kill", pid.trim()]);
-    std::thread::sleep(Duration::from_millis(100));
+    while std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_finding(
         &host,
         &config,
@@ -244,7 +246,7 @@ fn status_shows_each_port_and_the_qemu_holding_it() {
     let lab = Lab::new();
     let spec = VmSpec::new("g1", "vmtap1", 1).order("stay", 600).env("KVM_NET_CONFIG", config.path());
     let vm = Vm::start(&lab.host, &spec);
-    assert!(vm.wait_for("KVMNET-READY", Duration::from_secs(120)).is_some(), "guest never got ready");
+    vm.expect_ready(Duration::from_secs(120));
     let out = kvm_net(&lab.host, &config, &["status", "--json"]);
     let json = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

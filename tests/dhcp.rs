@@ -122,6 +122,10 @@ fn a_dead_dnsmasq_is_restarted_and_a_changed_config_reloads() {
     ok_with(&host, "kvm-natup", "tap0", &env);
     let first = dnsmasq_pid(&host, "br0").expect("running");
     host.ok(&["kill", "-9", &first.to_string()]);
+    // Dead, not dying: its sockets are closed once /proc no longer lists it.
+    while Path::new(&format!("/proc/{first}")).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     ok_with(&host, "kvm-natup", "tap1", &env);
     let second = dnsmasq_pid(&host, "br0").expect("restarted");
     assert_ne!(first, second);

@@ -61,7 +61,7 @@ fn two_guests_share_the_bridge_and_the_last_one_out_cleans_up() {
         &lab.host,
         &nat_guest("b", "vmtap-b", 2, &server).order("peer", "192.168.100.11").order("waitgone", "192.168.100.11"),
     );
-    assert!(a.wait_for("KVMNET-READY", BOOT).is_some(), "guest a never got ready");
+    a.expect_ready(BOOT);
     assert_eq!(a.result("peer:192.168.100.12").map(|r| r.0), Some(true), "a cannot reach b");
     assert!(b.wait_for("KVMNET-RESULT peer:", BOOT).is_some(), "guest b never tried a");
     a.signal(Signal::SIGTERM);
@@ -145,7 +145,7 @@ fn sigterm_runs_the_downscript() {
     let lab = Lab::new();
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
     let vm = Vm::start(&lab.host, &nat_guest("g1", "vmtap1", 1, &server).order("stay", 600));
-    assert!(vm.wait_for("KVMNET-READY", BOOT).is_some(), "guest never got ready");
+    vm.expect_ready(BOOT);
     assert!(link_exists(&lab.host, "br0"));
     vm.signal(Signal::SIGTERM);
     let run = vm.wait(BOOT);
@@ -158,7 +158,7 @@ fn after_a_sigkill_the_next_vm_still_starts() {
     let lab = Lab::new();
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
     let vm = Vm::start(&lab.host, &nat_guest("g1", "vmtap1", 1, &server).order("stay", 600));
-    assert!(vm.wait_for("KVMNET-READY", BOOT).is_some(), "guest never got ready");
+    vm.expect_ready(BOOT);
     vm.signal(Signal::SIGKILL);
     vm.wait(BOOT);
     // No downscript ran: the bridge and the rules stay, the tap is gone.

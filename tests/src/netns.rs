@@ -125,6 +125,34 @@ impl Netns {
     }
 }
 
+impl Drop for Netns {
+    /// What kvm-net left under /run for this namespace (a test that ends with
+    /// a network up): its dnsmasq daemons, which would otherwise outlive the
+    /// test and keep the namespace alive, and its lock files.
+    fn drop(&mut self) {
+        let Ok(id) = std::panic::catch_unwind(|| self.id()) else { return };
+        let prefix = format!("{id}-");
+        for kind in ["dnsmasq", "lock"] {
+            let Ok(entries) = std::fs::read_dir(format!("/run/kvm-net/{kind}")) else { continue };
+            for entry in entries.flatten() {
+                if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    continue;
+                }
+                let path = entry.path();
+                if let Ok(pid) = std::fs::read_to_string(path.join("dnsmasq.pid")) {
+                    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+                    if String::from_utf8_lossy(&cmdline).contains(&*path.to_string_lossy()) {
+                        if let Ok(pid) = pid.trim().parse() {
+                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+    }
+}
+
 impl Default for Netns {
     fn default() -> Self {
         Self::new()

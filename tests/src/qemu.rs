@@ -82,6 +82,8 @@ impl VmSpec {
 #[derive(Default)]
 struct Console {
     lines: Mutex<Vec<String>>,
+    /// Set when QEMU closed its stdout (it exited): nothing more will come.
+    closed: std::sync::atomic::AtomicBool,
     changed: Condvar,
 }
 
@@ -171,6 +173,8 @@ impl Vm {
                     console.lines.lock().expect("console").push(line.trim_end_matches('\r').to_owned());
                     console.changed.notify_all();
                 }
+                console.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+                console.changed.notify_all();
             })
         };
         let stderr_pipe = child.stderr.take().expect("piped stderr");
@@ -189,13 +193,17 @@ impl Vm {
         Self { name: spec.name.clone(), child, console, stderr, readers: vec![stdout_reader, stderr_reader] }
     }
 
-    /// Waits until a console line starts with `prefix`; returns it.
+    /// Waits until a console line starts with `prefix`; returns it. `None`
+    /// after `timeout`, or as soon as QEMU has exited without printing it.
     pub fn wait_for(&self, prefix: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut lines = self.console.lines.lock().expect("console");
         loop {
             if let Some(line) = lines.iter().find(|l| l.starts_with(prefix)) {
                 return Some(line.clone());
+            }
+            if self.console.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             lines = self.console.changed.wait_timeout(lines, left.min(Duration::from_millis(200))).expect("console").0;
@@ -205,6 +213,19 @@ impl Vm {
     /// The guest's verdict on `step` so far.
     pub fn result(&self, step: &str) -> Option<(bool, String)> {
         result_in(&self.console.lines.lock().expect("console"), step)
+    }
+
+    /// Waits for the guest's `KVMNET-READY` line; panics with what the guest
+    /// and QEMU printed if it does not come.
+    pub fn expect_ready(&self, timeout: Duration) {
+        if self.wait_for("KVMNET-READY", timeout).is_none() {
+            panic!(
+                "guest {} never got ready\nconsole:\n{}\nstderr:\n{}",
+                self.name,
+                self.console.lines.lock().expect("console").join("\n"),
+                self.stderr_so_far()
+            );
+        }
     }
 
     /// What QEMU and its scripts wrote to stderr so far.

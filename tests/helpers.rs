@@ -7,7 +7,7 @@ use kvm_net_tests::inspect::{
     assert_no_nat_network, controller_of, firewall, is_up, kvm_net_lines, link_exists, mtu_of,
 };
 use kvm_net_tests::lab::{connect_from, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
-use kvm_net_tests::run::{add_tap, ok, run};
+use kvm_net_tests::run::{add_tap, assert_refused, ok, run};
 use kvm_net_tests::{helper, Netns};
 
 fn expected_nat_lines(bridge: &str, subnet: &str) -> Vec<String> {
@@ -250,13 +250,8 @@ fn a_non_bridge_link_named_like_the_bridge_is_refused() {
     let host = Netns::new();
     add_tap(&host, "tap0");
     host.ok(&["ip", "link", "add", "br0", "type", "veth", "peer", "name", "br0peer"]);
-    let before = host.snapshot();
     for bin in ["kvm-natup", "kvm-ifup"] {
-        let out = run(&host, bin, &["tap0"], &[]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{bin}: {stderr}");
-        assert!(stderr.contains("br0 is a veth link, not a bridge"), "{stderr}");
-        assert_eq!(host.snapshot(), before);
+        assert_refused(&host, bin, &["tap0"], &[], "br0 is a veth link, not a bridge");
     }
     // natdown leaves a foreign link alone, and succeeds: nothing of ours is there.
     ok(&host, "kvm-natdown", "tap0");
@@ -317,15 +312,11 @@ fn ifup_takes_the_bridge_mtu_and_ifdown_detaches() {
 fn ifup_without_a_bridge_fails_and_creates_nothing() {
     let host = Netns::new();
     add_tap(&host, "tap0");
-    let before = host.snapshot();
-    let out = run(&host, "kvm-ifup", &["tap0"], &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let stderr = assert_refused(&host, "kvm-ifup", &["tap0"], &[], "bridge br0 does not exist");
     assert!(
         stderr.starts_with("kvm-ifup: attaching tap0 to bridge br0: bridge br0 does not exist; create the bridge"),
         "{stderr}"
     );
-    assert_eq!(host.snapshot(), before);
     let out = run(&host, "kvm-ifup", &["tap0"], &[("KVM_NET_BRIDGE", "lab0")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("bridge lab0 does not exist"));
 }
@@ -361,13 +352,10 @@ fn guest_reaches_upstream_through_nat_with_forward_drop() {
 fn a_natup_failing_after_creating_the_bridge_undoes_it() {
     let host = Netns::new();
     add_tap(&host, "tap0");
-    let before = host.snapshot();
-    // No iptables on PATH: the firewall step fails after the bridge was made.
-    let out = run(&host, "kvm-natup", &["tap0"], &[("PATH", "/nonexistent")]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("the iptables-save command is not installed; install it"), "{stderr}");
-    assert_eq!(host.snapshot(), before, "the bridge must be removed again");
+    // No iptables on PATH: the firewall step fails after the bridge was made,
+    // and the bridge must be removed again.
+    let env = [("PATH", "/nonexistent")];
+    assert_refused(&host, "kvm-natup", &["tap0"], &env, "the iptables-save command is not installed; install it");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, kvm_net_lines, link_exists, mtu_of};
 use kvm_net_tests::lab::{connect_from, Lab, UpstreamServer, HOST_UPLINK, HOST_UPLINK6, UPSTREAM, UPSTREAM6};
-use kvm_net_tests::run::{add_tap, ok, ok_with, run, run_path, ConfigFile};
+use kvm_net_tests::run::{add_tap, assert_refused, ok, ok_with, run, run_path, ConfigFile};
 use kvm_net_tests::{helper, Netns};
 
 const FOUR_NETWORKS: &str = r#"
@@ -111,17 +111,12 @@ fn bridged_networks_take_kvm_ifup_and_refuse_kvm_natup() {
     host.ok(&["ip", "link", "add", "lan0", "type", "bridge"]);
     add_tap(&host, "srv-1");
     add_tap(&host, "tap0");
-    let before = host.snapshot();
     for (bin, tap, says) in [
         ("kvm-natup", "srv-1", "network lan is bridged, which kvm-natup/kvm-natdown do not serve; use script=kvm-ifup"),
         ("kvm-natdown", "srv-1", "network lan is bridged, which kvm-natup/kvm-natdown do not serve"),
         ("kvm-ifup", "tap0", "network default is nat, which kvm-ifup/kvm-ifdown do not serve; use script=kvm-natup"),
     ] {
-        let out = run(&host, bin, &[tap], &env);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{bin} {tap}: {stderr}");
-        assert!(stderr.contains(says), "{stderr}");
-        assert_eq!(host.snapshot(), before, "{bin} changed something");
+        assert_refused(&host, bin, &[tap], &env, says);
     }
     ok_with(&host, "kvm-ifup", "srv-1", &env);
     assert_eq!(controller_of(&host, "srv-1").as_deref(), Some("lan0"));
@@ -184,7 +179,6 @@ fn network_chosen_by_invoked_name_then_pattern_then_environment() {
 fn each_config_error_names_file_network_and_field_and_changes_nothing() {
     let host = Netns::new();
     add_tap(&host, "tap0");
-    let before = host.snapshot();
     let cases = [
         ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\ncolour = \"red\"\n", "network default: unknown field `colour`"),
         ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.300.1/24\"\n", "network default: field ipv4"),
@@ -196,13 +190,9 @@ fn each_config_error_names_file_network_and_field_and_changes_nothing() {
     for (text, says) in cases {
         let config = ConfigFile::new(text);
         for bin in ["kvm-natup", "kvm-natdown", "kvm-ifup"] {
-            let out = run(&host, bin, &["tap0"], &[("KVM_NET_CONFIG", config.path())]);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{bin}: {stderr}");
+            let stderr = assert_refused(&host, bin, &["tap0"], &[("KVM_NET_CONFIG", config.path())], says);
             assert!(stderr.starts_with(&format!("{bin}: config {}", config.path())), "{stderr}");
-            assert!(stderr.contains(says), "{stderr:?} lacks {says:?}");
             assert_eq!(stderr.lines().count(), 1);
-            assert_eq!(host.snapshot(), before);
         }
     }
 }
@@ -237,23 +227,11 @@ fn a_subnet_in_use_elsewhere_is_refused() {
     let host = Netns::new();
     add_tap(&host, "tap0");
     host.sh("ip link add eth9 type veth peer name eth9p; ip addr add 192.168.100.5/24 dev eth9; ip link set eth9 up");
-    let before = host.snapshot();
-    let out = run(&host, "kvm-natup", &["tap0"], &[]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("subnet 192.168.100.0/24 of network default is in use by eth9 (address 192.168.100.5/24"),
-        "{stderr}"
-    );
-    assert_eq!(host.snapshot(), before);
+    let says = "subnet 192.168.100.0/24 of network default is in use by eth9 (address 192.168.100.5/24";
+    assert_refused(&host, "kvm-natup", &["tap0"], &[], says);
     // A route covering the subnet counts too.
     host.sh("ip addr flush dev eth9; ip addr add 10.1.1.1/24 dev eth9; ip route add 192.168.0.0/16 via 10.1.1.2");
-    let out = run(&host, "kvm-natup", &["tap0"], &[]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("in use by eth9 (route 192.168.0.0/16)"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_refused(&host, "kvm-natup", &["tap0"], &[], "in use by eth9 (route 192.168.0.0/16)");
 }
 
 #[test]

@@ -37,6 +37,18 @@ pub fn ok_with(ns: &Netns, bin: &str, tap: &str, env: &[(&str, &str)]) -> String
     stderr
 }
 
+/// Runs a helper that must fail with exit status 1, say `says` on stderr, and
+/// leave `ns` exactly as it found it. Returns what it said.
+pub fn assert_refused(ns: &Netns, bin: &str, args: &[&str], env: &[(&str, &str)], says: &str) -> String {
+    let before = ns.snapshot();
+    let out = run(ns, bin, args, env);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{bin} {args:?} {env:?}: {stderr}");
+    assert!(stderr.contains(says), "{bin} {args:?}: {stderr:?} lacks {says:?}");
+    assert_eq!(ns.snapshot(), before, "{bin} {args:?} {env:?} changed state");
+    stderr
+}
+
 /// Creates a persistent tap, as QEMU would before running the script.
 pub fn add_tap(ns: &Netns, name: &str) {
     ns.ok(&["ip", "tuntap", "add", "dev", name, "mode", "tap"]);

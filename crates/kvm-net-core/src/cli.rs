@@ -148,9 +148,21 @@ fn network_in_name(argv0: &OsString) -> Option<String> {
 fn close_inherited_descriptors_on_exec() {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on
     // descriptors this process owns; it closes nothing and touches no memory.
-    // On kernels before 5.11 it fails with ENOSYS/EINVAL, which is harmless.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    let marked = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0;
+    if marked {
+        return;
+    }
+    // Kernels before 5.11: one descriptor at a time.
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> =
+        entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|fd| *fd > 2).collect();
+    for fd in fds {
+        // SAFETY: F_SETFD only sets a flag on a descriptor of this process;
+        // a number that is no longer open (the listing's own) gets EBADF,
+        // which is ignored.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
 }
 

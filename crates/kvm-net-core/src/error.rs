@@ -50,6 +50,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Refuses `network` to helpers that do not serve its mode.
+    pub fn wrong_helper(network: &crate::config::Network, helpers: &'static str) -> anyhow::Error {
+        anyhow::Error::new(Error::WrongHelper { network: network.name.clone(), mode: network.mode, helpers })
+            .context(format!("choosing network {}", network.name))
+    }
+
     /// What the user should do next, printed after the cause.
     pub fn advice(&self) -> &'static str {
         match self {

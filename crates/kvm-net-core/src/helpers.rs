@@ -24,12 +24,7 @@ async fn require_tap(netlink: &Netlink, tap: &IfName) -> Result<Link> {
 /// built-in default's `br0` exactly as `/etc/qemu-ifup` did).
 pub fn ifup(tap: &IfName, network: &Network, source: &Source) -> Result<()> {
     if network.mode.is_managed() && *source != Source::Builtin {
-        return Err(anyhow::Error::new(Error::WrongHelper {
-            network: network.name.clone(),
-            mode: network.mode,
-            helpers: "kvm-ifup/kvm-ifdown",
-        })
-        .context(format!("choosing network {}", network.name)));
+        return Err(Error::wrong_helper(network, "kvm-ifup/kvm-ifdown"));
     }
     let bridge_name = &network.bridge;
     block_on(async {
@@ -92,12 +87,7 @@ pub fn natup(tap: &IfName, network: &Network) -> Result<()> {
 /// kvm-net's rules and dnsmasq for the bridge and, if kvm-net created it, the bridge.
 pub fn natdown(tap: &IfName, network: &Network) -> Result<()> {
     if !network.mode.is_managed() {
-        return Err(anyhow::Error::new(Error::WrongHelper {
-            network: network.name.clone(),
-            mode: network.mode,
-            helpers: "kvm-natup/kvm-natdown",
-        })
-        .context(format!("choosing network {}", network.name)));
+        return Err(Error::wrong_helper(network, "kvm-natup/kvm-natdown"));
     }
     let lock = BridgeLock::acquire(&network.bridge)?;
     let services = Services::for_bridge(&network.bridge)?;

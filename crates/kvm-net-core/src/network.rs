@@ -102,12 +102,7 @@ impl<'a> Bringup<'a> {
     /// dnsmasq where DHCP is on.
     pub fn prepare(network: &'a Network, helpers: &'static str) -> Result<Self> {
         if !network.mode.is_managed() {
-            return Err(anyhow::Error::new(Error::WrongHelper {
-                network: network.name.clone(),
-                mode: network.mode,
-                helpers,
-            })
-            .context(format!("choosing network {}", network.name)));
+            return Err(Error::wrong_helper(network, helpers));
         }
         let dnsmasq_binary = match &network.dhcp {
             Some(_) => Some(dnsmasq::find_binary().ok_or_else(|| Error::MissingDnsmasq(network.name.clone()))?),

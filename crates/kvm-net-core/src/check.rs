@@ -4,14 +4,13 @@
 use std::fs;
 
 use anyhow::Result;
-use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::config::{Config, Mode, Network};
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
 use crate::firewall::{network_chains, Family, Firewall, IptablesFirewall, RuleState};
-use crate::netlink::{Link, Netlink};
+use crate::netlink::{abandoned_bridges, Link, Netlink};
 use crate::network::block_on;
 use crate::runtime::processes_here;
 use crate::status::rule_state_name;
@@ -85,22 +84,20 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
     block_on(async {
         let netlink = Netlink::connect()?;
         let links = netlink.all_links().await?;
-        for link in links.iter().filter(|l| l.is_managed() && !l.is_kept_up()) {
-            if !links.iter().any(|p| p.controller == Some(link.index)) {
-                findings.push(Finding {
-                    severity: Severity::Warning,
-                    code: "empty-bridge",
-                    network: config
-                        .as_ref()
-                        .and_then(|c| c.networks.iter().find(|n| n.bridge.as_str() == link.name))
-                        .map(|n| n.name.clone()),
-                    message: format!(
-                        "bridge {} was made by kvm-net and has no ports left (a VM killed without its downscript?)",
-                        link.name
-                    ),
-                    fix: "run `kvm-net gc` to remove it with its rules and dnsmasq".to_owned(),
-                });
-            }
+        for link in abandoned_bridges(&links) {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                code: "empty-bridge",
+                network: config
+                    .as_ref()
+                    .and_then(|c| c.networks.iter().find(|n| n.bridge.as_str() == link.name))
+                    .map(|n| n.name.clone()),
+                message: format!(
+                    "bridge {} was made by kvm-net and has no ports left (a VM killed without its downscript?)",
+                    link.name
+                ),
+                fix: "run `kvm-net gc` to remove it with its rules and dnsmasq".to_owned(),
+            });
         }
         for network in config.iter().flat_map(|c| &c.networks) {
             check_network(&netlink, &firewall, &links, network, &mut findings).await?;
@@ -135,10 +132,9 @@ async fn check_network(
         return Ok(());
     }
     if network.mode.is_managed() {
-        for subnet in network.ipv4.map(IpNetwork::V4).into_iter().chain(network.ipv6.map(IpNetwork::V6)) {
+        for subnet in network.subnets() {
             let users = netlink.subnet_users(subnet, link.map(|l| l.index)).await?;
             if !users.is_empty() {
-                let subnet = IpNetwork::new(subnet.network(), subnet.prefix()).unwrap_or(subnet);
                 findings.push(Finding::new(
                     Severity::Error,
                     "subnet-collision",

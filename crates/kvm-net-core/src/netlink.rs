@@ -87,6 +87,13 @@ impl Link {
     }
 }
 
+/// Bridges kvm-net created that have no ports and that `kvm-net up` does not
+/// keep: what a VM killed without its downscript leaves (`gc` removes them,
+/// `check` reports them).
+pub fn abandoned_bridges(links: &[Link]) -> impl Iterator<Item = &Link> {
+    links.iter().filter(|l| l.is_managed() && !l.is_kept_up() && !links.iter().any(|p| p.controller == Some(l.index)))
+}
+
 /// Whether a netlink request failed with `errno`.
 fn failed_with(err: &rtnetlink::Error, errno: Errno) -> bool {
     matches!(err, rtnetlink::Error::NetlinkError(message) if message.to_io().raw_os_error() == Some(errno as i32))

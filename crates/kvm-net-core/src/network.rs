@@ -6,7 +6,6 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
-use ipnetwork::IpNetwork;
 
 use crate::config::{Config, Network};
 use crate::dnsmasq::{self, Dnsmasq};
@@ -14,7 +13,7 @@ use crate::error::Error;
 use crate::firewall::{all_chains, network_chains, Firewall, IptablesFirewall, RuleState};
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
-use crate::netlink::{has_port_besides, Link, Netlink, KEPT_UP_ALIAS};
+use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS};
 use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
 use crate::trace::trace;
 
@@ -143,7 +142,7 @@ impl<'a> Bringup<'a> {
     async fn complete(&self, netlink: &Netlink, bridge: &Link) -> Result<Link> {
         let network = self.network;
         let name = &network.bridge;
-        for address in network.ipv4.map(IpNetwork::V4).into_iter().chain(network.ipv6.map(IpNetwork::V6)) {
+        for address in network.addresses() {
             netlink.ensure_address(bridge, address).await?;
         }
         let bridge = match network.mtu {
@@ -190,11 +189,9 @@ impl<'a> Bringup<'a> {
 
 async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
     let name = &network.bridge;
-    let subnets = network.ipv4.map(IpNetwork::V4).into_iter().chain(network.ipv6.map(IpNetwork::V6));
-    for subnet in subnets {
+    for subnet in network.subnets() {
         let users = netlink.subnet_users(subnet, None).await?;
         if !users.is_empty() {
-            let subnet = IpNetwork::new(subnet.network(), subnet.prefix()).unwrap_or(subnet);
             return Err(anyhow::Error::new(Error::SubnetInUse {
                 subnet: subnet.to_string(),
                 network: network.name.clone(),
@@ -274,12 +271,7 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
     let mut candidates: Vec<(IfName, Option<String>)> = block_on(async {
         let netlink = Netlink::connect()?;
         let links = netlink.all_links().await?;
-        Ok(links
-            .iter()
-            .filter(|l| l.is_managed() && !l.is_kept_up() && !links.iter().any(|p| p.controller == Some(l.index)))
-            .filter_map(|l| IfName::parse(&l.name).ok())
-            .map(|name| (name, None))
-            .collect())
+        Ok(abandoned_bridges(&links).filter_map(|l| IfName::parse(&l.name).ok()).map(|name| (name, None)).collect())
     })?;
     for network in config.map_or(&[][..], |c| &c.networks).iter().filter(|n| n.mode.is_managed()) {
         match candidates.iter_mut().find(|(bridge, _)| *bridge == network.bridge) {

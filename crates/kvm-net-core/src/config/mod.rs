@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::error::Error;
 use crate::ifname::IfName;
@@ -158,6 +158,16 @@ impl Network {
             taps: Vec::new(),
             dhcp: None,
         }
+    }
+
+    /// The host's addresses on the bridge, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpNetwork> {
+        self.ipv4.map(IpNetwork::V4).into_iter().chain(self.ipv6.map(IpNetwork::V6))
+    }
+
+    /// The subnets guests live in, IPv4 first.
+    pub fn subnets(&self) -> impl Iterator<Item = IpNetwork> {
+        self.subnet4().map(IpNetwork::V4).into_iter().chain(self.subnet6().map(IpNetwork::V6))
     }
 
     /// The IPv4 subnet guests live in: what firewall rules match.

@@ -3,10 +3,10 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 
-use kvm_net_tests::inspect::{assert_no_nat_network, kvm_net_lines};
+use kvm_net_tests::inspect::{alive, assert_no_nat_network, kvm_net_lines};
 use kvm_net_tests::lab::Lab;
 use kvm_net_tests::run::{add_tap, assert_refused, ok_with, ConfigFile};
 use kvm_net_tests::{helper, Netns};
@@ -37,7 +37,7 @@ fn run_dir(ns: &Netns, bridge: &str) -> PathBuf {
 
 fn dnsmasq_pid(ns: &Netns, bridge: &str) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(run_dir(ns, bridge).join("dnsmasq.pid")).ok()?.trim().parse().ok()?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    alive(pid).then_some(pid)
 }
 
 /// Asks for a lease from inside `guest`; returns the address offered.
@@ -105,7 +105,7 @@ fn guests_get_leases_fixed_addresses_and_names() {
     ok_with(&lab.host, "kvm-natdown", "vm1", &env);
     assert_eq!(dnsmasq_pid(&lab.host, "br0"), Some(pid), "stays while a VM is left");
     ok_with(&lab.host, "kvm-natdown", "vm2", &env);
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "dnsmasq outlived its network");
+    assert!(!alive(pid), "dnsmasq outlived its network");
     assert!(!run_dir(&lab.host, "br0").exists(), "run directory left behind");
     assert_no_nat_network(&lab.host, "br0");
     assert!(kvm_net_lines(&lab.host, "mangle").is_empty());
@@ -123,7 +123,7 @@ fn a_dead_dnsmasq_is_restarted_and_a_changed_config_reloads() {
     let first = dnsmasq_pid(&host, "br0").expect("running");
     host.ok(&["kill", "-9", &first.to_string()]);
     // Dead, not dying: its sockets are closed once /proc no longer lists it.
-    while Path::new(&format!("/proc/{first}")).exists() {
+    while alive(first) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     ok_with(&host, "kvm-natup", "tap1", &env);
@@ -133,13 +133,13 @@ fn a_dead_dnsmasq_is_restarted_and_a_changed_config_reloads() {
     ok_with(&host, "kvm-natup", "tap2", &[("KVM_NET_CONFIG", changed.path())]);
     let third = dnsmasq_pid(&host, "br0").expect("restarted");
     assert_ne!(second, third, "a changed config must restart dnsmasq");
-    assert!(!Path::new(&format!("/proc/{second}")).exists());
+    assert!(!alive(second));
     let conf = std::fs::read_to_string(run_dir(&host, "br0").join("dnsmasq.conf")).expect("conf");
     assert!(conf.contains(",3h\n"), "{conf}");
     for tap in ["tap0", "tap1", "tap2"] {
         ok_with(&host, "kvm-natdown", tap, &[("KVM_NET_CONFIG", changed.path())]);
     }
-    assert!(!Path::new(&format!("/proc/{third}")).exists());
+    assert!(!alive(third));
 }
 
 #[test]
@@ -178,10 +178,10 @@ fn two_networks_have_a_dnsmasq_each() {
             && lab_conf.contains("dhcp-range=10.88.0.128,10.88.0.254,255.255.255.0,1h")
     );
     ok_with(&host, "kvm-natdown", "lab-1", &env);
-    assert!(!Path::new(&format!("/proc/{b}")).exists());
+    assert!(!alive(b));
     assert_eq!(dnsmasq_pid(&host, "br0"), Some(a), "the other network's dnsmasq stays");
     ok_with(&host, "kvm-natdown", "tap0", &env);
-    assert!(!Path::new(&format!("/proc/{a}")).exists());
+    assert!(!alive(a));
 }
 
 #[test]

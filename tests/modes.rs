@@ -1,8 +1,6 @@
 //! Every mode from the documents, named networks and the config file, each
 //! test in namespaces of its own, with namespaces standing in for guests.
 
-use std::os::unix::fs::PermissionsExt;
-
 use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, kvm_net_lines, link_exists, mtu_of};
 use kvm_net_tests::lab::{connect_from, Lab, UpstreamServer, HOST_UPLINK, HOST_UPLINK6, UPSTREAM, UPSTREAM6};
 use kvm_net_tests::run::{add_tap, assert_refused, ok, ok_with, run, run_path, ConfigFile};
@@ -180,7 +178,7 @@ fn each_config_error_names_file_network_and_field_and_changes_nothing() {
     let host = Netns::new();
     add_tap(&host, "tap0");
     let cases = [
-        ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\ncolour = \"red\"\n", "network default: unknown field `colour`"),
+        ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\ncolour = \"red\"\n", "network default: field colour: unknown field `colour`"),
         ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.300.1/24\"\n", "network default: field ipv4"),
         ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/24\"\n[network.b]\nmode = \"isolated\"\nbridge = \"br0\"\n", "network b: field bridge: br0 is already the bridge of network default"),
         ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/8\"\n[network.b]\nmode = \"nat\"\nbridge = \"br1\"\nipv4 = \"10.1.0.1/16\"\n", "network b: field ipv4: 10.1.0.0/16 overlaps 10.0.0.0/8"),
@@ -195,31 +193,6 @@ fn each_config_error_names_file_network_and_field_and_changes_nothing() {
             assert_eq!(stderr.lines().count(), 1);
         }
     }
-}
-
-#[test]
-fn a_privileged_helper_ignores_the_environment() {
-    let host = Netns::new();
-    add_tap(&host, "tap0");
-    let evil = ConfigFile::new("[network.default]\nmode = \"nat\"\nbridge = \"evil0\"\nipv4 = \"10.66.0.1/24\"\n");
-    // A setuid-root copy run by nobody: AT_SECURE is set.
-    let copy = ConfigFile::scratch_dir().join(format!("kvm-natup-setuid-{}", std::process::id()));
-    std::fs::copy(helper("kvm-natup"), &copy).expect("copy");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
-    let mut command = host.cmd("setpriv");
-    command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&copy).arg("tap0");
-    command.env("KVM_NET_CONFIG", evil.path()).env("KVM_NET_BRIDGE", "evil1").env("KVM_NET_NETWORK", "evil");
-    let out = command.output().expect("setpriv");
-    let _ = std::fs::remove_file(&copy);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!link_exists(&host, "evil0") && !link_exists(&host, "evil1"));
-    if !std::path::Path::new("/etc/kvm-net/kvm-net.toml").exists() {
-        assert_eq!(controller_of(&host, "tap0").as_deref(), Some("br0"), "the system default applies");
-    }
-    // The same binary, not privileged beyond its caller, follows the environment.
-    add_tap(&host, "tap1");
-    ok_with(&host, "kvm-natup", "tap1", &[("KVM_NET_CONFIG", evil.path())]);
-    assert_eq!(controller_of(&host, "tap1").as_deref(), Some("evil0"));
 }
 
 #[test]

@@ -67,3 +67,11 @@ pub fn assert_no_nat_network(ns: &Netns, bridge: &str) {
 pub fn firewall(ns: &Netns) -> String {
     ns.ok(&["iptables", "-t", "nat", "-S"]) + &ns.ok(&["iptables", "-t", "filter", "-S"])
 }
+
+/// Whether a process runs: it exists and is not a zombie (exited, waiting
+/// for its parent, often init, to collect its status).
+pub fn alive(pid: impl std::fmt::Display) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some(s) if s != "Z" && s != "X")
+}

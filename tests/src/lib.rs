@@ -6,6 +6,7 @@ pub mod lab;
 pub mod netns;
 pub mod qemu;
 pub mod run;
+pub mod sandbox;
 
 use std::path::PathBuf;
 

@@ -14,6 +14,7 @@ use kvm_net_core::config::{Config, Environment};
 use kvm_net_core::error::Error;
 use kvm_net_core::ifname::IfName;
 use kvm_net_core::network::{self, Down};
+use kvm_net_core::privilege::privileged_beyond_caller;
 use kvm_net_core::status::{self, Status};
 
 /// Status, diagnosis and clean-up of the networks kvm-net's tap helpers
@@ -55,6 +56,11 @@ enum Command {
         /// Network name from the config
         network: String,
     },
+    /// Restore a running network's rules, dnsmasq and forwarding, with its firewall jumps ahead of DROP rules
+    Repair {
+        /// Network name from the config
+        network: String,
+    },
     /// Take a managed network down; refused while VMs are attached
     Down {
         /// Network name from the config
@@ -81,7 +87,7 @@ fn load_config(explicit: Option<PathBuf>) -> Result<Result<Config, Error>> {
         Some(path) => path,
         None => Environment::from_process()?.config_path(),
     };
-    Ok(Config::load(&path))
+    Ok(Config::load(&path, privileged_beyond_caller()))
 }
 
 fn run(args: Args) -> Result<u8> {
@@ -125,6 +131,17 @@ fn run(args: Args) -> Result<u8> {
             network::up(chosen)?;
             println!("network {network} is up on {}", chosen.bridge);
             Ok(0)
+        }
+        Command::Repair { network } => {
+            let config = config?;
+            let chosen = managed(&config, &network)?;
+            if network::repair(chosen)? {
+                println!("network {network} on {} is whole again", chosen.bridge);
+                Ok(0)
+            } else {
+                eprintln!("kvm-net: network {network} is down (no bridge {}): nothing to repair; start a VM on it, or run `kvm-net up {network}`", chosen.bridge);
+                Ok(1)
+            }
         }
         Command::Down { network, force } => {
             let config = config?;

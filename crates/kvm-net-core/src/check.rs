@@ -64,7 +64,7 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
             "firewalld",
             None,
             "firewalld is running: each of its reloads removes rules it did not make, kvm-net's included".to_owned(),
-            "start (or restart) any VM on each network after a reload, or run `kvm-net up NETWORK`: kvm-natup restores its rules".to_owned(),
+            "after a reload, run `kvm-net repair NETWORK` for each network (or start any VM on it): kvm-natup restores its rules".to_owned(),
         ));
     }
     let config = match config {
@@ -183,7 +183,7 @@ fn check_managed(firewall: &IptablesFirewall, network: &Network, findings: &mut 
                 "network {name} is up on {bridge}, but its firewall rules are not as kvm-net set them: {}",
                 broken.join(", ")
             ),
-            format!("run `kvm-net up {name}` (or start any VM on it): kvm-net restores exactly its own rules"),
+            format!("run `kvm-net repair {name}` (or start any VM on it): kvm-net restores exactly its own rules"),
         ));
     }
     if network.mode.forwards() {
@@ -204,7 +204,7 @@ fn check_managed(firewall: &IptablesFirewall, network: &Network, findings: &mut 
                         "{key}=0 while {} network {name} is up: guests reach the host but nothing beyond",
                         network.mode
                     ),
-                    format!("run `kvm-net up {name}`, or sysctl -w {key}=1"),
+                    format!("run `kvm-net repair {name}`, or sysctl -w {key}=1"),
                 ));
             }
             let chain = format!("KVMNET-FWD-{bridge}");
@@ -222,7 +222,7 @@ fn check_managed(firewall: &IptablesFirewall, network: &Network, findings: &mut 
                     "forward-drop",
                     Some(network),
                     format!("guests of network {name} cannot get out: {why}"),
-                    format!("run `kvm-net up {name}` to put kvm-net's jump back at the top of FORWARD, or move that rule after it"),
+                    format!("run `kvm-net repair {name}` to put kvm-net's jump back at the top of FORWARD, or move that rule after it"),
                 ));
             }
         }
@@ -236,7 +236,8 @@ fn check_managed(firewall: &IptablesFirewall, network: &Network, findings: &mut 
                 "network {name} has DHCP on, but no dnsmasq of kvm-net's serves {bridge}: new guests get no address"
             ),
             format!(
-                "run `kvm-net up {name}` (or start any VM on it) to start it; see its log in /run/kvm-net/dnsmasq/"
+                "run `kvm-net repair {name}` (or start any VM on it) to start it; see its log in {}/dnsmasq/",
+                crate::rundir::RUN_DIR
             ),
         ));
     }

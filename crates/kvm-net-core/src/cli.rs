@@ -2,14 +2,17 @@
 //! on stderr and a non-zero status when something fails.
 
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::process::ExitCode;
 
-use std::path::Path;
+use nix::sys::stat::Mode;
 
 use crate::config::{self, Config, Environment, Network, Source, SYSTEM_CONFIG};
 use crate::error::Error;
 use crate::helpers;
 use crate::ifname::IfName;
+use crate::privilege::{Install, Needs, Start};
 use crate::trace::trace;
 
 /// The four helpers, one per binary.
@@ -65,26 +68,38 @@ impl Helper {
         )
     }
 
-    fn run(self, tap: &IfName, invoked_as: Option<&str>) -> anyhow::Result<()> {
+    /// What the helper's job needs from the kernel.
+    fn needs(self) -> Needs {
+        match self {
+            Helper::IfUp | Helper::IfDown => Needs::Netlink,
+            Helper::NatUp | Helper::NatDown => Needs::ManagedNetwork,
+        }
+    }
+
+    fn run(self, tap: &IfName, invoked_as: Option<&str>, start: &Start) -> anyhow::Result<()> {
+        start.keep_only(self.needs(), self.name())?;
+        let access = start.access();
         // kvm-ifdown reads no config: it acts on what the tap is attached to.
         let chosen = || -> anyhow::Result<(Network, Source)> {
             let env = Environment::from_process()?;
-            let config = Config::load(&env.config_path())?;
-            let network = config::choose(&config, invoked_as, tap, &env)?;
+            let config = Config::load(&env.config_path(), start.install != Install::Plain)?;
+            let chosen = config::choose(&config, invoked_as, tap, &env)?;
+            access.check_network(&chosen.network, &chosen.how)?;
+            let network = chosen.network;
             trace(format_args!(
-                "{tap}: network {} ({}, bridge {}) from {}",
-                network.name, network.mode, network.bridge, config.source
+                "{tap}: network {} ({}, bridge {}) from {} ({})",
+                network.name, network.mode, network.bridge, config.source, chosen.how
             ));
             Ok((network, config.source))
         };
         match self {
-            Helper::IfDown => helpers::ifdown(tap),
+            Helper::IfDown => helpers::ifdown(tap, &access),
             Helper::IfUp => {
                 let (network, source) = chosen()?;
-                helpers::ifup(tap, &network, &source)
+                helpers::ifup(tap, &network, &source, &access)
             }
-            Helper::NatUp => helpers::natup(tap, &chosen()?.0),
-            Helper::NatDown => helpers::natdown(tap, &chosen()?.0),
+            Helper::NatUp => helpers::natup(tap, &chosen()?.0, &access),
+            Helper::NatDown => helpers::natdown(tap, &chosen()?.0, &access),
         }
     }
 }
@@ -126,6 +141,9 @@ pub fn one_line(err: &anyhow::Error) -> String {
 /// file (the lock, a sysctl) or from netlink.
 fn is_permission_error(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
+        if let Some(errno) = cause.downcast_ref::<nix::errno::Errno>() {
+            return matches!(errno, nix::errno::Errno::EPERM | nix::errno::Errno::EACCES);
+        }
         let kind = match (cause.downcast_ref::<std::io::Error>(), cause.downcast_ref::<rtnetlink::Error>()) {
             (Some(io), _) => Some(io.kind()),
             (None, Some(rtnetlink::Error::NetlinkError(message))) => Some(message.to_io().kind()),
@@ -140,6 +158,26 @@ fn is_permission_error(err: &anyhow::Error) -> bool {
 fn network_in_name(argv0: &OsString) -> Option<String> {
     let name = Path::new(argv0).file_name()?.to_str()?;
     name.split_once('@').map(|(_, network)| network.to_owned())
+}
+
+/// Opens /dev/null on any of stdin, stdout and stderr that the caller
+/// closed: otherwise the next file opened (a lock, a config) would take that
+/// number, and an error message would be written into it.
+fn open_standard_descriptors() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only asks the kernel whether the number is open
+        // (EBADF if not); it reads or writes no memory.
+        let closed =
+            unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 && nix::errno::Errno::last() == nix::errno::Errno::EBADF;
+        if closed {
+            // The lowest free number is `fd` itself; it stays open for good.
+            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+                if null.as_raw_fd() == fd {
+                    std::mem::forget(null);
+                }
+            }
+        }
+    }
 }
 
 /// Marks every file descriptor above stderr close-on-exec. QEMU runs its
@@ -168,7 +206,17 @@ fn close_inherited_descriptors_on_exec() {
 
 /// The whole of a helper binary's `main`.
 pub fn main(helper: Helper) -> ExitCode {
+    open_standard_descriptors();
     close_inherited_descriptors_on_exec();
+    // Files kvm-net creates get fixed modes; what it starts gets a sane umask.
+    nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    let start = match Start::detect() {
+        Ok(start) => start,
+        Err(err) => {
+            eprintln!("{}: {}", helper.name(), one_line(&err));
+            return ExitCode::from(1);
+        }
+    };
     let mut argv = std::env::args_os();
     let invoked_as = argv.next().as_ref().and_then(network_in_name);
     let args: Vec<OsString> = argv.collect();
@@ -181,7 +229,7 @@ pub fn main(helper: Helper) -> ExitCode {
             println!("{} {}", helper.name(), env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Request::Run(tap) => helper.run(&tap, invoked_as.as_deref()),
+        Request::Run(tap) => helper.run(&tap, invoked_as.as_deref(), &start),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,24 +3,29 @@
 //! recognised by its command line so that kvm-net never stops a dnsmasq it
 //! did not start.
 
-use std::fs::{self, File};
-use std::io;
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use nix::sys::signal::{kill, Signal};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::config::{Dhcp, Network};
 use crate::ifname::IfName;
-use crate::runtime::{bridge_tag, run_subdir};
+use crate::rundir::{Area, SafeDir};
+use crate::runtime::{bridge_tag, processes_here};
 use crate::trace::trace;
 
 /// The Debian package that ships the dnsmasq binary without its system service.
 pub const PACKAGE: &str = "dnsmasq-base";
+
+/// How long a dnsmasq gets to exit after SIGTERM before SIGKILL.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// The dnsmasq binary on PATH, if any.
 pub fn find_binary() -> Option<PathBuf> {
@@ -28,59 +33,83 @@ pub fn find_binary() -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join("dnsmasq")).find(|candidate| candidate.is_file())
 }
 
-/// The dnsmasq of one bridge: its run directory and the files in it.
+/// The dnsmasq of one bridge: the name of its directory under
+/// `/run/kvm-net/dnsmasq`, which holds its config, pidfile, leases and log.
 #[derive(Clone)]
 pub struct Dnsmasq {
-    dir: PathBuf,
+    tag: String,
 }
 
 impl Dnsmasq {
     /// The dnsmasq serving `bridge` in this network namespace.
     pub fn for_bridge(bridge: &IfName) -> Result<Self> {
-        Ok(Self { dir: run_subdir("dnsmasq").join(bridge_tag(bridge)?) })
+        Ok(Self { tag: bridge_tag(bridge)? })
     }
 
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+    /// Its directory, as dnsmasq is told it.
+    fn dir_path(&self) -> PathBuf {
+        Path::new(crate::rundir::RUN_DIR).join("dnsmasq").join(&self.tag)
+    }
+
+    /// Its directory, if it exists (verified).
+    fn existing_dir(&self) -> Result<Option<SafeDir>> {
+        match SafeDir::existing(Area::Dnsmasq)? {
+            Some(area) => area.existing_subdir(&self.tag, 0o755),
+            None => Ok(None),
+        }
     }
 
     /// The `--conf-file=` argument that marks a dnsmasq as this one.
     fn conf_arg(&self) -> String {
-        format!("--conf-file={}", self.file("dnsmasq.conf").display())
+        format!("--conf-file={}", self.dir_path().join("dnsmasq.conf").display())
     }
 
-    /// The PID of this bridge's dnsmasq, if its pidfile names a live dnsmasq
-    /// started with this bridge's config file; anything else is not ours.
+    /// Whether `pid` is a dnsmasq started with this bridge's config file
+    /// (a zombie has no command line, and so is not).
+    fn is_ours(&self, pid: u32) -> bool {
+        let conf_arg = self.conf_arg();
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        comm.trim() == "dnsmasq" && cmdline.split(|b| *b == 0).any(|arg| arg == conf_arg.as_bytes())
+    }
+
+    /// The PID of this bridge's dnsmasq: the one its pidfile names if that is
+    /// ours, else any dnsmasq in this network namespace started with this
+    /// bridge's config file (the pidfile may have been lost).
     pub fn running_pid(&self) -> Option<Pid> {
-        let pid: i32 = fs::read_to_string(self.file("dnsmasq.pid")).ok()?.trim().parse().ok()?;
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let ours = cmdline.split(|b| *b == 0).any(|arg| arg == self.conf_arg().as_bytes());
-        ours.then(|| Pid::from_raw(pid))
+        let from_pidfile = self
+            .existing_dir()
+            .ok()
+            .flatten()
+            .and_then(|dir| dir.read("dnsmasq.pid", 32).ok().flatten())
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .filter(|pid| self.is_ours(*pid));
+        let pid =
+            from_pidfile.or_else(|| processes_here().into_iter().map(|(pid, _)| pid).find(|pid| self.is_ours(*pid)))?;
+        i32::try_from(pid).ok().map(Pid::from_raw)
     }
 
     /// Makes this bridge's dnsmasq run with the config `network` calls for:
     /// starts it if it is not running (or died), restarts it if the config changed.
     pub fn ensure(&self, binary: &Path, network: &Network, dhcp: &Dhcp) -> Result<()> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let text = config_text(network, dhcp, &self.dir);
-        let conf = self.file("dnsmasq.conf");
-        let unchanged = fs::read_to_string(&conf).is_ok_and(|current| current == text);
+        let dir = SafeDir::create(Area::Dnsmasq)?.subdir(&self.tag, 0o755)?;
+        let text = config_text(network, dhcp, &self.dir_path());
+        let unchanged = dir.read("dnsmasq.conf", text.len() as u64 + 1)?.is_some_and(|current| current == text);
         match self.running_pid() {
             Some(_) if unchanged => return Ok(()),
             Some(pid) => {
                 trace(format_args!("restarting dnsmasq {pid} for {}: its config changed", network.bridge));
-                stop_process(pid)?;
+                self.stop_process(pid)?;
             }
             None => {}
         }
-        fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
-        self.start(binary, &network.bridge)
+        dir.replace("dnsmasq.conf", text.as_bytes(), 0o644)?;
+        self.start(&dir, binary, &network.bridge)
     }
 
-    fn start(&self, binary: &Path, bridge: &IfName) -> Result<()> {
+    fn start(&self, dir: &SafeDir, binary: &Path, bridge: &IfName) -> Result<()> {
         trace(format_args!("starting dnsmasq for {bridge}"));
-        let log_path = self.file("dnsmasq.log");
-        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log = dir.create_new("dnsmasq.log", 0o600)?;
         // dnsmasq forks its daemon and exits once the daemon is serving (or
         // failed): the status is the daemon's verdict. stdout/stderr go to a
         // file, never to QEMU's console.
@@ -92,49 +121,113 @@ impl Dnsmasq {
             .status()
             .with_context(|| format!("running {}", binary.display()))?;
         if !status.success() {
-            let said = fs::read_to_string(&log_path).unwrap_or_default();
+            let said = dir.read("dnsmasq.log", 4096).ok().flatten().unwrap_or_default();
             return Err(anyhow!("dnsmasq for bridge {bridge} failed to start ({status}): {}", said.trim()));
         }
         self.running_pid().map(drop).ok_or_else(|| {
-            anyhow!("dnsmasq for bridge {bridge} started but wrote no pidfile in {}", self.dir.display())
+            anyhow!("dnsmasq for bridge {bridge} started but wrote no pidfile in {}", dir.path().display())
         })
     }
 
     /// Whether anything of this bridge's dnsmasq is left (files or a process).
     pub fn leftover(&self) -> bool {
-        self.dir.exists()
+        self.existing_dir().ok().flatten().is_some() || self.running_pid().is_some()
     }
 
     /// Stops this bridge's dnsmasq, if one of ours runs, and removes its files.
     pub fn stop(&self) -> Result<()> {
         if let Some(pid) = self.running_pid() {
             trace(format_args!("stopping dnsmasq {pid}"));
-            stop_process(pid)?;
+            self.stop_process(pid)?;
         }
-        match fs::remove_dir_all(&self.dir) {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                Err(err).with_context(|| format!("removing {}", self.dir.display()))
-            }
-            _ => Ok(()),
+        match SafeDir::existing(Area::Dnsmasq)? {
+            Some(area) => area.remove_tree(&self.tag),
+            None => Ok(()),
         }
+    }
+
+    fn stop_process(&self, pid: Pid) -> Result<Stopped> {
+        stop_process(pid, |pid| self.is_ours(pid))
     }
 }
 
-/// SIGTERM, then SIGKILL if it has not gone within two seconds.
-fn stop_process(pid: Pid) -> Result<()> {
-    let gone = || !Path::new(&format!("/proc/{pid}")).exists();
-    kill(pid, Signal::SIGTERM)
-        .or_else(|e| if e == nix::errno::Errno::ESRCH { Ok(()) } else { Err(e) })
-        .with_context(|| format!("stopping dnsmasq {pid}"))?;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !gone() {
-        if Instant::now() > deadline {
-            let _ = kill(pid, Signal::SIGKILL);
-            break;
-        }
-        thread::sleep(Duration::from_millis(5));
+/// How a process went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// It exited (or had already) after SIGTERM.
+    Exited,
+    /// It ignored SIGTERM for [`STOP_WAIT`] and was killed.
+    Killed,
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within [`STOP_WAIT`]. The
+/// process is held by a pidfd, checked with `is_ours` once held, and signalled
+/// only through it: a PID that was reused meanwhile is never signalled, and a
+/// zombie (exited, not yet reaped by its parent) counts as exited.
+pub fn stop_process(pid: Pid, is_ours: impl Fn(u32) -> bool) -> Result<Stopped> {
+    let Some(pidfd) = pidfd_open(pid).with_context(|| format!("stopping process {pid}"))? else {
+        return Ok(Stopped::Exited);
+    };
+    if !u32::try_from(pid.as_raw()).is_ok_and(&is_ours) {
+        return Ok(Stopped::Exited);
     }
-    Ok(())
+    pidfd_signal(&pidfd, Signal::SIGTERM).with_context(|| format!("stopping process {pid}"))?;
+    if exited_within(&pidfd, STOP_WAIT)? {
+        return Ok(Stopped::Exited);
+    }
+    trace(format_args!("process {pid} ignored SIGTERM for {STOP_WAIT:?}; killing it"));
+    pidfd_signal(&pidfd, Signal::SIGKILL).with_context(|| format!("killing process {pid}"))?;
+    exited_within(&pidfd, STOP_WAIT)?;
+    Ok(Stopped::Killed)
+}
+
+/// A pidfd for `pid`; `None` if there is no such process.
+fn pidfd_open(pid: Pid) -> Result<Option<OwnedFd>> {
+    // SAFETY: pidfd_open takes a PID and flags (each passed as a full
+    // register: syscall's arguments are variadic) and returns a new
+    // descriptor or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::c_long::from(pid.as_raw()), libc::c_long::from(0u8)) };
+    match Errno::result(fd) {
+        Ok(fd) => {
+            let fd = i32::try_from(fd).context("pidfd_open returned an impossible descriptor")?;
+            // SAFETY: the kernel just returned this descriptor to us, open and owned by no one else.
+            Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+        Err(Errno::ESRCH) => Ok(None),
+        Err(err) => Err(err).context("pidfd_open"),
+    }
+}
+
+fn pidfd_signal(pidfd: &OwnedFd, signal: Signal) -> Result<()> {
+    // SAFETY: pidfd_send_signal on a descriptor we own, with no siginfo
+    // (NULL) and no flags; each argument a full register, as syscall's
+    // variadic arguments must be.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            libc::c_long::from(pidfd.as_raw_fd()),
+            libc::c_long::from(signal as libc::c_int),
+            std::ptr::null::<libc::siginfo_t>(),
+            libc::c_long::from(0u8),
+        )
+    };
+    match Errno::result(result) {
+        Ok(_) | Err(Errno::ESRCH) => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("sending {signal}")),
+    }
+}
+
+/// Whether the process exits within `wait` (a pidfd polls readable once it has).
+fn exited_within(pidfd: &OwnedFd, wait: Duration) -> Result<bool> {
+    let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(pidfd), PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(ready) => return Ok(ready > 0),
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err).context("waiting for a process to exit"),
+        }
+    }
 }
 
 /// The whole dnsmasq configuration for a network: hermetic (no system config,
@@ -215,5 +308,50 @@ mod tests {
         );
         dhcp.dns = false;
         assert!(config_text(&network, &dhcp, Path::new("/x")).ends_with("port=0\n"));
+    }
+
+    fn has_cmdline(pid: u32) -> bool {
+        fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+    }
+
+    /// A `sleep 60` child, once exec has given it its command line (spawn
+    /// returns a moment before that).
+    fn sleeper() -> (std::process::Child, Pid) {
+        let child = Command::new("sleep").arg("60").spawn().expect("sleep");
+        while !has_cmdline(child.id()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        (child, pid)
+    }
+
+    #[test]
+    fn a_process_stopped_but_not_yet_reaped_counts_as_exited() {
+        use std::os::unix::process::ExitStatusExt;
+        let (mut child, pid) = sleeper();
+        // The test does not reap it until the end: it is a zombie after SIGTERM.
+        assert_eq!(stop_process(pid, has_cmdline).expect("stop"), Stopped::Exited);
+        assert_eq!(child.wait().expect("reap").signal(), Some(libc::SIGTERM), "never SIGKILL");
+    }
+
+    #[test]
+    fn a_zombie_is_not_signalled_again() {
+        use std::os::unix::process::ExitStatusExt;
+        let (mut child, pid) = sleeper();
+        nix::sys::signal::kill(pid, Signal::SIGINT).expect("kill");
+        while has_cmdline(child.id()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(stop_process(pid, has_cmdline).expect("stop"), Stopped::Exited);
+        assert_eq!(child.wait().expect("reap").signal(), Some(libc::SIGINT));
+    }
+
+    #[test]
+    fn a_process_that_is_not_ours_is_left_alone() {
+        let (mut child, pid) = sleeper();
+        assert_eq!(stop_process(pid, |_| false).expect("stop"), Stopped::Exited);
+        assert!(child.try_wait().expect("poll").is_none(), "a process that is not ours was signalled");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

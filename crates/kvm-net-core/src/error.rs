@@ -24,8 +24,8 @@ pub enum Error {
     #[error("{name} is a {kind} link, not a bridge")]
     NotABridge { name: String, kind: String },
     /// The config file cannot be read or does not validate.
-    #[error("config {path}{}{}: {reason}", network.as_ref().map(|n| format!(": network {n}")).unwrap_or_default(), field.map(|f| format!(": field {f}")).unwrap_or_default())]
-    Config { path: String, network: Option<String>, field: Option<&'static str>, reason: String },
+    #[error("config {path}{}{}: {reason}", network.as_ref().map(|n| format!(": network {n}")).unwrap_or_default(), field.as_ref().map(|f| format!(": field {f}")).unwrap_or_default())]
+    Config { path: String, network: Option<String>, field: Option<String>, reason: String },
     /// The network chosen for a tap is not in the config.
     #[error("no network named {name} in {origin} ({how})")]
     UnknownNetwork { name: String, how: String, origin: String },
@@ -47,6 +47,24 @@ pub enum Error {
     /// The tap itself is a bridge or is the bridge.
     #[error("{0} is a bridge, not a VM's tap")]
     TapIsBridge(String),
+    /// A caller who is not root has no grant for the network.
+    #[error("user {user} may not use network {network} (chosen by {how})")]
+    NotGranted { user: String, network: String, how: String },
+    /// A caller who is not root named a link that is not its own tun/tap device.
+    #[error("user {user} may not use {tap}: {why}")]
+    NotYourTap { tap: String, user: String, why: String },
+    /// A helper with file capabilities was asked for a job that needs root.
+    #[error("{0} runs with file capabilities, but a managed network needs root (iptables, dnsmasq, /run/kvm-net)")]
+    NeedsRoot(&'static str),
+    /// A directory or file under /run/kvm-net (or the config) is not root's alone.
+    #[error("{path} is unsafe to use: {why}")]
+    UnsafePath { path: String, why: String },
+    /// Another kvm-net run held the bridge's lock for too long.
+    #[error("another kvm-net run has held the lock of bridge {bridge} for {seconds} s")]
+    LockTimeout { bridge: String, seconds: u64 },
+    /// Rules of someone else's still jump into a chain of kvm-net's.
+    #[error("kvm-net's chains could not be deleted: other rules jump to them: {0}")]
+    ChainInUse(String),
 }
 
 impl Error {
@@ -80,6 +98,22 @@ impl Error {
             }
             Error::MissingTool(_) => "install it (Debian and Ubuntu: apt-get install iptables; Fedora: dnf install iptables-nft)",
             Error::TapIsBridge(_) => "pass the VM's tap interface, not the bridge",
+            Error::NotGranted { .. } => {
+                "ask the administrator to add you to allow_users or allow_groups of that network in /etc/kvm-net/kvm-net.toml (see docs/security.md); nothing was changed"
+            }
+            Error::NotYourTap { .. } => {
+                "use a tap you own (ip tuntap add dev TAP mode tap user YOU, then -netdev tap,ifname=TAP,...); nothing was changed"
+            }
+            Error::NeedsRoot(_) => {
+                "install kvm-natup and kvm-natdown setuid root (see docs/security.md), or run QEMU as root; nothing was changed"
+            }
+            Error::UnsafePath { .. } => {
+                "remove it as root (rm -rf it: /run is emptied at boot anyway) and start again; kvm-net recreates it owned by root"
+            }
+            Error::LockTimeout { .. } => {
+                "see which kvm-net process is stuck (ps -C kvm-natup,kvm-natdown,kvm-net) and stop it, then try again"
+            }
+            Error::ChainInUse(_) => "delete those rules, then run `kvm-net gc` to remove what is left",
         }
     }
 

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 
+use crate::access::Access;
 use crate::config::{Network, Source};
 use crate::error::Error;
 use crate::ifname::IfName;
@@ -11,25 +12,41 @@ use crate::netlink::{has_port_besides, Link, Netlink};
 use crate::network::{block_on, find_bridge, Bringup, Services};
 use crate::trace::trace;
 
-/// The tap QEMU named: it must exist and must not be a bridge.
-async fn require_tap(netlink: &Netlink, tap: &IfName) -> Result<Link> {
+/// The tap QEMU named, if it exists: it must not be a bridge, and a caller
+/// other than root must own it.
+async fn find_tap(netlink: &Netlink, tap: &IfName, access: &Access) -> Result<Option<Link>> {
     match netlink.link_by_name(tap.as_str()).await? {
-        None => Err(Error::NoSuchInterface(tap.to_string()).into()),
         Some(link) if link.is_bridge() => Err(Error::TapIsBridge(tap.to_string()).into()),
-        Some(link) => Ok(link),
+        Some(link) => {
+            access.check_port(&link)?;
+            Ok(Some(link))
+        }
+        None => Ok(None),
     }
+}
+
+/// As [`find_tap`], for a tap that must exist.
+async fn require_tap(netlink: &Netlink, tap: &IfName, access: &Access) -> Result<Link> {
+    find_tap(netlink, tap, access).await?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()).into())
+}
+
+/// The tap checked before the bridge's lock was taken, as it is now, if it
+/// is still there (looked up by index, which the kernel does not reuse: a
+/// tap renamed or replaced meanwhile is not taken for it).
+async fn checked_tap_now(netlink: &Netlink, checked: &Link) -> Result<Option<Link>> {
+    Ok(netlink.link_by_index(checked.index).await?.filter(|now| now.name == checked.name))
 }
 
 /// `kvm-ifup`: puts the tap on an existing bridge (bridged networks, and the
 /// built-in default's `br0` exactly as `/etc/qemu-ifup` did).
-pub fn ifup(tap: &IfName, network: &Network, source: &Source) -> Result<()> {
+pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access) -> Result<()> {
     if network.mode.is_managed() && *source != Source::Builtin {
         return Err(Error::wrong_helper(network, "kvm-ifup/kvm-ifdown"));
     }
     let bridge_name = &network.bridge;
     block_on(async {
         let netlink = Netlink::connect()?;
-        let port = require_tap(&netlink, tap).await.with_context(|| format!("checking interface {tap}"))?;
+        let port = require_tap(&netlink, tap, access).await.with_context(|| format!("checking interface {tap}"))?;
         let bridge = find_bridge(&netlink, bridge_name)
             .await
             .and_then(|found| found.ok_or_else(|| Error::NoBridge(bridge_name.to_string()).into()))
@@ -42,16 +59,14 @@ pub fn ifup(tap: &IfName, network: &Network, source: &Source) -> Result<()> {
 /// `kvm-ifdown`: takes the tap off its bridge and sets it down; a tap that is
 /// already gone or detached is fine. Reads no config: it acts on what the
 /// kernel says the tap is attached to.
-pub fn ifdown(tap: &IfName) -> Result<()> {
+pub fn ifdown(tap: &IfName, access: &Access) -> Result<()> {
     block_on(async {
         let netlink = Netlink::connect()?;
-        let Some(link) = netlink.link_by_name(tap.as_str()).await? else {
+        let Some(link) = find_tap(&netlink, tap, access).await.with_context(|| format!("checking interface {tap}"))?
+        else {
             trace(format_args!("{tap} is gone already"));
             return Ok(());
         };
-        if link.is_bridge() {
-            return Err(Error::TapIsBridge(tap.to_string()).into());
-        }
         if let Some(index) = link.controller {
             if let Some(bridge) = netlink.link_by_index(index).await?.filter(Link::is_managed) {
                 eprintln!(
@@ -66,13 +81,14 @@ pub fn ifdown(tap: &IfName) -> Result<()> {
 
 /// `kvm-natup`: makes a managed network whole (bridge, addresses,
 /// forwarding, rules, DHCP), then attaches the tap.
-pub fn natup(tap: &IfName, network: &Network) -> Result<()> {
+pub fn natup(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
     let bringup = Bringup::prepare(network, "kvm-natup/kvm-natdown")?;
-    let _lock = BridgeLock::acquire(&network.bridge)?;
     block_on(async {
         let netlink = Netlink::connect()?;
-        // Checked first: nothing is created for a tap that is not there.
-        let port = require_tap(&netlink, tap).await.with_context(|| format!("checking interface {tap}"))?;
+        // Checked first: nothing is created for a tap that is not there, or not the caller's.
+        let checked = require_tap(&netlink, tap, access).await.with_context(|| format!("checking interface {tap}"))?;
+        let _lock = BridgeLock::acquire(&network.bridge)?;
+        let port = checked_tap_now(&netlink, &checked).await?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
         let netlink = &netlink;
         bringup
             .run(netlink, |bridge| async move {
@@ -85,45 +101,52 @@ pub fn natup(tap: &IfName, network: &Network) -> Result<()> {
 
 /// `kvm-natdown`: detaches the tap; when no other port is left, removes
 /// kvm-net's rules and dnsmasq for the bridge and, if kvm-net created it, the bridge.
-pub fn natdown(tap: &IfName, network: &Network) -> Result<()> {
+pub fn natdown(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
     if !network.mode.is_managed() {
         return Err(Error::wrong_helper(network, "kvm-natup/kvm-natdown"));
     }
-    let lock = BridgeLock::acquire(&network.bridge)?;
     let services = Services::for_bridge(&network.bridge)?;
-    let network_gone = block_on(async {
+    let (lock, network_gone) = block_on(async {
         let netlink = Netlink::connect()?;
-        let port = netlink.link_by_name(tap.as_str()).await?;
-        if let Some(port) = &port {
-            if port.is_bridge() {
-                return Err(Error::TapIsBridge(tap.to_string()).into());
-            }
-            netlink.detach_and_down(port).await?;
-        }
-        let bridge = match netlink.link_by_name(network.bridge.as_str()).await? {
-            Some(bridge) if bridge.is_bridge() => bridge,
-            Some(_) => return Ok(true),
-            None => {
-                trace(format_args!("bridge {} is gone; removing anything left for it", network.bridge));
-                services.tear_down(&netlink, None).await?;
-                return Ok(true);
-            }
-        };
-        // QEMU runs the downscript while the tap is still a port: never count it.
-        if has_port_besides(&bridge, port.as_ref().map(|p| p.index))? {
-            trace(format_args!("bridge {} keeps other ports", bridge.name));
-            return Ok(false);
-        }
-        if bridge.is_kept_up() {
-            trace(format_args!("bridge {} stays: kvm-net up keeps it until kvm-net down", bridge.name));
-            return Ok(false);
-        }
-        services.tear_down(&netlink, Some(&bridge)).await?;
-        Ok(true)
+        let checked = find_tap(&netlink, tap, access).await.with_context(|| format!("checking interface {tap}"))?;
+        let lock = BridgeLock::acquire(&network.bridge)?;
+        let gone = natdown_locked(&netlink, network, &services, checked).await?;
+        Ok((lock, gone))
     })?;
     // Nothing of kvm-net's is left for this bridge: neither is its lock file.
     if network_gone {
         lock.remove_file()?;
     }
     Ok(())
+}
+
+/// [`natdown`] once the bridge's lock is held; whether the network is gone.
+async fn natdown_locked(netlink: &Netlink, network: &Network, services: &Services, tap: Option<Link>) -> Result<bool> {
+    let port = match &tap {
+        Some(checked) => checked_tap_now(netlink, checked).await?,
+        None => None,
+    };
+    if let Some(port) = &port {
+        netlink.detach_and_down(port).await?;
+    }
+    let bridge = match netlink.link_by_name(network.bridge.as_str()).await? {
+        Some(bridge) if bridge.is_bridge() => bridge,
+        Some(_) => return Ok(true),
+        None => {
+            trace(format_args!("bridge {} is gone; removing anything left for it", network.bridge));
+            services.tear_down(netlink, None).await?;
+            return Ok(true);
+        }
+    };
+    // QEMU runs the downscript while the tap is still a port: never count it.
+    if has_port_besides(&bridge, port.as_ref().map(|p| p.index))? {
+        trace(format_args!("bridge {} keeps other ports", bridge.name));
+        return Ok(false);
+    }
+    if bridge.is_kept_up() {
+        trace(format_args!("bridge {} stays: kvm-net up keeps it until kvm-net down", bridge.name));
+        return Ok(false);
+    }
+    services.tear_down(netlink, Some(&bridge)).await?;
+    Ok(true)
 }

@@ -23,6 +23,8 @@ pub enum IfNameError {
     Reserved(String),
     #[error("{0:?} contains {1:?}; allowed are letters, digits and . _ - @ +")]
     BadChar(String, char),
+    #[error("{0:?} contains '+', which iptables reads as a wildcard (br+ would match every br... link); allowed in a bridge's name are letters, digits and . _ - @")]
+    Wildcard(String),
 }
 
 impl IfName {
@@ -47,6 +49,16 @@ impl IfName {
             return Err(IfNameError::BadChar(name.to_owned(), bad));
         }
         Ok(Self(name.to_owned()))
+    }
+
+    /// Validates a bridge's name: as [`IfName::parse`], without `+`, which
+    /// firewall rules that name the bridge (`-i NAME`) read as a wildcard.
+    pub fn parse_bridge(name: &str) -> Result<Self, IfNameError> {
+        let parsed = Self::parse(name)?;
+        if name.contains('+') {
+            return Err(IfNameError::Wildcard(name.to_owned()));
+        }
+        Ok(parsed)
     }
 
     /// A name written into kvm-net's own source, checked by the unit tests
@@ -99,6 +111,14 @@ mod tests {
         ] {
             assert_eq!(IfName::parse(name), Err(IfNameError::BadChar(name.to_owned(), bad)), "{name:?}");
         }
+    }
+
+    #[test]
+    fn bridge_names_exclude_firewall_wildcards() {
+        assert!(IfName::parse("br+").is_ok(), "a tap may have it");
+        assert!(matches!(IfName::parse_bridge("br+"), Err(IfNameError::Wildcard(_))));
+        assert!(matches!(IfName::parse_bridge("a+b"), Err(IfNameError::Wildcard(_))));
+        assert!(IfName::parse_bridge("br-lab_1.x@y").is_ok());
     }
 
     #[test]

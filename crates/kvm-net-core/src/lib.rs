@@ -1,6 +1,7 @@
 //! kvm-net's core: everything the tap helpers do, so that each binary is only
 //! a call to [`cli::main`].
 
+pub mod access;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -12,6 +13,8 @@ pub mod ifname;
 pub mod lock;
 pub mod netlink;
 pub mod network;
+pub mod privilege;
+pub mod rundir;
 pub mod runtime;
 pub mod status;
 pub mod sysctl;

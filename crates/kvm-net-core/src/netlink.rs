@@ -6,17 +6,21 @@ use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
-use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, Nla, NLM_F_DUMP, NLM_F_REQUEST};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::LinkExtentMask;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
 use rtnetlink::sys::{Socket, SocketAddr};
 use rtnetlink::{Handle, LinkBridge, LinkGetRequest, LinkUnspec, RouteMessageBuilder};
 
-/// The alias kvm-net puts on bridges it creates: the mark that makes them its own to delete.
+/// The alias kvm-net puts on bridges it creates, for people reading `ip -d
+/// link`. The mark that makes a bridge kvm-net's own to delete is its MAC
+/// ([`bridge_mac`]), which is set in the very request that creates it: the
+/// alias can only follow in a second request, and a crash in between must not
+/// leave a bridge that no one removes.
 pub const MANAGED_ALIAS: &str = "kvm-net managed bridge";
 /// The alias of a managed bridge that `kvm-net up` keeps up without VMs.
 pub const KEPT_UP_ALIAS: &str = "kvm-net managed bridge, kept up";
@@ -38,6 +42,55 @@ pub struct Link {
     pub alias: Option<String>,
     /// Administratively up.
     pub up: bool,
+    /// Hardware address, for Ethernet-like links.
+    pub mac: Option<[u8; 6]>,
+    /// Owner and group of a tun/tap device; `None` for every other kind.
+    pub tun: Option<TunOwner>,
+}
+
+/// Who may open a tun/tap device without CAP_NET_ADMIN (`ip tuntap add ...
+/// user U group G`); unset means only a privileged process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunOwner {
+    /// `IFLA_TUN_OWNER`.
+    pub owner: Option<u32>,
+    /// `IFLA_TUN_GROUP`.
+    pub group: Option<u32>,
+}
+
+/// `IFLA_TUN_OWNER` and `IFLA_TUN_GROUP` (linux/if_link.h), which
+/// netlink-packet-route leaves undecoded.
+const IFLA_TUN_OWNER: u16 = 1;
+const IFLA_TUN_GROUP: u16 = 2;
+
+impl TunOwner {
+    fn from_attributes(attributes: &[InfoTun]) -> Self {
+        let mut owner = TunOwner::default();
+        for attribute in attributes {
+            let InfoTun::Other(nla) = attribute else { continue };
+            let mut value = [0u8; 4];
+            if nla.value_len() != value.len() {
+                continue;
+            }
+            nla.emit_value(&mut value);
+            match nla.kind() {
+                IFLA_TUN_OWNER => owner.owner = Some(u32::from_ne_bytes(value)),
+                IFLA_TUN_GROUP => owner.group = Some(u32::from_ne_bytes(value)),
+                _ => {}
+            }
+        }
+        owner
+    }
+}
+
+/// A stable, locally administered MAC for a bridge kvm-net creates: a bridge
+/// without one takes the lowest MAC of its ports, which changes as VMs come
+/// and go and makes guests' ARP caches stale. It is also kvm-net's mark.
+pub fn bridge_mac(bridge: &str) -> [u8; 6] {
+    // FNV-1a: tiny, stable across releases and platforms.
+    let hash = bridge.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let [a, b, c, d, e, ..] = hash.to_be_bytes();
+    [0x02, a, b, c, d, e]
 }
 
 impl Link {
@@ -50,6 +103,8 @@ impl Link {
             controller: None,
             alias: None,
             up: message.header.flags.contains(LinkFlags::Up),
+            mac: None,
+            tun: None,
         };
         for attribute in message.attributes {
             match attribute {
@@ -57,11 +112,19 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = mtu,
                 LinkAttribute::Controller(index) => link.controller = Some(index),
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
+                LinkAttribute::Address(address) => link.mac = <[u8; 6]>::try_from(address.as_slice()).ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            link.kind = Some(kind.to_string());
+                        match info {
+                            LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                            LinkInfo::Data(InfoData::Tun(attributes)) => {
+                                link.tun = Some(TunOwner::from_attributes(&attributes))
+                            }
+                            _ => {}
                         }
+                    }
+                    if link.kind.as_deref() == Some("tun") && link.tun.is_none() {
+                        link.tun = Some(TunOwner::default());
                     }
                 }
                 _ => {}
@@ -75,9 +138,19 @@ impl Link {
         self.kind.as_deref() == Some(InfoKind::Bridge.to_string().as_str())
     }
 
-    /// Whether kvm-net created this bridge (and so may delete it).
+    /// Whether kvm-net created this bridge (and so may delete it): it has
+    /// kvm-net's MAC for its name, or (bridges of kvm-net 0.1 that someone
+    /// re-addressed) kvm-net's alias.
     pub fn is_managed(&self) -> bool {
-        self.is_bridge() && matches!(self.alias.as_deref(), Some(MANAGED_ALIAS | KEPT_UP_ALIAS))
+        self.is_bridge()
+            && (self.mac == Some(bridge_mac(&self.name))
+                || matches!(self.alias.as_deref(), Some(MANAGED_ALIAS | KEPT_UP_ALIAS)))
+    }
+
+    /// Whether this managed bridge lacks the alias that says so (kvm-net
+    /// stopped between creating and naming it).
+    pub fn lacks_alias(&self) -> bool {
+        self.is_managed() && !matches!(self.alias.as_deref(), Some(MANAGED_ALIAS | KEPT_UP_ALIAS))
     }
 
     /// Whether `kvm-net up` asked for this bridge to stay without VMs, so that
@@ -176,10 +249,11 @@ impl Netlink {
         Ok(messages.into_iter().map(Link::from_message).filter(|link| link.controller == Some(bridge.index)).collect())
     }
 
-    /// Creates a bridge marked as kvm-net's, with a fixed MAC so that it does not
-    /// change as ports come and go. Returns `None` if another process won the race.
-    pub async fn create_managed_bridge(&self, name: &str, mac: [u8; 6], mtu: Option<u32>) -> Result<Option<Link>> {
-        let mut builder = LinkBridge::new(name).address(mac.to_vec());
+    /// Creates a bridge marked as kvm-net's by its MAC ([`bridge_mac`]), in
+    /// the same request, then names it with kvm-net's alias. Returns `None` if
+    /// another process won the race.
+    pub async fn create_managed_bridge(&self, name: &str, mtu: Option<u32>) -> Result<Option<Link>> {
+        let mut builder = LinkBridge::new(name).address(bridge_mac(name).to_vec());
         if let Some(mtu) = mtu {
             builder = builder.mtu(mtu);
         }
@@ -193,8 +267,7 @@ impl Netlink {
             .link_by_name(name)
             .await?
             .with_context(|| format!("bridge {name} vanished right after it was created"))?;
-        let mark = LinkUnspec::new_with_index(bridge.index).alias(MANAGED_ALIAS).build();
-        self.handle.link().set(mark).execute().await.with_context(|| format!("marking bridge {name} as kvm-net's"))?;
+        self.set_alias(&bridge, MANAGED_ALIAS).await?;
         Ok(Some(Link { alias: Some(MANAGED_ALIAS.to_owned()), ..bridge }))
     }
 
@@ -398,5 +471,19 @@ pub fn has_port_besides(bridge: &Link, except: Option<u32>) -> Result<bool> {
             }
             offset += length;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_mac_is_unicast_locally_administered_and_stable() {
+        let mac = bridge_mac("br0");
+        assert_eq!(mac[0] & 0x01, 0, "unicast");
+        assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
+        assert_eq!(mac, bridge_mac("br0"));
+        assert_ne!(mac, bridge_mac("br1"));
     }
 }

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::firewall::{all_chains, network_chains, Firewall, IptablesFirewall, RuleState};
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
-use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS};
+use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS, MANAGED_ALIAS};
 use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
 use crate::trace::trace;
 
@@ -62,7 +62,7 @@ impl Services {
     /// created it) is deleted here. Both wait out an RCU grace period in the
     /// kernel (30-40 ms each under nf_tables); side by side they wait once.
     /// Nothing can use the rules meanwhile: the bridge has no ports. Keeps
-    /// going past a failed step and reports the first failure.
+    /// going past a failed step and reports every failure.
     pub async fn tear_down(&self, netlink: &Netlink, bridge: Option<&Link>) -> Result<()> {
         let name = self.bridge.clone();
         let dhcp_server = self.dhcp_server.clone();
@@ -71,7 +71,7 @@ impl Services {
             let daemon = dhcp_server.stop().with_context(|| format!("stopping DHCP on bridge {name}"));
             let rules =
                 firewall.remove(&all_chains(&name)).with_context(|| format!("removing the rules for bridge {name}"));
-            daemon.and(rules)
+            [daemon, rules]
         });
         let link = match bridge {
             Some(bridge) if bridge.is_managed() => {
@@ -84,8 +84,22 @@ impl Services {
             }
             None => Ok(()),
         };
-        let daemon_and_rules = daemon_and_rules.join().unwrap_or_else(|_| Err(anyhow!("the teardown thread panicked")));
-        daemon_and_rules.and(link)
+        let [daemon, rules] =
+            daemon_and_rules.join().unwrap_or_else(|_| [Err(anyhow!("the teardown thread panicked")), Ok(())]);
+        all_of([daemon, rules, link])
+    }
+}
+
+/// Every failure of steps that all ran: the first keeps its type (and so its
+/// advice), the others are named in front of it.
+fn all_of(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
+    let mut failures = steps.into_iter().filter_map(Result::err);
+    let Some(first) = failures.next() else { return Ok(()) };
+    let others: Vec<String> = failures.map(|err| format!("{err:#}")).collect();
+    if others.is_empty() {
+        Err(first)
+    } else {
+        Err(first.context(format!("teardown failed in several steps (also: {})", others.join("; "))))
     }
 }
 
@@ -94,6 +108,7 @@ pub struct Bringup<'a> {
     network: &'a Network,
     dnsmasq_binary: Option<PathBuf>,
     services: Services,
+    jumps_ahead: bool,
 }
 
 impl<'a> Bringup<'a> {
@@ -107,7 +122,7 @@ impl<'a> Bringup<'a> {
             Some(_) => Some(dnsmasq::find_binary().ok_or_else(|| Error::MissingDnsmasq(network.name.clone()))?),
             None => None,
         };
-        Ok(Self { network, dnsmasq_binary, services: Services::for_bridge(&network.bridge)? })
+        Ok(Self { network, dnsmasq_binary, services: Services::for_bridge(&network.bridge)?, jumps_ahead: false })
     }
 
     /// Makes the network whole, then runs `and_then` on its bridge (attaching a
@@ -124,7 +139,13 @@ impl<'a> Bringup<'a> {
             .await
             .with_context(|| format!("checking bridge {}", network.bridge))?;
         let (bridge, created) = match existing {
-            Some(bridge) => (bridge, false),
+            Some(bridge) => {
+                if bridge.lacks_alias() {
+                    // kvm-net stopped between creating the bridge and naming it.
+                    netlink.set_alias(&bridge, MANAGED_ALIAS).await?;
+                }
+                (bridge, false)
+            }
             None => (create_bridge(netlink, network).await?, true),
         };
         let result = match self.complete(netlink, &bridge).await {
@@ -156,9 +177,9 @@ impl<'a> Bringup<'a> {
         if !bridge.up {
             netlink.set_up(&bridge).await?;
         }
-        self.services
-            .firewall
-            .ensure(&network_chains(network))
+        let chains = network_chains(network);
+        let firewall = &self.services.firewall;
+        if self.jumps_ahead { firewall.ensure_ahead(&chains) } else { firewall.ensure(&chains) }
             .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
         match (&network.dhcp, &self.dnsmasq_binary) {
             (Some(dhcp), Some(binary)) => self
@@ -201,7 +222,7 @@ async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
         }
     }
     trace(format_args!("creating bridge {name}"));
-    match netlink.create_managed_bridge(name.as_str(), bridge_mac(name), network.mtu).await? {
+    match netlink.create_managed_bridge(name.as_str(), network.mtu).await? {
         Some(bridge) => Ok(bridge),
         // Someone outside kvm-net's lock created it first: use theirs if it is a bridge.
         None => find_bridge(netlink, name).await?.with_context(|| format!("bridge {name} appeared and vanished")),
@@ -226,6 +247,25 @@ pub fn up(network: &Network) -> Result<()> {
                 Ok(())
             })
             .await
+    })
+}
+
+/// `kvm-net repair`: makes a network that is up whole again, exactly as a VM
+/// start would (addresses, rules, dnsmasq, forwarding), and moves its
+/// firewall jumps ahead of DROP or REJECT rules that come before them. It
+/// creates nothing for a network that is down, and leaves kept-up as it was.
+/// Returns whether the network was up.
+pub fn repair(network: &Network) -> Result<bool> {
+    let mut bringup = Bringup::prepare(network, "kvm-net repair")?;
+    bringup.jumps_ahead = true;
+    block_on(async {
+        let netlink = Netlink::connect()?;
+        let _lock = BridgeLock::acquire(&network.bridge)?;
+        if find_bridge(&netlink, &network.bridge).await?.is_none() {
+            return Ok(false);
+        }
+        bringup.run(&netlink, |_| async { Ok(()) }).await?;
+        Ok(true)
     })
 }
 
@@ -310,32 +350,4 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
         }
     }
     Ok(report)
-}
-
-/// A stable, locally administered MAC for a bridge kvm-net creates: a bridge
-/// without one takes the lowest MAC of its ports, which changes as VMs come
-/// and go and makes guests' ARP caches stale.
-pub fn bridge_mac(bridge: &IfName) -> [u8; 6] {
-    // FNV-1a: tiny, stable across releases and platforms.
-    let hash = bridge
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    let [a, b, c, d, e, ..] = hash.to_be_bytes();
-    [0x02, a, b, c, d, e]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bridge_mac_is_unicast_locally_administered_and_stable() {
-        let name = IfName::parse("br0").expect("valid");
-        let mac = bridge_mac(&name);
-        assert_eq!(mac[0] & 0x01, 0, "unicast");
-        assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
-        assert_eq!(mac, bridge_mac(&name));
-        assert_ne!(mac, bridge_mac(&IfName::parse("br1").expect("valid")));
-    }
 }

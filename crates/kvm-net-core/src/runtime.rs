@@ -11,18 +11,10 @@ use anyhow::{Context, Result};
 
 use crate::ifname::IfName;
 
-/// kvm-net's directory under `/run`.
-pub const RUN_DIR: &str = "/run/kvm-net";
-
 /// `netns-DEV-INO-BRIDGE`: one bridge in this process's network namespace.
 pub fn bridge_tag(bridge: &IfName) -> Result<String> {
     let netns = fs::metadata("/proc/self/ns/net").context("identifying the network namespace (/proc/self/ns/net)")?;
     Ok(format!("netns-{}-{}-{bridge}", netns.dev(), netns.ino()))
-}
-
-/// A directory under [`RUN_DIR`] for one kind of file (`lock`, `dnsmasq`).
-pub fn run_subdir(kind: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(kind)
 }
 
 /// `/proc/PID` of every process in this process's network namespace, with its PID.

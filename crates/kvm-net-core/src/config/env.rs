@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::error::Error;
+use crate::privilege::privileged_beyond_caller;
 
 /// Environment variable naming the config file.
 pub const ENV_CONFIG: &str = "KVM_NET_CONFIG";
@@ -14,9 +15,6 @@ pub const ENV_NETWORK: &str = "KVM_NET_NETWORK";
 pub const ENV_BRIDGE: &str = "KVM_NET_BRIDGE";
 /// Environment variable overriding the chosen network's IPv4 address (CIDR).
 pub const ENV_ADDRESS: &str = "KVM_NET_ADDRESS";
-
-/// The only PATH a helper running with more privilege than its caller uses.
-pub const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The settings read from the environment, already decoded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,30 +31,14 @@ pub struct Environment {
 
 impl Environment {
     /// Reads the process environment, or nothing at all when the process runs
-    /// with more privilege than its caller (setuid or file capabilities): then
-    /// the caller must not steer it to another config file or bridge, nor to
-    /// another `iptables` through PATH, so the environment is replaced by a
-    /// fixed PATH for everything this process runs. A setuid-root helper also
-    /// becomes root through and through, because iptables refuses to run with
-    /// a real user ID that differs from the effective one.
-    ///
-    /// Call it before any thread starts: it changes the process environment.
+    /// with more privilege than its caller (setuid or file capabilities): the
+    /// caller must not steer it to another config file or bridge
+    /// ([`crate::privilege::Start::detect`] has replaced that environment).
     pub fn from_process() -> Result<Self, Error> {
-        if !privileged_beyond_caller() {
-            return Self::from_lookup(|key| std::env::var_os(key));
+        if privileged_beyond_caller() {
+            return Ok(Self::default());
         }
-        for (key, _) in std::env::vars_os() {
-            std::env::remove_var(key);
-        }
-        std::env::set_var("PATH", SAFE_PATH);
-        if nix::unistd::geteuid().is_root() {
-            let root = nix::unistd::Uid::from_raw(0);
-            let group = nix::unistd::getegid();
-            nix::unistd::setresgid(group, group, group)
-                .and_then(|()| nix::unistd::setresuid(root, root, root))
-                .map_err(Error::DropCallerIds)?;
-        }
-        Ok(Self::default())
+        Self::from_lookup(|key| std::env::var_os(key))
     }
 
     /// As [`Environment::from_process`] without the privilege check, with the
@@ -89,15 +71,6 @@ impl Environment {
     }
 }
 
-/// `AT_SECURE` from the auxiliary vector: set by the kernel for setuid/setgid
-/// programs and for programs with file capabilities.
-fn privileged_beyond_caller() -> bool {
-    // SAFETY: getauxval only reads the auxiliary vector the kernel placed in
-    // this process's memory at exec; it has no preconditions and returns 0 for
-    // an unknown type.
-    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,10 +88,5 @@ mod tests {
         assert_eq!(env.network.as_deref(), Some("lab"));
         assert_eq!(env.bridge.as_deref(), Some("br7"));
         assert_eq!(env.address, None);
-    }
-
-    #[test]
-    fn test_runner_is_not_privileged_beyond_its_caller() {
-        assert!(!privileged_beyond_caller());
     }
 }

@@ -1,15 +1,15 @@
 //! The config file format (TOML) and its validation, which names the file,
 //! the network and the field of every error.
 
-use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
+use indexmap::IndexMap;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
-use std::net::Ipv4Addr;
-
 use super::{Config, Dhcp, HostRecord, Mode, Network, Source, StaticLease};
+use crate::access::Grants;
 use crate::error::Error;
 use crate::ifname::IfName;
 
@@ -18,8 +18,9 @@ use crate::ifname::IfName;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// In the file's order: the first matching tap pattern wins.
     #[serde(default)]
-    network: BTreeMap<String, RawNetwork>,
+    network: IndexMap<String, RawNetwork>,
 }
 
 #[derive(Deserialize)]
@@ -33,6 +34,10 @@ struct RawNetwork {
     #[serde(default)]
     taps: Vec<String>,
     dhcp: Option<RawDhcp>,
+    #[serde(default)]
+    allow_users: Vec<String>,
+    #[serde(default)]
+    allow_groups: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -65,51 +70,47 @@ struct RawRecord {
 
 /// Parses and validates a whole config file.
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, Error> {
-    let raw: RawFile = toml::from_str(text).map_err(|err| {
-        let line = err.span().map(|span| text[..span.start].lines().count().max(1));
-        let network = line.and_then(|line| network_at_line(text, line));
-        Error::Config {
-            path: match line {
-                Some(line) => format!("{} line {line}", path.display()),
-                None => path.display().to_string(),
-            },
-            network,
-            field: None,
-            reason: err.message().trim().to_owned(),
-        }
-    })?;
-    // Keep the file's order: the first matching tap pattern wins.
-    let mut order: Vec<(usize, String)> = raw
-        .network
-        .keys()
-        .map(|name| (text.find(&format!("[network.{name}]")).unwrap_or(usize::MAX), name.clone()))
-        .collect();
-    order.sort();
-    let mut raw = raw.network;
-    let networks = order
-        .into_iter()
-        .filter_map(|(_, name)| raw.remove(&name).map(|network| (name, network)))
-        .map(|(name, network)| network.validate(name, path))
-        .collect::<Result<Vec<_>, _>>()?;
+    let raw: RawFile = toml::Deserializer::parse(text)
+        .map_err(|err| (None, err))
+        .and_then(|deserializer| {
+            serde_path_to_error::deserialize(deserializer).map_err(|err| (Some(err.path().clone()), err.into_inner()))
+        })
+        .map_err(|(at, err)| syntax_error(text, path, at.as_ref(), &err))?;
+    let networks =
+        raw.network.into_iter().map(|(name, network)| network.validate(name, path)).collect::<Result<Vec<_>, _>>()?;
     let config = Config { source: Source::File(path.to_owned()), networks };
     check_unique(&config)?;
     Ok(config)
 }
 
-/// The network whose table (`[network.NAME]`, `[network.NAME.dhcp]`) a line of the file belongs to.
-fn network_at_line(text: &str, line: usize) -> Option<String> {
-    text.lines()
-        .take(line)
-        .filter_map(|l| l.trim().strip_prefix("[network.")?.strip_suffix(']'))
-        .last()
-        .map(|table| table.split('.').next().unwrap_or(table).to_owned())
+/// A TOML or type error, with the line, and the network and field it is in
+/// (`network.lab.dhcp.hosts[0].ip` names network lab, field dhcp.hosts[0].ip).
+fn syntax_error(text: &str, path: &Path, at: Option<&serde_path_to_error::Path>, err: &toml::de::Error) -> Error {
+    let line = err.span().map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+    let segments: Vec<String> = at.map(|at| at.iter().map(ToString::to_string).collect()).unwrap_or_default();
+    let (network, field) = match segments.as_slice() {
+        [table, name, rest @ ..] if table == "network" => {
+            let field = (!rest.is_empty()).then(|| rest.join(".").replace(".[", "["));
+            (Some(name.clone()), field)
+        }
+        _ => (None, None),
+    };
+    Error::Config {
+        path: match line {
+            Some(line) => format!("{} line {line}", path.display()),
+            None => path.display().to_string(),
+        },
+        network,
+        field,
+        reason: err.message().trim().to_owned(),
+    }
 }
 
-fn field_error(path: &Path, network: &str, field: &'static str, reason: impl Into<String>) -> Error {
+fn field_error(path: &Path, network: &str, field: &str, reason: impl Into<String>) -> Error {
     Error::Config {
         path: path.display().to_string(),
         network: Some(network.to_owned()),
-        field: Some(field),
+        field: Some(field.to_owned()),
         reason: reason.into(),
     }
 }
@@ -125,7 +126,7 @@ impl RawNetwork {
         }
         let mode = Mode::parse(&self.mode)
             .ok_or_else(|| bad("mode", format!("{:?} is not one of nat, routed, isolated, bridged", self.mode)))?;
-        let bridge = IfName::parse(&self.bridge).map_err(|e| bad("bridge", e.to_string()))?;
+        let bridge = IfName::parse_bridge(&self.bridge).map_err(|e| bad("bridge", e.to_string()))?;
         let ipv4 = self.ipv4.as_deref().map(parse_ipv4).transpose().map_err(|e| bad("ipv4", e))?;
         let ipv6 = self.ipv6.as_deref().map(parse_ipv6).transpose().map_err(|e| bad("ipv6", e))?;
         if let Some(mtu) = self.mtu {
@@ -167,7 +168,13 @@ impl RawNetwork {
             },
             None => ipv4.filter(|_| mode.is_managed()).map(Dhcp::defaults_for),
         };
-        Ok(Network { name, mode, bridge, ipv4, ipv6, mtu: self.mtu, taps, dhcp })
+        for (field, names) in [("allow_users", &self.allow_users), ("allow_groups", &self.allow_groups)] {
+            if let Some(bad_name) = names.iter().find(|n| !is_account_name(n)) {
+                return Err(bad(field, format!("{bad_name:?} is not a user or group name")));
+            }
+        }
+        let grants = Grants { users: self.allow_users, groups: self.allow_groups };
+        Ok(Network { name, mode, bridge, ipv4, ipv6, mtu: self.mtu, taps, dhcp, grants })
     }
 }
 
@@ -249,6 +256,16 @@ fn valid_lease_time(text: &str) -> bool {
     digits.parse::<u64>().is_ok_and(|n| n.saturating_mul(factor) >= 120)
 }
 
+/// A user or group name as useradd and groupadd accept them (letters,
+/// digits, `.`, `_`, `-`, a trailing `$`; not starting with `-`).
+fn is_account_name(name: &str) -> bool {
+    let body = name.strip_suffix('$').unwrap_or(name);
+    !body.is_empty()
+        && name.len() <= 32
+        && !body.starts_with('-')
+        && body.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// A DNS name: dot-separated labels of letters, digits and inner hyphens.
 fn is_hostname(name: &str) -> bool {
     !name.is_empty()
@@ -301,10 +318,10 @@ pub(super) fn check_unique(config: &Config) -> Result<(), Error> {
         Source::File(path) => path.display().to_string(),
         Source::Builtin => config.source.to_string(),
     };
-    let bad = |network: &Network, field, reason: String| Error::Config {
+    let bad = |network: &Network, field: &str, reason: String| Error::Config {
         path: path.clone(),
         network: Some(network.name.clone()),
-        field: Some(field),
+        field: Some(field.to_owned()),
         reason,
     };
     for (i, a) in config.networks.iter().enumerate() {
@@ -374,6 +391,47 @@ mod tests {
         assert_eq!(default.mtu, Some(9000));
         assert_eq!(config.network("lab").map(|n| n.ipv4), Some(None));
         assert!(config.network("lan").is_some_and(|n| n.taps[1].matches("web1")));
+    }
+
+    #[test]
+    fn order_comes_from_the_document_not_from_its_text() {
+        let config = parse_text(
+            "# [network.b] used to be first\n[network.a]\nmode = \"isolated\"\nbridge = \"a0\"\ntaps = [\"t*\"]\n\
+             [network.b]\nmode = \"isolated\"\nbridge = \"b0\"\ntaps = [\"t*\"]\n",
+        )
+        .expect("valid");
+        let names: Vec<&str> = config.networks.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let net =
+            |body: &str| format!("[network.n1]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/24\"\n{body}\n");
+        assert_error(&net("taps = \"a-*\""), Some("n1"), Some("taps"), "invalid type");
+        assert_error(&net("mtu = \"1400\""), Some("n1"), Some("mtu"), "invalid type");
+        assert_error(&net("[network.n1.dhcp]\ndns = \"yes\""), Some("n1"), Some("dhcp.dns"), "invalid type");
+        assert_error(
+            &net("[network.n1.dhcp]\nhosts = [{ mac = \"52:54:00:00:00:01\", ip = 5 }]"),
+            Some("n1"),
+            Some("dhcp.hosts[0].ip"),
+            "invalid type",
+        );
+        assert_error(&net("allow_users = \"alice\""), Some("n1"), Some("allow_users"), "invalid type");
+    }
+
+    #[test]
+    fn grants_and_bridge_names() {
+        let config = parse_text(
+            "[network.n1]\nmode = \"isolated\"\nbridge = \"br0\"\nallow_users = [\"alice\", \"svc$\"]\nallow_groups = [\"kvm\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(config.networks[0].grants.users, ["alice", "svc$"]);
+        assert_eq!(config.networks[0].grants.groups, ["kvm"]);
+        let net = |body: &str| format!("[network.n1]\nmode = \"isolated\"\n{body}\n");
+        assert_error(&net("bridge = \"br0\"\nallow_groups = [\"-x\"]"), Some("n1"), Some("allow_groups"), "not a user");
+        assert_error(&net("bridge = \"br0\"\nallow_users = [\"a b\"]"), Some("n1"), Some("allow_users"), "not a user");
+        assert_error(&net("bridge = \"br+\""), Some("n1"), Some("bridge"), "wildcard");
     }
 
     #[test]
@@ -458,7 +516,7 @@ mod tests {
             Some("dhcp.records"),
             "not an IP",
         );
-        assert_error(&net("leases = 3"), Some("n1"), None, "unknown field `leases`");
+        assert_error(&net("leases = 3"), Some("n1"), Some("dhcp.leases"), "unknown field `leases`");
         assert_error(
             "[network.n1]\nmode = \"bridged\"\nbridge = \"br0\"\n[network.n1.dhcp]\nenabled = true\n",
             Some("n1"),
@@ -479,7 +537,7 @@ mod tests {
             Err(Error::Config { path, network: n, field: f, reason: r }) => {
                 assert!(path.starts_with(PATH), "{path}");
                 assert_eq!(n.as_deref(), network, "{r}");
-                assert_eq!(f, field, "{r}");
+                assert_eq!(f.as_deref(), field, "{r}");
                 assert!(r.contains(reason), "{r:?} lacks {reason:?}");
             }
             other => panic!("expected a config error, got {other:?}"),
@@ -492,7 +550,7 @@ mod tests {
         assert_error(
             &net("mode = \"nat\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/24\"\nbridgee = \"x\""),
             Some("n1"),
-            None,
+            Some("bridgee"),
             "unknown field `bridgee`",
         );
         assert_error("[networks.x]\nmode = \"nat\"", None, None, "unknown field `networks`");

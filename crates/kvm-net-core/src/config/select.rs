@@ -14,29 +14,37 @@ use super::{Config, Environment, Network, DEFAULT_NETWORK, ENV_ADDRESS, ENV_BRID
 use crate::error::Error;
 use crate::ifname::IfName;
 
+/// A network picked for a tap, and what picked it (for messages).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chosen {
+    /// The network, with the environment's overrides applied.
+    pub network: Network,
+    /// How it was chosen: `the helper's name ends in @lab`, ...
+    pub how: String,
+}
+
 /// Picks the network for `tap` and applies the environment's overrides.
-pub fn choose(config: &Config, invoked_as: Option<&str>, tap: &IfName, env: &Environment) -> Result<Network, Error> {
-    let named = |name: &str, how: String| {
-        config.network(name).cloned().ok_or_else(|| Error::UnknownNetwork {
-            name: name.to_owned(),
-            how,
-            origin: config.source.to_string(),
-        })
+pub fn choose(config: &Config, invoked_as: Option<&str>, tap: &IfName, env: &Environment) -> Result<Chosen, Error> {
+    let named = |name: &str, how: String| match config.network(name) {
+        Some(network) => Ok((network.clone(), how)),
+        None => Err(Error::UnknownNetwork { name: name.to_owned(), how, origin: config.source.to_string() }),
     };
-    let mut network = if let Some(name) = invoked_as {
+    let (mut network, how) = if let Some(name) = invoked_as {
         named(name, format!("the helper's name ends in @{name}"))?
-    } else if let Some(network) = config.networks.iter().find(|n| n.taps.iter().any(|p| p.matches(tap.as_str()))) {
-        network.clone()
+    } else if let Some((network, pattern)) =
+        config.networks.iter().find_map(|n| n.taps.iter().find(|p| p.matches(tap.as_str())).map(|p| (n, p)))
+    {
+        (network.clone(), format!("tap {tap} matches {}", pattern.as_str()))
     } else if let Some(name) = &env.network {
         named(name, format!("{ENV_NETWORK}={name}"))?
     } else {
         named(DEFAULT_NETWORK, format!("no tap pattern matches {tap} and {ENV_NETWORK} is unset"))?
     };
     if env.bridge.is_none() && env.address.is_none() {
-        return Ok(network);
+        return Ok(Chosen { network, how });
     }
     if let Some(value) = &env.bridge {
-        network.bridge = IfName::parse(value).map_err(|e| Error::BadSetting {
+        network.bridge = IfName::parse_bridge(value).map_err(|e| Error::BadSetting {
             key: ENV_BRIDGE,
             value: value.clone(),
             reason: e.to_string(),
@@ -54,7 +62,7 @@ pub fn choose(config: &Config, invoked_as: Option<&str>, tap: &IfName, env: &Env
         *slot = network.clone();
     }
     check_unique(&overridden)?;
-    Ok(network)
+    Ok(Chosen { network, how })
 }
 
 #[cfg(test)]
@@ -86,7 +94,7 @@ mod tests {
     }
 
     fn pick(invoked: Option<&str>, tap: &str, env: Environment) -> Result<String, Error> {
-        choose(&config(), invoked, &IfName::parse(tap).expect("valid"), &env).map(|n| n.name)
+        choose(&config(), invoked, &IfName::parse(tap).expect("valid"), &env).map(|c| c.network.name)
     }
 
     fn env_network(name: &str) -> Environment {
@@ -124,7 +132,7 @@ mod tests {
         let env = Environment { bridge: Some("labbr0".to_owned()), ..Environment::default() };
         assert!(pick(None, "tap0", env).is_err(), "two networks on labbr0");
         let env = Environment { address: Some("10.9.0.1/24".to_owned()), ..Environment::default() };
-        let network = choose(&config(), None, &IfName::parse("tap0").expect("valid"), &env).expect("valid");
+        let network = choose(&config(), None, &IfName::parse("tap0").expect("valid"), &env).expect("valid").network;
         assert_eq!((network.mode, network.ipv4.map(|a| a.to_string())), (Mode::Nat, Some("10.9.0.1/24".to_owned())));
     }
 }

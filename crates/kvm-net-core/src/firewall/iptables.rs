@@ -163,26 +163,73 @@ fn ensure_edits(table: &Listing, chain: &OwnChain) -> Vec<String> {
     lines
 }
 
-/// The lines that remove `chain` and every jump to it (none when it is gone).
+/// As [`ensure_edits`], moving the jump to the top of its hook if a DROP or
+/// REJECT rule comes before it.
+fn ensure_ahead_edits(table: &Listing, chain: &OwnChain) -> Vec<String> {
+    let jumps = table.jumps_to(chain.hook, &chain.name);
+    if jumps.is_empty() || table.drops_ahead_of(chain.hook, &chain.name).is_empty() {
+        return ensure_edits(table, chain);
+    }
+    let mut lines: Vec<String> = ensure_edits(table, chain).into_iter().filter(|l| !l.starts_with("-D ")).collect();
+    lines.extend(jumps.iter().map(|jump| format!("-D {} {jump}", chain.hook)));
+    lines.push(format!("-I {} 1 {}", chain.hook, chain.jump));
+    lines
+}
+
+/// The lines that remove `chain` and every jump to it from its hook (none
+/// when it is gone). A chain that a rule of someone else's still jumps to
+/// cannot be deleted: it is only emptied (a jump to an empty chain changes
+/// nothing), so that the rest of the table's edits still apply.
 fn remove_edits(table: &Listing, chain: &OwnChain) -> Vec<String> {
     let mut lines: Vec<String> =
         table.jumps_to(chain.hook, &chain.name).iter().map(|jump| format!("-D {} {jump}", chain.hook)).collect();
     if table.has_chain(&chain.name) {
         lines.push(format!("-F {}", chain.name));
-        lines.push(format!("-X {}", chain.name));
+        if table.foreign_jumps_to(chain.hook, &chain.name).is_empty() {
+            lines.push(format!("-X {}", chain.name));
+        }
     }
     lines
 }
 
+/// Whether reading a family failed because its commands are not installed
+/// (ip6tables on an IPv4-only host): then it holds nothing of kvm-net's.
+fn tool_missing(err: &anyhow::Error) -> bool {
+    matches!(err.downcast_ref::<Error>(), Some(Error::MissingTool(_)))
+}
+
 impl IptablesFirewall {
     /// Reads each family once, collects the edits `edit` asks for per chain,
-    /// and applies them with at most one restore per family.
-    fn apply(&self, chains: &[OwnChain], edit: fn(&Listing, &OwnChain) -> Vec<String>) -> Result<()> {
+    /// and applies them with at most one restore per family. Returns the
+    /// rules of others that jump into the chains, in the tables as they were.
+    /// With `skip_missing`, a family whose commands are not installed is
+    /// skipped: it cannot hold anything kvm-net made.
+    fn apply(
+        &self,
+        chains: &[OwnChain],
+        edit: fn(&Listing, &OwnChain) -> Vec<String>,
+        skip_missing: bool,
+    ) -> Result<Vec<String>> {
+        let mut foreign = Vec::new();
         for (family, chains) in by_family(chains) {
-            let saved = Saved::read(family)?;
+            let saved = match Saved::read(family) {
+                Ok(saved) => saved,
+                Err(err) if skip_missing && tool_missing(&err) => {
+                    trace(format_args!("{}: not installed, so it holds no rules of kvm-net's", family.command()));
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             let mut edits: BTreeMap<&str, Vec<String>> = BTreeMap::new();
             for chain in chains {
-                let lines = edit(&saved.listing(chain.table), chain);
+                let listing = saved.listing(chain.table);
+                foreign.extend(
+                    listing
+                        .foreign_jumps_to(chain.hook, &chain.name)
+                        .into_iter()
+                        .map(|rule| format!("{} -t {} {rule}", family.command(), chain.table)),
+                );
+                let lines = edit(&listing, chain);
                 if !lines.is_empty() {
                     trace(format_args!(
                         "{} ({} table {}): {}",
@@ -199,23 +246,36 @@ impl IptablesFirewall {
                 restore(family, &text)?;
             }
         }
-        Ok(())
+        Ok(foreign)
     }
 }
 
 impl Firewall for IptablesFirewall {
     fn ensure(&self, chains: &[OwnChain]) -> Result<()> {
-        self.apply(chains, ensure_edits).context("installing kvm-net's chains")
+        self.apply(chains, ensure_edits, false).context("installing kvm-net's chains").map(drop)
+    }
+
+    fn ensure_ahead(&self, chains: &[OwnChain]) -> Result<()> {
+        self.apply(chains, ensure_ahead_edits, false).context("installing kvm-net's chains").map(drop)
     }
 
     fn remove(&self, chains: &[OwnChain]) -> Result<()> {
-        self.apply(chains, remove_edits).context("removing kvm-net's chains")
+        let foreign = self.apply(chains, remove_edits, true).context("removing kvm-net's chains")?;
+        if foreign.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::ChainInUse(foreign.join("; ")).into())
+        }
     }
 
     fn state(&self, chains: &[OwnChain]) -> Result<Vec<ChainState>> {
         let mut states = Vec::with_capacity(chains.len());
         for (family, chains) in by_family(chains) {
-            let saved = Saved::read(family)?;
+            let saved = match Saved::read(family) {
+                Ok(saved) => saved,
+                Err(err) if tool_missing(&err) => Saved { tables: BTreeMap::new() },
+                Err(err) => return Err(err),
+            };
             for chain in chains {
                 let table = saved.listing(chain.table);
                 let state = if !table.has_chain(&chain.name) {
@@ -238,20 +298,8 @@ impl Firewall for IptablesFirewall {
         let listing = saved.listing(table);
         let policy =
             listing.lines.iter().find_map(|l| l.strip_prefix(&format!("-P {hook} "))).unwrap_or("ACCEPT").to_owned();
-        let mut rules = Vec::new();
-        let mut jump_present = false;
-        for spec in listing.rules_of(hook) {
-            let words: Vec<&str> = spec.split_whitespace().collect();
-            let target = words.windows(2).find(|w| w[0] == "-j").map(|w| w[1]);
-            if target == Some(chain) {
-                jump_present = true;
-                break;
-            }
-            if matches!(target, Some("DROP" | "REJECT")) {
-                rules.push(format!("-A {hook} {spec}"));
-            }
-        }
-        Ok(DropsBefore { policy, jump_present, rules })
+        let rules = listing.drops_ahead_of(hook, chain).into_iter().map(|spec| format!("-A {hook} {spec}")).collect();
+        Ok(DropsBefore { policy, jump_present: !listing.jumps_to(hook, chain).is_empty(), rules })
     }
 }
 
@@ -273,14 +321,37 @@ impl<'a> Listing<'a> {
 
     /// Rules of the built-in `hook` whose target is `chain`, whoever wrote them.
     fn jumps_to(&self, hook: &str, chain: &str) -> Vec<&'a str> {
+        self.rules_of(hook).into_iter().filter(|spec| targets(spec, chain)).collect()
+    }
+
+    /// The DROP and REJECT rules of `hook` ahead of its first jump to
+    /// `chain` (all of them when there is no jump).
+    fn drops_ahead_of(&self, hook: &str, chain: &str) -> Vec<&'a str> {
         self.rules_of(hook)
             .into_iter()
-            .filter(|spec| {
-                let words: Vec<&str> = spec.split_whitespace().collect();
-                words.windows(2).any(|pair| (pair[0] == "-j" || pair[0] == "-g") && pair[1] == chain)
-            })
+            .take_while(|spec| !targets(spec, chain))
+            .filter(|spec| targets(spec, "DROP") || targets(spec, "REJECT"))
             .collect()
     }
+
+    /// Rules outside `hook` (and outside `chain` itself) that jump or go to
+    /// `chain`, as `-A CHAIN ...`: someone else's, which keep it from being deleted.
+    fn foreign_jumps_to(&self, hook: &str, chain: &str) -> Vec<&'a str> {
+        self.lines
+            .iter()
+            .filter(|line| {
+                let owner = line.strip_prefix("-A ").and_then(|rest| rest.split_whitespace().next());
+                owner.is_some_and(|owner| owner != hook && owner != chain) && targets(line, chain)
+            })
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+/// Whether a rule spec jumps (`-j`) or goes (`-g`) to `chain`.
+fn targets(spec: &str, chain: &str) -> bool {
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    words.windows(2).any(|pair| (pair[0] == "-j" || pair[0] == "-g") && pair[1] == chain)
 }
 
 #[cfg(test)]

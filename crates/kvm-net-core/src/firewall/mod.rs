@@ -15,6 +15,11 @@ pub trait Firewall {
     /// adding what is missing and leaving everything else alone.
     fn ensure(&self, chains: &[OwnChain]) -> Result<()>;
 
+    /// As [`Firewall::ensure`], and moves each jump that a DROP or REJECT
+    /// rule precedes in its built-in chain to the top: what `kvm-net repair`
+    /// does when an administrator asks for it, never a VM start.
+    fn ensure_ahead(&self, chains: &[OwnChain]) -> Result<()>;
+
     /// Deletes the jumps to each chain and the chain itself; what is already
     /// gone counts as removed. Nothing outside these chains is touched.
     fn remove(&self, chains: &[OwnChain]) -> Result<()>;

@@ -58,6 +58,11 @@ enum Kind {
     Input,
     /// Checksums of DHCP replies, which guests using vhost-net otherwise drop.
     Checksum,
+    /// What must never be forwarded to or from the bridge (isolated: all;
+    /// nat: new connections in). In mangle FORWARD, which runs before filter:
+    /// a drop there is final, so no accept in filter FORWARD (another
+    /// network's, whichever order they started in, or anyone's) can undo it.
+    Guard,
 }
 
 fn own_chain(family: Family, kind: Kind, bridge: &IfName, rules: Vec<String>) -> OwnChain {
@@ -66,6 +71,7 @@ fn own_chain(family: Family, kind: Kind, bridge: &IfName, rules: Vec<String>) ->
         Kind::Forward => ("filter", "FORWARD", "FWD"),
         Kind::Input => ("filter", "INPUT", "IN"),
         Kind::Checksum => ("mangle", "POSTROUTING", "MNG"),
+        Kind::Guard => ("mangle", "FORWARD", "GRD"),
     };
     let name = format!("{CHAIN_PREFIX}{tag}-{bridge}");
     let jump = format!("{} -j {name}", comment(bridge));
@@ -75,10 +81,12 @@ fn own_chain(family: Family, kind: Kind, bridge: &IfName, rules: Vec<String>) ->
 /// Every chain kvm-net may have made for `bridge`, whatever mode it had: what
 /// teardown removes, so that a mode changed in between leaves nothing behind.
 pub fn all_chains(bridge: &IfName) -> Vec<OwnChain> {
-    [Kind::Masquerade, Kind::Forward, Kind::Input, Kind::Checksum]
+    [Kind::Masquerade, Kind::Forward, Kind::Guard, Kind::Input, Kind::Checksum]
         .map(|kind| own_chain(Family::V4, kind, bridge, Vec::new()))
         .into_iter()
-        .chain([Kind::Masquerade, Kind::Forward].map(|kind| own_chain(Family::V6, kind, bridge, Vec::new())))
+        .chain(
+            [Kind::Masquerade, Kind::Forward, Kind::Guard].map(|kind| own_chain(Family::V6, kind, bridge, Vec::new())),
+        )
         .collect()
 }
 
@@ -116,21 +124,38 @@ pub fn network_chains(network: &Network) -> Vec<OwnChain> {
                         format!("-i {bridge} -o {bridge} {tag} -j ACCEPT"),
                     ],
                 ));
+                if network.mode == Mode::Nat {
+                    // Closed to new connections from outside the bridge, as
+                    // libvirt's NAT networks are; replies pass.
+                    chains.push(own_chain(
+                        *family,
+                        Kind::Guard,
+                        bridge,
+                        vec![format!(
+                            "! -i {bridge} -o {bridge} -m conntrack ! --ctstate RELATED,ESTABLISHED {tag} -j DROP"
+                        )],
+                    ));
+                }
             }
         }
         Mode::Isolated => {
             // Both families always: an isolated bridge must not leak even
-            // where another network turned forwarding on.
-            for (family, unreachable) in [(Family::V4, "icmp-port-unreachable"), (Family::V6, "icmp6-port-unreachable")]
-            {
+            // where another network turned forwarding on. Guests still reach
+            // each other where bridged frames go through iptables (br_netfilter).
+            for family in [Family::V4, Family::V6] {
                 chains.push(own_chain(
                     family,
                     Kind::Forward,
                     bridge,
+                    vec![format!("-i {bridge} -o {bridge} {tag} -j ACCEPT")],
+                ));
+                chains.push(own_chain(
+                    family,
+                    Kind::Guard,
+                    bridge,
                     vec![
-                        format!("-i {bridge} -o {bridge} {tag} -j ACCEPT"),
-                        format!("-o {bridge} {tag} -j REJECT --reject-with {unreachable}"),
-                        format!("-i {bridge} {tag} -j REJECT --reject-with {unreachable}"),
+                        format!("-i {bridge} ! -o {bridge} {tag} -j DROP"),
+                        format!("! -i {bridge} -o {bridge} {tag} -j DROP"),
                     ],
                 ));
             }
@@ -213,7 +238,7 @@ mod tests {
                 "-i br0 -o br0 -m comment --comment \"kvm-net:br0\" -j ACCEPT",
             ]
         );
-        assert_eq!(chains.len(), 2);
+        assert_eq!(chains.len(), 3, "NAT, FWD and the guard that keeps new connections out");
     }
 
     #[test]
@@ -224,22 +249,40 @@ mod tests {
             [
                 (Family::V4, "KVMNET-NAT-br0"),
                 (Family::V4, "KVMNET-FWD-br0"),
+                (Family::V4, "KVMNET-GRD-br0"),
                 (Family::V6, "KVMNET-NAT-br0"),
-                (Family::V6, "KVMNET-FWD-br0")
+                (Family::V6, "KVMNET-FWD-br0"),
+                (Family::V6, "KVMNET-GRD-br0")
             ]
         );
-        assert_eq!(nat66[2].rules[0], "-s fd00:1::/64 -d ff00::/8 -m comment --comment \"kvm-net:br0\" -j RETURN");
+        assert_eq!(nat66[3].rules[0], "-s fd00:1::/64 -d ff00::/8 -m comment --comment \"kvm-net:br0\" -j RETURN");
+        assert_eq!((nat66[2].table, nat66[2].hook), ("mangle", "FORWARD"));
+        assert_eq!(
+            nat66[2].rules,
+            ["! -i br0 -o br0 -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment \"kvm-net:br0\" -j DROP"]
+        );
         let routed = network_chains(&network(Mode::Routed, Some("10.0.0.1/24"), None));
         assert_eq!(names(&routed), [(Family::V4, "KVMNET-FWD-br0")]);
         assert_eq!(routed[0].rules[1], "-d 10.0.0.0/24 -o br0 -m comment --comment \"kvm-net:br0\" -j ACCEPT");
         let isolated = network_chains(&network(Mode::Isolated, None, None));
-        assert_eq!(names(&isolated), [(Family::V4, "KVMNET-FWD-br0"), (Family::V6, "KVMNET-FWD-br0")]);
         assert_eq!(
-            isolated[1].rules[2],
-            "-i br0 -m comment --comment \"kvm-net:br0\" -j REJECT --reject-with icmp6-port-unreachable"
+            names(&isolated),
+            [
+                (Family::V4, "KVMNET-FWD-br0"),
+                (Family::V4, "KVMNET-GRD-br0"),
+                (Family::V6, "KVMNET-FWD-br0"),
+                (Family::V6, "KVMNET-GRD-br0")
+            ]
+        );
+        assert_eq!(
+            isolated[3].rules,
+            [
+                "-i br0 ! -o br0 -m comment --comment \"kvm-net:br0\" -j DROP",
+                "! -i br0 -o br0 -m comment --comment \"kvm-net:br0\" -j DROP"
+            ]
         );
         assert!(network_chains(&network(Mode::Bridged, None, None)).is_empty());
-        assert_eq!(all_chains(&Network::classic().bridge).len(), 6);
+        assert_eq!(all_chains(&Network::classic().bridge).len(), 8);
         let with_dhcp = Network {
             dhcp: Some(crate::config::Dhcp::defaults_for("10.0.0.1/24".parse().expect("net"))),
             ..Network::classic()
@@ -248,7 +291,7 @@ mod tests {
         let input = chains.iter().find(|c| c.hook == "INPUT").expect("input chain");
         assert_eq!(input.rules[0], "-i br0 -p udp -m udp --dport 67 -m comment --comment \"kvm-net:br0\" -j ACCEPT");
         assert_eq!(input.rules.len(), 3);
-        let mangle = chains.iter().find(|c| c.table == "mangle").expect("mangle chain");
+        let mangle = chains.iter().find(|c| c.hook == "POSTROUTING" && c.table == "mangle").expect("mangle chain");
         assert_eq!(
             mangle.rules,
             ["-o br0 -p udp -m udp --dport 68 -m comment --comment \"kvm-net:br0\" -j CHECKSUM --checksum-fill"]

@@ -1,0 +1,158 @@
+//! Who may do what through a helper that runs with more privilege than its
+//! caller (installed setuid root, or with file capabilities): a caller other
+//! than root may use only the networks the config grants to them or to one
+//! of their groups, and only with tun/tap devices they own. Root, and a
+//! helper with no privilege beyond its caller's (the kernel checks that
+//! caller itself), are not restricted.
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::config::Network;
+use crate::error::Error;
+use crate::netlink::Link;
+
+/// The real user and groups of the process that ran the helper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Real user ID.
+    pub uid: Uid,
+    /// Real group ID.
+    pub gid: Gid,
+    /// Supplementary groups, as the kernel has them for the caller.
+    pub groups: Vec<Gid>,
+}
+
+impl Caller {
+    /// The caller's user name for messages (`uid N` when it has none).
+    pub fn name(&self) -> String {
+        match User::from_uid(self.uid) {
+            Ok(Some(user)) => user.name,
+            _ => format!("uid {}", self.uid),
+        }
+    }
+
+    fn in_group(&self, gid: Gid) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// Which users and groups a network is granted to, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `allow_users`.
+    pub users: Vec<String>,
+    /// `allow_groups`.
+    pub groups: Vec<String>,
+}
+
+impl Grants {
+    /// Whether these grants cover `caller`: its user is named, or one of its
+    /// groups (primary or supplementary) is. Names that do not resolve grant nothing.
+    pub fn cover(&self, caller: &Caller) -> bool {
+        let by_user = self.users.iter().any(|name| matches!(User::from_name(name), Ok(Some(u)) if u.uid == caller.uid));
+        by_user
+            || self.groups.iter().any(|name| matches!(Group::from_name(name), Ok(Some(g)) if caller.in_group(g.gid)))
+    }
+}
+
+/// What the helper lets its caller do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Root, or a helper without privilege of its own.
+    Unrestricted,
+    /// Someone else, through a helper running with more privilege.
+    Restricted(Caller),
+}
+
+impl Access {
+    /// Refuses a network the caller has no grant for; `how` says how the
+    /// network was chosen (the helper's name, a tap pattern, the default).
+    pub fn check_network(&self, network: &Network, how: &str) -> Result<(), Error> {
+        match self {
+            Access::Restricted(caller) if !network.grants.cover(caller) => {
+                Err(Error::NotGranted { user: caller.name(), network: network.name.clone(), how: how.to_owned() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a link that is not a tun/tap device of the caller's: owned by
+    /// its user, or by one of its groups (as `ip tuntap add ... user U group
+    /// G` sets, and as the kernel itself checks when a process opens it).
+    pub fn check_port(&self, link: &Link) -> Result<(), Error> {
+        let Access::Restricted(caller) = self else { return Ok(()) };
+        let refuse = |why: String| Error::NotYourTap { tap: link.name.clone(), user: caller.name(), why };
+        let Some(tun) = &link.tun else {
+            return Err(refuse(format!(
+                "it is a {} link, not a tun/tap device",
+                link.kind.as_deref().unwrap_or("network")
+            )));
+        };
+        let by_user = tun.owner.is_some_and(|uid| Uid::from_raw(uid) == caller.uid);
+        let by_group = tun.group.is_some_and(|gid| caller.in_group(Gid::from_raw(gid)));
+        if by_user || by_group {
+            return Ok(());
+        }
+        Err(refuse(match (tun.owner, tun.group) {
+            (None, None) => "it has no owner (only root may use it)".to_owned(),
+            (Some(uid), _) => format!("it belongs to uid {uid}"),
+            (None, Some(gid)) => format!("it belongs to group {gid}"),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::TunOwner;
+
+    fn caller(uid: u32, gid: u32, groups: &[u32]) -> Access {
+        Access::Restricted(Caller {
+            uid: Uid::from_raw(uid),
+            gid: Gid::from_raw(gid),
+            groups: groups.iter().copied().map(Gid::from_raw).collect(),
+        })
+    }
+
+    fn link(kind: &str, tun: Option<TunOwner>) -> Link {
+        Link {
+            index: 7,
+            name: "tap0".to_owned(),
+            kind: Some(kind.to_owned()),
+            mtu: 1500,
+            controller: None,
+            alias: None,
+            up: false,
+            mac: None,
+            tun,
+        }
+    }
+
+    #[test]
+    fn a_restricted_caller_may_use_only_taps_it_owns() {
+        let alice = caller(1000, 1000, &[20]);
+        let own = link("tun", Some(TunOwner { owner: Some(1000), group: None }));
+        assert!(alice.check_port(&own).is_ok());
+        let group = link("tun", Some(TunOwner { owner: None, group: Some(20) }));
+        assert!(alice.check_port(&group).is_ok(), "a supplementary group counts");
+        let theirs = link("tun", Some(TunOwner { owner: Some(1001), group: Some(30) }));
+        assert!(matches!(alice.check_port(&theirs), Err(Error::NotYourTap { why, .. }) if why.contains("uid 1001")));
+        let ownerless = link("tun", Some(TunOwner { owner: None, group: None }));
+        assert!(matches!(alice.check_port(&ownerless), Err(Error::NotYourTap { why, .. }) if why.contains("no owner")));
+        let veth = link("veth", None);
+        assert!(matches!(alice.check_port(&veth), Err(Error::NotYourTap { why, .. }) if why.contains("veth")));
+        assert!(Access::Unrestricted.check_port(&veth).is_ok());
+    }
+
+    #[test]
+    fn networks_need_a_grant_that_resolves() {
+        let root_group = caller(1000, 1000, &[0]);
+        let mut network = Network::classic();
+        assert!(matches!(root_group.check_network(&network, "default"), Err(Error::NotGranted { .. })));
+        network.grants.groups.push("root".to_owned());
+        assert!(root_group.check_network(&network, "default").is_ok());
+        network.grants = Grants { users: vec!["no-such-user-kvmnet".to_owned()], groups: Vec::new() };
+        assert!(root_group.check_network(&network, "default").is_err());
+        assert!(Access::Unrestricted.check_network(&network, "default").is_ok());
+    }
+}

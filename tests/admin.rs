@@ -72,9 +72,13 @@ fn check_finds_missing_rules() {
     let host = healthy(&config);
     host.ok(&["iptables", "-t", "nat", "-F", "KVMNET-NAT-br0"]);
     assert_finding(&host, &config, 2, "error [rules-missing]: network default is up on br0, but its firewall rules are not as kvm-net set them: iptables KVMNET-NAT-br0 (differs)");
-    // The fix it names works.
-    assert!(kvm_net(&host, &config, &["up", "default"]).status.success());
+    // The fix it names works, and does nothing else: the network is not kept up.
+    let (_, text) = check(&host, &config);
+    assert!(text.contains("fix: run `kvm-net repair default`"), "{text}");
+    assert!(kvm_net(&host, &config, &["repair", "default"]).status.success());
     assert_eq!(check(&host, &config).0, 0);
+    ok_with(&host, "kvm-natdown", "tap0", &[("KVM_NET_CONFIG", config.path())]);
+    assert!(!link_exists(&host, "br0"), "repair must not keep the network up");
 }
 
 #[test]
@@ -85,7 +89,19 @@ fn check_finds_a_drop_ahead_of_kvm_nets_accepts() {
     assert_eq!(check(&host, &config).0, 0, "DROP policy with kvm-net's accepts in place is fine");
     host.ok(&["iptables", "-I", "FORWARD", "1", "-j", "DROP"]);
     assert_finding(&host, &config, 2, "error [forward-drop]: guests of network default cannot get out: `-A FORWARD -j DROP` comes before kvm-net's accepts");
-    host.ok(&["iptables", "-D", "FORWARD", "1"]);
+    // The fix it names puts kvm-net's jump ahead of the DROP, and does not keep the network up.
+    let (_, text) = check(&host, &config);
+    assert!(
+        text.contains("fix: run `kvm-net repair default` to put kvm-net's jump back at the top of FORWARD"),
+        "{text}"
+    );
+    assert!(kvm_net(&host, &config, &["repair", "default"]).status.success());
+    assert_eq!(check(&host, &config).0, 0, "{}", check(&host, &config).1);
+    let forward = host.ok(&["iptables", "-S", "FORWARD"]);
+    assert!(forward.lines().nth(1).is_some_and(|l| l.contains("-j KVMNET-FWD-br0")), "{forward}");
+    let status = String::from_utf8_lossy(&kvm_net(&host, &config, &["status", "--json"]).stdout).into_owned();
+    assert!(status.contains("\"kept_up\": false"), "{status}");
+    host.ok(&["iptables", "-D", "FORWARD", "-j", "DROP"]);
     host.ok(&["iptables", "-D", "FORWARD", "-m", "comment", "--comment", "kvm-net:br0", "-j", "KVMNET-FWD-br0"]);
     assert_finding(&host, &config, 2, "error [forward-drop]: guests of network default cannot get out: FORWARD's policy is DROP and kvm-net's accepts are missing");
 }
@@ -128,6 +144,28 @@ fn check_finds_an_empty_bridge_left_behind() {
     // A VM killed with SIGKILL: the kernel deletes its tap, no downscript runs.
     host.ok(&["ip", "link", "del", "tap0"]);
     assert_finding(&host, &config, 1, "warning [empty-bridge]: bridge br0 was made by kvm-net and has no ports left");
+}
+
+#[test]
+fn a_bridge_created_but_never_named_is_still_kvm_nets() {
+    let config = ConfigFile::new(CONFIG);
+    let env = [("KVM_NET_CONFIG", config.path())];
+    let host = healthy(&config);
+    let line = host.ok(&["ip", "-br", "link", "show", "dev", "br0"]);
+    let mac = line.split_whitespace().nth(2).expect("the bridge's MAC").to_owned();
+    ok_with(&host, "kvm-natdown", "tap0", &env);
+    // kvm-natup stopped between the request that made the bridge and the one that names it.
+    host.ok(&["ip", "link", "add", "br0", "address", &mac, "type", "bridge"]);
+    assert_finding(&host, &config, 1, "warning [empty-bridge]: bridge br0 was made by kvm-net");
+    let out = kvm_net(&host, &config, &["gc"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed br0 (network default)"), "{out:?}");
+    assert!(!link_exists(&host, "br0"));
+    // The next VM start adopts and names such a bridge; the last stop removes it.
+    host.ok(&["ip", "link", "add", "br0", "address", &mac, "type", "bridge"]);
+    ok_with(&host, "kvm-natup", "tap0", &env);
+    assert!(host.ok(&["ip", "-d", "link", "show", "dev", "br0"]).contains("alias kvm-net managed bridge"));
+    ok_with(&host, "kvm-natdown", "tap0", &env);
+    assert_no_nat_network(&host, "br0");
 }
 
 #[test]

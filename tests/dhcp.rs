@@ -232,3 +232,38 @@ fn dnsmasq_does_not_inherit_the_tap_descriptor() {
     assert!(!leaked, "dnsmasq holds the descriptor QEMU passed as fd 3");
     ok_with(&host, "kvm-natdown", "tap0", &[("KVM_NET_CONFIG", config.path())]);
 }
+
+/// The processes running dnsmasq with the config file of `bridge` in `ns`.
+fn dnsmasq_with_conf(ns: &Netns, bridge: &str) -> Vec<i32> {
+    let conf = format!("--conf-file={}", run_dir(ns, bridge).join("dnsmasq.conf").display());
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| alive(pid))
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.split(|b| *b == 0).any(|arg| arg == conf.as_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn a_dnsmasq_whose_pidfile_was_lost_is_found_and_stopped() {
+    let config = ConfigFile::new(DHCP_NETWORK);
+    let env = [("KVM_NET_CONFIG", config.path())];
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    add_tap(&host, "tap1");
+    ok_with(&host, "kvm-natup", "tap0", &env);
+    let running = dnsmasq_with_conf(&host, "br0");
+    assert_eq!(running.len(), 1);
+    std::fs::remove_file(run_dir(&host, "br0").join("dnsmasq.pid")).expect("remove the pidfile");
+    // Not a second dnsmasq failing with "Address already in use".
+    ok_with(&host, "kvm-natup", "tap1", &env);
+    assert_eq!(dnsmasq_with_conf(&host, "br0"), running);
+    ok_with(&host, "kvm-natdown", "tap0", &env);
+    ok_with(&host, "kvm-natdown", "tap1", &env);
+    assert_eq!(dnsmasq_with_conf(&host, "br0"), Vec::<i32>::new(), "dnsmasq outlived its network");
+    assert_no_nat_network(&host, "br0");
+}

@@ -7,7 +7,7 @@ use kvm_net_tests::inspect::{
     assert_no_nat_network, controller_of, firewall, is_up, kvm_net_lines, link_exists, mtu_of,
 };
 use kvm_net_tests::lab::{connect_from, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
-use kvm_net_tests::run::{add_tap, assert_refused, ok, run};
+use kvm_net_tests::run::{add_tap, assert_refused, ok, ok_with, run, ConfigFile};
 use kvm_net_tests::{helper, Netns};
 
 fn expected_nat_lines(bridge: &str, subnet: &str) -> Vec<String> {
@@ -373,4 +373,46 @@ fn unprivileged_callers_are_told_what_is_missing() {
         assert!(stderr.contains("needs root or CAP_NET_ADMIN"), "{stderr}");
         assert_eq!(host.snapshot(), before);
     }
+}
+
+#[test]
+fn an_ipv4_only_network_comes_and_goes_without_ip6tables() {
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    // A PATH with iptables and nothing of ip6tables.
+    let dir = ConfigFile::scratch_dir().join(format!("no-ip6tables-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for tool in ["iptables-save", "iptables-restore"] {
+        let real = host.ok(&["sh", "-c", &format!("command -v {tool}")]);
+        let _ = std::fs::remove_file(dir.join(tool));
+        std::os::unix::fs::symlink(real.trim(), dir.join(tool)).expect("symlink");
+    }
+    let env = [("PATH", dir.to_str().expect("UTF-8"))];
+    ok_with(&host, "kvm-natup", "tap0", &env);
+    assert_eq!(controller_of(&host, "tap0").as_deref(), Some("br0"));
+    ok_with(&host, "kvm-natdown", "tap0", &env);
+    assert_no_nat_network(&host, "br0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_foreign_jump_into_a_kvm_net_chain_is_named_and_the_rest_is_removed() {
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    ok(&host, "kvm-natup", "tap0");
+    host.sh("iptables -N ADMIN; iptables -A ADMIN -j KVMNET-FWD-br0; iptables -A FORWARD -j ADMIN");
+    let out = run(&host, "kvm-natdown", &["tap0"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("other rules jump to them: iptables -t filter -A ADMIN -j KVMNET-FWD-br0"), "{stderr}");
+    assert!(stderr.contains("delete those rules, then run `kvm-net gc`"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1);
+    // Everything else went: the bridge, the NAT chain, the jump from FORWARD; the chain is empty.
+    assert!(!link_exists(&host, "br0"));
+    assert!(!host.ok(&["iptables", "-t", "nat", "-S"]).contains("KVMNET"));
+    assert_eq!(host.ok(&["iptables", "-S", "KVMNET-FWD-br0"]), "-N KVMNET-FWD-br0\n");
+    host.sh("iptables -F ADMIN");
+    let gc = run(&host, "kvm-net", &["gc"], &[]);
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    assert_no_nat_network(&host, "br0");
 }

@@ -184,6 +184,10 @@ fn each_config_error_names_file_network_and_field_and_changes_nothing() {
         ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/8\"\n[network.b]\nmode = \"nat\"\nbridge = \"br1\"\nipv4 = \"10.1.0.1/16\"\n", "network b: field ipv4: 10.1.0.0/16 overlaps 10.0.0.0/8"),
         ("[network.default]\nmode = \"nat\"\nbridge = \"br-much-too-long0\"\nipv4 = \"10.0.0.1/24\"\n", "network default: field bridge"),
         ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\n", "network default: field ipv4: a nat network needs an IPv4 address"),
+        ("[network.default]\nmode = \"nat\"\nbridge = \"br+\"\nipv4 = \"10.0.0.1/24\"\n", "network default: field bridge: \"br+\" contains '+', which iptables reads as a wildcard"),
+        ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/24\"\ntaps = \"a-*\"\n", "network default: field taps: invalid type: string \"a-*\", expected a sequence"),
+        ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/24\"\nmtu = \"1400\"\n", "network default: field mtu: invalid type"),
+        ("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"10.0.0.1/24\"\n[network.default.dhcp]\ndns = \"yes\"\n", "network default: field dhcp.dns: invalid type"),
     ];
     for (text, says) in cases {
         let config = ConfigFile::new(text);
@@ -193,6 +197,52 @@ fn each_config_error_names_file_network_and_field_and_changes_nothing() {
             assert_eq!(stderr.lines().count(), 1);
         }
     }
+}
+
+#[test]
+fn a_wildcard_bridge_from_the_environment_is_refused() {
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    assert_refused(&host, "kvm-natup", &["tap0"], &[("KVM_NET_BRIDGE", "br+")], "KVM_NET_BRIDGE=\"br+\" is invalid");
+}
+
+/// Runs a helper that must give up within 20 s (a config that blocks would hang it).
+fn refused_promptly(host: &Netns, config: &str, says: &str) {
+    let mut child = host
+        .cmd(helper("kvm-natup"))
+        .arg("tap0")
+        .env("KVM_NET_CONFIG", config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kvm-natup");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kvm-natup hung reading {config}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(says), "{stderr:?} lacks {says:?}");
+    assert!(!link_exists(host, "br0"));
+}
+
+#[test]
+fn a_config_that_is_not_a_small_regular_file_is_refused() {
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    let fifo = ConfigFile::scratch_dir().join(format!("fifo-{}.toml", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    host.ok(&["mkfifo", fifo.to_str().expect("UTF-8")]);
+    refused_promptly(&host, fifo.to_str().expect("UTF-8"), "it is not a regular file");
+    let _ = std::fs::remove_file(&fifo);
+    refused_promptly(&host, "/dev/zero", "config /dev/zero: it is not a regular file");
+    let big = ConfigFile::new(&"# padding\n".repeat(200_000));
+    refused_promptly(&host, big.path(), "bytes, over the limit of 1048576");
 }
 
 #[test]

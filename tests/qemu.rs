@@ -8,6 +8,7 @@ use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, kvm
 use kvm_net_tests::lab::{Lab, UpstreamServer, HOST_UPLINK, HOST_UPLINK6, UPSTREAM, UPSTREAM6};
 use kvm_net_tests::qemu::{Vm, VmSpec};
 use kvm_net_tests::run::ConfigFile;
+use kvm_net_tests::sandbox::{add_owned_tap, Install, Sandbox, User};
 use nix::sys::signal::Signal;
 
 /// Long enough for a TCG boot on a loaded 2-core machine.
@@ -296,4 +297,38 @@ fn dhcp_guests_get_a_lease_a_fixed_address_and_a_name() {
         .collect();
     assert!(survivors.is_empty(), "a dnsmasq outlived both VMs");
     assert_no_nat_network(&lab.host, "br0");
+}
+
+#[test]
+fn an_unprivileged_user_runs_qemu_with_the_setuid_natup_on_a_granted_network_only() {
+    let alice = User::alice();
+    let sandbox = Sandbox::new();
+    sandbox.config(&format!(
+        "[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\ndhcp = {{ enabled = false }}\nallow_users = [\"{}\"]\n\
+         [network.lab]\nmode = \"isolated\"\nbridge = \"lab0\"\n",
+        alice.name
+    ));
+    let bin = sandbox.install(Install::Setuid);
+    let lab = Lab::new();
+    // What an administrator does once for a user: a persistent tap of theirs.
+    add_owned_tap(&lab.host, "vmtap-u", Some(&alice), None);
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let script = |name: &str| bin.join(name).display().to_string();
+    let spec = nat_guest("u1", "vmtap-u", 1, &server).scripts(&script("kvm-natup"), &script("kvm-natdown"));
+    let run = Vm::start_as(&sandbox, &lab.host, &alice, &spec).wait(BOOT);
+    let steps = upstream_steps();
+    run.assert_passed(&steps.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_upstream_saw_host(&server, "u1");
+    assert_no_nat_network(&lab.host, "br0");
+    assert!(link_exists(&lab.host, "vmtap-u"), "the persistent tap is the user's to keep");
+    // The same user, pointed at a network nobody granted: QEMU does not start, nothing is made.
+    let links = sandbox.scratch("links");
+    std::os::unix::fs::symlink(bin.join("kvm-natup"), links.join("kvm-natup@lab")).expect("symlink");
+    let refused = links.join("kvm-natup@lab").display().to_string();
+    let spec = nat_guest("u2", "vmtap-u", 2, &server).scripts(&refused, &script("kvm-natdown"));
+    let run = Vm::start_as(&sandbox, &lab.host, &alice, &spec).wait(BOOT);
+    assert!(run.stderr.contains("user kvmnet-alice may not use network lab"), "{}", run.stderr);
+    assert!(run.stderr.contains("failed with status 256"), "{}", run.stderr);
+    assert_eq!(run.result("link"), None, "the guest must not have booted");
+    assert!(!link_exists(&lab.host, "lab0") && !link_exists(&lab.host, "br0"));
 }

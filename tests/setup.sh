@@ -1,9 +1,9 @@
 #!/bin/bash
 # Installs what building and testing kvm-net needs on a fresh Debian machine:
 # the firewall and link tools the helpers and tests drive, dnsmasq for DHCP,
-# QEMU and busybox for the end-to-end guest, and the musl target for static
-# binaries; with --bench also hyperfine and bridge-utils. Idempotent: it
-# installs only what is missing.
+# QEMU and busybox for the end-to-end guest, setcap and useradd for the
+# install-mode tests, and the musl target for static binaries; with --bench
+# also hyperfine and bridge-utils. Idempotent: it installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -14,6 +14,10 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v cpio >/dev/null || need+=(cpio)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+# Setuid and capability installs, tried by real users in tests/security.rs.
+command -v setcap >/dev/null || [ -x /usr/sbin/setcap ] || need+=(libcap2-bin)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v useradd >/dev/null || [ -x /usr/sbin/useradd ] || need+=(passwd)
 if [ "${1:-}" = --bench ]; then
     # The benchmark's timer, and brctl for the classic scripts it compares with.
     command -v hyperfine >/dev/null || need+=(hyperfine)

@@ -148,9 +148,22 @@ pub fn connect_from(
     server: &UpstreamServer,
     message: &str,
 ) -> std::io::Result<String> {
+    connect_within(ns, ip, server, message, Duration::from_secs(3))
+}
+
+/// As [`connect_from`], giving up on the connection after `timeout` (a
+/// dropped SYN is never answered; between namespaces an answer takes well
+/// under a millisecond).
+pub fn connect_within(
+    ns: &Netns,
+    ip: impl Into<IpAddr>,
+    server: &UpstreamServer,
+    message: &str,
+    timeout: Duration,
+) -> std::io::Result<String> {
     let (ip, port) = (ip.into(), server.port());
     ns.enter(|| {
-        let mut stream = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(3))?;
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout)?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
         stream.write_all(format!("{message}\n").as_bytes())?;
         let mut reply = String::new();

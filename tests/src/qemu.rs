@@ -2,8 +2,8 @@
 //! pointing at the helpers, its serial console read line by line.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::sandbox::{Sandbox, User};
 use crate::{helper, Netns};
 
 /// Environment variable naming the directory with `vmlinuz` and `initrd.img`.
@@ -35,9 +36,9 @@ pub struct VmSpec {
     pub tap: String,
     /// The guest NIC's MAC address.
     pub mac: String,
-    /// Helper binary for `script=`.
+    /// Helper binary for `script=`: a name from the build under test, or a path.
     pub script: String,
-    /// Helper binary for `downscript=`.
+    /// Helper binary for `downscript=`: a name, or a path.
     pub downscript: String,
     /// Orders for the guest: ip, gw, ping, tcp, peer, waitgone, stay.
     pub orders: Vec<(String, String)>,
@@ -137,18 +138,36 @@ fn result_in(lines: &[String], step: &str) -> Option<(bool, String)> {
     })
 }
 
+/// A helper by name (from the build under test) or by path (an installed copy).
+fn script_path(script: &str) -> PathBuf {
+    if script.contains('/') {
+        PathBuf::from(script)
+    } else {
+        helper(script)
+    }
+}
+
 impl Vm {
-    /// Boots the guest inside `ns`.
+    /// Boots the guest inside `ns`, QEMU running as root.
     pub fn start(ns: &Netns, spec: &VmSpec) -> Self {
+        Self::spawn(ns.cmd("qemu-system-x86_64"), spec)
+    }
+
+    /// Boots the guest inside `ns`, QEMU running as `user` in `sandbox`
+    /// (its /dev/net/tun, /run and /etc/kvm-net).
+    pub fn start_as(sandbox: &Sandbox, ns: &Netns, user: &User, spec: &VmSpec) -> Self {
+        Self::spawn(sandbox.command(ns, Some(user), Path::new("qemu-system-x86_64"), &[]), spec)
+    }
+
+    fn spawn(mut command: Command, spec: &VmSpec) -> Self {
         let orders: Vec<String> = spec.orders.iter().map(|(k, v)| format!("kvmnet.{k}={v}")).collect();
         let append = format!("console=ttyS0 quiet panic=-1 {}", orders.join(" "));
         let netdev = format!(
             "tap,id=n0,ifname={},script={},downscript={}",
             spec.tap,
-            helper(&spec.script).display(),
-            helper(&spec.downscript).display()
+            script_path(&spec.script).display(),
+            script_path(&spec.downscript).display()
         );
-        let mut command = ns.cmd("qemu-system-x86_64");
         command
             .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none"])
             .args(["-m", "128", "-no-reboot"])

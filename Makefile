@@ -68,10 +68,16 @@ bench:
 test: setup
 	@$(MAKE) --no-print-directory check
 
-# Ends with one summed-up line over every test binary cargo ran.
+# Everything once with the nftables backend, then the namespace and QEMU
+# suites again with the iptables backend. Ends with one summed-up line over
+# every test binary cargo ran.
 check: build guest
-	@set -o pipefail; KVM_NET_BIN_DIR=$(CURDIR)/$(BIN_DIR) $(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS) 2>&1 \
-	  | tee target/test.log
+	@echo "make: tests with the nftables backend"
+	@set -o pipefail; KVM_NET_BIN_DIR=$(CURDIR)/$(BIN_DIR) KVM_NET_TEST_FIREWALL=nftables \
+	  $(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS) 2>&1 | tee target/test.log
+	@echo "make: the namespace and QEMU suites with the iptables backend"
+	@set -o pipefail; KVM_NET_BIN_DIR=$(CURDIR)/$(BIN_DIR) KVM_NET_TEST_FIREWALL=iptables \
+	  $(CARGO) test --locked -p kvm-net-tests --tests -- --test-threads=$(TEST_THREADS) 2>&1 | tee -a target/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "all tests: %d passed, %d failed\n", p, f }' target/test.log
 
 # Installs what `make build` made; builds nothing itself, so that it can run as

@@ -4,7 +4,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, kvm_net_lines, link_exists};
+use kvm_net_tests::inspect::{assert_no_nat_network, backend, controller_of, has_chain, link_exists, Backend};
 use kvm_net_tests::lab::Lab;
 use kvm_net_tests::qemu::{Vm, VmSpec};
 use kvm_net_tests::run::{add_tap, ok_with, run, ConfigFile};
@@ -70,8 +70,19 @@ fn a_healthy_host_checks_clean() {
 fn check_finds_missing_rules() {
     let config = ConfigFile::new(CONFIG);
     let host = healthy(&config);
-    host.ok(&["iptables", "-t", "nat", "-F", "KVMNET-NAT-br0"]);
-    assert_finding(&host, &config, 2, "error [rules-missing]: network default is up on br0, but its firewall rules are not as kvm-net set them: iptables KVMNET-NAT-br0 (differs)");
+    let says = match backend() {
+        Backend::Iptables => {
+            host.ok(&["iptables", "-t", "nat", "-F", "KVMNET-NAT-br0"]);
+            "iptables KVMNET-NAT-br0 (differs)"
+        }
+        Backend::Nftables => {
+            host.ok(&["nft", "flush", "chain", "ip", "kvm_net", "nat-br0"]);
+            "ip kvm_net nat-br0 (differs)"
+        }
+    };
+    let finding =
+        "error [rules-missing]: network default is up on br0, but its firewall rules are not as kvm-net set them";
+    assert_finding(&host, &config, 2, &format!("{finding}: {says}"));
     // The fix it names works, and does nothing else: the network is not kept up.
     let (_, text) = check(&host, &config);
     assert!(text.contains("fix: run `kvm-net repair default`"), "{text}");
@@ -86,6 +97,11 @@ fn check_finds_a_drop_ahead_of_kvm_nets_accepts() {
     let config = ConfigFile::new(CONFIG);
     let host = healthy(&config);
     host.ok(&["iptables", "-P", "FORWARD", "DROP"]);
+    if backend() == Backend::Nftables {
+        // iptables now drops what kvm-net's own table accepts: its accepts must go into iptables too.
+        assert_finding(&host, &config, 2, "error [forward-drop]: guests of network default cannot get out: iptables drops forwarded traffic here (Docker, or a DROP policy) and kvm-net's accepts in FORWARD are missing");
+        assert!(kvm_net(&host, &config, &["repair", "default"]).status.success());
+    }
     assert_eq!(check(&host, &config).0, 0, "DROP policy with kvm-net's accepts in place is fine");
     host.ok(&["iptables", "-I", "FORWARD", "1", "-j", "DROP"]);
     assert_finding(&host, &config, 2, "error [forward-drop]: guests of network default cannot get out: `-A FORWARD -j DROP` comes before kvm-net's accepts");
@@ -98,12 +114,28 @@ fn check_finds_a_drop_ahead_of_kvm_nets_accepts() {
     assert!(kvm_net(&host, &config, &["repair", "default"]).status.success());
     assert_eq!(check(&host, &config).0, 0, "{}", check(&host, &config).1);
     let forward = host.ok(&["iptables", "-S", "FORWARD"]);
-    assert!(forward.lines().nth(1).is_some_and(|l| l.contains("-j KVMNET-FWD-br0")), "{forward}");
+    let chain = match backend() {
+        Backend::Iptables => "-j KVMNET-FWD-br0",
+        Backend::Nftables => "-j KVMNET-ACC-br0",
+    };
+    assert!(forward.lines().nth(1).is_some_and(|l| l.contains(chain)), "{forward}");
     let status = String::from_utf8_lossy(&kvm_net(&host, &config, &["status", "--json"]).stdout).into_owned();
     assert!(status.contains("\"kept_up\": false"), "{status}");
     host.ok(&["iptables", "-D", "FORWARD", "-j", "DROP"]);
-    host.ok(&["iptables", "-D", "FORWARD", "-m", "comment", "--comment", "kvm-net:br0", "-j", "KVMNET-FWD-br0"]);
-    assert_finding(&host, &config, 2, "error [forward-drop]: guests of network default cannot get out: FORWARD's policy is DROP and kvm-net's accepts are missing");
+    let (target, says) = match backend() {
+        Backend::Iptables => ("KVMNET-FWD-br0", "FORWARD's policy is DROP and kvm-net's accepts are missing"),
+        Backend::Nftables => (
+            "KVMNET-ACC-br0",
+            "iptables drops forwarded traffic here (Docker, or a DROP policy) and kvm-net's accepts in FORWARD are missing",
+        ),
+    };
+    host.ok(&["iptables", "-D", "FORWARD", "-m", "comment", "--comment", "kvm-net:br0", "-j", target]);
+    assert_finding(
+        &host,
+        &config,
+        2,
+        &format!("error [forward-drop]: guests of network default cannot get out: {says}"),
+    );
 }
 
 #[test]
@@ -249,7 +281,7 @@ fn gc_removes_networks_whose_vms_vanished_and_nothing_else() {
         "gc touched a network in use"
     );
     assert!(link_exists(&host, "lan0"), "gc touched a bridge kvm-net did not make");
-    assert!(kvm_net_lines(&host, "filter").iter().any(|l| l.contains("KVMNET-FWD-br0")));
+    assert!(has_chain(&host, "FWD", "br0"), "gc removed the rules of a network in use");
     assert_eq!(String::from_utf8_lossy(&kvm_net(&host, &config, &["gc"]).stdout), "nothing to remove\n");
 }
 
@@ -288,7 +320,8 @@ fn status_shows_each_port_and_the_qemu_holding_it() {
     let out = kvm_net(&lab.host, &config, &["status", "--json"]);
     let json = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(json.contains("\"version\": 1"), "{json}");
+    assert!(json.contains("\"version\": 2"), "{json}");
+    assert!(json.contains(&format!("\"firewall\": \"{}\"", backend().as_str())), "{json}");
     assert!(json.contains("\"name\": \"vmtap1\"") && json.contains("\"process\": \"qemu-system-x86\""), "{json}");
     assert!(json.contains("\"addresses\": [\n        \"192.168.100.1/24\""), "{json}");
     let table = String::from_utf8_lossy(&kvm_net(&lab.host, &config, &["status"]).stdout).into_owned();

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use kvm_net_tests::inspect::{alive, assert_no_nat_network, kvm_net_lines};
+use kvm_net_tests::inspect::{alive, assert_no_nat_network, backend, kvm_net_lines, nft_chain, Backend};
 use kvm_net_tests::lab::Lab;
 use kvm_net_tests::run::{add_tap, assert_refused, ok_with, ConfigFile};
 use kvm_net_tests::{helper, Netns};
@@ -99,8 +99,16 @@ fn guests_get_leases_fixed_addresses_and_names() {
     assert!(
         conf.contains("interface=br0\n") && conf.contains("except-interface=lo\n") && conf.contains("bind-dynamic\n")
     );
-    assert!(kvm_net_lines(&lab.host, "filter").iter().any(|l| l.contains("--dport 67")));
-    assert!(kvm_net_lines(&lab.host, "mangle").iter().any(|l| l.contains("CHECKSUM --checksum-fill")));
+    match backend() {
+        Backend::Iptables => {
+            assert!(kvm_net_lines(&lab.host, "filter").iter().any(|l| l.contains("--dport 67")));
+            assert!(kvm_net_lines(&lab.host, "mangle").iter().any(|l| l.contains("CHECKSUM --checksum-fill")));
+        }
+        // nf_tables has no checksum filling: only the accepts.
+        Backend::Nftables => {
+            assert!(nft_chain(&lab.host, "ip", "in-br0").iter().any(|l| l.contains("udp dport 67 accept")))
+        }
+    }
     let pid = dnsmasq_pid(&lab.host, "br0").expect("dnsmasq runs");
     ok_with(&lab.host, "kvm-natdown", "vm1", &env);
     assert_eq!(dnsmasq_pid(&lab.host, "br0"), Some(pid), "stays while a VM is left");

@@ -1,10 +1,12 @@
 //! The four helpers run as QEMU runs them (`HELPER IFNAME`), each test in
-//! network namespaces of its own, against the real kernel and iptables.
+//! network namespaces of its own, against the real kernel and the firewall
+//! backend under test (`make test` runs this suite for each).
 
 use std::process::Stdio;
 
 use kvm_net_tests::inspect::{
-    assert_no_nat_network, controller_of, firewall, is_up, kvm_net_lines, link_exists, mtu_of,
+    assert_no_nat_network, backend, controller_of, firewall, has_chain, is_up, kvm_net_lines, link_exists, mtu_of,
+    nft_chain, Backend,
 };
 use kvm_net_tests::lab::{connect_from, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
 use kvm_net_tests::run::{add_tap, assert_refused, ok, ok_with, run, ConfigFile};
@@ -36,13 +38,56 @@ fn expected_filter_lines(bridge: &str, subnet: &str) -> Vec<String> {
     ]
 }
 
+/// kvm-net's nftables chains of a NAT network, as `nft list` prints them.
+fn expected_nft_chains(bridge: &str, subnet: &str) -> [(String, Vec<String>); 3] {
+    let tag = format!("comment \"kvm-net:{bridge}\"");
+    let leaving = format!("ip saddr {subnet} ip daddr != {subnet}");
+    [
+        (
+            format!("nat-{bridge}"),
+            vec![
+                format!("ip saddr {subnet} ip daddr 224.0.0.0/24 return {tag}"),
+                format!("ip saddr {subnet} ip daddr 255.255.255.255 return {tag}"),
+                format!("{leaving} meta l4proto tcp masquerade to :1024-65535 {tag}"),
+                format!("{leaving} meta l4proto udp masquerade to :1024-65535 {tag}"),
+                format!("{leaving} masquerade {tag}"),
+            ],
+        ),
+        (
+            format!("fwd-{bridge}"),
+            vec![
+                format!("ip saddr {subnet} iifname \"{bridge}\" accept {tag}"),
+                format!("ip daddr {subnet} oifname \"{bridge}\" ct state established,related accept {tag}"),
+                format!("iifname \"{bridge}\" oifname \"{bridge}\" accept {tag}"),
+            ],
+        ),
+        (
+            format!("grd-{bridge}"),
+            vec![format!("iifname != \"{bridge}\" oifname \"{bridge}\" ct state ! established,related drop {tag}")],
+        ),
+    ]
+}
+
 fn assert_nat_network(ns: &Netns, bridge: &str, address: &str, subnet: &str) {
     assert!(link_exists(ns, bridge), "bridge {bridge} missing");
     assert!(ns.ok(&["ip", "-o", "-4", "addr", "show", "dev", bridge]).contains(&format!("inet {address} ")));
     assert!(is_up(ns, bridge), "bridge {bridge} is down");
     assert_eq!(ns.ok(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
-    assert_eq!(kvm_net_lines(ns, "nat"), expected_nat_lines(bridge, subnet));
-    assert_eq!(kvm_net_lines(ns, "filter"), expected_filter_lines(bridge, subnet));
+    match backend() {
+        Backend::Iptables => {
+            assert_eq!(kvm_net_lines(ns, "nat"), expected_nat_lines(bridge, subnet));
+            assert_eq!(kvm_net_lines(ns, "filter"), expected_filter_lines(bridge, subnet));
+        }
+        Backend::Nftables => {
+            for (chain, rules) in expected_nft_chains(bridge, subnet) {
+                assert_eq!(nft_chain(ns, "ip", &chain), rules, "chain {chain}");
+            }
+            for (map, chain) in [("postrouting", "nat"), ("forward", "fwd"), ("guard", "grd")] {
+                let listing = ns.ok(&["nft", "list", "map", "ip", "kvm_net", map]);
+                assert!(listing.contains(&format!("\"{bridge}\" : jump {chain}-{bridge}")), "{listing}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -120,10 +165,15 @@ fn removal_is_exact_and_foreign_rules_survive() {
     let before = firewall(&host);
     add_tap(&host, "tap0");
     ok(&host, "kvm-natup", "tap0");
-    assert_eq!(kvm_net_lines(&host, "nat"), expected_nat_lines("br0", "192.168.100.0/24"));
-    // The jump comes first, ahead of anything that could drop guest traffic.
-    let forward: Vec<String> = host.ok(&["iptables", "-S", "FORWARD"]).lines().map(String::from).collect();
-    assert_eq!(forward[1], "-A FORWARD -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0");
+    assert_nat_network(&host, "br0", "192.168.100.1/24", "192.168.100.0/24");
+    let (chain, first) = match backend() {
+        // The jump comes first, ahead of anything that could drop guest traffic.
+        Backend::Iptables => ("FORWARD", "-A FORWARD -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0"),
+        // Docker's FORWARD drops what no accept in iptables takes: kvm-net's accepts go where Docker says.
+        Backend::Nftables => ("DOCKER-USER", "-A DOCKER-USER -m comment --comment \"kvm-net:br0\" -j KVMNET-ACC-br0"),
+    };
+    let listing: Vec<String> = host.ok(&["iptables", "-S", chain]).lines().map(String::from).collect();
+    assert_eq!(listing[1], first, "{listing:?}");
     ok(&host, "kvm-natdown", "tap0");
     assert_eq!(firewall(&host), before, "the firewall must be exactly as before");
     assert!(!link_exists(&host, "br0"));
@@ -138,7 +188,13 @@ fn sixty_four_parallel_natups_then_natdowns() {
         let children: Vec<_> = taps
             .iter()
             .map(|tap| {
-                host.cmd(helper(bin)).arg(tap).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn")
+                host.cmd(helper(bin))
+                    .arg(tap)
+                    .env("KVM_NET_FIREWALL", backend().as_str())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
             })
             .collect();
         for (tap, child) in taps.iter().zip(children) {
@@ -178,14 +234,25 @@ fn next_natup_heals_flushed_rules() {
     add_tap(&host, "tap1");
     ok(&host, "kvm-natup", "tap0");
     // A firewall reload or an admin's flush wipes everything, chains included.
-    host.sh("iptables -t nat -F; iptables -t nat -X; iptables -F; iptables -X");
+    match backend() {
+        Backend::Iptables => host.sh("iptables -t nat -F; iptables -t nat -X; iptables -F; iptables -X"),
+        Backend::Nftables => host.sh("nft flush ruleset"),
+    };
     ok(&host, "kvm-natup", "tap1");
     assert_nat_network(&host, "br0", "192.168.100.1/24", "192.168.100.0/24");
-    // Half-damaged: one rule deleted, a duplicate jump added.
-    host.sh(
-        "iptables -t nat -D KVMNET-NAT-br0 -s 192.168.100.0/24 ! -d 192.168.100.0/24 -p udp -m comment --comment kvm-net:br0 -j MASQUERADE --to-ports 1024-65535
-         iptables -A FORWARD -j KVMNET-FWD-br0",
-    );
+    // Half-damaged: one rule deleted, a duplicate jump or a rule of someone else's added.
+    match backend() {
+        Backend::Iptables => host.sh(
+            "iptables -t nat -D KVMNET-NAT-br0 -s 192.168.100.0/24 ! -d 192.168.100.0/24 -p udp -m comment --comment kvm-net:br0 -j MASQUERADE --to-ports 1024-65535
+             iptables -A FORWARD -j KVMNET-FWD-br0",
+        ),
+        Backend::Nftables => host.sh(
+            "handle=$(nft -a list chain ip kvm_net nat-br0 | sed -n 's/.*l4proto udp.*# handle //p')
+             nft delete rule ip kvm_net nat-br0 handle $handle
+             nft add rule ip kvm_net fwd-br0 accept
+             nft delete element ip kvm_net guard '{ \"br0\" }'",
+        ),
+    };
     ok(&host, "kvm-natup", "tap1");
     assert_nat_network(&host, "br0", "192.168.100.1/24", "192.168.100.0/24");
 }
@@ -283,7 +350,7 @@ fn natup_on_a_bridge_the_admin_made_keeps_the_bridge() {
     assert_nat_network(&host, "br0", "192.168.100.1/24", "192.168.100.0/24");
     ok(&host, "kvm-natdown", "tap0");
     assert!(link_exists(&host, "br0"), "kvm-net deleted a bridge it did not create");
-    assert_eq!(kvm_net_lines(&host, "nat"), Vec::<String>::new());
+    assert!(!has_chain(&host, "NAT", "br0") && !has_chain(&host, "FWD", "br0"));
 }
 
 #[test]
@@ -292,7 +359,7 @@ fn ifup_takes_the_bridge_mtu_and_ifdown_detaches() {
     host.ok(&["ip", "link", "add", "br0", "mtu", "9000", "type", "bridge"]);
     add_tap(&host, "tap0");
     assert_eq!(mtu_of(&host, "tap0"), 1500);
-    let before_rules = (kvm_net_lines(&host, "nat"), kvm_net_lines(&host, "filter"));
+    let before_rules = firewall(&host);
     ok(&host, "kvm-ifup", "tap0");
     assert_eq!(mtu_of(&host, "tap0"), 9000);
     assert_eq!(controller_of(&host, "tap0").as_deref(), Some("br0"));
@@ -302,7 +369,7 @@ fn ifup_takes_the_bridge_mtu_and_ifdown_detaches() {
     assert_eq!(controller_of(&host, "tap0"), None);
     assert!(!is_up(&host, "tap0"));
     assert!(link_exists(&host, "br0"), "kvm-ifdown must never delete the bridge");
-    assert_eq!((kvm_net_lines(&host, "nat"), kvm_net_lines(&host, "filter")), before_rules);
+    assert_eq!(firewall(&host), before_rules);
     ok(&host, "kvm-ifdown", "tap0");
     host.ok(&["ip", "link", "del", "tap0"]);
     ok(&host, "kvm-ifdown", "tap0");
@@ -352,10 +419,26 @@ fn guest_reaches_upstream_through_nat_with_forward_drop() {
 fn a_natup_failing_after_creating_the_bridge_undoes_it() {
     let host = Netns::new();
     add_tap(&host, "tap0");
-    // No iptables on PATH: the firewall step fails after the bridge was made,
-    // and the bridge must be removed again.
-    let env = [("PATH", "/nonexistent")];
-    assert_refused(&host, "kvm-natup", &["tap0"], &env, "the iptables-save command is not installed; install it");
+    // The firewall step fails after the bridge was made, and the bridge must
+    // be removed again: iptables is not on PATH, or a chain of someone
+    // else's has the name of one of kvm-net's base chains.
+    match backend() {
+        Backend::Iptables => {
+            let env = [("PATH", "/nonexistent")];
+            assert_refused(
+                &host,
+                "kvm-natup",
+                &["tap0"],
+                &env,
+                "the iptables-save command is not installed; install it",
+            );
+        }
+        Backend::Nftables => {
+            host.sh("nft add table ip kvm_net; nft add chain ip kvm_net postrouting");
+            let says = "installing kvm-net's nftables rules: applying a batch to nf_tables: creating base chain ip kvm_net postrouting";
+            assert_refused(&host, "kvm-natup", &["tap0"], &[], says);
+        }
+    }
 }
 
 #[test]
@@ -400,19 +483,64 @@ fn a_foreign_jump_into_a_kvm_net_chain_is_named_and_the_rest_is_removed() {
     let host = Netns::new();
     add_tap(&host, "tap0");
     ok(&host, "kvm-natup", "tap0");
-    host.sh("iptables -N ADMIN; iptables -A ADMIN -j KVMNET-FWD-br0; iptables -A FORWARD -j ADMIN");
+    let (foreign, says) = match backend() {
+        Backend::Iptables => (
+            "iptables -N ADMIN; iptables -A ADMIN -j KVMNET-FWD-br0; iptables -A FORWARD -j ADMIN",
+            "other rules jump to them: iptables -t filter -A ADMIN -j KVMNET-FWD-br0",
+        ),
+        Backend::Nftables => (
+            "nft add chain ip kvm_net admin; nft add rule ip kvm_net admin jump fwd-br0",
+            "other rules jump to ip kvm_net chain fwd-br0",
+        ),
+    };
+    host.sh(foreign);
     let out = run(&host, "kvm-natdown", &["tap0"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("other rules jump to them: iptables -t filter -A ADMIN -j KVMNET-FWD-br0"), "{stderr}");
+    assert!(stderr.contains(says), "{stderr}");
     assert!(stderr.contains("delete those rules, then run `kvm-net gc`"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1);
-    // Everything else went: the bridge, the NAT chain, the jump from FORWARD; the chain is empty.
+    // Everything else went: the bridge, the NAT chain, the jump to it; the chain is empty.
     assert!(!link_exists(&host, "br0"));
-    assert!(!host.ok(&["iptables", "-t", "nat", "-S"]).contains("KVMNET"));
-    assert_eq!(host.ok(&["iptables", "-S", "KVMNET-FWD-br0"]), "-N KVMNET-FWD-br0\n");
-    host.sh("iptables -F ADMIN");
+    assert!(!has_chain(&host, "NAT", "br0"));
+    match backend() {
+        Backend::Iptables => {
+            assert_eq!(host.ok(&["iptables", "-S", "KVMNET-FWD-br0"]), "-N KVMNET-FWD-br0\n");
+            host.sh("iptables -F ADMIN");
+        }
+        Backend::Nftables => {
+            assert_eq!(nft_chain(&host, "ip", "fwd-br0"), Vec::<String>::new());
+            assert!(host.output(&["nft", "list", "chain", "ip", "kvm_net", "fwd-br0"]).status.success());
+            host.sh("nft flush chain ip kvm_net admin");
+        }
+    }
     let gc = run(&host, "kvm-net", &["gc"], &[]);
     assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    assert_no_nat_network(&host, "br0");
+}
+
+#[test]
+fn a_network_changing_backend_while_up_leaves_nothing_of_either() {
+    // An upgrade from an iptables-only kvm-net with VMs running, and back.
+    for (first, second) in [("iptables", "nftables"), ("nftables", "iptables")] {
+        let host = Netns::new();
+        add_tap(&host, "tap0");
+        add_tap(&host, "tap1");
+        ok_with(&host, "kvm-natup", "tap0", &[("KVM_NET_FIREWALL", first)]);
+        ok_with(&host, "kvm-natup", "tap1", &[("KVM_NET_FIREWALL", second)]);
+        let (iptables_has, nft_has) = (
+            !kvm_net_lines(&host, "nat").is_empty(),
+            host.output(&["nft", "list", "table", "ip", "kvm_net"]).status.success(),
+        );
+        assert_eq!((iptables_has, nft_has), (second == "iptables", second == "nftables"), "{first} then {second}");
+        ok_with(&host, "kvm-natdown", "tap0", &[("KVM_NET_FIREWALL", second)]);
+        ok_with(&host, "kvm-natdown", "tap1", &[("KVM_NET_FIREWALL", second)]);
+        assert_no_nat_network(&host, "br0");
+    }
+    // The last VM stopped by a kvm-net that only knows the other backend's rules were made meanwhile.
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    ok_with(&host, "kvm-natup", "tap0", &[("KVM_NET_FIREWALL", "iptables")]);
+    ok_with(&host, "kvm-natdown", "tap0", &[("KVM_NET_FIREWALL", "nftables")]);
     assert_no_nat_network(&host, "br0");
 }

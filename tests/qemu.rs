@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, kvm_net_lines, link_exists};
+use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, has_chain, link_exists};
 use kvm_net_tests::lab::{Lab, UpstreamServer, HOST_UPLINK, HOST_UPLINK6, UPSTREAM, UPSTREAM6};
 use kvm_net_tests::qemu::{Vm, VmSpec};
 use kvm_net_tests::run::ConfigFile;
@@ -165,7 +165,7 @@ fn after_a_sigkill_the_next_vm_still_starts() {
     // No downscript ran: the bridge and the rules stay, the tap is gone.
     assert!(link_exists(&lab.host, "br0"));
     assert!(!link_exists(&lab.host, "vmtap1"));
-    assert!(!kvm_net_lines(&lab.host, "nat").is_empty());
+    assert!(has_chain(&lab.host, "NAT", "br0"));
     let run = Vm::start(&lab.host, &nat_guest("g2", "vmtap2", 2, &server)).wait(BOOT);
     let steps = upstream_steps();
     run.assert_passed(&steps.iter().map(String::as_str).collect::<Vec<_>>());

@@ -8,6 +8,8 @@ set -euo pipefail
 
 need=()
 command -v iptables >/dev/null || need+=(iptables)
+# nft: the tests read kvm-net's nftables tables with it (the helpers never run it).
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)

@@ -1,6 +1,94 @@
-//! Reading back what the helpers left in a namespace.
+//! Reading back what the helpers left in a namespace, in whichever firewall
+//! backend the suites run against.
 
 use crate::Netns;
+
+/// Environment variable choosing the firewall backend the suites run
+/// against (`nftables`, the default, or `iptables`); every helper a test
+/// runs gets it as `KVM_NET_FIREWALL`.
+pub const ENV_TEST_FIREWALL: &str = "KVM_NET_TEST_FIREWALL";
+
+/// The two firewall backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// kvm-net's own `kvm_net` tables, over netlink.
+    Nftables,
+    /// Chains in iptables' tables.
+    Iptables,
+}
+
+impl Backend {
+    /// As the config and `KVM_NET_FIREWALL` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+        }
+    }
+}
+
+/// The backend under test.
+pub fn backend() -> Backend {
+    match std::env::var(ENV_TEST_FIREWALL).as_deref() {
+        Ok("iptables") => Backend::Iptables,
+        _ => Backend::Nftables,
+    }
+}
+
+/// Drops the fingerprint from a rule's nft comment: `comment "kvm-net:br0
+/// 1a2b3c4d"` becomes `comment "kvm-net:br0"`.
+fn without_fingerprint(line: &str) -> String {
+    match line.find("comment \"kvm-net") {
+        Some(start) => {
+            let comment = &line[start..];
+            match comment.trim_end_matches('"').rsplit_once(' ') {
+                Some((head, hash)) if hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    format!("{}{head}\"", &line[..start])
+                }
+                _ => line.to_owned(),
+            }
+        }
+        None => line.to_owned(),
+    }
+}
+
+/// The rules of one chain of kvm-net's nftables table of `family` (`ip`,
+/// `ip6`), one per line as `nft` lists them, without fingerprints; empty
+/// if there is no such chain.
+pub fn nft_chain(ns: &Netns, family: &str, chain: &str) -> Vec<String> {
+    let out = ns.output(&["nft", "list", "chain", family, "kvm_net", chain]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("table ") && !l.starts_with("chain ") && *l != "}")
+        .map(without_fingerprint)
+        .collect()
+}
+
+/// `nft -s list ruleset` (stateless: counters would differ between two listings).
+pub fn nft_ruleset(ns: &Netns) -> String {
+    ns.ok(&["nft", "-s", "list", "ruleset"])
+}
+
+/// Whether kvm-net's chain of `kind` (`NAT`, `FWD`, `GRD`, `IN`, `MNG` as
+/// iptables names them) exists for `bridge`, in the backend under test.
+pub fn has_chain(ns: &Netns, kind: &str, bridge: &str) -> bool {
+    match backend() {
+        Backend::Iptables => ["nat", "filter", "mangle"]
+            .iter()
+            .any(|table| kvm_net_lines(ns, table).iter().any(|l| l == &format!("-N KVMNET-{kind}-{bridge}"))),
+        Backend::Nftables => {
+            let prefix = match kind {
+                "NAT" => "nat",
+                "FWD" => "fwd",
+                "GRD" => "grd",
+                "IN" => "in",
+                other => panic!("nftables has no {other} chain"),
+            };
+            ["ip", "ip6"].iter().any(|family| !nft_chain(ns, family, &format!("{prefix}-{bridge}")).is_empty())
+        }
+    }
+}
 
 /// Whether a link of that name exists.
 pub fn link_exists(ns: &Netns, name: &str) -> bool {
@@ -44,8 +132,14 @@ pub fn kvm_net_lines_of(ns: &Netns, command: &str, table: &str) -> Vec<String> {
 }
 
 /// Panics unless the bridge and every kvm-net rule for it are gone, in both
-/// families and every table kvm-net writes to.
+/// backends, both families and every table kvm-net writes to.
 pub fn assert_no_nat_network(ns: &Netns, bridge: &str) {
+    let ruleset = nft_ruleset(ns);
+    let nft_left: Vec<&str> = ruleset
+        .lines()
+        .filter(|l| l.contains(&format!("-{bridge} ")) || l.contains(&format!("\"{bridge}\"")))
+        .collect();
+    assert!(nft_left.is_empty(), "nftables still has rules of {bridge}: {nft_left:?}\n{ruleset}");
     assert!(!link_exists(ns, bridge), "bridge {bridge} left behind");
     let ours: Vec<String> = ["NAT", "FWD", "IN", "MNG"]
         .iter()
@@ -63,9 +157,21 @@ pub fn assert_no_nat_network(ns: &Netns, bridge: &str) {
     }
 }
 
-/// Both firewall tables kvm-net writes to, as `iptables -S` prints them.
+/// The whole firewall as kvm-net could change it: iptables' tables, as
+/// `iptables -S` and `ip6tables -S` print them (iptables-nft leaves empty
+/// built-in chains behind that only `nft` would show), and kvm-net's own
+/// nftables tables.
 pub fn firewall(ns: &Netns) -> String {
-    ns.ok(&["iptables", "-t", "nat", "-S"]) + &ns.ok(&["iptables", "-t", "filter", "-S"])
+    let mut text = String::new();
+    for command in ["iptables", "ip6tables"] {
+        for table in ["nat", "filter", "mangle"] {
+            text += &ns.ok(&[command, "-t", table, "-S"]);
+        }
+    }
+    for family in ["ip", "ip6"] {
+        text += &String::from_utf8_lossy(&ns.output(&["nft", "-s", "list", "table", family, "kvm_net"]).stdout);
+    }
+    text
 }
 
 /// Whether a process runs: it exists and is not a zombie (exited, waiting

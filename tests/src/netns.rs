@@ -112,6 +112,7 @@ impl Netns {
             &["ip", "-o", "addr", "show"],
             &["iptables", "-t", "nat", "-S"],
             &["iptables", "-t", "filter", "-S"],
+            &["nft", "-s", "list", "ruleset"],
             &["cat", "/proc/sys/net/ipv4/ip_forward"],
         ] {
             text.push_str(&self.ok(args));

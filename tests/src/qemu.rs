@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::inspect::backend;
 use crate::sandbox::{Sandbox, User};
 use crate::{helper, Netns};
 
@@ -177,6 +178,7 @@ impl Vm {
             .arg(guest_file("initrd.img"))
             .args(["-append", &append, "-netdev", &netdev])
             .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={},romfile=", spec.mac)])
+            .env("KVM_NET_FIREWALL", backend().as_str())
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::inspect::backend;
 use crate::{helper, Netns};
 
 /// Runs a helper inside `ns` with `env` (and none of the caller's kvm-net
@@ -19,6 +20,7 @@ pub fn run_path(ns: &Netns, path: &Path, args: &[&str], env: &[(&str, &str)]) ->
     for key in ["KVM_NET_DEBUG", "KVM_NET_BRIDGE", "KVM_NET_ADDRESS", "KVM_NET_CONFIG", "KVM_NET_NETWORK"] {
         command.env_remove(key);
     }
+    command.env("KVM_NET_FIREWALL", backend().as_str());
     command.envs(env.iter().copied()).stdin(Stdio::null());
     command.output().unwrap_or_else(|e| panic!("running {}: {e}", path.display()))
 }

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
+use crate::inspect::backend;
 use crate::run::ConfigFile;
 use crate::{helper, Netns};
 
@@ -121,10 +122,11 @@ impl Sandbox {
         Self { dir }
     }
 
-    /// Writes `/etc/kvm-net/kvm-net.toml` (root's, 0644).
+    /// Writes `/etc/kvm-net/kvm-net.toml` (root's, 0644), with the firewall
+    /// backend under test (a privileged helper reads no environment).
     pub fn config(&self, text: &str) {
         let path = self.dir.join("etc-kvm-net/kvm-net.toml");
-        fs::write(&path, text).expect("writing the sandbox config");
+        fs::write(&path, format!("firewall = \"{}\"\n{text}", backend().as_str())).expect("writing the sandbox config");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
     }
 
@@ -191,6 +193,7 @@ impl Sandbox {
             ]);
         }
         command.arg(program).args(args).env("SANDBOX", &self.dir).stdin(Stdio::null());
+        command.env("KVM_NET_FIREWALL", backend().as_str());
         for key in ["KVM_NET_DEBUG", "KVM_NET_BRIDGE", "KVM_NET_ADDRESS", "KVM_NET_CONFIG", "KVM_NET_NETWORK"] {
             command.env_remove(key);
         }

@@ -83,11 +83,9 @@ fn main() -> ExitCode {
 }
 
 fn load_config(explicit: Option<PathBuf>) -> Result<Result<Config, Error>> {
-    let path = match explicit {
-        Some(path) => path,
-        None => Environment::from_process()?.config_path(),
-    };
-    Ok(Config::load(&path, privileged_beyond_caller()))
+    let env = Environment::from_process()?;
+    let path = explicit.unwrap_or_else(|| env.config_path());
+    Ok(Config::load(&path, privileged_beyond_caller()).and_then(|config| config.with_environment(&env)))
 }
 
 fn run(args: Args) -> Result<u8> {

@@ -9,11 +9,10 @@ use serde::Serialize;
 use crate::config::{Config, Mode, Network};
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
-use crate::firewall::{network_chains, Family, Firewall, IptablesFirewall, RuleState};
+use crate::firewall::{self, plan, Backend, Family, RuleState};
 use crate::netlink::{abandoned_bridges, Link, Netlink};
 use crate::network::block_on;
 use crate::runtime::processes_here;
-use crate::status::rule_state_name;
 
 /// How bad a finding is; the exit status is the worst one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -80,7 +79,6 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
             None
         }
     };
-    let firewall = IptablesFirewall::new();
     block_on(async {
         let netlink = Netlink::connect()?;
         let links = netlink.all_links().await?;
@@ -100,7 +98,7 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
             });
         }
         for network in config.iter().flat_map(|c| &c.networks) {
-            check_network(&netlink, &firewall, &links, network, &mut findings).await?;
+            check_network(&netlink, &links, network, &mut findings).await?;
         }
         Ok(())
     })?;
@@ -110,7 +108,6 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
 
 async fn check_network(
     netlink: &Netlink,
-    firewall: &IptablesFirewall,
     links: &[Link],
     network: &Network,
     findings: &mut Vec<Finding>,
@@ -163,19 +160,19 @@ async fn check_network(
                 ));
             }
         }
-        _ => check_managed(firewall, network, findings)?,
+        _ => check_managed(network, findings)?,
     }
     Ok(())
 }
 
-fn check_managed(firewall: &IptablesFirewall, network: &Network, findings: &mut Vec<Finding>) -> Result<()> {
+fn check_managed(network: &Network, findings: &mut Vec<Finding>) -> Result<()> {
     let name = &network.name;
     let bridge = &network.bridge;
-    let broken: Vec<String> = firewall
-        .state(&network_chains(network))?
+    let (backend, chains) = firewall::state(&plan(network), network.firewall)?;
+    let broken: Vec<String> = chains
         .into_iter()
         .filter(|c| c.state != RuleState::Ok)
-        .map(|c| format!("{} {} ({})", c.family.command(), c.name, rule_state_name(c.state)))
+        .map(|c| format!("{} ({})", c.shown, c.state.as_str()))
         .collect();
     if !broken.is_empty() {
         findings.push(Finding::new(
@@ -210,22 +207,25 @@ fn check_managed(firewall: &IptablesFirewall, network: &Network, findings: &mut 
                     format!("run `kvm-net repair {name}`, or sysctl -w {key}=1"),
                 ));
             }
-            let chain = format!("KVMNET-FWD-{bridge}");
-            let drops = firewall.drops_before(family, "filter", "FORWARD", &chain)?;
-            if !drops.rules.is_empty() || (drops.policy == "DROP" && !drops.jump_present) {
+            let Some(drops) = firewall::forward_drops(family, backend, bridge)? else { continue };
+            if !drops.rules.is_empty() || (drops.blocked && !drops.jump_present) {
+                let hook = drops.hook;
                 let why = match (drops.jump_present, drops.rules.first()) {
                     (true, Some(rule)) => format!("`{rule}` comes before kvm-net's accepts"),
-                    (false, Some(rule)) if drops.policy != "DROP" => {
+                    (false, Some(rule)) if !drops.blocked => {
                         format!("`{rule}` drops forwarded traffic and kvm-net's accepts are missing")
                     }
-                    _ => format!("FORWARD's policy is {} and kvm-net's accepts are missing", drops.policy),
+                    _ if backend == Backend::Nftables => {
+                        format!("iptables drops forwarded traffic here (Docker, or a DROP policy) and kvm-net's accepts in {hook} are missing")
+                    }
+                    _ => "FORWARD's policy is DROP and kvm-net's accepts are missing".to_owned(),
                 };
                 findings.push(Finding::new(
                     Severity::Error,
                     "forward-drop",
                     Some(network),
                     format!("guests of network {name} cannot get out: {why}"),
-                    format!("run `kvm-net repair {name}` to put kvm-net's jump back at the top of FORWARD, or move that rule after it"),
+                    format!("run `kvm-net repair {name}` to put kvm-net's jump back at the top of {hook}, or move that rule after it"),
                 ));
             }
         }

@@ -63,7 +63,7 @@ pub enum Error {
     #[error("another kvm-net run has held the lock of bridge {bridge} for {seconds} s")]
     LockTimeout { bridge: String, seconds: u64 },
     /// Rules of someone else's still jump into a chain of kvm-net's.
-    #[error("kvm-net's chains could not be deleted: other rules jump to them: {0}")]
+    #[error("kvm-net's chains could not be deleted: {0}")]
     ChainInUse(String),
 }
 

@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use crate::config::{Config, Network};
 use crate::dnsmasq::{self, Dnsmasq};
 use crate::error::Error;
-use crate::firewall::{all_chains, network_chains, Firewall, IptablesFirewall, RuleState};
+use crate::firewall::{self, plan, Firewall};
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS, MANAGED_ALIAS};
@@ -36,12 +36,10 @@ pub async fn find_bridge(netlink: &Netlink, bridge: &IfName) -> Result<Option<Li
     }
 }
 
-/// What a managed bridge has besides the kernel's link: its firewall chains
+/// What a managed bridge has besides the kernel's link: its firewall rules
 /// and its dnsmasq. Built from the bridge name alone, so that leftovers of a
 /// network no longer in the config can be removed too.
 pub struct Services {
-    /// The iptables backend.
-    pub firewall: IptablesFirewall,
     /// The bridge's dnsmasq (running or not).
     pub dhcp_server: Dnsmasq,
     bridge: IfName,
@@ -50,11 +48,7 @@ pub struct Services {
 impl Services {
     /// The services of `bridge` in this network namespace.
     pub fn for_bridge(bridge: &IfName) -> Result<Self> {
-        Ok(Self {
-            firewall: IptablesFirewall::new(),
-            dhcp_server: Dnsmasq::for_bridge(bridge)?,
-            bridge: bridge.clone(),
-        })
+        Ok(Self { dhcp_server: Dnsmasq::for_bridge(bridge)?, bridge: bridge.clone() })
     }
 
     /// Removes everything kvm-net made for the bridge: its dnsmasq and rules
@@ -66,12 +60,9 @@ impl Services {
     pub async fn tear_down(&self, netlink: &Netlink, bridge: Option<&Link>) -> Result<()> {
         let name = self.bridge.clone();
         let dhcp_server = self.dhcp_server.clone();
-        let firewall = self.firewall;
         let daemon_and_rules = std::thread::spawn(move || {
             let daemon = dhcp_server.stop().with_context(|| format!("stopping DHCP on bridge {name}"));
-            let rules =
-                firewall.remove(&all_chains(&name)).with_context(|| format!("removing the rules for bridge {name}"));
-            [daemon, rules]
+            [daemon, firewall::remove(&name)]
         });
         let link = match bridge {
             Some(bridge) if bridge.is_managed() => {
@@ -177,9 +168,8 @@ impl<'a> Bringup<'a> {
         if !bridge.up {
             netlink.set_up(&bridge).await?;
         }
-        let chains = network_chains(network);
-        let firewall = &self.services.firewall;
-        if self.jumps_ahead { firewall.ensure_ahead(&chains) } else { firewall.ensure(&chains) }
+        Firewall::choose(network.firewall)
+            .ensure(&plan(network), self.jumps_ahead)
             .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
         match (&network.dhcp, &self.dnsmasq_binary) {
             (Some(dhcp), Some(binary)) => self
@@ -323,8 +313,7 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
     for (bridge, network) in candidates {
         let lock = BridgeLock::acquire(&bridge)?;
         let services = Services::for_bridge(&bridge)?;
-        let leftovers = services.dhcp_server.leftover()
-            || services.firewall.state(&all_chains(&bridge))?.iter().any(|c| c.state != RuleState::Missing);
+        let leftovers = services.dhcp_server.leftover() || firewall::leftovers(&bridge)?;
         let removed = block_on(async {
             let netlink = Netlink::connect()?;
             let link = netlink.link_by_name(bridge.as_str()).await?;

@@ -10,13 +10,14 @@ use serde::Serialize;
 
 use crate::config::{Config, Network};
 use crate::dnsmasq::Dnsmasq;
-use crate::firewall::{network_chains, Family, Firewall, IptablesFirewall, RuleState};
+use crate::firewall::{self, plan};
 use crate::netlink::{Link, Netlink};
 use crate::network::block_on;
 use crate::runtime::processes_here;
 
-/// The version of the JSON shape; bumped on any incompatible change.
-pub const STATUS_VERSION: u32 = 1;
+/// The version of the JSON shape; bumped on any incompatible change (2:
+/// `firewall` per network; nftables chains have table `kvm_net`).
+pub const STATUS_VERSION: u32 = 2;
 
 /// Everything `kvm-net status` reports.
 #[derive(Debug, Serialize)]
@@ -50,6 +51,9 @@ pub struct NetworkStatus {
     pub addresses: Vec<String>,
     /// The bridge's ports.
     pub ports: Vec<PortStatus>,
+    /// The firewall backend holding (or that would hold) its rules:
+    /// `nftables` or `iptables`; `null` for bridged networks.
+    pub firewall: Option<&'static str>,
     /// kvm-net's chains for the network (empty for bridged networks).
     pub rules: Vec<RuleStatus>,
     /// The network's dnsmasq; `null` when DHCP is off.
@@ -72,8 +76,8 @@ pub struct PortStatus {
 pub struct RuleStatus {
     /// `ipv4` or `ipv6`.
     pub family: &'static str,
-    /// iptables table.
-    pub table: &'static str,
+    /// Its table: iptables' `nat`, `filter`, `mangle`, or nftables' `kvm_net`.
+    pub table: String,
     /// Chain name.
     pub chain: String,
     /// `ok`, `missing`, `differs` or `no-jump`.
@@ -87,26 +91,15 @@ pub struct DnsmasqStatus {
     pub pid: Option<i32>,
 }
 
-/// The name kvm-net's JSON uses for a rule state.
-pub fn rule_state_name(state: RuleState) -> &'static str {
-    match state {
-        RuleState::Ok => "ok",
-        RuleState::Missing => "missing",
-        RuleState::Differs => "differs",
-        RuleState::NoJump => "no-jump",
-    }
-}
-
 /// Reads the state of every network in `config` (or of the one named `only`).
 pub fn collect(config: &Config, only: Option<&str>) -> Result<Status> {
-    let firewall = IptablesFirewall::new();
     let holders = tap_holders();
     block_on(async {
         let netlink = Netlink::connect()?;
         let links = netlink.all_links().await?;
         let mut networks = Vec::new();
         for network in config.networks.iter().filter(|n| only.is_none_or(|name| n.name == name)) {
-            networks.push(network_status(&netlink, &firewall, &links, &holders, network).await?);
+            networks.push(network_status(&netlink, &links, &holders, network).await?);
         }
         let unconfigured_bridges = links
             .iter()
@@ -119,7 +112,6 @@ pub fn collect(config: &Config, only: Option<&str>) -> Result<Status> {
 
 async fn network_status(
     netlink: &Netlink,
-    firewall: &IptablesFirewall,
     links: &[Link],
     holders: &HashMap<String, (u32, String)>,
     network: &Network,
@@ -141,19 +133,16 @@ async fn network_status(
             ("up", addresses, ports)
         }
     };
-    let rules = firewall
-        .state(&network_chains(network))?
-        .into_iter()
-        .map(|c| RuleStatus {
-            family: match c.family {
-                Family::V4 => "ipv4",
-                Family::V6 => "ipv6",
-            },
-            table: c.table,
-            chain: c.name,
-            state: rule_state_name(c.state),
-        })
-        .collect();
+    let (backend, rules) = if network.mode.is_managed() {
+        let (backend, chains) = firewall::state(&plan(network), network.firewall)?;
+        let rules = chains
+            .into_iter()
+            .map(|c| RuleStatus { family: c.family.as_str(), table: c.table, chain: c.chain, state: c.state.as_str() })
+            .collect();
+        (Some(backend.as_str()), rules)
+    } else {
+        (None, Vec::new())
+    };
     let dnsmasq = match &network.dhcp {
         Some(_) => Some(DnsmasqStatus { pid: Dnsmasq::for_bridge(&network.bridge)?.running_pid().map(|p| p.as_raw()) }),
         None => None,
@@ -167,6 +156,7 @@ async fn network_status(
         kept_up: link.is_some_and(Link::is_kept_up),
         addresses,
         ports,
+        firewall: backend,
         rules,
         dnsmasq,
     })

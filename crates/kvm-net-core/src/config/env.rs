@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::error::Error;
+use crate::firewall::Choice;
 use crate::privilege::privileged_beyond_caller;
 
 /// Environment variable naming the config file.
@@ -15,6 +16,8 @@ pub const ENV_NETWORK: &str = "KVM_NET_NETWORK";
 pub const ENV_BRIDGE: &str = "KVM_NET_BRIDGE";
 /// Environment variable overriding the chosen network's IPv4 address (CIDR).
 pub const ENV_ADDRESS: &str = "KVM_NET_ADDRESS";
+/// Environment variable overriding the firewall backend (`nftables`, `iptables`, `auto`).
+pub const ENV_FIREWALL: &str = "KVM_NET_FIREWALL";
 
 /// The settings read from the environment, already decoded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub struct Environment {
     pub bridge: Option<String>,
     /// `KVM_NET_ADDRESS`.
     pub address: Option<String>,
+    /// `KVM_NET_FIREWALL`.
+    pub firewall: Option<String>,
 }
 
 impl Environment {
@@ -60,11 +65,26 @@ impl Environment {
             network: text(ENV_NETWORK)?,
             bridge: text(ENV_BRIDGE)?,
             address: text(ENV_ADDRESS)?,
+            firewall: text(ENV_FIREWALL)?,
         })
     }
 }
 
 impl Environment {
+    /// `KVM_NET_FIREWALL`, decoded.
+    pub fn firewall_choice(&self) -> Result<Option<Choice>, Error> {
+        self.firewall
+            .as_deref()
+            .map(|value| {
+                Choice::parse(value).ok_or_else(|| Error::BadSetting {
+                    key: ENV_FIREWALL,
+                    value: value.to_owned(),
+                    reason: "it is not one of auto, nftables, iptables".to_owned(),
+                })
+            })
+            .transpose()
+    }
+
     /// The config file to read: `KVM_NET_CONFIG`, else the system file.
     pub fn config_path(&self) -> PathBuf {
         self.config.clone().unwrap_or_else(|| PathBuf::from(super::SYSTEM_CONFIG))

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::{Config, Dhcp, HostRecord, Mode, Network, Source, StaticLease};
 use crate::access::Grants;
 use crate::error::Error;
+use crate::firewall::Choice;
 use crate::ifname::IfName;
 
 /// The file as written: strings, checked field by field afterwards so that
@@ -18,6 +19,8 @@ use crate::ifname::IfName;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    /// `auto`, `nftables` or `iptables`.
+    firewall: Option<String>,
     /// In the file's order: the first matching tap pattern wins.
     #[serde(default)]
     network: IndexMap<String, RawNetwork>,
@@ -76,9 +79,21 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, Error> {
             serde_path_to_error::deserialize(deserializer).map_err(|err| (Some(err.path().clone()), err.into_inner()))
         })
         .map_err(|(at, err)| syntax_error(text, path, at.as_ref(), &err))?;
-    let networks =
-        raw.network.into_iter().map(|(name, network)| network.validate(name, path)).collect::<Result<Vec<_>, _>>()?;
-    let config = Config { source: Source::File(path.to_owned()), networks };
+    let firewall = match raw.firewall.as_deref() {
+        None => Choice::Auto,
+        Some(text) => Choice::parse(text).ok_or_else(|| Error::Config {
+            path: path.display().to_string(),
+            network: None,
+            field: Some("firewall".to_owned()),
+            reason: format!("{text:?} is not one of auto, nftables, iptables"),
+        })?,
+    };
+    let networks = raw
+        .network
+        .into_iter()
+        .map(|(name, network)| network.validate(name, path).map(|n| Network { firewall, ..n }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = Config { source: Source::File(path.to_owned()), firewall, networks };
     check_unique(&config)?;
     Ok(config)
 }
@@ -174,7 +189,7 @@ impl RawNetwork {
             }
         }
         let grants = Grants { users: self.allow_users, groups: self.allow_groups };
-        Ok(Network { name, mode, bridge, ipv4, ipv6, mtu: self.mtu, taps, dhcp, grants })
+        Ok(Network { name, mode, bridge, ipv4, ipv6, mtu: self.mtu, taps, dhcp, grants, firewall: Choice::Auto })
     }
 }
 

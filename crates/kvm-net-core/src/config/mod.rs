@@ -16,9 +16,10 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::access::Grants;
 use crate::error::Error;
+use crate::firewall::Choice;
 use crate::ifname::IfName;
 
-pub use self::env::{Environment, ENV_ADDRESS, ENV_BRIDGE, ENV_CONFIG, ENV_NETWORK};
+pub use self::env::{Environment, ENV_ADDRESS, ENV_BRIDGE, ENV_CONFIG, ENV_FIREWALL, ENV_NETWORK};
 pub use self::select::{choose, Chosen};
 
 /// The system config file; only this one is read by a privileged helper.
@@ -97,6 +98,8 @@ pub struct Network {
     pub dhcp: Option<Dhcp>,
     /// Who besides root may use it through a setuid or capability helper.
     pub grants: Grants,
+    /// Which firewall backend writes its rules (the file's `firewall`).
+    pub firewall: Choice,
 }
 
 /// What the network's dnsmasq hands out and answers.
@@ -164,6 +167,7 @@ impl Network {
             taps: Vec::new(),
             dhcp: None,
             grants: Grants::default(),
+            firewall: Choice::Auto,
         }
     }
 
@@ -211,6 +215,8 @@ impl fmt::Display for Source {
 pub struct Config {
     /// The file they were read from, if any.
     pub source: Source,
+    /// Which firewall backend writes the networks' rules.
+    pub firewall: Choice,
     /// The networks, in file order.
     pub networks: Vec<Network>,
 }
@@ -237,7 +243,11 @@ impl Config {
             // The classic scripts exactly: no DHCP server appears on br0 just
             // because kvm-net replaced them.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Config { source: Source::Builtin, networks: vec![Network::classic()] })
+                return Ok(Config {
+                    source: Source::Builtin,
+                    firewall: Choice::Auto,
+                    networks: vec![Network::classic()],
+                })
             }
             Err(err) => return Err(bad(format!("cannot read it: {err}"))),
         };
@@ -259,6 +269,17 @@ impl Config {
             return Err(bad(format!("it grew over the limit of {MAX_CONFIG_BYTES} bytes while being read")));
         }
         file::parse(&text, path)
+    }
+
+    /// The config with the environment's firewall choice (`KVM_NET_FIREWALL`), if any.
+    pub fn with_environment(mut self, env: &Environment) -> Result<Self, Error> {
+        if let Some(choice) = env.firewall_choice()? {
+            self.firewall = choice;
+            for network in &mut self.networks {
+                network.firewall = choice;
+            }
+        }
+        Ok(self)
     }
 
     /// The network called `name`.

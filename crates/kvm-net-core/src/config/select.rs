@@ -40,6 +40,9 @@ pub fn choose(config: &Config, invoked_as: Option<&str>, tap: &IfName, env: &Env
     } else {
         named(DEFAULT_NETWORK, format!("no tap pattern matches {tap} and {ENV_NETWORK} is unset"))?
     };
+    if let Some(choice) = env.firewall_choice()? {
+        network.firewall = choice;
+    }
     if env.bridge.is_none() && env.address.is_none() {
         return Ok(Chosen { network, how });
     }

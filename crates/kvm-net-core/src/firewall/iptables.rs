@@ -12,22 +12,17 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, Context, Result};
 
-use super::rules::{Family, OwnChain};
-use super::{ChainState, DropsBefore, Firewall, RuleState};
+use super::iptables_rules::{all_chains, command, render, OwnChain};
+use super::plan::{Family, Plan};
+use super::{ChainState, RuleState};
 use crate::error::Error;
+use crate::ifname::IfName;
 use crate::trace::trace;
 
 /// Drives `iptables-save`/`iptables-restore` and their IPv6 twins (legacy
 /// or nf_tables flavour) found on PATH.
 #[derive(Clone, Copy, Default)]
 pub struct IptablesFirewall;
-
-impl IptablesFirewall {
-    /// The backend; it holds no state between calls (the kernel does).
-    pub fn new() -> Self {
-        Self
-    }
-}
 
 fn commands(family: Family) -> (&'static str, &'static str) {
     match family {
@@ -176,16 +171,18 @@ fn ensure_ahead_edits(table: &Listing, chain: &OwnChain) -> Vec<String> {
     lines
 }
 
-/// The lines that remove `chain` and every jump to it from its hook (none
-/// when it is gone). A chain that a rule of someone else's still jumps to
-/// cannot be deleted: it is only emptied (a jump to an empty chain changes
-/// nothing), so that the rest of the table's edits still apply.
+/// The lines that remove `chain` and every jump of kvm-net's to it (from
+/// its hook, or carrying its comment elsewhere); none when it is gone. A
+/// chain that a rule of someone else's still jumps to cannot be deleted: it
+/// is only emptied (a jump to an empty chain changes nothing), so that the
+/// rest of the table's edits still apply.
 fn remove_edits(table: &Listing, chain: &OwnChain) -> Vec<String> {
-    let mut lines: Vec<String> =
-        table.jumps_to(chain.hook, &chain.name).iter().map(|jump| format!("-D {} {jump}", chain.hook)).collect();
+    let (ours, foreign): (Vec<_>, Vec<_>) =
+        table.jumps_into(&chain.name).into_iter().partition(|(owner, spec)| chain.is_own_jump(owner, spec));
+    let mut lines: Vec<String> = ours.iter().map(|(owner, spec)| format!("-D {owner} {spec}")).collect();
     if table.has_chain(&chain.name) {
         lines.push(format!("-F {}", chain.name));
-        if table.foreign_jumps_to(chain.hook, &chain.name).is_empty() {
+        if foreign.is_empty() {
             lines.push(format!("-X {}", chain.name));
         }
     }
@@ -215,7 +212,7 @@ impl IptablesFirewall {
             let saved = match Saved::read(family) {
                 Ok(saved) => saved,
                 Err(err) if skip_missing && tool_missing(&err) => {
-                    trace(format_args!("{}: not installed, so it holds no rules of kvm-net's", family.command()));
+                    trace(format_args!("{}: not installed, so it holds no rules of kvm-net's", command(family)));
                     continue;
                 }
                 Err(err) => return Err(err),
@@ -225,16 +222,17 @@ impl IptablesFirewall {
                 let listing = saved.listing(chain.table);
                 foreign.extend(
                     listing
-                        .foreign_jumps_to(chain.hook, &chain.name)
+                        .jumps_into(&chain.name)
                         .into_iter()
-                        .map(|rule| format!("{} -t {} {rule}", family.command(), chain.table)),
+                        .filter(|(owner, spec)| !chain.is_own_jump(owner, spec))
+                        .map(|(owner, spec)| format!("{} -t {} -A {owner} {spec}", command(family), chain.table)),
                 );
                 let lines = edit(&listing, chain);
                 if !lines.is_empty() {
                     trace(format_args!(
                         "{} ({} table {}): {}",
                         chain.name,
-                        family.command(),
+                        command(family),
                         chain.table,
                         summary(&lines)
                     ));
@@ -250,25 +248,53 @@ impl IptablesFirewall {
     }
 }
 
-impl Firewall for IptablesFirewall {
-    fn ensure(&self, chains: &[OwnChain]) -> Result<()> {
+impl IptablesFirewall {
+    /// Makes the plan's chains exist with exactly their rules and one jump
+    /// each, adding what is missing and leaving everything else alone.
+    pub fn ensure(&self, plan: &Plan) -> Result<()> {
+        self.ensure_chains(&render(plan))
+    }
+
+    /// As [`IptablesFirewall::ensure`], for chains already in iptables' form.
+    pub fn ensure_chains(&self, chains: &[OwnChain]) -> Result<()> {
         self.apply(chains, ensure_edits, false).context("installing kvm-net's chains").map(drop)
     }
 
-    fn ensure_ahead(&self, chains: &[OwnChain]) -> Result<()> {
+    /// As [`IptablesFirewall::ensure`], and moves each jump that a DROP or
+    /// REJECT rule precedes in its built-in chain to the top.
+    pub fn ensure_ahead(&self, plan: &Plan) -> Result<()> {
+        self.ensure_chains_ahead(&render(plan))
+    }
+
+    /// As [`IptablesFirewall::ensure_chains`], moving jumps ahead as
+    /// [`IptablesFirewall::ensure_ahead`] does.
+    pub fn ensure_chains_ahead(&self, chains: &[OwnChain]) -> Result<()> {
         self.apply(chains, ensure_ahead_edits, false).context("installing kvm-net's chains").map(drop)
     }
 
-    fn remove(&self, chains: &[OwnChain]) -> Result<()> {
+    /// Deletes every chain kvm-net may have made for `bridge` and the jumps
+    /// to them; what is already gone counts as removed. Nothing outside
+    /// these chains is touched.
+    pub fn remove(&self, bridge: &IfName) -> Result<()> {
+        self.remove_chains(&all_chains(bridge))
+    }
+
+    /// As [`IptablesFirewall::remove`], for some chains only.
+    pub fn remove_chains(&self, chains: &[OwnChain]) -> Result<()> {
         let foreign = self.apply(chains, remove_edits, true).context("removing kvm-net's chains")?;
         if foreign.is_empty() {
             Ok(())
         } else {
-            Err(Error::ChainInUse(foreign.join("; ")).into())
+            Err(Error::ChainInUse(format!("other rules jump to them: {}", foreign.join("; "))).into())
         }
     }
 
-    fn state(&self, chains: &[OwnChain]) -> Result<Vec<ChainState>> {
+    /// How each of the plan's chains compares with it, without changing anything.
+    pub fn state(&self, plan: &Plan) -> Result<Vec<ChainState>> {
+        self.state_of(&render(plan))
+    }
+
+    fn state_of(&self, chains: &[OwnChain]) -> Result<Vec<ChainState>> {
         let mut states = Vec::with_capacity(chains.len());
         for (family, chains) in by_family(chains) {
             let saved = match Saved::read(family) {
@@ -287,19 +313,38 @@ impl Firewall for IptablesFirewall {
                 } else {
                     RuleState::Ok
                 };
-                states.push(ChainState { family, table: chain.table, name: chain.name.clone(), state });
+                states.push(ChainState {
+                    family,
+                    kind: chain.kind,
+                    table: chain.table.to_owned(),
+                    chain: chain.name.clone(),
+                    shown: format!("{} {}", command(family), chain.name),
+                    state,
+                });
             }
         }
         Ok(states)
     }
 
-    fn drops_before(&self, family: Family, table: &str, hook: &str, chain: &str) -> Result<DropsBefore> {
+    /// Whether any chain kvm-net may have made for `bridge` exists.
+    pub fn leftovers(&self, bridge: &IfName) -> Result<bool> {
+        Ok(self.state_of(&all_chains(bridge))?.iter().any(|c| c.state != RuleState::Missing))
+    }
+
+    /// Whether `hook`'s policy is DROP, whether it jumps to `chain`, and
+    /// its DROP and REJECT rules ahead of that jump (all of them without one).
+    pub fn drops_before(
+        &self,
+        family: Family,
+        table: &str,
+        hook: &str,
+        chain: &str,
+    ) -> Result<(bool, bool, Vec<String>)> {
         let saved = Saved::read(family)?;
         let listing = saved.listing(table);
-        let policy =
-            listing.lines.iter().find_map(|l| l.strip_prefix(&format!("-P {hook} "))).unwrap_or("ACCEPT").to_owned();
+        let policy_drop = listing.lines.iter().any(|l| l.strip_prefix(&format!("-P {hook} ")) == Some("DROP"));
         let rules = listing.drops_ahead_of(hook, chain).into_iter().map(|spec| format!("-A {hook} {spec}")).collect();
-        Ok(DropsBefore { policy, jump_present: !listing.jumps_to(hook, chain).is_empty(), rules })
+        Ok((policy_drop, !listing.jumps_to(hook, chain).is_empty(), rules))
     }
 }
 
@@ -334,16 +379,15 @@ impl<'a> Listing<'a> {
             .collect()
     }
 
-    /// Rules outside `hook` (and outside `chain` itself) that jump or go to
-    /// `chain`, as `-A CHAIN ...`: someone else's, which keep it from being deleted.
-    fn foreign_jumps_to(&self, hook: &str, chain: &str) -> Vec<&'a str> {
+    /// Every rule outside `chain` itself that jumps or goes to it, with
+    /// the chain it is in.
+    fn jumps_into(&self, chain: &str) -> Vec<(&'a str, &'a str)> {
         self.lines
             .iter()
-            .filter(|line| {
-                let owner = line.strip_prefix("-A ").and_then(|rest| rest.split_whitespace().next());
-                owner.is_some_and(|owner| owner != hook && owner != chain) && targets(line, chain)
+            .filter_map(|line| {
+                let (owner, spec) = line.strip_prefix("-A ")?.split_once(' ')?;
+                (owner != chain && targets(spec, chain)).then_some((owner, spec))
             })
-            .map(String::as_str)
             .collect()
     }
 }
@@ -358,7 +402,7 @@ fn targets(spec: &str, chain: &str) -> bool {
 mod tests {
     use super::*;
     use crate::config::Network;
-    use crate::firewall::network_chains;
+    use crate::firewall::plan::plan;
 
     const SAVED: &str = "# Generated by iptables-save v1.8.9 (nf_tables)
 *nat
@@ -396,7 +440,7 @@ COMMIT
     #[test]
     fn edits_rewrite_a_damaged_chain_and_drop_duplicate_jumps() {
         let saved = Saved::parse(SAVED);
-        let chains = network_chains(&Network { ipv4: "10.0.0.1/8".parse().ok(), ..Network::classic() });
+        let chains = render(&plan(&Network { ipv4: "10.0.0.1/8".parse().ok(), ..Network::classic() }));
         let nat = chains.iter().find(|c| c.table == "nat").expect("nat chain");
         let edits = ensure_edits(&saved.listing("nat"), nat);
         assert_eq!(edits[0], ":KVMNET-NAT-br0 - [0:0]");

@@ -1,46 +1,89 @@
-//! Firewall state kvm-net owns: chains of its own, each reached by one jump
-//! from a built-in chain, so that its rules can be found and removed exactly.
+//! kvm-net's firewall: the rules each network needs, as a plan
+//! ([`plan`]), rendered by one of two backends: nftables (kvm-net's own
+//! tables, over netlink; the default where the kernel has nf_tables) or
+//! iptables (`iptables-restore`). One function picks the backend; removal,
+//! state and leftovers look in both, so rules made by either (by an earlier
+//! kvm-net, or before the config switched backends) are found and removed.
 
+mod docker;
 mod iptables;
-mod rules;
+mod iptables_rules;
+mod nftables;
+pub mod plan;
 
-use anyhow::Result;
+use std::fmt;
 
-pub use self::iptables::IptablesFirewall;
-pub use self::rules::{all_chains, network_chains, Family, OwnChain};
+use anyhow::{Context, Result};
 
-/// A firewall backend; iptables today, nftables may follow.
-pub trait Firewall {
-    /// Makes each chain exist with exactly its rules and one jump to it,
-    /// adding what is missing and leaving everything else alone.
-    fn ensure(&self, chains: &[OwnChain]) -> Result<()>;
+pub use self::nftables::TABLE as NFTABLES_TABLE;
+pub use self::plan::{plan, Family, Kind, Plan};
 
-    /// As [`Firewall::ensure`], and moves each jump that a DROP or REJECT
-    /// rule precedes in its built-in chain to the top: what `kvm-net repair`
-    /// does when an administrator asks for it, never a VM start.
-    fn ensure_ahead(&self, chains: &[OwnChain]) -> Result<()>;
+use self::iptables::IptablesFirewall;
+use self::nftables::NftablesFirewall;
+use crate::ifname::IfName;
+use crate::trace::trace;
 
-    /// Deletes the jumps to each chain and the chain itself; what is already
-    /// gone counts as removed. Nothing outside these chains is touched.
-    fn remove(&self, chains: &[OwnChain]) -> Result<()>;
+/// The two ways kvm-net can write rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// kvm-net's own nf_tables tables, over netlink.
+    Nftables,
+    /// Chains of its own in iptables' tables, through `iptables-restore`.
+    Iptables,
+}
 
-    /// How each chain compares with its plan, without changing anything.
-    fn state(&self, chains: &[OwnChain]) -> Result<Vec<ChainState>>;
+impl Backend {
+    /// `nftables` or `iptables`, as the config and status say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+        }
+    }
+}
 
-    /// The rules of a built-in chain that come before kvm-net's jump to
-    /// `chain` and drop or reject traffic, plus the chain's policy.
-    fn drops_before(&self, family: Family, table: &str, hook: &str, chain: &str) -> Result<DropsBefore>;
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the config asks for (`firewall = "auto" | "nftables" | "iptables"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Choice {
+    /// nftables where the kernel has nf_tables and no legacy iptables tables
+    /// are in use; iptables otherwise.
+    #[default]
+    Auto,
+    /// This backend, whatever the host.
+    Only(Backend),
+}
+
+impl Choice {
+    /// Reads `auto`, `nftables` or `iptables`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "auto" => Some(Choice::Auto),
+            "nftables" => Some(Choice::Only(Backend::Nftables)),
+            "iptables" => Some(Choice::Only(Backend::Iptables)),
+            _ => None,
+        }
+    }
 }
 
 /// One chain of kvm-net's as the firewall has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainState {
-    /// iptables or ip6tables.
+    /// Its family.
     pub family: Family,
-    /// Its table.
-    pub table: &'static str,
-    /// Its name.
-    pub name: String,
+    /// What it is for.
+    pub kind: Kind,
+    /// Its table (`nat`, `filter`, `mangle` in iptables; `kvm_net` in nftables).
+    pub table: String,
+    /// Its name (`KVMNET-FWD-br0`, `fwd-br0`).
+    pub chain: String,
+    /// Where it is, for messages (`iptables KVMNET-FWD-br0`, `ip kvm_net fwd-br0`).
+    pub shown: String,
     /// How it compares with the plan.
     pub state: RuleState,
 }
@@ -58,13 +101,154 @@ pub enum RuleState {
     NoJump,
 }
 
-/// What may stop traffic in a built-in chain before kvm-net's rules see it.
+impl RuleState {
+    /// The name kvm-net's output uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleState::Ok => "ok",
+            RuleState::Missing => "missing",
+            RuleState::Differs => "differs",
+            RuleState::NoJump => "no-jump",
+        }
+    }
+}
+
+/// What may stop forwarded traffic in iptables before kvm-net's accepts see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DropsBefore {
-    /// The chain's policy (`ACCEPT`, `DROP`).
-    pub policy: String,
+    /// The chain holding kvm-net's jump (`FORWARD`, or Docker's `DOCKER-USER`).
+    pub hook: &'static str,
+    /// Whether traffic that no accept takes is dropped (a DROP policy, or Docker).
+    pub blocked: bool,
     /// Whether kvm-net's jump is there at all.
     pub jump_present: bool,
     /// `-A HOOK ... -j DROP|REJECT` rules ahead of the jump (all of them when there is no jump).
     pub rules: Vec<String>,
+}
+
+/// Whether iptables' legacy (x_tables) tables are in use in this network
+/// namespace: then iptables is the host's firewall tool, and kvm-net's
+/// rules go where it and its users (Docker) see them.
+fn legacy_iptables_in_use() -> bool {
+    ["/proc/self/net/ip_tables_names", "/proc/self/net/ip6_tables_names"]
+        .iter()
+        .any(|path| std::fs::read_to_string(path).is_ok_and(|names| !names.trim().is_empty()))
+}
+
+/// kvm-net's firewall in this network namespace, with its backend chosen.
+#[derive(Clone, Copy, Debug)]
+pub struct Firewall {
+    backend: Backend,
+}
+
+impl Firewall {
+    /// Picks the backend `choice` asks for.
+    pub fn choose(choice: Choice) -> Self {
+        let backend = match choice {
+            Choice::Only(backend) => backend,
+            Choice::Auto if legacy_iptables_in_use() => Backend::Iptables,
+            Choice::Auto if NftablesFirewall::available() => Backend::Nftables,
+            Choice::Auto => Backend::Iptables,
+        };
+        trace(format_args!("firewall backend: {backend}"));
+        Self { backend }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Makes the network's rules exactly `plan` in this backend, leaving
+    /// everything else alone, and removes what the other backend holds of
+    /// the bridge (rules of an earlier kvm-net, or of a backend the config
+    /// no longer asks for). With `ahead`, iptables jumps that a DROP or
+    /// REJECT rule precedes are moved to the top (what `kvm-net repair` does).
+    pub fn ensure(&self, plan: &Plan, ahead: bool) -> Result<()> {
+        let bridge = &plan.bridge;
+        match self.backend {
+            Backend::Nftables => {
+                NftablesFirewall.ensure(plan)?;
+                docker::ensure(plan, ahead)
+            }
+            Backend::Iptables => {
+                if ahead {
+                    IptablesFirewall.ensure_ahead(plan)?;
+                } else {
+                    IptablesFirewall.ensure(plan)?;
+                }
+                if NftablesFirewall::available() && NftablesFirewall.leftovers(bridge)? {
+                    trace(format_args!("removing nftables rules of {bridge}: the iptables backend is in use"));
+                    NftablesFirewall.remove(bridge)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether iptables may hold rules of kvm-net's for `bridge`: iptables-nft's
+/// tables are read over netlink (no process); legacy tables only through
+/// `iptables-save`.
+fn iptables_may_hold(bridge: &IfName) -> Result<bool> {
+    if legacy_iptables_in_use() {
+        return IptablesFirewall.leftovers(bridge);
+    }
+    if !NftablesFirewall::available() {
+        return Ok(false);
+    }
+    docker::iptables_nft_holds(bridge)
+}
+
+/// Removes every rule kvm-net made for `bridge`, in whichever backend holds
+/// them; nothing else is touched. Keeps going past a failed backend and
+/// reports the first failure.
+pub fn remove(bridge: &IfName) -> Result<()> {
+    let nft = if NftablesFirewall::available() { NftablesFirewall.remove(bridge) } else { Ok(()) };
+    let iptables = match iptables_may_hold(bridge) {
+        Ok(true) => IptablesFirewall.remove(bridge),
+        Ok(false) => Ok(()),
+        Err(err) => Err(err),
+    };
+    nft.and(iptables).with_context(|| format!("removing the rules for bridge {bridge}"))
+}
+
+/// The state of the plan's chains, in the backend that holds the bridge's
+/// rules (the one `choice` picks when neither does).
+pub fn state(plan: &Plan, choice: Choice) -> Result<(Backend, Vec<ChainState>)> {
+    let nft_holds = NftablesFirewall::available() && NftablesFirewall.leftovers(&plan.bridge)?;
+    let backend = if nft_holds {
+        Backend::Nftables
+    } else if iptables_may_hold(&plan.bridge)? {
+        Backend::Iptables
+    } else {
+        Firewall::choose(choice).backend
+    };
+    let states = match backend {
+        Backend::Nftables => NftablesFirewall.state(plan)?,
+        Backend::Iptables => IptablesFirewall.state(plan)?,
+    };
+    Ok((backend, states))
+}
+
+/// Whether any rule of kvm-net's for `bridge` is left, in either backend.
+pub fn leftovers(bridge: &IfName) -> Result<bool> {
+    Ok((NftablesFirewall::available() && NftablesFirewall.leftovers(bridge)?) || iptables_may_hold(bridge)?)
+}
+
+/// What in iptables' `filter` table may drop the forwarded traffic of a
+/// network whose rules `backend` holds, ahead of kvm-net's accepts: the
+/// iptables backend's jump in `FORWARD`; for the nftables backend, where
+/// iptables drops at all (Docker, a DROP policy), the jump to its accepts.
+/// `None` where nothing in iptables can drop it.
+pub fn forward_drops(family: Family, backend: Backend, bridge: &IfName) -> Result<Option<DropsBefore>> {
+    let (hook, chain, blocked_anyway) = match backend {
+        Backend::Iptables => ("FORWARD", iptables_rules::forward_chain_name(bridge), false),
+        Backend::Nftables => match docker::forward_blocked(family)? {
+            Some(block) => (block.hook(), iptables_rules::accept_chain_name(bridge), true),
+            None => return Ok(None),
+        },
+    };
+    let (policy_drop, jump_present, rules) = IptablesFirewall.drops_before(family, "filter", hook, &chain)?;
+    Ok(Some(DropsBefore { hook, blocked: blocked_anyway || policy_drop, jump_present, rules }))
 }

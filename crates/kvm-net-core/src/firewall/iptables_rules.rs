@@ -1,38 +1,22 @@
-//! The rules a NAT bridge needs, built as the exact text `iptables -S` prints,
-//! so that a listing can be compared with what should be there.
+//! The plan in iptables' form: kvm-net's chains per bridge, each reached by
+//! one jump from a built-in chain, with rules as the exact text `iptables -S`
+//! prints, so that a listing can be compared with what should be there.
 
-use crate::config::{Mode, Network};
+use super::plan::{Action, Chain, Family, Kind, Match, Plan, Protocol, Rule};
 use crate::ifname::IfName;
 
 /// Prefix of every chain kvm-net creates; with a 15-byte bridge name the
 /// longest chain name (`KVMNET-NAT-` + name) stays under iptables' 28 bytes.
 pub const CHAIN_PREFIX: &str = "KVMNET-";
 
-/// Which of iptables and ip6tables holds a chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// `iptables`.
-    V4,
-    /// `ip6tables`.
-    V6,
-}
-
-impl Family {
-    /// The command that manages this family's rules.
-    pub fn command(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
-    }
-}
-
 /// A chain of kvm-net's own, in `table`, jumped to from the built-in `hook`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnChain {
     /// iptables or ip6tables.
     pub family: Family,
-    /// iptables table (`nat`, `filter`).
+    /// What it is for.
+    pub kind: Kind,
+    /// iptables table (`nat`, `filter`, `mangle`).
     pub table: &'static str,
     /// Built-in chain holding the jump.
     pub hook: &'static str,
@@ -42,6 +26,24 @@ pub struct OwnChain {
     pub jump: String,
     /// The chain's rule specs in order, as `iptables -S` prints them after `-A NAME`.
     pub rules: Vec<String>,
+    /// The comment match on every rule of kvm-net's for the bridge.
+    pub tag: String,
+}
+
+impl OwnChain {
+    /// Whether a rule in `owner` that jumps here is kvm-net's own: in the
+    /// hook, or carrying the bridge's comment anywhere else.
+    pub fn is_own_jump(&self, owner: &str, spec: &str) -> bool {
+        owner == self.hook || spec.contains(&self.tag)
+    }
+}
+
+/// The command that manages a family's rules.
+pub fn command(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    }
 }
 
 /// The tag on every rule kvm-net adds for `bridge`.
@@ -49,155 +51,145 @@ pub fn comment(bridge: &IfName) -> String {
     format!("-m comment --comment \"kvm-net:{bridge}\"")
 }
 
-/// The kinds of chain kvm-net keeps per bridge and family.
-#[derive(Clone, Copy)]
-enum Kind {
-    Masquerade,
-    Forward,
-    /// DHCP and DNS from guests to the bridge's dnsmasq.
-    Input,
-    /// Checksums of DHCP replies, which guests using vhost-net otherwise drop.
-    Checksum,
-    /// What must never be forwarded to or from the bridge (isolated: all;
-    /// nat: new connections in). In mangle FORWARD, which runs before filter:
-    /// a drop there is final, so no accept in filter FORWARD (another
-    /// network's, whichever order they started in, or anyone's) can undo it.
-    Guard,
-}
-
-fn own_chain(family: Family, kind: Kind, bridge: &IfName, rules: Vec<String>) -> OwnChain {
-    let (table, hook, tag) = match kind {
+/// Table, built-in chain and name tag of each kind.
+fn placement(kind: Kind) -> (&'static str, &'static str, &'static str) {
+    match kind {
         Kind::Masquerade => ("nat", "POSTROUTING", "NAT"),
         Kind::Forward => ("filter", "FORWARD", "FWD"),
+        Kind::Guard => ("mangle", "FORWARD", "GRD"),
         Kind::Input => ("filter", "INPUT", "IN"),
         Kind::Checksum => ("mangle", "POSTROUTING", "MNG"),
-        Kind::Guard => ("mangle", "FORWARD", "GRD"),
-    };
-    let name = format!("{CHAIN_PREFIX}{tag}-{bridge}");
-    let jump = format!("{} -j {name}", comment(bridge));
-    OwnChain { family, table, hook, name, jump, rules }
+    }
+}
+
+/// kvm-net's chain of `kind` for `bridge`, reached from `hook` (its usual
+/// built-in chain unless given), with `rules`.
+fn own_chain(family: Family, kind: Kind, bridge: &IfName, rules: Vec<String>) -> OwnChain {
+    let (table, hook, tag) = placement(kind);
+    named_chain(family, kind, table, hook, &format!("{CHAIN_PREFIX}{tag}-{bridge}"), bridge, rules)
+}
+
+fn named_chain(
+    family: Family,
+    kind: Kind,
+    table: &'static str,
+    hook: &'static str,
+    name: &str,
+    bridge: &IfName,
+    rules: Vec<String>,
+) -> OwnChain {
+    let tag = comment(bridge);
+    let jump = format!("{tag} -j {name}");
+    OwnChain { family, kind, table, hook, name: name.to_owned(), jump, rules, tag }
+}
+
+/// `KVMNET-ACC-BRIDGE`: the forward accepts of a network whose rules live
+/// in nf_tables, for a host whose iptables FORWARD would drop its traffic
+/// (Docker): reached from `hook` (`DOCKER-USER`, else `FORWARD`).
+pub fn accept_chain(bridge: &IfName, chain: &Chain, hook: &'static str) -> OwnChain {
+    let tag = comment(bridge);
+    let rules = chain.rules.iter().map(|rule| rule_text(rule, &tag)).collect();
+    named_chain(chain.family, Kind::Forward, "filter", hook, &accept_chain_name(bridge), bridge, rules)
+}
+
+/// `KVMNET-ACC-BRIDGE`.
+pub fn accept_chain_name(bridge: &IfName) -> String {
+    format!("{CHAIN_PREFIX}ACC-{bridge}")
+}
+
+/// `KVMNET-FWD-BRIDGE`, the iptables backend's forward chain.
+pub fn forward_chain_name(bridge: &IfName) -> String {
+    format!("{CHAIN_PREFIX}{}-{bridge}", placement(Kind::Forward).2)
 }
 
 /// Every chain kvm-net may have made for `bridge`, whatever mode it had: what
 /// teardown removes, so that a mode changed in between leaves nothing behind.
 pub fn all_chains(bridge: &IfName) -> Vec<OwnChain> {
-    [Kind::Masquerade, Kind::Forward, Kind::Guard, Kind::Input, Kind::Checksum]
+    let v6_kinds = [Kind::Masquerade, Kind::Forward, Kind::Guard];
+    let accepts = |family| {
+        named_chain(family, Kind::Forward, "filter", "FORWARD", &accept_chain_name(bridge), bridge, Vec::new())
+    };
+    Kind::ALL
         .map(|kind| own_chain(Family::V4, kind, bridge, Vec::new()))
         .into_iter()
-        .chain(
-            [Kind::Masquerade, Kind::Forward, Kind::Guard].map(|kind| own_chain(Family::V6, kind, bridge, Vec::new())),
-        )
+        .chain(v6_kinds.map(|kind| own_chain(Family::V6, kind, bridge, Vec::new())))
+        .chain([accepts(Family::V4), accepts(Family::V6)])
         .collect()
 }
 
-/// The chains a managed network needs, by mode (libvirt's rule sets, so that
-/// guests behave as on its networks). Bridged networks need none.
-pub fn network_chains(network: &Network) -> Vec<OwnChain> {
-    let bridge = &network.bridge;
-    let tag = comment(bridge);
-    let subnets: Vec<(Family, String)> = network
-        .subnet4()
-        .map(|s| (Family::V4, s.to_string()))
-        .into_iter()
-        .chain(network.subnet6().map(|s| (Family::V6, s.to_string())))
-        .collect();
-    let mut chains = Vec::new();
-    match network.mode {
-        Mode::Bridged => {}
-        Mode::Nat | Mode::Routed => {
-            for (family, subnet) in &subnets {
-                if network.mode == Mode::Nat {
-                    chains.push(own_chain(*family, Kind::Masquerade, bridge, masquerade_rules(*family, subnet, &tag)));
-                }
-                let back = match network.mode {
-                    // Replies only: NAT hides the guests from the outside.
-                    Mode::Nat => " -m conntrack --ctstate RELATED,ESTABLISHED",
-                    _ => "",
-                };
-                chains.push(own_chain(
-                    *family,
-                    Kind::Forward,
-                    bridge,
-                    vec![
-                        format!("-s {subnet} -i {bridge} {tag} -j ACCEPT"),
-                        format!("-d {subnet} -o {bridge}{back} {tag} -j ACCEPT"),
-                        format!("-i {bridge} -o {bridge} {tag} -j ACCEPT"),
-                    ],
-                ));
-                if network.mode == Mode::Nat {
-                    // Closed to new connections from outside the bridge, as
-                    // libvirt's NAT networks are; replies pass.
-                    chains.push(own_chain(
-                        *family,
-                        Kind::Guard,
-                        bridge,
-                        vec![format!(
-                            "! -i {bridge} -o {bridge} -m conntrack ! --ctstate RELATED,ESTABLISHED {tag} -j DROP"
-                        )],
-                    ));
-                }
-            }
-        }
-        Mode::Isolated => {
-            // Both families always: an isolated bridge must not leak even
-            // where another network turned forwarding on. Guests still reach
-            // each other where bridged frames go through iptables (br_netfilter).
-            for family in [Family::V4, Family::V6] {
-                chains.push(own_chain(
-                    family,
-                    Kind::Forward,
-                    bridge,
-                    vec![format!("-i {bridge} -o {bridge} {tag} -j ACCEPT")],
-                ));
-                chains.push(own_chain(
-                    family,
-                    Kind::Guard,
-                    bridge,
-                    vec![
-                        format!("-i {bridge} ! -o {bridge} {tag} -j DROP"),
-                        format!("! -i {bridge} -o {bridge} {tag} -j DROP"),
-                    ],
-                ));
-            }
-        }
-    }
-    if let Some(dhcp) = &network.dhcp {
-        let mut accept = vec![format!("-i {bridge} -p udp -m udp --dport 67 {tag} -j ACCEPT")];
-        if dhcp.dns {
-            accept.push(format!("-i {bridge} -p udp -m udp --dport 53 {tag} -j ACCEPT"));
-            accept.push(format!("-i {bridge} -p tcp -m tcp --dport 53 {tag} -j ACCEPT"));
-        }
-        chains.push(own_chain(Family::V4, Kind::Input, bridge, accept));
-        chains.push(own_chain(
-            Family::V4,
-            Kind::Checksum,
-            bridge,
-            vec![format!("-o {bridge} -p udp -m udp --dport 68 {tag} -j CHECKSUM --checksum-fill")],
-        ));
-    }
-    chains
+/// The plan's chains in iptables' form.
+pub fn render(plan: &Plan) -> Vec<OwnChain> {
+    let tag = comment(&plan.bridge);
+    plan.chains
+        .iter()
+        .map(|chain| {
+            let rules = chain.rules.iter().map(|rule| rule_text(rule, &tag)).collect();
+            own_chain(chain.family, chain.kind, &plan.bridge, rules)
+        })
+        .collect()
 }
 
-fn masquerade_rules(family: Family, subnet: &str, tag: &str) -> Vec<String> {
-    let keep = match family {
-        Family::V4 => vec![
-            format!("-s {subnet} -d 224.0.0.0/24 {tag} -j RETURN"),
-            format!("-s {subnet} -d 255.255.255.255/32 {tag} -j RETURN"),
-        ],
-        Family::V6 => vec![format!("-s {subnet} -d ff00::/8 {tag} -j RETURN")],
-    };
-    keep.into_iter()
-        .chain([
-            format!("-s {subnet} ! -d {subnet} -p tcp {tag} -j MASQUERADE --to-ports 1024-65535"),
-            format!("-s {subnet} ! -d {subnet} -p udp {tag} -j MASQUERADE --to-ports 1024-65535"),
-            format!("-s {subnet} ! -d {subnet} {tag} -j MASQUERADE"),
-        ])
-        .collect()
+/// Where `iptables -S` prints a match: addresses, interfaces, protocol
+/// and port, then conntrack.
+fn position(condition: &Match) -> u8 {
+    match condition {
+        Match::Source { .. } => 0,
+        Match::Destination { .. } => 1,
+        Match::InIface { .. } => 2,
+        Match::OutIface { .. } => 3,
+        Match::Protocol { .. } => 4,
+        Match::EstablishedOrRelated { .. } => 5,
+    }
+}
+
+fn match_text(condition: &Match) -> String {
+    let not = |negate: bool| if negate { "! " } else { "" };
+    match condition {
+        Match::Source { net, negate } => format!("{}-s {net}", not(*negate)),
+        Match::Destination { net, negate } => format!("{}-d {net}", not(*negate)),
+        Match::InIface { name, negate } => format!("{}-i {name}", not(*negate)),
+        Match::OutIface { name, negate } => format!("{}-o {name}", not(*negate)),
+        Match::Protocol { protocol, destination_port } => {
+            let name = match protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+            };
+            match destination_port {
+                Some(port) => format!("-p {name} -m {name} --dport {port}"),
+                None => format!("-p {name}"),
+            }
+        }
+        Match::EstablishedOrRelated { negate } => format!("-m conntrack {}--ctstate RELATED,ESTABLISHED", not(*negate)),
+    }
+}
+
+/// A rule as `iptables -S` prints it: the matches in its order, the
+/// comment, then the target.
+fn rule_text(rule: &Rule, tag: &str) -> String {
+    let mut matches: Vec<&Match> = rule.matches.iter().collect();
+    matches.sort_by_key(|m| position(m));
+    let mut words: Vec<String> = matches.into_iter().map(match_text).collect();
+    words.push(tag.to_owned());
+    words.push(match &rule.action {
+        Action::Accept => "-j ACCEPT".to_owned(),
+        Action::Drop => "-j DROP".to_owned(),
+        Action::Return => "-j RETURN".to_owned(),
+        Action::Masquerade { ports: Some((low, high)) } => format!("-j MASQUERADE --to-ports {low}-{high}"),
+        Action::Masquerade { ports: None } => "-j MASQUERADE".to_owned(),
+        Action::ChecksumFill => "-j CHECKSUM --checksum-fill".to_owned(),
+    });
+    words.join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Mode, Network};
+    use crate::firewall::plan::plan;
+
+    fn network_chains(network: &Network) -> Vec<OwnChain> {
+        render(&plan(network))
+    }
 
     fn network(mode: Mode, ipv4: Option<&str>, ipv6: Option<&str>) -> Network {
         Network {
@@ -282,7 +274,7 @@ mod tests {
             ]
         );
         assert!(network_chains(&network(Mode::Bridged, None, None)).is_empty());
-        assert_eq!(all_chains(&Network::classic().bridge).len(), 8);
+        assert_eq!(all_chains(&Network::classic().bridge).len(), 10);
         let with_dhcp = Network {
             dhcp: Some(crate::config::Dhcp::defaults_for("10.0.0.1/24".parse().expect("net"))),
             ..Network::classic()

@@ -1,0 +1,607 @@
+//! The nftables backend: kvm-net's own tables, `ip kvm_net` and `ip6
+//! kvm_net`, spoken to over netlink (no `nft` process). Per family, one base
+//! chain per hook kvm-net needs, each dispatching through a verdict map keyed
+//! by interface name (`iifname vmap @forward`) to one chain per bridge
+//! (`fwd-br0`). Finding a network's part is then a few small requests
+//! whatever the number of networks, and every change is one batch.
+//!
+//! ```text
+//! table ip kvm_net {
+//!     map forward { type ifname : verdict; elements = { "br0" : jump fwd-br0 } }
+//!     chain forward { type filter hook forward priority filter; policy accept;
+//!         iifname vmap @forward comment "kvm-net 1a2b3c4d"
+//!         oifname vmap @forward comment "kvm-net 5e6f7a8b" }
+//!     chain fwd-br0 { ... comment "kvm-net:br0 9c0d1e2f" }
+//! }
+//! ```
+
+mod render;
+mod socket;
+
+use anyhow::{anyhow, Context, Result};
+use netlink_packet_netfilter::nftables::{
+    ChainAttribute, ChainMessage, DataAttribute, Hook, InetHookNumber, ListAttribute, MetaKey, NfTablesMessage,
+    RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute, SetElementList, SetElementMessage, SetFlags,
+    SetMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
+};
+use rtnetlink::packet_core::{NLM_F_APPEND, NLM_F_CREATE};
+
+use self::render::{comment, dispatch_expressions, ifname_key, rule_expressions, verdict};
+use self::socket::{Change, Committed, Nft};
+use super::plan::{Family, Kind, Plan};
+use super::{ChainState, RuleState};
+use crate::error::Error;
+use crate::ifname::IfName;
+use crate::trace::trace;
+
+/// The name of kvm-net's tables, one per family.
+pub const TABLE: &str = "kvm_net";
+
+/// How often a batch is computed again after the ruleset changed under it.
+const ATTEMPTS: usize = 20;
+
+/// nft's data type of interface names (`TYPE_IFNAME`), the maps' key.
+const TYPE_IFNAME: u32 = 41;
+/// `NFT_DATA_VERDICT`, the maps' data.
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+/// The maps' user data, for `nft` to print their keys: the key is in host
+/// byte order (`NFTNL_UDATA_SET_KEYBYTEORDER`, 4 bytes, `BYTEORDER_HOST_ENDIAN`).
+fn key_in_host_order() -> Vec<u8> {
+    let mut data = vec![0, 4];
+    data.extend(1u32.to_ne_bytes());
+    data
+}
+
+/// Where one kind of chain is hooked.
+struct Hooked {
+    kind: Kind,
+    /// The base chain, and the verdict map it looks bridges up in.
+    base: &'static str,
+    /// `filter` or `nat`.
+    chain_type: &'static str,
+    hook: InetHookNumber,
+    priority: i32,
+    /// Which interface names the base chain looks up.
+    keys: &'static [MetaKey],
+    /// Prefix of the per-bridge chain.
+    prefix: &'static str,
+}
+
+fn hooked(kind: Kind) -> Option<Hooked> {
+    let (base, chain_type, hook, priority, keys, prefix): (_, _, _, _, &'static [MetaKey], _) = match kind {
+        Kind::Masquerade => ("postrouting", "nat", InetHookNumber::PostRouting, 100, &[MetaKey::Iifname], "nat"),
+        Kind::Forward => {
+            ("forward", "filter", InetHookNumber::Forward, 0, &[MetaKey::Iifname, MetaKey::Oifname], "fwd")
+        }
+        // Priority mangle: ahead of filter, though a drop is final at any priority.
+        Kind::Guard => ("guard", "filter", InetHookNumber::Forward, -150, &[MetaKey::Iifname, MetaKey::Oifname], "grd"),
+        Kind::Input => ("input", "filter", InetHookNumber::LocalIn, 0, &[MetaKey::Iifname], "in"),
+        Kind::Checksum => return None,
+    };
+    Some(Hooked { kind, base, chain_type, hook, priority, keys, prefix })
+}
+
+fn chain_name(hooked: &Hooked, bridge: &IfName) -> String {
+    format!("{}-{bridge}", hooked.prefix)
+}
+
+fn table_of(family: Family) -> String {
+    let prefix = match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    };
+    format!("{prefix} {TABLE}")
+}
+
+/// A rule to add: its expressions and its comment.
+struct NewRule {
+    expressions: Vec<render::Expression>,
+    userdata: Vec<u8>,
+}
+
+impl NewRule {
+    fn new(tag: &str, expressions: Vec<render::Expression>) -> Self {
+        let userdata = comment(tag, &expressions);
+        Self { expressions, userdata }
+    }
+}
+
+/// The comments of rules, in order: how kvm-net recognises its own.
+fn userdata_of(rules: &[NewRule]) -> Vec<Vec<u8>> {
+    rules.iter().map(|r| r.userdata.clone()).collect()
+}
+
+/// The dispatch rules a base chain holds.
+fn dispatch_rules(hooked: &Hooked) -> Vec<NewRule> {
+    hooked.keys.iter().map(|key| NewRule::new("kvm-net", dispatch_expressions(*key, hooked.base))).collect()
+}
+
+/// A bridge's chain of one kind, as planned.
+fn planned_rules(plan: &Plan, family: Family, kind: Kind) -> Vec<NewRule> {
+    let tag = format!("kvm-net:{}", plan.bridge);
+    plan.chain(family, kind)
+        .map(|chain| chain.rules.iter().map(|rule| NewRule::new(&tag, rule_expressions(rule))).collect())
+        .unwrap_or_default()
+}
+
+/// What one family and kind of a network looks like in the kernel.
+struct Seen {
+    /// The comments of the base chain's rules (empty: missing or empty).
+    base: Vec<Vec<u8>>,
+    /// The comments of the bridge's chain's rules.
+    chain: Vec<Vec<u8>>,
+    /// The chain the bridge's map element jumps to.
+    element: Option<String>,
+}
+
+fn table_message(name: &str) -> NfTablesMessage {
+    NfTablesMessage::NewTable(TableMessage { attributes: vec![TableAttribute::Name(name.to_owned())] })
+}
+
+/// The rules of one chain of kvm-net's table: what a dump lists, a flush deletes.
+fn chain_rules(chain: &str) -> RuleMessage {
+    RuleMessage { attributes: vec![RuleAttribute::Table(TABLE.to_owned()), RuleAttribute::Chain(chain.to_owned())] }
+}
+
+fn element_list(map: &str, bridge: &IfName, jump_to: Option<&str>) -> SetElementMessage {
+    let mut element = vec![SetElementAttribute::Key(DataAttribute::Value(ifname_key(bridge)))];
+    if let Some(chain) = jump_to {
+        element.push(SetElementAttribute::Data(verdict(Verdict::Jump, Some(chain))));
+    }
+    SetElementMessage {
+        attributes: vec![
+            SetElementList::Table(TABLE.to_owned()),
+            SetElementList::Set(map.to_owned()),
+            SetElementList::Elements(vec![ListAttribute::Element(element)]),
+        ],
+    }
+}
+
+/// The comments of the rules of `chain` (in kvm-net's table of `family`), in order.
+fn rule_comments(nft: &mut Nft, family: Family, chain: &str) -> Result<Vec<Vec<u8>>> {
+    let rules = nft.dump(family, NfTablesMessage::GetRule(chain_rules(chain)))?;
+    Ok(rules
+        .into_iter()
+        .map(|message| match message {
+            NfTablesMessage::NewRule(rule) => rule
+                .attributes
+                .into_iter()
+                .find_map(|a| match a {
+                    RuleAttribute::UserData(data) => Some(data),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        })
+        .collect())
+}
+
+/// How many rules `chain` holds.
+fn rule_count(nft: &mut Nft, family: Family, chain: &str) -> Result<u32> {
+    Ok(u32::try_from(rule_comments(nft, family, chain)?.len()).unwrap_or(u32::MAX))
+}
+
+/// The chain the element for `bridge` in `map` jumps to, if there is one.
+fn element_target(nft: &mut Nft, family: Family, map: &str, bridge: &IfName) -> Result<Option<String>> {
+    let answer = nft.get(family, NfTablesMessage::GetSetElement(element_list(map, bridge, None)))?;
+    let Some(NfTablesMessage::NewSetElement(message)) = answer else { return Ok(None) };
+    let target = message.attributes.into_iter().find_map(|list| match list {
+        SetElementList::Elements(elements) => elements.into_iter().find_map(|element| match element {
+            ListAttribute::Element(attributes) => attributes.into_iter().find_map(|a| match a {
+                SetElementAttribute::Data(DataAttribute::Verdict(verdict)) => {
+                    verdict.into_iter().find_map(|v| match v {
+                        VerdictAttribute::Chain(chain) => Some(chain),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    });
+    Ok(target)
+}
+
+/// The kernel's use count of a chain (its rules, and the jumps and map
+/// elements that lead to it), if it exists.
+fn chain_use(nft: &mut Nft, family: Family, chain: &str) -> Result<Option<u32>> {
+    let request = NfTablesMessage::GetChain(ChainMessage {
+        attributes: vec![ChainAttribute::Table(TABLE.to_owned()), ChainAttribute::Name(chain.to_owned())],
+    });
+    Ok(nft.get(family, request)?.map(|answer| match answer {
+        NfTablesMessage::NewChain(chain) => chain
+            .attributes
+            .into_iter()
+            .find_map(|a| match a {
+                ChainAttribute::Use(count) => Some(count),
+                _ => None,
+            })
+            .unwrap_or(0),
+        _ => 0,
+    }))
+}
+
+/// The names of every chain and set in kvm-net's table of `family`.
+fn table_contents(nft: &mut Nft, family: Family) -> Result<(Vec<String>, Vec<String>)> {
+    let chains = nft
+        .dump(
+            family,
+            NfTablesMessage::GetChain(ChainMessage { attributes: vec![ChainAttribute::Table(TABLE.to_owned())] }),
+        )?
+        .into_iter()
+        .filter_map(|message| match message {
+            // The kernel lists every table's chains: keep kvm-net's.
+            NfTablesMessage::NewChain(chain) if chain.attributes.contains(&ChainAttribute::Table(TABLE.to_owned())) => {
+                chain.attributes.into_iter().find_map(|a| match a {
+                    ChainAttribute::Name(name) => Some(name),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    let sets = nft
+        .dump(family, NfTablesMessage::GetSet(SetMessage { attributes: vec![SetAttribute::Table(TABLE.to_owned())] }))?
+        .into_iter()
+        .filter_map(|message| match message {
+            NfTablesMessage::NewSet(set) => set.attributes.into_iter().find_map(|a| match a {
+                SetAttribute::Name(name) => Some(name),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect();
+    Ok((chains, sets))
+}
+
+fn seen(nft: &mut Nft, family: Family, hooked: &Hooked, bridge: &IfName) -> Result<Seen> {
+    Ok(Seen {
+        base: rule_comments(nft, family, hooked.base)?,
+        chain: rule_comments(nft, family, &chain_name(hooked, bridge))?,
+        element: element_target(nft, family, hooked.base, bridge)?,
+    })
+}
+
+fn change(family: Family, message: NfTablesMessage, flags: u16, what: impl Into<String>) -> Change {
+    Change { family, message, flags, what: what.into() }
+}
+
+fn add_rules(changes: &mut Vec<Change>, family: Family, chain: &str, rules: Vec<NewRule>) {
+    for rule in rules {
+        let message = NfTablesMessage::NewRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(TABLE.to_owned()),
+                RuleAttribute::Chain(chain.to_owned()),
+                RuleAttribute::Expressions(rule.expressions),
+                RuleAttribute::UserData(rule.userdata),
+            ],
+        });
+        changes.push(change(
+            family,
+            message,
+            NLM_F_CREATE | NLM_F_APPEND,
+            format!("adding a rule to {} {chain}", table_of(family)),
+        ));
+    }
+}
+
+fn flush_chain(family: Family, chain: &str) -> Change {
+    change(family, NfTablesMessage::DeleteRule(chain_rules(chain)), 0, format!("flushing {} {chain}", table_of(family)))
+}
+
+fn new_chain(family: Family, name: &str, hooked: Option<&Hooked>) -> Change {
+    let mut attributes = vec![ChainAttribute::Table(TABLE.to_owned()), ChainAttribute::Name(name.to_owned())];
+    if let Some(hooked) = hooked {
+        attributes.push(ChainAttribute::Hook(vec![
+            Hook::Number(hooked.hook.into()),
+            // The kernel reads the priority as a signed 32-bit number.
+            Hook::Priority(u32::from_ne_bytes(hooked.priority.to_ne_bytes())),
+        ]));
+        attributes.push(ChainAttribute::Type(hooked.chain_type.to_owned()));
+        attributes.push(ChainAttribute::Policy(1));
+    }
+    let what = match hooked {
+        Some(_) => format!("creating base chain {} {name}", table_of(family)),
+        None => format!("creating chain {} {name}", table_of(family)),
+    };
+    change(family, NfTablesMessage::NewChain(ChainMessage { attributes }), NLM_F_CREATE, what)
+}
+
+fn new_map(family: Family, name: &str) -> Change {
+    let attributes = vec![
+        SetAttribute::Table(TABLE.to_owned()),
+        SetAttribute::Name(name.to_owned()),
+        SetAttribute::Flags(SetFlags::Map),
+        SetAttribute::KeyType(TYPE_IFNAME),
+        SetAttribute::KeyLen(16),
+        SetAttribute::DataType(NFT_DATA_VERDICT),
+        SetAttribute::Id(1),
+        SetAttribute::UserData(key_in_host_order()),
+    ];
+    change(
+        family,
+        NfTablesMessage::NewSet(SetMessage { attributes }),
+        NLM_F_CREATE,
+        format!("creating map {} {name}", table_of(family)),
+    )
+}
+
+/// The changes that make one family and kind of `plan` as planned, given
+/// what is there; none when it already is.
+fn ensure_changes(plan: &Plan, family: Family, hooked: &Hooked, seen: &Seen) -> Vec<Change> {
+    let bridge = &plan.bridge;
+    let chain = chain_name(hooked, bridge);
+    let mut changes = Vec::new();
+    let dispatch = dispatch_rules(hooked);
+    if seen.base != userdata_of(&dispatch) {
+        trace(format_args!("{} {}: base chain {} and map made anew", table_of(family), hooked.base, hooked.base));
+        changes.push(new_map(family, hooked.base));
+        changes.push(new_chain(family, hooked.base, Some(hooked)));
+        if !seen.base.is_empty() {
+            changes.push(flush_chain(family, hooked.base));
+        }
+        add_rules(&mut changes, family, hooked.base, dispatch);
+    }
+    let rules = planned_rules(plan, family, hooked.kind);
+    if seen.chain != userdata_of(&rules) {
+        trace(format_args!("{} {chain}: write {} rules", table_of(family), rules.len()));
+        changes.push(new_chain(family, &chain, None));
+        if !seen.chain.is_empty() {
+            changes.push(flush_chain(family, &chain));
+        }
+        add_rules(&mut changes, family, &chain, rules);
+    }
+    if seen.element.as_deref() != Some(chain.as_str()) {
+        trace(format_args!("{} map {}: {bridge} jumps to {chain}", table_of(family), hooked.base));
+        if seen.element.is_some() {
+            let stale = NfTablesMessage::DeleteSetElement(element_list(hooked.base, bridge, None));
+            changes.push(change(
+                family,
+                stale,
+                0,
+                format!("deleting {bridge} from map {} {}", table_of(family), hooked.base),
+            ));
+        }
+        let element = NfTablesMessage::NewSetElement(element_list(hooked.base, bridge, Some(&chain)));
+        changes.push(change(
+            family,
+            element,
+            NLM_F_CREATE,
+            format!("adding {bridge} to map {} {}", table_of(family), hooked.base),
+        ));
+    }
+    changes
+}
+
+/// The family and kind of each chain the plan has in nf_tables.
+fn planned(plan: &Plan) -> impl Iterator<Item = (Family, Hooked)> + '_ {
+    plan.chains.iter().filter_map(|chain| hooked(chain.kind).map(|hooked| (chain.family, hooked)))
+}
+
+/// Runs `attempt` (read, then commit computed changes) until the ruleset
+/// did not change under it.
+fn with_retries(what: &str, mut attempt: impl FnMut(&mut Nft) -> Result<Committed>) -> Result<()> {
+    let mut nft = Nft::open()?;
+    for _ in 0..ATTEMPTS {
+        if attempt(&mut nft)? == Committed::Done {
+            return Ok(());
+        }
+        trace(format_args!("{what}: the ruleset changed meanwhile; reading it again"));
+    }
+    Err(anyhow!("{what}: the ruleset kept changing under kvm-net ({ATTEMPTS} attempts)"))
+}
+
+/// The nftables backend; it holds no state between calls (the kernel does).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NftablesFirewall;
+
+impl NftablesFirewall {
+    /// Whether nf_tables answers in this network namespace.
+    pub fn available() -> bool {
+        Nft::open().and_then(|mut nft| nft.generation()).is_ok()
+    }
+
+    /// Makes the bridge's chains exactly the plan, with one map element
+    /// each, creating tables, maps and base chains as needed, in one batch.
+    /// Writes nothing when all is as planned.
+    pub fn ensure(&self, plan: &Plan) -> Result<()> {
+        with_retries("installing kvm-net's nftables rules", |nft| {
+            let generation = nft.generation()?;
+            let mut changes = Vec::new();
+            let mut tables: Vec<Family> = Vec::new();
+            for (family, hooked) in planned(plan) {
+                let found = seen(nft, family, &hooked, &plan.bridge)?;
+                let needed = ensure_changes(plan, family, &hooked, &found);
+                if !needed.is_empty() && !tables.contains(&family) {
+                    tables.push(family);
+                    changes.push(change(
+                        family,
+                        table_message(TABLE),
+                        NLM_F_CREATE,
+                        format!("creating table {}", table_of(family)),
+                    ));
+                }
+                changes.extend(needed);
+            }
+            nft.commit(generation, changes)
+        })
+        .context("installing kvm-net's nftables rules")
+    }
+
+    /// Removes the bridge's chains and map elements; the tables go with the
+    /// last network. A chain that a rule of someone else's still jumps to is
+    /// only emptied, and named in the error.
+    pub fn remove(&self, bridge: &IfName) -> Result<()> {
+        let mut foreign = Vec::new();
+        with_retries("removing kvm-net's nftables rules", |nft| {
+            foreign.clear();
+            let generation = nft.generation()?;
+            let mut changes = Vec::new();
+            for family in [Family::V4, Family::V6] {
+                let (chains, sets) = table_contents(nft, family)?;
+                if chains.is_empty() && sets.is_empty() {
+                    continue;
+                }
+                let mut ours = Vec::new();
+                let mut bases = Vec::new();
+                for hooked in Kind::ALL.into_iter().filter_map(hooked) {
+                    // A base chain is kvm-net's only with exactly its dispatch rules.
+                    if chains.iter().any(|c| c == hooked.base)
+                        && rule_comments(nft, family, hooked.base)? == userdata_of(&dispatch_rules(&hooked))
+                    {
+                        bases.push(hooked.base.to_owned());
+                    }
+                    let chain = chain_name(&hooked, bridge);
+                    let element = element_target(nft, family, hooked.base, bridge)?;
+                    // Jumps to the chain: its use count less its own rules.
+                    let jumps = match chain_use(nft, family, &chain)? {
+                        Some(uses) => Some(uses.saturating_sub(rule_count(nft, family, &chain)?)),
+                        None => None,
+                    };
+                    ours.push((hooked, chain, element, jumps));
+                }
+                let maps: Vec<&str> = Kind::ALL.into_iter().filter_map(hooked).map(|h| h.base).collect();
+                let last = chains.iter().all(|c| bases.contains(c) || ours.iter().any(|(_, chain, ..)| chain == c))
+                    && sets.iter().all(|s| maps.contains(&s.as_str()));
+                if last {
+                    trace(format_args!("{}: the last network is gone; deleting the table", table_of(family)));
+                    let message = NfTablesMessage::DeleteTable(TableMessage {
+                        attributes: vec![TableAttribute::Name(TABLE.to_owned())],
+                    });
+                    changes.push(change(family, message, 0, format!("deleting table {}", table_of(family))));
+                    continue;
+                }
+                for (hooked, chain, element, jumps) in ours {
+                    if element.is_some() {
+                        let message = NfTablesMessage::DeleteSetElement(element_list(hooked.base, bridge, None));
+                        let what = format!("deleting {bridge} from map {} {}", table_of(family), hooked.base);
+                        changes.push(change(family, message, 0, what));
+                    }
+                    let Some(jumps) = jumps else { continue };
+                    changes.push(flush_chain(family, &chain));
+                    if jumps > u32::from(element.as_deref() == Some(chain.as_str())) {
+                        foreign.push(format!("{} chain {chain}", table_of(family)));
+                    } else {
+                        let what = format!("deleting chain {} {chain}", table_of(family));
+                        let message = NfTablesMessage::DeleteChain(ChainMessage {
+                            attributes: vec![ChainAttribute::Table(TABLE.to_owned()), ChainAttribute::Name(chain)],
+                        });
+                        changes.push(change(family, message, 0, what));
+                    }
+                }
+            }
+            nft.commit(generation, changes)
+        })
+        .context("removing kvm-net's nftables rules")?;
+        if foreign.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::ChainInUse(format!("other rules jump to {}", foreign.join(", "))).into())
+        }
+    }
+
+    /// How each of the plan's chains compares with it.
+    pub fn state(&self, plan: &Plan) -> Result<Vec<ChainState>> {
+        let mut nft = Nft::open()?;
+        let mut states = Vec::new();
+        for (family, hooked) in planned(plan) {
+            let found = seen(&mut nft, family, &hooked, &plan.bridge)?;
+            let chain = chain_name(&hooked, &plan.bridge);
+            let rules = planned_rules(plan, family, hooked.kind);
+            let dispatch = dispatch_rules(&hooked);
+            let state = if found.chain.is_empty() {
+                match chain_use(&mut nft, family, &chain)? {
+                    Some(_) => RuleState::Differs,
+                    None => RuleState::Missing,
+                }
+            } else if found.chain != userdata_of(&rules) {
+                RuleState::Differs
+            } else if found.element.as_deref() != Some(chain.as_str()) || found.base != userdata_of(&dispatch) {
+                RuleState::NoJump
+            } else {
+                RuleState::Ok
+            };
+            states.push(ChainState {
+                family,
+                kind: hooked.kind,
+                table: TABLE.to_owned(),
+                shown: format!("{} {chain}", table_of(family)),
+                chain,
+                state,
+            });
+        }
+        Ok(states)
+    }
+
+    /// Whether anything of the bridge's is in kvm-net's tables.
+    pub fn leftovers(&self, bridge: &IfName) -> Result<bool> {
+        let mut nft = Nft::open()?;
+        for family in [Family::V4, Family::V6] {
+            for hooked in Kind::ALL.into_iter().filter_map(hooked) {
+                if chain_use(&mut nft, family, &chain_name(&hooked, bridge))?.is_some()
+                    || element_target(&mut nft, family, hooked.base, bridge)?.is_some()
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// A chain of a table that is not kvm-net's (iptables-nft's `filter`),
+/// read, never written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForeignChain {
+    /// Whether it is a base chain whose policy is drop.
+    pub drops: bool,
+}
+
+/// Reads the tables iptables-nft keeps (`filter`, `nat`, `mangle`), or
+/// anyone's: whether a chain exists, and its policy.
+pub struct ForeignTables {
+    nft: Nft,
+}
+
+impl ForeignTables {
+    /// A socket for reading.
+    pub fn open() -> Result<Self> {
+        Ok(Self { nft: Nft::open()? })
+    }
+
+    /// The names of the tables of `family`.
+    pub fn tables(&mut self, family: Family) -> Result<Vec<String>> {
+        let request = NfTablesMessage::GetTable(TableMessage { attributes: Vec::new() });
+        Ok(self
+            .nft
+            .dump(family, request)?
+            .into_iter()
+            .filter_map(|answer| match answer {
+                NfTablesMessage::NewTable(table) => table.attributes.into_iter().find_map(|a| match a {
+                    TableAttribute::Name(name) => Some(name),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The chain `chain` of `table` in `family`, if it exists.
+    pub fn chain(&mut self, family: Family, table: &str, chain: &str) -> Result<Option<ForeignChain>> {
+        let request = NfTablesMessage::GetChain(ChainMessage {
+            attributes: vec![ChainAttribute::Table(table.to_owned()), ChainAttribute::Name(chain.to_owned())],
+        });
+        Ok(self.nft.get(family, request)?.map(|answer| {
+            let policy = match answer {
+                NfTablesMessage::NewChain(chain) => chain.attributes.into_iter().find_map(|a| match a {
+                    ChainAttribute::Policy(policy) => Some(policy),
+                    _ => None,
+                }),
+                _ => None,
+            };
+            // NF_DROP is 0.
+            ForeignChain { drops: policy == Some(0) }
+        }))
+    }
+}

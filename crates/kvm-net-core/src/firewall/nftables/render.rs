@@ -1,0 +1,246 @@
+//! The plan's rules as nf_tables expressions (what `nft --debug=netlink`
+//! shows), and the comment each rule carries: `kvm-net:BRIDGE` and a
+//! fingerprint of its expressions, which is how a later run tells its own,
+//! unchanged rules from anything else in its chains.
+
+use ipnetwork::IpNetwork;
+use netlink_packet_netfilter::nftables::{
+    Bitwise, Cmp, DataAttribute, ExpressionAttribute, Expressions, Immediate, ListAttribute, Lookup, Meta, MetaKey,
+    Operator, Payload, Register, Verdict, VerdictAttribute,
+};
+use rtnetlink::packet_core::{DefaultNla, Emitable};
+
+use crate::firewall::plan::{Action, Match, Protocol, Rule};
+use crate::ifname::{IfName, MAX_IFNAME_LEN};
+
+/// One expression of a rule, as the rule message lists it.
+pub type Expression = ListAttribute<ExpressionAttribute>;
+
+/// `NF_DROP` and `NF_ACCEPT`, the verdict codes the crate does not name.
+const NF_DROP: u32 = 0;
+const NF_ACCEPT: u32 = 1;
+/// `NFT_CT_STATE`, and the bits of established and related connections.
+const NFT_CT_STATE: u32 = 0;
+const CT_ESTABLISHED_RELATED: u32 = 0x06;
+/// `NFT_PAYLOAD_NETWORK_HEADER` and `NFT_PAYLOAD_TRANSPORT_HEADER`.
+const NETWORK_HEADER: u32 = 1;
+const TRANSPORT_HEADER: u32 = 2;
+/// Attributes of the `ct` and `masq` expressions, which the crate leaves raw.
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFTA_MASQ_FLAGS: u16 = 1;
+const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
+const NFTA_MASQ_REG_PROTO_MAX: u16 = 3;
+/// `NF_NAT_RANGE_PROTO_SPECIFIED`: the masquerade picks ports from a range.
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 0x2;
+/// `NFTNL_UDATA_RULE_COMMENT`, the user data type `nft` shows as a comment.
+const UDATA_COMMENT: u8 = 0;
+
+fn expression(expressions: Expressions) -> Expression {
+    expressions.into()
+}
+
+fn raw(name: &str, attributes: Vec<DefaultNla>) -> Expression {
+    Expressions::Other { expression_type: name.to_owned(), attributes }.into()
+}
+
+fn u32_attribute(kind: u16, value: u32) -> DefaultNla {
+    DefaultNla::new(kind, value.to_be_bytes().to_vec())
+}
+
+fn cmp(operator: Operator, data: Vec<u8>) -> Expression {
+    expression(Expressions::Cmp(vec![
+        Cmp::SourceRegister(Register::Reg1),
+        Cmp::Op(operator),
+        Cmp::Data(DataAttribute::Value(data)),
+    ]))
+}
+
+fn equality(negate: bool) -> Operator {
+    if negate {
+        Operator::NotEqual
+    } else {
+        Operator::Equal
+    }
+}
+
+fn meta(key: MetaKey) -> Expression {
+    expression(Expressions::Meta(vec![Meta::DestinationRegister(Register::Reg1), Meta::Key(key)]))
+}
+
+fn payload(base: u32, offset: u32, len: u32) -> Expression {
+    expression(Expressions::Payload(vec![
+        Payload::DestinationRegister(Register::Reg1),
+        Payload::Base(base),
+        Payload::Offset(offset),
+        Payload::Len(len),
+    ]))
+}
+
+fn bitwise(mask: Vec<u8>) -> Expression {
+    let xor = vec![0; mask.len()];
+    let len = u32::try_from(mask.len()).unwrap_or(u32::MAX);
+    expression(Expressions::Bitwise(vec![
+        Bitwise::SourceRegister(Register::Reg1),
+        Bitwise::DestinationRegister(Register::Reg1),
+        Bitwise::Length(len),
+        Bitwise::Mask(DataAttribute::Value(mask)),
+        Bitwise::Xor(DataAttribute::Value(xor)),
+    ]))
+}
+
+/// An interface name as nf_tables compares it: IFNAMSIZ bytes, NUL-padded.
+pub fn ifname_key(name: &IfName) -> Vec<u8> {
+    let mut key = vec![0; MAX_IFNAME_LEN + 1];
+    key[..name.as_str().len()].copy_from_slice(name.as_str().as_bytes());
+    key
+}
+
+/// Loads an address of the network header and compares it with `net`.
+fn address(offset_v4: u32, offset_v6: u32, net: &IpNetwork, negate: bool) -> Vec<Expression> {
+    let (offset, bytes, mask): (u32, Vec<u8>, Vec<u8>) = match net {
+        IpNetwork::V4(v4) => (offset_v4, v4.network().octets().to_vec(), v4.mask().octets().to_vec()),
+        IpNetwork::V6(v6) => (offset_v6, v6.network().octets().to_vec(), v6.mask().octets().to_vec()),
+    };
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    let mut expressions = vec![payload(NETWORK_HEADER, offset, len)];
+    if mask.iter().any(|b| *b != 0xff) {
+        expressions.push(bitwise(mask));
+    }
+    expressions.push(cmp(equality(negate), bytes));
+    expressions
+}
+
+fn match_expressions(condition: &Match) -> Vec<Expression> {
+    match condition {
+        Match::InIface { name, negate } => vec![meta(MetaKey::Iifname), cmp(equality(*negate), ifname_key(name))],
+        Match::OutIface { name, negate } => vec![meta(MetaKey::Oifname), cmp(equality(*negate), ifname_key(name))],
+        // Source: IPv4 offset 12, IPv6 offset 8; destination: 16 and 24.
+        Match::Source { net, negate } => address(12, 8, net, *negate),
+        Match::Destination { net, negate } => address(16, 24, net, *negate),
+        Match::Protocol { protocol, destination_port } => {
+            let number = match protocol {
+                Protocol::Tcp => libc::IPPROTO_TCP,
+                Protocol::Udp => libc::IPPROTO_UDP,
+            };
+            let mut expressions = vec![meta(MetaKey::L4Proto), cmp(Operator::Equal, vec![number as u8])];
+            if let Some(port) = destination_port {
+                expressions.push(payload(TRANSPORT_HEADER, 2, 2));
+                expressions.push(cmp(Operator::Equal, port.to_be_bytes().to_vec()));
+            }
+            expressions
+        }
+        Match::EstablishedOrRelated { negate } => vec![
+            raw(
+                "ct",
+                vec![u32_attribute(NFTA_CT_DREG, Register::Reg1.into()), u32_attribute(NFTA_CT_KEY, NFT_CT_STATE)],
+            ),
+            bitwise(CT_ESTABLISHED_RELATED.to_ne_bytes().to_vec()),
+            // Established or related: the masked state is not zero.
+            cmp(if *negate { Operator::Equal } else { Operator::NotEqual }, vec![0; 4]),
+        ],
+    }
+}
+
+/// A verdict, loaded into the verdict register.
+pub fn verdict(code: Verdict, chain: Option<&str>) -> DataAttribute {
+    let mut attributes = vec![VerdictAttribute::Code(code)];
+    if let Some(chain) = chain {
+        attributes.push(VerdictAttribute::Chain(chain.to_owned()));
+    }
+    DataAttribute::Verdict(attributes)
+}
+
+fn set_verdict(code: Verdict) -> Expression {
+    expression(Expressions::Immediate(vec![
+        Immediate::DestinationRegister(Register::Verdict),
+        Immediate::Data(verdict(code, None)),
+    ]))
+}
+
+fn action_expressions(action: &Action) -> Vec<Expression> {
+    match action {
+        Action::Accept => vec![set_verdict(Verdict::Other(NF_ACCEPT))],
+        Action::Drop => vec![set_verdict(Verdict::Other(NF_DROP))],
+        Action::Return => vec![set_verdict(Verdict::Return)],
+        Action::Masquerade { ports: None } => vec![raw("masq", Vec::new())],
+        Action::Masquerade { ports: Some((low, high)) } => {
+            let load = |register: Register, port: &u16| {
+                expression(Expressions::Immediate(vec![
+                    Immediate::DestinationRegister(register),
+                    Immediate::Data(DataAttribute::Value(port.to_be_bytes().to_vec())),
+                ]))
+            };
+            vec![
+                load(Register::Reg1, low),
+                load(Register::Reg2, high),
+                raw(
+                    "masq",
+                    vec![
+                        u32_attribute(NFTA_MASQ_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED),
+                        u32_attribute(NFTA_MASQ_REG_PROTO_MIN, Register::Reg1.into()),
+                        u32_attribute(NFTA_MASQ_REG_PROTO_MAX, Register::Reg2.into()),
+                    ],
+                ),
+            ]
+        }
+        // nf_tables has no checksum-filling target: the plan's Checksum chains are not rendered.
+        Action::ChecksumFill => Vec::new(),
+    }
+}
+
+/// A rule's expressions: its matches, then its action.
+pub fn rule_expressions(rule: &Rule) -> Vec<Expression> {
+    rule.matches.iter().flat_map(match_expressions).chain(action_expressions(&rule.action)).collect()
+}
+
+/// `iifname vmap @MAP` (or `oifname`): the dispatch from a base chain to
+/// each bridge's chain through a verdict map keyed by interface name.
+pub fn dispatch_expressions(key: MetaKey, map: &str) -> Vec<Expression> {
+    vec![
+        meta(key),
+        expression(Expressions::Lookup(vec![
+            Lookup::Set(map.to_owned()),
+            Lookup::SourceRegister(Register::Reg1),
+            Lookup::DestinationRegister(Register::Verdict),
+        ])),
+    ]
+}
+
+/// The user data of a rule: `nft` shows it as `comment "kvm-net:BRIDGE
+/// FINGERPRINT"`, the fingerprint being a hash of the rule's expressions.
+pub fn comment(tag: &str, expressions: &[Expression]) -> Vec<u8> {
+    let mut bytes = vec![0; expressions.as_ref().buffer_len()];
+    expressions.as_ref().emit(&mut bytes);
+    // FNV-1a: tiny, and stable across releases and platforms.
+    let hash = bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193));
+    let mut text = format!("{tag} {hash:08x}").into_bytes();
+    text.push(0);
+    let mut data = vec![UDATA_COMMENT, u8::try_from(text.len()).unwrap_or(u8::MAX)];
+    data.extend(text);
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_padded_to_ifnamsiz() {
+        let key = ifname_key(&IfName::parse("br0").expect("valid"));
+        assert_eq!(key.len(), 16);
+        assert_eq!(&key[..4], b"br0\0");
+    }
+
+    #[test]
+    fn comments_are_nft_comments_and_tell_rules_apart() {
+        let accept = rule_expressions(&Rule { matches: Vec::new(), action: Action::Accept });
+        let drop = rule_expressions(&Rule { matches: Vec::new(), action: Action::Drop });
+        let a = comment("kvm-net:br0", &accept);
+        assert_eq!((a[0], usize::from(a[1])), (UDATA_COMMENT, a.len() - 2));
+        assert!(a[2..].starts_with(b"kvm-net:br0 "));
+        assert_eq!(a.last(), Some(&0));
+        assert_ne!(a, comment("kvm-net:br0", &drop));
+        assert_eq!(a, comment("kvm-net:br0", &accept));
+    }
+}

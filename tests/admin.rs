@@ -214,21 +214,6 @@ fn check_finds_a_non_bridge_with_a_bridge_name() {
 }
 
 #[test]
-fn check_finds_firewalld() {
-    let config = ConfigFile::new(CONFIG);
-    let host = healthy(&config);
-    let fake = ConfigFile::scratch_dir().join(format!("firewalld-{}", std::process::id())).join("firewalld");
-    std::fs::create_dir_all(fake.parent().expect("dir")).expect("dir");
-    std::fs::copy("/bin/sleep", &fake).expect("copy");
-    let mut firewalld = host.cmd(&fake).arg("30").spawn().expect("fake firewalld");
-    std::thread::sleep(Duration::from_millis(50));
-    assert_finding(&host, &config, 1, "warning [firewalld]: firewalld is running");
-    let _ = firewalld.kill();
-    let _ = firewalld.wait();
-    let _ = std::fs::remove_dir_all(fake.parent().expect("dir"));
-}
-
-#[test]
 fn check_finds_config_errors_and_a_dead_dnsmasq() {
     let broken = ConfigFile::new("[network.default]\nmode = \"nat\"\nbridge = \"br0\"\n");
     let host = Netns::new();

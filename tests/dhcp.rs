@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use kvm_net_tests::inspect::{alive, assert_no_nat_network, backend, kvm_net_lines, nft_chain, Backend};
-use kvm_net_tests::lab::Lab;
+use kvm_net_tests::lab::{lease, Lab};
 use kvm_net_tests::run::{add_tap, assert_refused, ok_with, ConfigFile};
 use kvm_net_tests::{helper, Netns};
 
@@ -38,38 +38,6 @@ fn run_dir(ns: &Netns, bridge: &str) -> PathBuf {
 fn dnsmasq_pid(ns: &Netns, bridge: &str) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(run_dir(ns, bridge).join("dnsmasq.pid")).ok()?.trim().parse().ok()?;
     alive(pid).then_some(pid)
-}
-
-/// Asks for a lease from inside `guest`; returns the address offered.
-fn lease(guest: &Netns) -> Option<String> {
-    let script = ConfigFile::scratch_dir().join("udhcpc-print.sh");
-    if !script.exists() {
-        std::fs::write(
-            &script,
-            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease $ip router $router dns $dns\"\nexit 0\n",
-        )
-        .expect("script");
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    }
-    let out = guest.output(&[
-        "busybox",
-        "udhcpc",
-        "-i",
-        "eth0",
-        "-n",
-        "-q",
-        "-f",
-        "-t",
-        "5",
-        "-T",
-        "1",
-        "-s",
-        script.to_str()?,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("lease "))
-        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
 }
 
 #[test]

@@ -2,8 +2,9 @@
 # Installs what building and testing kvm-net needs on a fresh Debian machine:
 # the firewall and link tools the helpers and tests drive, dnsmasq for DHCP,
 # QEMU and busybox for the end-to-end guest, setcap and useradd for the
-# install-mode tests, and the musl target for static binaries; with --bench
-# also hyperfine and bridge-utils. Idempotent: it installs only what is missing.
+# install-mode tests, nft, firewalld and dbus for the firewall tests, and the
+# musl target for static binaries; with --bench also hyperfine and
+# bridge-utils. Idempotent: it installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -26,15 +27,32 @@ if [ "${1:-}" = --bench ]; then
     command -v brctl >/dev/null || need+=(bridge-utils)
 fi
 
-if [ ${#need[@]} -gt 0 ]; then
+# Daemons the tests start inside namespaces of their own (firewalld with its
+# own system bus), installed without ever being started on this machine.
+services=()
+command -v firewalld >/dev/null || [ -x /usr/sbin/firewalld ] || services+=(firewalld)
+command -v dbus-daemon >/dev/null || services+=(dbus)
+
+if [ ${#need[@]} -gt 0 ] || [ ${#services[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: missing ${need[*]}; run as root (or install them) first" >&2
         exit 1
     fi
-    echo "setup: installing ${need[*]} (apt-get)"
+    echo "setup: installing ${need[*]} ${services[*]} (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    if [ ${#need[@]} -gt 0 ]; then
+        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+    if [ ${#services[@]} -gt 0 ]; then
+        # policy-rc.d: the packages' scripts must not start firewalld on this
+        # machine's own network (Debian's invoke-rc.d and deb-systemd-invoke obey it).
+        policy=/usr/sbin/policy-rc.d
+        if [ -e "$policy" ]; then saved=$(mktemp); cp -p "$policy" "$saved"; else saved=; fi
+        printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 0755 "$policy"
+        apt-get install -y -qq --no-install-recommends "${services[@]}" >/dev/null
+        if [ -n "$saved" ]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
+    fi
 fi
 
 # Static binaries: musl when rustup can add the target, else the Makefile

@@ -171,3 +171,35 @@ pub fn connect_within(
         Ok(reply.trim().to_owned())
     })
 }
+
+/// Asks for a lease from inside `guest`; returns the address offered.
+pub fn lease(guest: &Netns) -> Option<String> {
+    let script = crate::run::ConfigFile::scratch_dir().join("udhcpc-print.sh");
+    if !script.exists() {
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease $ip router $router dns $dns\"\nexit 0\n",
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    let out = guest.output(&[
+        "busybox",
+        "udhcpc",
+        "-i",
+        "eth0",
+        "-n",
+        "-q",
+        "-f",
+        "-t",
+        "5",
+        "-T",
+        "1",
+        "-s",
+        script.to_str()?,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("lease "))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+}

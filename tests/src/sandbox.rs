@@ -4,9 +4,11 @@
 //! `/run`, `/etc/kvm-net` and `/dev/net/tun` are the sandbox's own.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
@@ -93,11 +95,15 @@ pub enum Install {
 /// The helper binaries copied into the sandbox.
 pub const HELPERS: [&str; 4] = ["kvm-ifup", "kvm-ifdown", "kvm-natup", "kvm-natdown"];
 
-/// A private `/run`, `/etc/kvm-net` and `/dev/net/tun` (mode 0666, as udev
-/// makes it) for the commands run through it, and installed copies of the
-/// helpers. Removed, with any dnsmasq started in it, when dropped.
+/// A private `/run`, `/etc` (an overlay: changes stay in the sandbox),
+/// `/etc/kvm-net` and `/dev/net/tun` (mode 0666, as udev makes it) for the
+/// commands run through it, and installed copies of the helpers. One mount
+/// namespace, held by a process of its own, serves every command, so that
+/// daemons started in it (dnsmasq, dbus, firewalld) and the commands see
+/// the same files. Removed, with what was started in it, when dropped.
 pub struct Sandbox {
     dir: PathBuf,
+    holder: Child,
 }
 
 impl Sandbox {
@@ -119,7 +125,29 @@ impl Sandbox {
         }
         let tun = dir.join("dev/tun");
         run_ok(Command::new("mknod").args(["-m", "0666"]).arg(&tun).args(["c", "10", "200"]));
-        Self { dir }
+        // -n: util-linux would otherwise record the mounts under /run/mount.
+        let script = r#"
+            mount -n --bind "$SANDBOX/run" /run
+            mount -n -t overlay overlay -o "lowerdir=/etc,upperdir=$SANDBOX/etc-upper,workdir=$SANDBOX/etc-work" /etc
+            mkdir -p /etc/kvm-net
+            mount -n --bind "$SANDBOX/etc-kvm-net" /etc/kvm-net
+            mount -n --bind "$SANDBOX/dev/tun" /dev/net/tun
+            echo ready
+            exec sleep 2147483647
+        "#;
+        let mut command = Command::new("unshare");
+        command.args(["--mount", "--propagation", "private", "--", "sh", "-ec", script]).env("SANDBOX", &dir);
+        command.stdin(Stdio::null()).stdout(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; it runs in the child before exec.
+        unsafe {
+            command.pre_exec(|| Ok(nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?));
+        }
+        let mut holder = command.spawn().expect("starting the sandbox's mount namespace");
+        let mut ready = String::new();
+        let stdout = holder.stdout.take().expect("piped stdout");
+        BufReader::new(stdout).read_line(&mut ready).expect("the sandbox's mounts");
+        assert_eq!(ready.trim(), "ready", "the sandbox's mounts failed");
+        Self { dir, holder }
     }
 
     /// Writes `/etc/kvm-net/kvm-net.toml` (root's, 0644), with the firewall
@@ -171,18 +199,8 @@ impl Sandbox {
     /// namespace with the sandbox's `/run`, `/etc/kvm-net` and tun node, as
     /// `user` (all their groups) or as root.
     pub fn command(&self, ns: &Netns, user: Option<&User>, program: &Path, args: &[&str]) -> Command {
-        // -n: util-linux would otherwise record the mounts under /run/mount.
-        let script = r#"
-            mount -n --bind "$SANDBOX/run" /run
-            mount -n -t overlay overlay -o "lowerdir=/etc,upperdir=$SANDBOX/etc-upper,workdir=$SANDBOX/etc-work" /etc
-            mkdir -p /etc/kvm-net
-            mount -n --bind "$SANDBOX/etc-kvm-net" /etc/kvm-net
-            mount -n --bind "$SANDBOX/dev/tun" /dev/net/tun
-            unset SANDBOX
-            exec "$@"
-        "#;
-        let mut command = ns.cmd("unshare");
-        command.args(["--mount", "--propagation", "private", "--", "sh", "-ec", script, "sandbox"]);
+        let mut command = ns.cmd("nsenter");
+        command.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id())).arg("--");
         if let Some(user) = user {
             command.args([
                 "setpriv",
@@ -192,7 +210,7 @@ impl Sandbox {
                 "--",
             ]);
         }
-        command.arg(program).args(args).env("SANDBOX", &self.dir).stdin(Stdio::null());
+        command.arg(program).args(args).stdin(Stdio::null());
         command.env("KVM_NET_FIREWALL", backend().as_str());
         for key in ["KVM_NET_DEBUG", "KVM_NET_BRIDGE", "KVM_NET_ADDRESS", "KVM_NET_CONFIG", "KVM_NET_NETWORK"] {
             command.env_remove(key);
@@ -233,6 +251,8 @@ impl Drop for Sandbox {
                 }
             }
         }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -175,8 +175,9 @@ fn managed<'a>(config: &'a Config, name: &str) -> Result<&'a kvm_net_core::confi
 
 fn print_status(status: &Status) {
     println!("config: {}", status.config);
-    let mut rows =
-        vec![["NETWORK", "MODE", "BRIDGE", "STATE", "ADDRESSES", "PORTS", "RULES", "DHCP"].map(String::from).to_vec()];
+    let mut rows = vec![["NETWORK", "MODE", "BRIDGE", "STATE", "ADDRESSES", "PORTS", "FIREWALL", "RULES", "DHCP"]
+        .map(String::from)
+        .to_vec()];
     for n in &status.networks {
         let ports: Vec<String> = n
             .ports
@@ -208,6 +209,7 @@ fn print_status(status: &Status) {
             n.state.to_owned(),
             dash(n.addresses.join(" ")),
             dash(ports.join(", ")),
+            n.firewall.unwrap_or("-").to_owned(),
             rules,
             dhcp,
         ]);

@@ -9,10 +9,9 @@ use serde::Serialize;
 use crate::config::{Config, Mode, Network};
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
-use crate::firewall::{self, plan, Backend, Family, RuleState};
+use crate::firewall::{self, firewalld, plan, Backend, Family, RuleState};
 use crate::netlink::{abandoned_bridges, Link, Netlink};
 use crate::network::block_on;
-use crate::runtime::processes_here;
 
 /// How bad a finding is; the exit status is the worst one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -57,15 +56,7 @@ pub fn exit_code(findings: &[Finding]) -> u8 {
 /// Runs every check; a config that does not load is itself a finding.
 pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
-    if running_here("firewalld") {
-        findings.push(Finding::new(
-            Severity::Warning,
-            "firewalld",
-            None,
-            "firewalld is running: each of its reloads removes rules it did not make, kvm-net's included".to_owned(),
-            "after a reload, run `kvm-net repair NETWORK` for each network (or start any VM on it): kvm-natup restores its rules".to_owned(),
-        ));
-    }
+    let firewalld_runs = firewalld::running()?;
     let config = match config {
         Ok(config) => Some(config),
         Err(err) => {
@@ -98,7 +89,7 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
             });
         }
         for network in config.iter().flat_map(|c| &c.networks) {
-            check_network(&netlink, &links, network, &mut findings).await?;
+            check_network(&netlink, &links, network, firewalld_runs, &mut findings).await?;
         }
         Ok(())
     })?;
@@ -110,6 +101,7 @@ async fn check_network(
     netlink: &Netlink,
     links: &[Link],
     network: &Network,
+    firewalld_runs: bool,
     findings: &mut Vec<Finding>,
 ) -> Result<()> {
     let name = &network.name;
@@ -160,15 +152,45 @@ async fn check_network(
                 ));
             }
         }
-        _ => check_managed(network, findings)?,
+        _ => {
+            if firewalld_runs {
+                check_firewalld_zone(network, findings)?;
+            }
+            check_managed(network, firewalld_runs, findings)?;
+        }
     }
     Ok(())
 }
 
-fn check_managed(network: &Network, findings: &mut Vec<Finding>) -> Result<()> {
+/// firewalld rejects what comes from an interface in no zone: the guests'
+/// forwarded traffic, DHCP and DNS.
+fn check_firewalld_zone(network: &Network, findings: &mut Vec<Finding>) -> Result<()> {
+    let (name, bridge) = (&network.name, &network.bridge);
+    if firewalld::zone_of(bridge)?.is_none() {
+        findings.push(Finding::new(
+            Severity::Error,
+            "firewalld-zone",
+            Some(network),
+            format!("firewalld runs, and bridge {bridge} of network {name} is in none of its zones: firewalld rejects the guests' forwarded traffic, DHCP and DNS"),
+            format!("run `kvm-net repair {name}`: kvm-net puts its bridges in firewalld's {} zone, at runtime and permanently", firewalld::ZONE),
+        ));
+    }
+    Ok(())
+}
+
+fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Finding>) -> Result<()> {
     let name = &network.name;
     let bridge = &network.bridge;
     let (backend, chains) = firewall::state(&plan(network), network.firewall)?;
+    if firewalld_runs && backend == Backend::Iptables {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "firewalld-reload",
+            Some(network),
+            format!("network {name}'s rules are in iptables, which every firewalld reload flushes: its guests lose their way out at each reload until a VM start or `kvm-net repair {name}`"),
+            "use the nftables backend (firewall = \"auto\" or \"nftables\" in the config), whose tables firewalld leaves alone".to_owned(),
+        ));
+    }
     let broken: Vec<String> = chains
         .into_iter()
         .filter(|c| c.state != RuleState::Ok)
@@ -249,10 +271,4 @@ fn check_managed(network: &Network, findings: &mut Vec<Finding>) -> Result<()> {
 
 fn read_sysctl(path: &str) -> Option<String> {
     fs::read_to_string(path).ok().map(|v| v.trim().to_owned())
-}
-
-/// Whether a process of that name runs in this network namespace (firewalld
-/// manages the firewall of the namespace it runs in).
-fn running_here(name: &str) -> bool {
-    processes_here().iter().any(|(_, dir)| fs::read_to_string(dir.join("comm")).is_ok_and(|comm| comm.trim() == name))
 }

@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use crate::config::{Config, Network};
 use crate::dnsmasq::{self, Dnsmasq};
 use crate::error::Error;
-use crate::firewall::{self, plan, Firewall};
+use crate::firewall::{self, firewalld, plan, Firewall};
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS, MANAGED_ALIAS};
@@ -62,7 +62,9 @@ impl Services {
         let dhcp_server = self.dhcp_server.clone();
         let daemon_and_rules = std::thread::spawn(move || {
             let daemon = dhcp_server.stop().with_context(|| format!("stopping DHCP on bridge {name}"));
-            [daemon, firewall::remove(&name)]
+            let zone =
+                firewalld::release(&name).with_context(|| format!("taking bridge {name} out of firewalld's zone"));
+            [daemon, firewall::remove(&name), zone]
         });
         let link = match bridge {
             Some(bridge) if bridge.is_managed() => {
@@ -75,9 +77,9 @@ impl Services {
             }
             None => Ok(()),
         };
-        let [daemon, rules] =
-            daemon_and_rules.join().unwrap_or_else(|_| [Err(anyhow!("the teardown thread panicked")), Ok(())]);
-        all_of([daemon, rules, link])
+        let [daemon, rules, zone] =
+            daemon_and_rules.join().unwrap_or_else(|_| [Err(anyhow!("the teardown thread panicked")), Ok(()), Ok(())]);
+        all_of([daemon, rules, zone, link])
     }
 }
 
@@ -171,6 +173,8 @@ impl<'a> Bringup<'a> {
         Firewall::choose(network.firewall)
             .ensure(&plan(network), self.jumps_ahead)
             .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
+        firewalld::ensure(name, self.jumps_ahead)
+            .with_context(|| format!("putting bridge {name} in firewalld's {} zone", firewalld::ZONE))?;
         match (&network.dhcp, &self.dnsmasq_binary) {
             (Some(dhcp), Some(binary)) => self
                 .services
@@ -313,7 +317,8 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
     for (bridge, network) in candidates {
         let lock = BridgeLock::acquire(&bridge)?;
         let services = Services::for_bridge(&bridge)?;
-        let leftovers = services.dhcp_server.leftover() || firewall::leftovers(&bridge)?;
+        let leftovers =
+            services.dhcp_server.leftover() || firewall::leftovers(&bridge)? || firewalld::leftover(&bridge)?;
         let removed = block_on(async {
             let netlink = Netlink::connect()?;
             let link = netlink.link_by_name(bridge.as_str()).await?;

@@ -34,6 +34,8 @@ pub enum Area {
     /// One directory per dnsmasq (config, pidfile, leases, log), readable by
     /// all (0755) so that `kvm-net status` works for anyone.
     Dnsmasq,
+    /// What kvm-net added to firewalld for each bridge (0755).
+    Firewalld,
 }
 
 impl Area {
@@ -41,13 +43,14 @@ impl Area {
         match self {
             Area::Lock => "lock",
             Area::Dnsmasq => "dnsmasq",
+            Area::Firewalld => "firewalld",
         }
     }
 
     fn mode(self) -> u32 {
         match self {
             Area::Lock => 0o700,
-            Area::Dnsmasq => 0o755,
+            Area::Dnsmasq | Area::Firewalld => 0o755,
         }
     }
 }

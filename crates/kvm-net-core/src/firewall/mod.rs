@@ -6,6 +6,7 @@
 //! kvm-net, or before the config switched backends) are found and removed.
 
 mod docker;
+pub mod firewalld;
 mod iptables;
 mod iptables_rules;
 mod nftables;

@@ -24,6 +24,7 @@ use netlink_packet_netfilter::nftables::{
     RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute, SetElementList, SetElementMessage, SetFlags,
     SetMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
 };
+use netlink_packet_netfilter::NetfilterProtoFamily;
 use rtnetlink::packet_core::{NLM_F_APPEND, NLM_F_CREATE};
 
 use self::render::{comment, dispatch_expressions, ifname_key, rule_expressions, verdict};
@@ -568,6 +569,14 @@ impl ForeignTables {
     /// A socket for reading.
     pub fn open() -> Result<Self> {
         Ok(Self { nft: Nft::open()? })
+    }
+
+    /// Whether firewalld runs in this network namespace: its nftables
+    /// backend keeps `table inet firewalld` for as long as it runs.
+    pub fn firewalld_table(&mut self) -> Result<bool> {
+        let request =
+            NfTablesMessage::GetTable(TableMessage { attributes: vec![TableAttribute::Name("firewalld".to_owned())] });
+        Ok(self.nft.get(NetfilterProtoFamily::Inet, request)?.is_some())
     }
 
     /// The names of the tables of `family`.

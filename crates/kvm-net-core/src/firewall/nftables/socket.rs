@@ -26,11 +26,12 @@ const NFNL_MSG_BATCH_BEGIN: u8 = 16;
 /// `NFNL_BATCH_GENID`: the generation a batch expects.
 const NFNL_BATCH_GENID: u16 = 1;
 
-/// The netfilter family of a plan's family.
-pub fn proto(family: Family) -> NetfilterProtoFamily {
-    match family {
-        Family::V4 => NetfilterProtoFamily::IPv4,
-        Family::V6 => NetfilterProtoFamily::IPv6,
+impl From<Family> for NetfilterProtoFamily {
+    fn from(family: Family) -> Self {
+        match family {
+            Family::V4 => NetfilterProtoFamily::IPv4,
+            Family::V6 => NetfilterProtoFamily::IPv6,
+        }
     }
 }
 
@@ -72,12 +73,18 @@ impl Nft {
         Ok(Self { socket, sequence: 0 })
     }
 
-    fn frame(&mut self, family: Family, inner: NetfilterMessageInner, flags: u16, res_id: u16) -> Vec<u8> {
+    fn frame(
+        &mut self,
+        family: impl Into<NetfilterProtoFamily>,
+        inner: NetfilterMessageInner,
+        flags: u16,
+        res_id: u16,
+    ) -> Vec<u8> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         header.sequence_number = self.sequence;
-        let message = NetfilterMessage::new(NetfilterHeader::new(proto(family), 0, res_id), inner);
+        let message = NetfilterMessage::new(NetfilterHeader::new(family.into(), 0, res_id), inner);
         let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
         message.finalize();
         let mut bytes = vec![0; message.buffer_len()];
@@ -111,7 +118,12 @@ impl Nft {
     /// Sends one request and collects what it answers: the object for a
     /// get, every object for a dump. `ENOENT` (no such table, chain, set or
     /// element) is an empty answer.
-    fn exchange(&mut self, family: Family, message: NfTablesMessage, dump: bool) -> Result<Vec<NfTablesMessage>> {
+    fn exchange(
+        &mut self,
+        family: impl Into<NetfilterProtoFamily>,
+        message: NfTablesMessage,
+        dump: bool,
+    ) -> Result<Vec<NfTablesMessage>> {
         let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
         let bytes = self.frame(family, NetfilterMessageInner::NfTables(message), flags, 0);
         self.socket.send(&bytes, 0).context("writing to nf_tables")?;
@@ -140,12 +152,20 @@ impl Nft {
     }
 
     /// The object a get request names, if it exists.
-    pub fn get(&mut self, family: Family, message: NfTablesMessage) -> Result<Option<NfTablesMessage>> {
+    pub fn get(
+        &mut self,
+        family: impl Into<NetfilterProtoFamily>,
+        message: NfTablesMessage,
+    ) -> Result<Option<NfTablesMessage>> {
         Ok(self.exchange(family, message, false)?.into_iter().next())
     }
 
     /// Every object a dump request selects (none if its table is missing).
-    pub fn dump(&mut self, family: Family, message: NfTablesMessage) -> Result<Vec<NfTablesMessage>> {
+    pub fn dump(
+        &mut self,
+        family: impl Into<NetfilterProtoFamily>,
+        message: NfTablesMessage,
+    ) -> Result<Vec<NfTablesMessage>> {
         self.exchange(family, message, true)
     }
 

@@ -11,7 +11,6 @@ use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
 use crate::firewall::{self, firewalld, plan, Backend, Family, RuleState};
 use crate::netlink::{abandoned_bridges, Link, Netlink};
-use crate::network::block_on;
 
 /// How bad a finding is; the exit status is the worst one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -70,9 +69,9 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
             None
         }
     };
-    block_on(async {
-        let netlink = Netlink::connect()?;
-        let links = netlink.all_links().await?;
+    {
+        let mut netlink = Netlink::connect()?;
+        let links = netlink.all_links()?;
         for link in abandoned_bridges(&links) {
             findings.push(Finding {
                 severity: Severity::Warning,
@@ -89,16 +88,15 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
             });
         }
         for network in config.iter().flat_map(|c| &c.networks) {
-            check_network(&netlink, &links, network, firewalld_runs, &mut findings).await?;
+            check_network(&mut netlink, &links, network, firewalld_runs, &mut findings)?;
         }
-        Ok(())
-    })?;
+    }
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Ok(findings)
 }
 
-async fn check_network(
-    netlink: &Netlink,
+fn check_network(
+    netlink: &mut Netlink,
     links: &[Link],
     network: &Network,
     firewalld_runs: bool,
@@ -122,7 +120,7 @@ async fn check_network(
     }
     if network.mode.is_managed() {
         for subnet in network.subnets() {
-            let users = netlink.subnet_users(subnet, link.map(|l| l.index)).await?;
+            let users = netlink.subnet_users(subnet, link.map(|l| l.index))?;
             if !users.is_empty() {
                 findings.push(Finding::new(
                     Severity::Error,

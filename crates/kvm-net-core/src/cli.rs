@@ -144,12 +144,7 @@ fn is_permission_error(err: &anyhow::Error) -> bool {
         if let Some(errno) = cause.downcast_ref::<nix::errno::Errno>() {
             return matches!(errno, nix::errno::Errno::EPERM | nix::errno::Errno::EACCES);
         }
-        let kind = match (cause.downcast_ref::<std::io::Error>(), cause.downcast_ref::<rtnetlink::Error>()) {
-            (Some(io), _) => Some(io.kind()),
-            (None, Some(rtnetlink::Error::NetlinkError(message))) => Some(message.to_io().kind()),
-            _ => None,
-        };
-        kind == Some(std::io::ErrorKind::PermissionDenied)
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
     })
 }
 

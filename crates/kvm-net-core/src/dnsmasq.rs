@@ -75,13 +75,15 @@ impl Dnsmasq {
 
     /// The PID of this bridge's dnsmasq: the one its pidfile names if that is
     /// ours, else any dnsmasq in this network namespace started with this
-    /// bridge's config file (the pidfile may have been lost).
+    /// bridge's config file (the pidfile may have been lost). Without its
+    /// directory there is none: kvm-net creates it before starting the
+    /// dnsmasq and removes it only once the dnsmasq has stopped.
     pub fn running_pid(&self) -> Option<Pid> {
-        let from_pidfile = self
-            .existing_dir()
+        let dir = self.existing_dir().ok().flatten()?;
+        let from_pidfile = dir
+            .read("dnsmasq.pid", 32)
             .ok()
             .flatten()
-            .and_then(|dir| dir.read("dnsmasq.pid", 32).ok().flatten())
             .and_then(|text| text.trim().parse::<u32>().ok())
             .filter(|pid| self.is_ours(*pid));
         let pid =
@@ -129,9 +131,10 @@ impl Dnsmasq {
         })
     }
 
-    /// Whether anything of this bridge's dnsmasq is left (files or a process).
+    /// Whether anything of this bridge's dnsmasq is left (its directory,
+    /// and so maybe a process).
     pub fn leftover(&self) -> bool {
-        self.existing_dir().ok().flatten().is_some() || self.running_pid().is_some()
+        self.existing_dir().ok().flatten().is_some()
     }
 
     /// Stops this bridge's dnsmasq, if one of ours runs, and removes its files.

@@ -9,13 +9,13 @@ use crate::error::Error;
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{has_port_besides, Link, Netlink};
-use crate::network::{block_on, find_bridge, Bringup, Services};
+use crate::network::{find_bridge, Bringup, Services};
 use crate::trace::trace;
 
 /// The tap QEMU named, if it exists: it must not be a bridge, and a caller
 /// other than root must own it.
-async fn find_tap(netlink: &Netlink, tap: &IfName, access: &Access) -> Result<Option<Link>> {
-    match netlink.link_by_name(tap.as_str()).await? {
+fn find_tap(netlink: &mut Netlink, tap: &IfName, access: &Access) -> Result<Option<Link>> {
+    match netlink.link_by_name(tap.as_str())? {
         Some(link) if link.is_bridge() => Err(Error::TapIsBridge(tap.to_string()).into()),
         Some(link) => {
             access.check_port(&link)?;
@@ -26,15 +26,15 @@ async fn find_tap(netlink: &Netlink, tap: &IfName, access: &Access) -> Result<Op
 }
 
 /// As [`find_tap`], for a tap that must exist.
-async fn require_tap(netlink: &Netlink, tap: &IfName, access: &Access) -> Result<Link> {
-    find_tap(netlink, tap, access).await?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()).into())
+fn require_tap(netlink: &mut Netlink, tap: &IfName, access: &Access) -> Result<Link> {
+    find_tap(netlink, tap, access)?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()).into())
 }
 
 /// The tap checked before the bridge's lock was taken, as it is now, if it
 /// is still there (looked up by index, which the kernel does not reuse: a
 /// tap renamed or replaced meanwhile is not taken for it).
-async fn checked_tap_now(netlink: &Netlink, checked: &Link) -> Result<Option<Link>> {
-    Ok(netlink.link_by_index(checked.index).await?.filter(|now| now.name == checked.name))
+fn checked_tap_now(netlink: &mut Netlink, checked: &Link) -> Result<Option<Link>> {
+    Ok(netlink.link_by_index(checked.index)?.filter(|now| now.name == checked.name))
 }
 
 /// `kvm-ifup`: puts the tap on an existing bridge (bridged networks, and the
@@ -44,58 +44,47 @@ pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access) -
         return Err(Error::wrong_helper(network, "kvm-ifup/kvm-ifdown"));
     }
     let bridge_name = &network.bridge;
-    block_on(async {
-        let netlink = Netlink::connect()?;
-        let port = require_tap(&netlink, tap, access).await.with_context(|| format!("checking interface {tap}"))?;
-        let bridge = find_bridge(&netlink, bridge_name)
-            .await
-            .and_then(|found| found.ok_or_else(|| Error::NoBridge(bridge_name.to_string()).into()))
-            .with_context(|| format!("attaching {tap} to bridge {bridge_name}"))?;
-        trace(format_args!("attaching {tap} to {} (mtu {})", bridge.name, bridge.mtu));
-        netlink.attach(&port, &bridge).await
-    })
+    let mut netlink = Netlink::connect()?;
+    let port = require_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))?;
+    let bridge = find_bridge(&mut netlink, bridge_name)
+        .and_then(|found| found.ok_or_else(|| Error::NoBridge(bridge_name.to_string()).into()))
+        .with_context(|| format!("attaching {tap} to bridge {bridge_name}"))?;
+    trace(format_args!("attaching {tap} to {} (mtu {})", bridge.name, bridge.mtu));
+    netlink.attach(&port, &bridge)
 }
 
 /// `kvm-ifdown`: takes the tap off its bridge and sets it down; a tap that is
 /// already gone or detached is fine. Reads no config: it acts on what the
 /// kernel says the tap is attached to.
 pub fn ifdown(tap: &IfName, access: &Access) -> Result<()> {
-    block_on(async {
-        let netlink = Netlink::connect()?;
-        let Some(link) = find_tap(&netlink, tap, access).await.with_context(|| format!("checking interface {tap}"))?
-        else {
-            trace(format_args!("{tap} is gone already"));
-            return Ok(());
-        };
-        if let Some(index) = link.controller {
-            if let Some(bridge) = netlink.link_by_index(index).await?.filter(Link::is_managed) {
-                eprintln!(
-                    "kvm-ifdown: warning: {} is a network kvm-natup created; pair kvm-natup with kvm-natdown so that it is removed when its last VM stops",
-                    bridge.name
-                );
-            }
+    let mut netlink = Netlink::connect()?;
+    let Some(link) = find_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))? else {
+        trace(format_args!("{tap} is gone already"));
+        return Ok(());
+    };
+    if let Some(index) = link.controller {
+        if let Some(bridge) = netlink.link_by_index(index)?.filter(Link::is_managed) {
+            eprintln!(
+                "kvm-ifdown: warning: {} is a network kvm-natup created; pair kvm-natup with kvm-natdown so that it is removed when its last VM stops",
+                bridge.name
+            );
         }
-        netlink.detach_and_down(&link).await
-    })
+    }
+    netlink.detach_and_down(&link)
 }
 
 /// `kvm-natup`: makes a managed network whole (bridge, addresses,
 /// forwarding, rules, DHCP), then attaches the tap.
 pub fn natup(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
     let bringup = Bringup::prepare(network, "kvm-natup/kvm-natdown")?;
-    block_on(async {
-        let netlink = Netlink::connect()?;
-        // Checked first: nothing is created for a tap that is not there, or not the caller's.
-        let checked = require_tap(&netlink, tap, access).await.with_context(|| format!("checking interface {tap}"))?;
-        let _lock = BridgeLock::acquire(&network.bridge)?;
-        let port = checked_tap_now(&netlink, &checked).await?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
-        let netlink = &netlink;
-        bringup
-            .run(netlink, |bridge| async move {
-                trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
-                netlink.attach(&port, &bridge).await
-            })
-            .await
+    let mut netlink = Netlink::connect()?;
+    // Checked first: nothing is created for a tap that is not there, or not the caller's.
+    let checked = require_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))?;
+    let _lock = BridgeLock::acquire(&network.bridge)?;
+    let port = checked_tap_now(&mut netlink, &checked)?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
+    bringup.run(&mut netlink, |netlink, bridge| {
+        trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
+        netlink.attach(&port, &bridge)
     })
 }
 
@@ -106,35 +95,31 @@ pub fn natdown(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
         return Err(Error::wrong_helper(network, "kvm-natup/kvm-natdown"));
     }
     let services = Services::for_bridge(&network.bridge)?;
-    let (lock, network_gone) = block_on(async {
-        let netlink = Netlink::connect()?;
-        let checked = find_tap(&netlink, tap, access).await.with_context(|| format!("checking interface {tap}"))?;
-        let lock = BridgeLock::acquire(&network.bridge)?;
-        let gone = natdown_locked(&netlink, network, &services, checked).await?;
-        Ok((lock, gone))
-    })?;
+    let mut netlink = Netlink::connect()?;
+    let checked = find_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))?;
+    let lock = BridgeLock::acquire(&network.bridge)?;
     // Nothing of kvm-net's is left for this bridge: neither is its lock file.
-    if network_gone {
+    if natdown_locked(&mut netlink, network, &services, checked)? {
         lock.remove_file()?;
     }
     Ok(())
 }
 
 /// [`natdown`] once the bridge's lock is held; whether the network is gone.
-async fn natdown_locked(netlink: &Netlink, network: &Network, services: &Services, tap: Option<Link>) -> Result<bool> {
+fn natdown_locked(netlink: &mut Netlink, network: &Network, services: &Services, tap: Option<Link>) -> Result<bool> {
     let port = match &tap {
-        Some(checked) => checked_tap_now(netlink, checked).await?,
+        Some(checked) => checked_tap_now(netlink, checked)?,
         None => None,
     };
     if let Some(port) = &port {
-        netlink.detach_and_down(port).await?;
+        netlink.detach_and_down(port)?;
     }
-    let bridge = match netlink.link_by_name(network.bridge.as_str()).await? {
+    let bridge = match netlink.link_by_name(network.bridge.as_str())? {
         Some(bridge) if bridge.is_bridge() => bridge,
         Some(_) => return Ok(true),
         None => {
             trace(format_args!("bridge {} is gone; removing anything left for it", network.bridge));
-            services.tear_down(netlink, None).await?;
+            services.tear_down(netlink, None)?;
             return Ok(true);
         }
     };
@@ -147,6 +132,6 @@ async fn natdown_locked(netlink: &Netlink, network: &Network, services: &Service
         trace(format_args!("bridge {} stays: kvm-net up keeps it until kvm-net down", bridge.name));
         return Ok(false);
     }
-    services.tear_down(netlink, Some(&bridge)).await?;
+    services.tear_down(netlink, Some(&bridge))?;
     Ok(true)
 }

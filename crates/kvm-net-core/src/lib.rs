@@ -19,3 +19,4 @@ pub mod runtime;
 pub mod status;
 pub mod sysctl;
 pub mod trace;
+pub mod wire;

@@ -2,7 +2,6 @@
 //! forwarding, rules, dnsmasq) and tearing it down, under the bridge's lock.
 //! The helpers, `kvm-net up/down` and `kvm-net gc` all go through here.
 
-use std::future::Future;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
@@ -17,17 +16,9 @@ use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP
 use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
 use crate::trace::trace;
 
-/// Runs one operation on a single-threaded runtime: a helper makes a handful of
-/// sequential netlink requests and needs nothing more.
-pub fn block_on<T>(operation: impl Future<Output = Result<T>>) -> Result<T> {
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_io().build().context("starting the netlink runtime")?;
-    runtime.block_on(operation)
-}
-
 /// A link named `bridge`, if there is one, refusing a link of another kind.
-pub async fn find_bridge(netlink: &Netlink, bridge: &IfName) -> Result<Option<Link>> {
-    match netlink.link_by_name(bridge.as_str()).await? {
+pub fn find_bridge(netlink: &mut Netlink, bridge: &IfName) -> Result<Option<Link>> {
+    match netlink.link_by_name(bridge.as_str())? {
         Some(link) if !link.is_bridge() => {
             Err(Error::NotABridge { name: bridge.to_string(), kind: link.kind.unwrap_or_else(|| "device".to_owned()) }
                 .into())
@@ -57,7 +48,7 @@ impl Services {
     /// kernel (30-40 ms each under nf_tables); side by side they wait once.
     /// Nothing can use the rules meanwhile: the bridge has no ports. Keeps
     /// going past a failed step and reports every failure.
-    pub async fn tear_down(&self, netlink: &Netlink, bridge: Option<&Link>) -> Result<()> {
+    pub fn tear_down(&self, netlink: &mut Netlink, bridge: Option<&Link>) -> Result<()> {
         let name = self.bridge.clone();
         let dhcp_server = self.dhcp_server.clone();
         let daemon_and_rules = std::thread::spawn(move || {
@@ -69,7 +60,7 @@ impl Services {
         let link = match bridge {
             Some(bridge) if bridge.is_managed() => {
                 trace(format_args!("deleting bridge {}", bridge.name));
-                netlink.delete(bridge).await
+                netlink.delete(bridge)
             }
             Some(bridge) => {
                 trace(format_args!("bridge {} is not kvm-net's; leaving it", bridge.name));
@@ -122,53 +113,48 @@ impl<'a> Bringup<'a> {
     /// tap). If the bridge was created here and anything fails, everything is
     /// removed again: QEMU does not run the downscript after a failed up-script.
     /// The caller holds the bridge's lock.
-    pub async fn run<F, Fut>(&self, netlink: &Netlink, and_then: F) -> Result<()>
-    where
-        F: FnOnce(Link) -> Fut,
-        Fut: Future<Output = Result<()>>,
-    {
+    pub fn run(&self, netlink: &mut Netlink, and_then: impl FnOnce(&mut Netlink, Link) -> Result<()>) -> Result<()> {
         let network = self.network;
-        let existing = find_bridge(netlink, &network.bridge)
-            .await
-            .with_context(|| format!("checking bridge {}", network.bridge))?;
+        let existing =
+            find_bridge(netlink, &network.bridge).with_context(|| format!("checking bridge {}", network.bridge))?;
         let (bridge, created) = match existing {
             Some(bridge) => {
                 if bridge.lacks_alias() {
                     // kvm-net stopped between creating the bridge and naming it.
-                    netlink.set_alias(&bridge, MANAGED_ALIAS).await?;
+                    netlink.set_alias(&bridge, MANAGED_ALIAS)?;
                 }
                 (bridge, false)
             }
-            None => (create_bridge(netlink, network).await?, true),
+            None => (create_bridge(netlink, network)?, true),
         };
-        let result = match self.complete(netlink, &bridge).await {
-            Ok(bridge) => and_then(bridge).await,
+        let result = match self.complete(netlink, &bridge) {
+            Ok(bridge) => and_then(netlink, bridge),
             Err(err) => Err(err),
         };
         if let (Err(_), true) = (&result, created) {
             trace(format_args!("undoing: removing bridge {} and what was made for it", bridge.name));
             // Best effort: the first error is the one worth reporting.
-            let _ = self.services.tear_down(netlink, Some(&bridge)).await;
+            let _ = self.services.tear_down(netlink, Some(&bridge));
         }
         result
     }
 
-    async fn complete(&self, netlink: &Netlink, bridge: &Link) -> Result<Link> {
+    fn complete(&self, netlink: &mut Netlink, bridge: &Link) -> Result<Link> {
         let network = self.network;
         let name = &network.bridge;
         for address in network.addresses() {
-            netlink.ensure_address(bridge, address).await?;
+            netlink.ensure_address(bridge, address)?;
         }
         let bridge = match network.mtu {
             Some(mtu) if mtu != bridge.mtu => {
-                netlink.set_mtu(bridge, mtu).await?;
+                netlink.set_mtu(bridge, mtu)?;
                 Link { mtu, ..bridge.clone() }
             }
             _ => bridge.clone(),
         };
         disable_accept_ra(name)?;
         if !bridge.up {
-            netlink.set_up(&bridge).await?;
+            netlink.set_up(&bridge)?;
         }
         Firewall::choose(network.firewall)
             .ensure(&plan(network), self.jumps_ahead)
@@ -202,10 +188,10 @@ impl<'a> Bringup<'a> {
     }
 }
 
-async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
+fn create_bridge(netlink: &mut Netlink, network: &Network) -> Result<Link> {
     let name = &network.bridge;
     for subnet in network.subnets() {
-        let users = netlink.subnet_users(subnet, None).await?;
+        let users = netlink.subnet_users(subnet, None)?;
         if !users.is_empty() {
             return Err(anyhow::Error::new(Error::SubnetInUse {
                 subnet: subnet.to_string(),
@@ -216,10 +202,10 @@ async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
         }
     }
     trace(format_args!("creating bridge {name}"));
-    match netlink.create_managed_bridge(name.as_str(), network.mtu).await? {
+    match netlink.create_managed_bridge(name.as_str(), network.mtu)? {
         Some(bridge) => Ok(bridge),
         // Someone outside kvm-net's lock created it first: use theirs if it is a bridge.
-        None => find_bridge(netlink, name).await?.with_context(|| format!("bridge {name} appeared and vanished")),
+        None => find_bridge(netlink, name)?.with_context(|| format!("bridge {name} appeared and vanished")),
     }
 }
 
@@ -229,18 +215,13 @@ async fn create_bridge(netlink: &Netlink, network: &Network) -> Result<Link> {
 pub fn up(network: &Network) -> Result<()> {
     let bringup = Bringup::prepare(network, "kvm-net up")?;
     let _lock = BridgeLock::acquire(&network.bridge)?;
-    block_on(async {
-        let netlink = Netlink::connect()?;
-        let netlink = &netlink;
-        bringup
-            .run(netlink, |bridge| async move {
-                // A bridge of the system's stays unmarked: its owner decides when it goes.
-                if bridge.is_managed() {
-                    netlink.set_alias(&bridge, KEPT_UP_ALIAS).await?;
-                }
-                Ok(())
-            })
-            .await
+    let mut netlink = Netlink::connect()?;
+    bringup.run(&mut netlink, |netlink, bridge| {
+        // A bridge of the system's stays unmarked: its owner decides when it goes.
+        if bridge.is_managed() {
+            netlink.set_alias(&bridge, KEPT_UP_ALIAS)?;
+        }
+        Ok(())
     })
 }
 
@@ -252,15 +233,13 @@ pub fn up(network: &Network) -> Result<()> {
 pub fn repair(network: &Network) -> Result<bool> {
     let mut bringup = Bringup::prepare(network, "kvm-net repair")?;
     bringup.jumps_ahead = true;
-    block_on(async {
-        let netlink = Netlink::connect()?;
-        let _lock = BridgeLock::acquire(&network.bridge)?;
-        if find_bridge(&netlink, &network.bridge).await?.is_none() {
-            return Ok(false);
-        }
-        bringup.run(&netlink, |_| async { Ok(()) }).await?;
-        Ok(true)
-    })
+    let mut netlink = Netlink::connect()?;
+    let _lock = BridgeLock::acquire(&network.bridge)?;
+    if find_bridge(&mut netlink, &network.bridge)?.is_none() {
+        return Ok(false);
+    }
+    bringup.run(&mut netlink, |_, _| Ok(()))?;
+    Ok(true)
 }
 
 /// What taking a network down found.
@@ -277,22 +256,18 @@ pub enum Down {
 pub fn down(bridge: &IfName, force: bool) -> Result<Down> {
     let lock = BridgeLock::acquire(bridge)?;
     let services = Services::for_bridge(bridge)?;
-    let outcome = block_on(async {
-        let netlink = Netlink::connect()?;
-        let link = find_bridge(&netlink, bridge).await?;
-        let ports = match &link {
-            Some(link) => netlink.ports_of(link).await?.into_iter().map(|p| p.name).collect(),
-            None => Vec::new(),
-        };
-        if !ports.is_empty() && !force {
-            return Ok(Down::InUse { ports });
-        }
-        services.tear_down(&netlink, link.as_ref()).await?;
-        Ok(Down::Removed { detached: ports })
-    })?;
-    if matches!(outcome, Down::Removed { .. }) {
-        lock.remove_file()?;
+    let mut netlink = Netlink::connect()?;
+    let link = find_bridge(&mut netlink, bridge)?;
+    let ports: Vec<String> = match &link {
+        Some(link) => netlink.ports_of(link)?.into_iter().map(|p| p.name).collect(),
+        None => Vec::new(),
+    };
+    if !ports.is_empty() && !force {
+        return Ok(Down::InUse { ports });
     }
+    services.tear_down(&mut netlink, link.as_ref())?;
+    let outcome = Down::Removed { detached: ports };
+    lock.remove_file()?;
     Ok(outcome)
 }
 
@@ -302,11 +277,10 @@ pub fn down(bridge: &IfName, force: bool) -> Result<Down> {
 /// bridge's lock, re-checked once the lock is held, so a VM starting at the
 /// same moment always wins. Returns one line per network removed.
 pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
-    let mut candidates: Vec<(IfName, Option<String>)> = block_on(async {
-        let netlink = Netlink::connect()?;
-        let links = netlink.all_links().await?;
-        Ok(abandoned_bridges(&links).filter_map(|l| IfName::parse(&l.name).ok()).map(|name| (name, None)).collect())
-    })?;
+    let mut netlink = Netlink::connect()?;
+    let links = netlink.all_links()?;
+    let mut candidates: Vec<(IfName, Option<String>)> =
+        abandoned_bridges(&links).filter_map(|l| IfName::parse(&l.name).ok()).map(|name| (name, None)).collect();
     for network in config.map_or(&[][..], |c| &c.networks).iter().filter(|n| n.mode.is_managed()) {
         match candidates.iter_mut().find(|(bridge, _)| *bridge == network.bridge) {
             Some(candidate) => candidate.1 = Some(network.name.clone()),
@@ -319,29 +293,22 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
         let services = Services::for_bridge(&bridge)?;
         let leftovers =
             services.dhcp_server.leftover() || firewall::leftovers(&bridge)? || firewalld::leftover(&bridge)?;
-        let removed = block_on(async {
-            let netlink = Netlink::connect()?;
-            let link = netlink.link_by_name(bridge.as_str()).await?;
-            let what = match &link {
-                Some(link) if link.is_managed() && !link.is_kept_up() && !has_port_besides(link, None)? => {
-                    "an empty bridge"
-                }
-                None if leftovers => "rules or a dnsmasq of a bridge that is gone",
-                _ => return Ok(None),
-            };
-            let named = network.as_deref().map_or(String::new(), |n| format!(" (network {n})"));
-            if dry_run {
-                return Ok(Some(format!("would remove {bridge}{named}: {what}")));
+        let link = netlink.link_by_name(bridge.as_str())?;
+        let what = match &link {
+            Some(link) if link.is_managed() && !link.is_kept_up() && !has_port_besides(link, None)? => {
+                "an empty bridge"
             }
-            services.tear_down(&netlink, link.as_ref()).await?;
-            Ok(Some(format!("removed {bridge}{named}: {what}")))
-        })?;
-        if let Some(line) = removed {
-            if !dry_run {
-                lock.remove_file()?;
-            }
-            report.push(line);
+            None if leftovers => "rules or a dnsmasq of a bridge that is gone",
+            _ => continue,
+        };
+        let named = network.as_deref().map_or(String::new(), |n| format!(" (network {n})"));
+        if dry_run {
+            report.push(format!("would remove {bridge}{named}: {what}"));
+            continue;
         }
+        services.tear_down(&mut netlink, link.as_ref())?;
+        lock.remove_file()?;
+        report.push(format!("removed {bridge}{named}: {what}"));
     }
     Ok(report)
 }

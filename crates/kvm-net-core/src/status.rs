@@ -12,7 +12,6 @@ use crate::config::{Config, Network};
 use crate::dnsmasq::Dnsmasq;
 use crate::firewall::{self, plan};
 use crate::netlink::{Link, Netlink};
-use crate::network::block_on;
 use crate::runtime::processes_here;
 
 /// The version of the JSON shape; bumped on any incompatible change (2:
@@ -94,24 +93,22 @@ pub struct DnsmasqStatus {
 /// Reads the state of every network in `config` (or of the one named `only`).
 pub fn collect(config: &Config, only: Option<&str>) -> Result<Status> {
     let holders = tap_holders();
-    block_on(async {
-        let netlink = Netlink::connect()?;
-        let links = netlink.all_links().await?;
-        let mut networks = Vec::new();
-        for network in config.networks.iter().filter(|n| only.is_none_or(|name| n.name == name)) {
-            networks.push(network_status(&netlink, &links, &holders, network).await?);
-        }
-        let unconfigured_bridges = links
-            .iter()
-            .filter(|l| l.is_managed() && !config.networks.iter().any(|n| n.bridge.as_str() == l.name))
-            .map(|l| l.name.clone())
-            .collect();
-        Ok(Status { version: STATUS_VERSION, config: config.source.to_string(), networks, unconfigured_bridges })
-    })
+    let mut netlink = Netlink::connect()?;
+    let links = netlink.all_links()?;
+    let mut networks = Vec::new();
+    for network in config.networks.iter().filter(|n| only.is_none_or(|name| n.name == name)) {
+        networks.push(network_status(&mut netlink, &links, &holders, network)?);
+    }
+    let unconfigured_bridges = links
+        .iter()
+        .filter(|l| l.is_managed() && !config.networks.iter().any(|n| n.bridge.as_str() == l.name))
+        .map(|l| l.name.clone())
+        .collect();
+    Ok(Status { version: STATUS_VERSION, config: config.source.to_string(), networks, unconfigured_bridges })
 }
 
-async fn network_status(
-    netlink: &Netlink,
+fn network_status(
+    netlink: &mut Netlink,
     links: &[Link],
     holders: &HashMap<String, (u32, String)>,
     network: &Network,
@@ -121,7 +118,7 @@ async fn network_status(
         None => ("down", Vec::new(), Vec::new()),
         Some(link) if !link.is_bridge() => ("not-a-bridge", Vec::new(), Vec::new()),
         Some(link) => {
-            let addresses = netlink.addresses_of(link).await?.iter().map(ToString::to_string).collect();
+            let addresses = netlink.addresses_of(link)?.iter().map(ToString::to_string).collect();
             let ports = links
                 .iter()
                 .filter(|p| p.controller == Some(link.index))

@@ -60,7 +60,7 @@ impl Kind {
 }
 
 /// A transport protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// TCP.
     Tcp,
@@ -69,7 +69,7 @@ pub enum Protocol {
 }
 
 /// One condition of a rule; `negate` inverts it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Match {
     /// The packet came in on this interface.
     InIface { name: IfName, negate: bool },
@@ -86,7 +86,7 @@ pub enum Match {
 }
 
 /// What a rule does with a packet that matches.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Let it through this chain's hook.
     Accept,
@@ -102,7 +102,7 @@ pub enum Action {
 }
 
 /// One rule: all matches, then the action.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// Conditions, all of which must hold.
     pub matches: Vec<Match>,

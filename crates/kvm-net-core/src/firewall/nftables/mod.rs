@@ -22,18 +22,18 @@ use anyhow::{anyhow, Context, Result};
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, DataAttribute, Hook, InetHookNumber, ListAttribute, MetaKey, NfTablesMessage,
     RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute, SetElementList, SetElementMessage, SetFlags,
-    SetMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
+    SetMessage, TableAttribute, TableMessage, Verdict,
 };
 use netlink_packet_netfilter::NetfilterProtoFamily;
-use rtnetlink::packet_core::{NLM_F_APPEND, NLM_F_CREATE};
 
 use self::render::{comment, dispatch_expressions, ifname_key, rule_expressions, verdict};
 use self::socket::{Change, Committed, Nft};
-use super::plan::{Family, Kind, Plan};
+use super::plan::{Family, Kind, Plan, Rule};
 use super::{ChainState, RuleState};
 use crate::error::Error;
 use crate::ifname::IfName;
 use crate::trace::trace;
+use crate::wire::{self, NLM_F_APPEND, NLM_F_CREATE};
 
 /// The name of kvm-net's tables, one per family.
 pub const TABLE: &str = "kvm_net";
@@ -94,16 +94,26 @@ fn table_of(family: Family) -> String {
     format!("{prefix} {TABLE}")
 }
 
-/// A rule to add: its expressions and its comment.
-struct NewRule {
-    expressions: Vec<render::Expression>,
+/// What a rule of kvm-net's is, rendered only when it is written.
+enum Wanted<'a> {
+    /// A rule of the plan, in a bridge's chain.
+    Rule(&'a Rule),
+    /// `iifname vmap @MAP` (or `oifname`) in a base chain.
+    Dispatch(MetaKey, &'static str),
+}
+
+/// A rule kvm-net wants in a chain, and the comment that recognises it.
+struct NewRule<'a> {
+    wanted: Wanted<'a>,
     userdata: Vec<u8>,
 }
 
-impl NewRule {
-    fn new(tag: &str, expressions: Vec<render::Expression>) -> Self {
-        let userdata = comment(tag, &expressions);
-        Self { expressions, userdata }
+impl NewRule<'_> {
+    fn expressions(&self) -> Vec<render::Expression> {
+        match self.wanted {
+            Wanted::Rule(rule) => rule_expressions(rule),
+            Wanted::Dispatch(key, map) => dispatch_expressions(key, map),
+        }
     }
 }
 
@@ -113,15 +123,28 @@ fn userdata_of(rules: &[NewRule]) -> Vec<Vec<u8>> {
 }
 
 /// The dispatch rules a base chain holds.
-fn dispatch_rules(hooked: &Hooked) -> Vec<NewRule> {
-    hooked.keys.iter().map(|key| NewRule::new("kvm-net", dispatch_expressions(*key, hooked.base))).collect()
+fn dispatch_rules(hooked: &Hooked) -> Vec<NewRule<'static>> {
+    hooked
+        .keys
+        .iter()
+        .map(|key| NewRule {
+            wanted: Wanted::Dispatch(*key, hooked.base),
+            userdata: comment("kvm-net", &(u32::from(*key), hooked.base)),
+        })
+        .collect()
 }
 
 /// A bridge's chain of one kind, as planned.
-fn planned_rules(plan: &Plan, family: Family, kind: Kind) -> Vec<NewRule> {
+fn planned_rules(plan: &Plan, family: Family, kind: Kind) -> Vec<NewRule<'_>> {
     let tag = format!("kvm-net:{}", plan.bridge);
     plan.chain(family, kind)
-        .map(|chain| chain.rules.iter().map(|rule| NewRule::new(&tag, rule_expressions(rule))).collect())
+        .map(|chain| {
+            chain
+                .rules
+                .iter()
+                .map(|rule| NewRule { wanted: Wanted::Rule(rule), userdata: comment(&tag, rule) })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -158,23 +181,24 @@ fn element_list(map: &str, bridge: &IfName, jump_to: Option<&str>) -> SetElement
     }
 }
 
+/// Attributes of the objects nf_tables sends back (linux/netfilter/nf_tables.h).
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_USE: u16 = 6;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
 /// The comments of the rules of `chain` (in kvm-net's table of `family`), in order.
 fn rule_comments(nft: &mut Nft, family: Family, chain: &str) -> Result<Vec<Vec<u8>>> {
     let rules = nft.dump(family, NfTablesMessage::GetRule(chain_rules(chain)))?;
-    Ok(rules
-        .into_iter()
-        .map(|message| match message {
-            NfTablesMessage::NewRule(rule) => rule
-                .attributes
-                .into_iter()
-                .find_map(|a| match a {
-                    RuleAttribute::UserData(data) => Some(data),
-                    _ => None,
-                })
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        })
-        .collect())
+    Ok(rules.iter().map(|rule| rule.attribute(NFTA_RULE_USERDATA).unwrap_or_default().to_vec()).collect())
 }
 
 /// How many rules `chain` holds.
@@ -185,21 +209,12 @@ fn rule_count(nft: &mut Nft, family: Family, chain: &str) -> Result<u32> {
 /// The chain the element for `bridge` in `map` jumps to, if there is one.
 fn element_target(nft: &mut Nft, family: Family, map: &str, bridge: &IfName) -> Result<Option<String>> {
     let answer = nft.get(family, NfTablesMessage::GetSetElement(element_list(map, bridge, None)))?;
-    let Some(NfTablesMessage::NewSetElement(message)) = answer else { return Ok(None) };
-    let target = message.attributes.into_iter().find_map(|list| match list {
-        SetElementList::Elements(elements) => elements.into_iter().find_map(|element| match element {
-            ListAttribute::Element(attributes) => attributes.into_iter().find_map(|a| match a {
-                SetElementAttribute::Data(DataAttribute::Verdict(verdict)) => {
-                    verdict.into_iter().find_map(|v| match v {
-                        VerdictAttribute::Chain(chain) => Some(chain),
-                        _ => None,
-                    })
-                }
-                _ => None,
-            }),
-            _ => None,
-        }),
-        _ => None,
+    let target = answer.and_then(|elements| {
+        let list = elements.attribute(NFTA_SET_ELEM_LIST_ELEMENTS)?;
+        let element = wire::attribute(list, NFTA_LIST_ELEM)?;
+        let data = wire::attribute(element, NFTA_SET_ELEM_DATA)?;
+        let verdict = wire::attribute(data, NFTA_DATA_VERDICT)?;
+        wire::attribute(verdict, NFTA_VERDICT_CHAIN).and_then(wire::string).map(str::to_owned)
     });
     Ok(target)
 }
@@ -210,48 +225,25 @@ fn chain_use(nft: &mut Nft, family: Family, chain: &str) -> Result<Option<u32>> 
     let request = NfTablesMessage::GetChain(ChainMessage {
         attributes: vec![ChainAttribute::Table(TABLE.to_owned()), ChainAttribute::Name(chain.to_owned())],
     });
-    Ok(nft.get(family, request)?.map(|answer| match answer {
-        NfTablesMessage::NewChain(chain) => chain
-            .attributes
-            .into_iter()
-            .find_map(|a| match a {
-                ChainAttribute::Use(count) => Some(count),
-                _ => None,
-            })
-            .unwrap_or(0),
-        _ => 0,
-    }))
+    Ok(nft.get(family, request)?.map(|chain| chain.u32(NFTA_CHAIN_USE).unwrap_or(0)))
 }
 
 /// The names of every chain and set in kvm-net's table of `family`.
 fn table_contents(nft: &mut Nft, family: Family) -> Result<(Vec<String>, Vec<String>)> {
+    // The kernel lists every table's chains: keep kvm-net's.
     let chains = nft
         .dump(
             family,
             NfTablesMessage::GetChain(ChainMessage { attributes: vec![ChainAttribute::Table(TABLE.to_owned())] }),
         )?
         .into_iter()
-        .filter_map(|message| match message {
-            // The kernel lists every table's chains: keep kvm-net's.
-            NfTablesMessage::NewChain(chain) if chain.attributes.contains(&ChainAttribute::Table(TABLE.to_owned())) => {
-                chain.attributes.into_iter().find_map(|a| match a {
-                    ChainAttribute::Name(name) => Some(name),
-                    _ => None,
-                })
-            }
-            _ => None,
-        })
+        .filter(|chain| chain.string(NFTA_CHAIN_TABLE) == Some(TABLE))
+        .filter_map(|chain| chain.string(NFTA_CHAIN_NAME).map(str::to_owned))
         .collect();
     let sets = nft
         .dump(family, NfTablesMessage::GetSet(SetMessage { attributes: vec![SetAttribute::Table(TABLE.to_owned())] }))?
         .into_iter()
-        .filter_map(|message| match message {
-            NfTablesMessage::NewSet(set) => set.attributes.into_iter().find_map(|a| match a {
-                SetAttribute::Name(name) => Some(name),
-                _ => None,
-            }),
-            _ => None,
-        })
+        .filter_map(|set| set.string(NFTA_SET_NAME).map(str::to_owned))
         .collect();
     Ok((chains, sets))
 }
@@ -274,7 +266,7 @@ fn add_rules(changes: &mut Vec<Change>, family: Family, chain: &str, rules: Vec<
             attributes: vec![
                 RuleAttribute::Table(TABLE.to_owned()),
                 RuleAttribute::Chain(chain.to_owned()),
-                RuleAttribute::Expressions(rule.expressions),
+                RuleAttribute::Expressions(rule.expressions()),
                 RuleAttribute::UserData(rule.userdata),
             ],
         });
@@ -586,13 +578,7 @@ impl ForeignTables {
             .nft
             .dump(family, request)?
             .into_iter()
-            .filter_map(|answer| match answer {
-                NfTablesMessage::NewTable(table) => table.attributes.into_iter().find_map(|a| match a {
-                    TableAttribute::Name(name) => Some(name),
-                    _ => None,
-                }),
-                _ => None,
-            })
+            .filter_map(|t| t.string(NFTA_TABLE_NAME).map(str::to_owned))
             .collect())
     }
 
@@ -601,16 +587,7 @@ impl ForeignTables {
         let request = NfTablesMessage::GetChain(ChainMessage {
             attributes: vec![ChainAttribute::Table(table.to_owned()), ChainAttribute::Name(chain.to_owned())],
         });
-        Ok(self.nft.get(family, request)?.map(|answer| {
-            let policy = match answer {
-                NfTablesMessage::NewChain(chain) => chain.attributes.into_iter().find_map(|a| match a {
-                    ChainAttribute::Policy(policy) => Some(policy),
-                    _ => None,
-                }),
-                _ => None,
-            };
-            // NF_DROP is 0.
-            ForeignChain { drops: policy == Some(0) }
-        }))
+        // NF_DROP is 0.
+        Ok(self.nft.get(family, request)?.map(|chain| ForeignChain { drops: chain.u32(NFTA_CHAIN_POLICY) == Some(0) }))
     }
 }

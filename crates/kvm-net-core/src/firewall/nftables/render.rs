@@ -3,12 +3,14 @@
 //! fingerprint of its expressions, which is how a later run tells its own,
 //! unchanged rules from anything else in its chains.
 
+use std::hash::{Hash, Hasher};
+
 use ipnetwork::IpNetwork;
+use netlink_packet_core::DefaultNla;
 use netlink_packet_netfilter::nftables::{
     Bitwise, Cmp, DataAttribute, ExpressionAttribute, Expressions, Immediate, ListAttribute, Lookup, Meta, MetaKey,
     Operator, Payload, Register, Verdict, VerdictAttribute,
 };
-use rtnetlink::packet_core::{DefaultNla, Emitable};
 
 use crate::firewall::plan::{Action, Match, Protocol, Rule};
 use crate::ifname::{IfName, MAX_IFNAME_LEN};
@@ -207,14 +209,35 @@ pub fn dispatch_expressions(key: MetaKey, map: &str) -> Vec<Expression> {
     ]
 }
 
-/// The user data of a rule: `nft` shows it as `comment "kvm-net:BRIDGE
-/// FINGERPRINT"`, the fingerprint being a hash of the rule's expressions.
-pub fn comment(tag: &str, expressions: &[Expression]) -> Vec<u8> {
-    let mut bytes = vec![0; expressions.as_ref().buffer_len()];
-    expressions.as_ref().emit(&mut bytes);
-    // FNV-1a: tiny, and stable across releases and platforms.
-    let hash = bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193));
-    let mut text = format!("{tag} {hash:08x}").into_bytes();
+/// Bumped whenever the expressions a plan renders to change, so that rules
+/// written by an earlier kvm-net no longer pass for current ones.
+const RENDERING: u32 = 1;
+
+/// FNV-1a: tiny, and stable across releases and platforms (unlike std's
+/// default hasher, whose algorithm is not specified).
+struct Fnv(u32);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        u64::from(self.0)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u32::from(*byte)).wrapping_mul(0x0100_0193);
+        }
+    }
+}
+
+/// The user data of a rule: `nft` shows it as `comment "TAG FINGERPRINT"`,
+/// the fingerprint a hash of what the rule is (the plan's rule, or a
+/// dispatch). Comparing these is how kvm-net tells its own, unchanged rules
+/// from anything else, without decoding the kernel's expressions.
+pub fn comment(tag: &str, what: &impl Hash) -> Vec<u8> {
+    let mut hasher = Fnv(0x811c_9dc5);
+    RENDERING.hash(&mut hasher);
+    what.hash(&mut hasher);
+    let mut text = format!("{tag} {:08x}", hasher.0).into_bytes();
     text.push(0);
     let mut data = vec![UDATA_COMMENT, u8::try_from(text.len()).unwrap_or(u8::MAX)];
     data.extend(text);
@@ -234,13 +257,15 @@ mod tests {
 
     #[test]
     fn comments_are_nft_comments_and_tell_rules_apart() {
-        let accept = rule_expressions(&Rule { matches: Vec::new(), action: Action::Accept });
-        let drop = rule_expressions(&Rule { matches: Vec::new(), action: Action::Drop });
+        let accept = Rule { matches: Vec::new(), action: Action::Accept };
+        let drop = Rule { matches: Vec::new(), action: Action::Drop };
         let a = comment("kvm-net:br0", &accept);
         assert_eq!((a[0], usize::from(a[1])), (UDATA_COMMENT, a.len() - 2));
         assert!(a[2..].starts_with(b"kvm-net:br0 "));
         assert_eq!(a.last(), Some(&0));
         assert_ne!(a, comment("kvm-net:br0", &drop));
         assert_eq!(a, comment("kvm-net:br0", &accept));
+        // Stable: a fingerprint written by one run is recognised by the next.
+        assert_eq!(&a[2..a.len() - 1], b"kvm-net:br0 07b13f04");
     }
 }

@@ -7,15 +7,13 @@
 use std::io;
 
 use anyhow::{anyhow, Context, Result};
-use netlink_packet_netfilter::nftables::{GenAttribute, GenMessage, NfTablesMessage};
+use netlink_packet_core::{DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::nftables::{GenMessage, NfTablesMessage};
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
-use rtnetlink::packet_core::{
-    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-};
-use rtnetlink::sys::{Socket, SocketAddr};
 
 use crate::firewall::plan::Family;
+use crate::wire::{self, Channel, Object, Received, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 
 /// `NETLINK_NETFILTER`.
 const NETLINK_NETFILTER: isize = 12;
@@ -25,6 +23,10 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u8 = 16;
 /// `NFNL_BATCH_GENID`: the generation a batch expects.
 const NFNL_BATCH_GENID: u16 = 1;
+/// `struct nfgenmsg`, ahead of an object's attributes.
+const NFGENMSG: usize = 4;
+/// `NFTA_GEN_ID`.
+const NFTA_GEN_ID: u16 = 1;
 
 impl From<Family> for NetfilterProtoFamily {
     fn from(family: Family) -> Self {
@@ -59,60 +61,33 @@ pub enum Committed {
 
 /// A netlink socket for nf_tables.
 pub struct Nft {
-    socket: Socket,
-    sequence: u32,
+    channel: Channel,
 }
 
 impl Nft {
     /// Opens a socket in this process's network namespace.
     pub fn open() -> Result<Self> {
-        let context = "opening a netlink socket for nf_tables";
-        let mut socket = Socket::new(NETLINK_NETFILTER).context(context)?;
-        socket.bind_auto().context(context)?;
-        socket.connect(&SocketAddr::new(0, 0)).context(context)?;
-        Ok(Self { socket, sequence: 0 })
+        Ok(Self { channel: Channel::open(NETLINK_NETFILTER).context("talking to nf_tables")? })
     }
 
+    /// `inner` framed as one message, numbered with the next sequence number.
     fn frame(
         &mut self,
         family: impl Into<NetfilterProtoFamily>,
         inner: NetfilterMessageInner,
         flags: u16,
         res_id: u16,
-    ) -> Vec<u8> {
-        self.sequence = self.sequence.wrapping_add(1);
+    ) -> (u32, Vec<u8>) {
+        let sequence = self.channel.next_sequence();
         let mut header = NetlinkHeader::default();
         header.flags = flags;
-        header.sequence_number = self.sequence;
+        header.sequence_number = sequence;
         let message = NetfilterMessage::new(NetfilterHeader::new(family.into(), 0, res_id), inner);
         let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
         message.finalize();
         let mut bytes = vec![0; message.buffer_len()];
         message.serialize(&mut bytes);
-        bytes
-    }
-
-    /// Reads datagrams until `done` says the exchange is over; each message
-    /// is handed to `each`. Errors the kernel reports are returned as such.
-    fn receive(&self, mut each: impl FnMut(NetlinkMessage<NetfilterMessage>) -> Result<bool>) -> Result<()> {
-        let mut datagram: Vec<u8> = Vec::with_capacity(64 * 1024);
-        loop {
-            datagram.clear();
-            self.socket.recv(&mut datagram, 0).context("reading from nf_tables")?;
-            let mut offset = 0;
-            while offset < datagram.len() {
-                let message = NetlinkMessage::<NetfilterMessage>::deserialize(&datagram[offset..])
-                    .context("decoding a message from nf_tables")?;
-                let length = message.header.length as usize;
-                if each(message)? {
-                    return Ok(());
-                }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
-            }
-        }
+        (sequence, bytes)
     }
 
     /// Sends one request and collects what it answers: the object for a
@@ -123,63 +98,28 @@ impl Nft {
         family: impl Into<NetfilterProtoFamily>,
         message: NfTablesMessage,
         dump: bool,
-    ) -> Result<Vec<NfTablesMessage>> {
+    ) -> Result<Vec<Owned>> {
         let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-        let bytes = self.frame(family, NetfilterMessageInner::NfTables(message), flags, 0);
-        self.socket.send(&bytes, 0).context("writing to nf_tables")?;
-        let mut answers = Vec::new();
-        let mut missing = false;
-        self.receive(|reply| match reply.payload {
-            NetlinkPayload::InnerMessage(NetfilterMessage {
-                inner: NetfilterMessageInner::NfTables(object), ..
-            }) => {
-                answers.push(object);
-                Ok(!dump)
-            }
-            NetlinkPayload::Done(_) => Ok(true),
-            NetlinkPayload::Error(error) if error.code.is_none() => Ok(true),
-            NetlinkPayload::Error(error) if error.to_io().raw_os_error() == Some(libc::ENOENT) => {
-                missing = true;
-                Ok(true)
-            }
-            NetlinkPayload::Error(error) => Err(error.to_io()).context("asking nf_tables"),
-            _ => Ok(false),
-        })?;
-        if missing {
-            answers.clear();
-        }
-        Ok(answers)
+        let (sequence, bytes) = self.frame(family, NetfilterMessageInner::NfTables(message), flags, 0);
+        let objects =
+            self.channel.exchange_message(sequence, &bytes, dump, &[libc::ENOENT]).context("asking nf_tables")?;
+        Ok(objects.into_iter().map(Owned::from).collect())
     }
 
     /// The object a get request names, if it exists.
-    pub fn get(
-        &mut self,
-        family: impl Into<NetfilterProtoFamily>,
-        message: NfTablesMessage,
-    ) -> Result<Option<NfTablesMessage>> {
+    pub fn get(&mut self, family: impl Into<NetfilterProtoFamily>, message: NfTablesMessage) -> Result<Option<Owned>> {
         Ok(self.exchange(family, message, false)?.into_iter().next())
     }
 
     /// Every object a dump request selects (none if its table is missing).
-    pub fn dump(
-        &mut self,
-        family: impl Into<NetfilterProtoFamily>,
-        message: NfTablesMessage,
-    ) -> Result<Vec<NfTablesMessage>> {
+    pub fn dump(&mut self, family: impl Into<NetfilterProtoFamily>, message: NfTablesMessage) -> Result<Vec<Owned>> {
         self.exchange(family, message, true)
     }
 
     /// The ruleset's current generation.
     pub fn generation(&mut self) -> Result<u32> {
         let answer = self.get(Family::V4, NfTablesMessage::GetGen(GenMessage { attributes: Vec::new() }))?;
-        let generation = match answer {
-            Some(NfTablesMessage::NewGen(message)) => message.attributes.into_iter().find_map(|a| match a {
-                GenAttribute::Id(id) => Some(id),
-                _ => None,
-            }),
-            _ => None,
-        };
-        generation.ok_or_else(|| anyhow!("nf_tables did not say its generation"))
+        answer.and_then(|gen| gen.u32(NFTA_GEN_ID)).ok_or_else(|| anyhow!("nf_tables did not say its generation"))
     }
 
     /// Applies `changes` as one batch, if the ruleset is still at `generation`.
@@ -189,36 +129,38 @@ impl Nft {
         }
         let genid = DefaultNla::new(NFNL_BATCH_GENID, generation.to_be_bytes().to_vec());
         let begin = ControlMessage::Other { message_type: NFNL_MSG_BATCH_BEGIN, attributes: vec![genid] };
-        let mut bytes = self.frame(Family::V4, NetfilterMessageInner::None(begin), NLM_F_REQUEST, NFNL_SUBSYS_NFTABLES);
-        let begin_sequence = self.sequence;
+        let (begin_sequence, mut bytes) =
+            self.frame(Family::V4, NetfilterMessageInner::None(begin), NLM_F_REQUEST, NFNL_SUBSYS_NFTABLES);
         let expected = changes.len();
         let mut purposes = Vec::with_capacity(expected);
         for change in changes {
             let flags = NLM_F_REQUEST | NLM_F_ACK | change.flags;
             let message = NetfilterMessageInner::NfTables(change.message);
-            bytes.extend(self.frame(change.family, message, flags, 0));
-            purposes.push((self.sequence, change.what));
+            let (sequence, framed) = self.frame(change.family, message, flags, 0);
+            bytes.extend(framed);
+            purposes.push((sequence, change.what));
         }
-        bytes.extend(self.frame(
+        let (_, end) = self.frame(
             Family::V4,
             NetfilterMessageInner::None(ControlMessage::BatchEnd),
             NLM_F_REQUEST,
             NFNL_SUBSYS_NFTABLES,
-        ));
-        self.socket.send(&bytes, 0).context("writing a batch to nf_tables")?;
+        );
+        bytes.extend(end);
+        self.channel.send(&bytes).context("writing a batch to nf_tables")?;
         // The kernel answers every change it was asked to acknowledge, or
         // the batch's beginning alone if the generation is stale.
         let mut answered = 0;
         let mut stale = false;
         let mut failure: Option<(u32, io::Error)> = None;
-        self.receive(|reply| {
-            if let NetlinkPayload::Error(error) = reply.payload {
+        self.channel.receive(|received| {
+            if let Received::Error { sequence, code } = received {
                 answered += 1;
-                match error.code {
-                    None => {}
-                    Some(_) if reply.header.sequence_number == begin_sequence => stale = true,
-                    Some(_) => {
-                        failure.get_or_insert((reply.header.sequence_number, error.to_io()));
+                match code {
+                    0 => {}
+                    _ if sequence == begin_sequence => stale = true,
+                    _ => {
+                        failure.get_or_insert((sequence, io::Error::from_raw_os_error(-code)));
                     }
                 }
             }
@@ -232,5 +174,37 @@ impl Nft {
             }
             (false, None) => Ok(Committed::Done),
         }
+    }
+}
+
+/// An nf_tables object kept after its datagram is gone, read attribute by attribute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owned {
+    /// `NFT_MSG_NEW*` of the object's kind.
+    pub kind: u8,
+    attributes: Vec<u8>,
+}
+
+impl From<Object> for Owned {
+    fn from(object: Object) -> Self {
+        let attributes = object.body.get(NFGENMSG..).unwrap_or_default().to_vec();
+        Self { kind: (object.kind & 0xff) as u8, attributes }
+    }
+}
+
+impl Owned {
+    /// Its attribute of `kind`.
+    pub fn attribute(&self, kind: u16) -> Option<&[u8]> {
+        wire::attribute(&self.attributes, kind)
+    }
+
+    /// Its string attribute of `kind`.
+    pub fn string(&self, kind: u16) -> Option<&str> {
+        self.attribute(kind).and_then(wire::string)
+    }
+
+    /// Its 32-bit (big-endian, as nf_tables sends them) attribute of `kind`.
+    pub fn u32(&self, kind: u16) -> Option<u32> {
+        self.attribute(kind).filter(|v| v.len() == 4).map(|v| u32::from_be_bytes(wire::word(v)))
     }
 }

@@ -9,9 +9,10 @@ for i in $(seq 0 $((n - 1))); do "$up" "v$i" >/dev/null 2>&1 & pids+=($!); done
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
 if [ -n "${BURST_COUNT:-}" ]; then
-    # Between up and down: how many masquerade rules exist (one rule set = 3
-    # for kvm-net's chain, 1 for the classic script).
-    iptables -t nat -S | grep -c -- '-j MASQUERADE' > "$BURST_COUNT"
+    # Between up and down: how many masquerade rules exist, in iptables and
+    # in kvm-net's nftables table (one rule set = 3 for kvm-net, 1 for the
+    # classic script).
+    { iptables -t nat -S; nft list table ip kvm_net 2>/dev/null; } | grep -c -i -- 'masquerade' > "$BURST_COUNT"
 fi
 pids=()
 for i in $(seq 0 $((n - 1))); do "$down" "v$i" >/dev/null 2>&1 & pids+=($!); done

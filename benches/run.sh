@@ -33,80 +33,97 @@ measure attach "ip link add br0 type bridge; ip link set br0 up; ip tuntap add d
 measure attach-classic "ip link add br0 type bridge; ip link set br0 up; ip tuntap add dev t0 mode tap" \
     --runs 3 --prepare "ip link set dev t0 nomaster" "$seeds/qemu-ifup t0"
 
-measure warm "ip tuntap add dev t0 mode tap; $bin/kvm-natup t0" \
-    -N --warmup 5 --runs "$runs" --prepare "ip link set dev t0 nomaster" "$bin/kvm-natup t0"
-measure warm-classic "ip tuntap add dev t0 mode tap; $seeds/qemu-natup t0 >/dev/null" \
-    -N --warmup 5 --runs "$runs" --prepare "ip link set dev t0 nomaster" "$seeds/qemu-natup t0"
-
-measure cold "ip tuntap add dev t0 mode tap" \
-    --warmup 3 --runs "$runs" \
-    "ip link add br9 type bridge && ip link del br9" \
-    "$bin/kvm-natup t0 && $bin/kvm-natdown t0" \
-    "$seeds/qemu-natup t0 >/dev/null && $seeds/qemu-natdown t0 >/dev/null"
-
 taps64="for i in \$(seq 0 63); do ip tuntap add dev v\$i mode tap; done"
-measure burst "$taps64" --runs 5 "$top/benches/burst.sh $bin/kvm-natup $bin/kvm-natdown 64"
-measure burst-classic "$taps64" --runs 5 -i "$top/benches/burst.sh $seeds/qemu-natup $seeds/qemu-natdown 64"
-# One more of each, counting errors and masquerade rules between up and down.
+# One more burst, counting errors and masquerade rules between up and down.
 count() {
     unshare --net -- bash -c "$taps64; BURST_COUNT=$out/$1.rules $top/benches/burst.sh $2 $3 64; echo \$? > $out/$1.errors"
 }
-count burst "$bin/kvm-natup" "$bin/kvm-natdown"
-count burst-classic "$seeds/qemu-natup" "$seeds/qemu-natdown"
-
-# Scale: N other ports on the bridge (attached with one `ip -batch`), then a
-# warm natup and a non-last natdown of one more tap.
-for n in 1 100 1000; do
-    measure "ports-$n" "
-        (for i in \$(seq 1 $n); do echo \"tuntap add dev p\$i mode tap\"; done; echo 'tuntap add dev probe mode tap') | ip -batch -
-        $bin/kvm-natup p1
-        (for i in \$(seq 2 $n); do echo \"link set dev p\$i master br0\"; done) | ip -batch - 2>/dev/null || true" \
-        -N --warmup 3 --runs "$runs" \
-        --prepare "ip link set dev probe nomaster" "$bin/kvm-natup probe" \
-        --prepare "$bin/kvm-natup probe" "$bin/kvm-natdown probe"
-done
-
-# 50 networks alive (a config file of 50 NAT networks, one VM each).
+# A config file of 50 NAT networks, one tap pattern each.
 conf=$out/fifty.toml
 for i in $(seq 0 49); do
     printf '[network.n%d]\nmode = "nat"\nbridge = "nbr%d"\nipv4 = "10.%d.0.1/24"\ntaps = ["n%d-*"]\ndhcp = { enabled = false }\n' \
         "$i" "$i" $((i + 1)) "$i"
 done > "$conf"
-KVM_NET_CONFIG=$conf measure networks-50 "
-    for i in \$(seq 0 49); do ip tuntap add dev n\$i-0 mode tap; $bin/kvm-natup n\$i-0; done
-    ip tuntap add dev n0-probe mode tap" \
-    -N --warmup 3 --runs "$runs" \
-    --prepare "ip link set dev n0-probe nomaster" "$bin/kvm-natup n0-probe" \
-    --prepare "$bin/kvm-natup n0-probe" "$bin/kvm-natdown n0-probe"
+
+# The firewall-dependent figures, once per backend (prefix nft- / ipt-).
+for fw in nftables iptables; do
+    p=${fw:0:3}-
+    export KVM_NET_FIREWALL=$fw
+    measure "${p}warm" "ip link add br9 type bridge; ip link set br9 up; ip tuntap add dev t0 mode tap; ip tuntap add dev t1 mode tap; $bin/kvm-natup t0" \
+        -N --warmup 5 --runs "$runs" \
+        --prepare "ip link set dev t1 nomaster" "ip link set dev t1 master br9" \
+        --prepare "ip link set dev t0 nomaster" "$bin/kvm-natup t0"
+
+    measure "${p}cold" "ip tuntap add dev t0 mode tap" \
+        --warmup 3 --runs "$runs" \
+        "ip link add br9 type bridge && ip link del br9" \
+        "$bin/kvm-natup t0 && $bin/kvm-natdown t0"
+
+    measure "${p}burst" "$taps64" --runs 5 "$top/benches/burst.sh $bin/kvm-natup $bin/kvm-natdown 64"
+    count "${p}burst" "$bin/kvm-natup" "$bin/kvm-natdown"
+
+    # Scale: N other ports on the bridge (attached with one `ip -batch`), then a
+    # warm natup and a non-last natdown of one more tap.
+    for n in 1 1000; do
+        measure "${p}ports-$n" "
+            (for i in \$(seq 1 $n); do echo \"tuntap add dev p\$i mode tap\"; done; echo 'tuntap add dev probe mode tap') | ip -batch -
+            $bin/kvm-natup p1
+            (for i in \$(seq 2 $n); do echo \"link set dev p\$i master br0\"; done) | ip -batch - 2>/dev/null || true" \
+            -N --warmup 3 --runs "$runs" \
+            --prepare "ip link set dev probe nomaster" "$bin/kvm-natup probe" \
+            --prepare "$bin/kvm-natup probe" "$bin/kvm-natdown probe"
+    done
+
+    # The same file of 50 NAT networks, with one of them alive, then all 50.
+    for alive in 1 50; do
+        KVM_NET_CONFIG=$conf measure "${p}networks-$alive" "
+            for i in \$(seq 0 $((alive - 1))); do ip tuntap add dev n\$i-0 mode tap; $bin/kvm-natup n\$i-0; done
+            ip tuntap add dev n0-probe mode tap" \
+            -N --warmup 3 --runs "$runs" \
+            --prepare "ip link set dev n0-probe nomaster" "$bin/kvm-natup n0-probe" \
+            --prepare "$bin/kvm-natup n0-probe" "$bin/kvm-natdown n0-probe"
+    done
+done
+unset KVM_NET_FIREWALL
+
+# The classic scripts, for comparison.
+measure warm-classic "ip tuntap add dev t0 mode tap; $seeds/qemu-natup t0 >/dev/null" \
+    -N --warmup 5 --runs "$runs" --prepare "ip link set dev t0 nomaster" "$seeds/qemu-natup t0"
+measure cold-classic "ip tuntap add dev t0 mode tap" --runs 20 \
+    "$seeds/qemu-natup t0 >/dev/null && $seeds/qemu-natdown t0 >/dev/null"
+measure burst-classic "$taps64" --runs 5 -i "$top/benches/burst.sh $seeds/qemu-natup $seeds/qemu-natdown 64"
+count burst-classic "$seeds/qemu-natup" "$seeds/qemu-natdown"
 
 ip_set=$(median attach 1) ifup=$(median attach 2) classic_ifup=$(median attach-classic 1)
-warm=$(median warm 1) classic_warm=$(median warm-classic 1)
-floor=$(median cold 1) cold=$(median cold 2) classic_cold=$(median cold 3)
-burst=$(median burst 1) classic_burst=$(median burst-classic 1)
-burst_rules=$(cat "$out/burst.rules") burst_errors=$(cat "$out/burst.errors")
-classic_rules=$(cat "$out/burst-classic.rules") classic_errors=$(cat "$out/burst-classic.errors")
+classic_warm=$(median warm-classic 1) classic_cold=$(median cold-classic 1) classic_burst=$(median burst-classic 1)
 
+row() { echo "| $1 | $2 ms | $3 ms | $(ratio "$2" "$3") | $4 |"; }
 {
     echo "| measurement | kvm-net (median) | baseline (median) | ratio | target |"
     echo "|---|---|---|---|---|"
-    echo "| attach: \`kvm-ifup\` vs one \`ip link set dev T master BR\` | $ifup ms | $ip_set ms | $(ratio "$ifup" "$ip_set") | ≤ 0.7x |"
-    echo "| attach: \`kvm-ifup\` vs classic \`qemu-ifup\` | $ifup ms | $classic_ifup ms | $(ratio "$ifup" "$classic_ifup") | |"
-    echo "| warm NAT start: \`kvm-natup\` vs classic \`qemu-natup\` | $warm ms | $classic_warm ms | $(ratio "$warm" "$classic_warm") | ≤ 0.5x |"
-    echo "| cold NAT cycle vs kernel floor (\`ip link add/del\` bridge) | $cold ms | $floor ms | $(ratio "$cold" "$floor") | ≤ 1.3x |"
-    echo "| cold NAT cycle vs classic \`qemu-natup\` + \`qemu-natdown\` | $cold ms | $classic_cold ms | $(ratio "$cold" "$classic_cold") | |"
-    echo "| 64 concurrent up, then 64 down (wall) vs classic | $burst ms | $classic_burst ms | $(ratio "$burst" "$classic_burst") | < 1000 ms |"
-    echo "| 64-burst: failed calls / masquerade rules while up | $burst_errors / $burst_rules (one set: 3) | $classic_errors / $classic_rules (one set: 1) | | 0 / one set |"
-    for n in 1 100 1000; do
-        echo "| warm \`kvm-natup\` with $n other port(s) vs 1 | $(median "ports-$n" 1) ms | $(median ports-1 1) ms | $(ratio "$(median "ports-$n" 1)" "$(median ports-1 1)") | ≤ 2x at 1000 |"
-        echo "| non-last \`kvm-natdown\` with $n other port(s) vs 1 | $(median "ports-$n" 2) ms | $(median ports-1 2) ms | $(ratio "$(median "ports-$n" 2)" "$(median ports-1 2)") | ≤ 2x at 1000 |"
+    row "attach: \`kvm-ifup\` vs one \`ip link set dev T master BR\`" "$ifup" "$ip_set" "≤ 0.7x"
+    row "attach: \`kvm-ifup\` vs classic \`qemu-ifup\`" "$ifup" "$classic_ifup" ""
+    for p in nft- ipt-; do
+        name=nftables
+        [ "$p" = ipt- ] && name=iptables
+        echo "| **$name backend** | | | | |"
+        row "warm \`kvm-natup\` vs one \`ip link set dev T master BR\`" "$(median "${p}warm" 2)" "$(median "${p}warm" 1)" "≤ 1.0x"
+        row "warm \`kvm-natup\` vs classic \`qemu-natup\`" "$(median "${p}warm" 2)" "$classic_warm" "≤ 0.5x"
+        row "cold natup + natdown vs kernel floor (\`ip link add/del\` bridge)" "$(median "${p}cold" 2)" "$(median "${p}cold" 1)" "≤ 1.1x"
+        row "cold natup + natdown vs classic \`qemu-natup\` + \`qemu-natdown\`" "$(median "${p}cold" 2)" "$classic_cold" ""
+        row "64 concurrent up, then 64 down (wall) vs classic" "$(median "${p}burst" 1)" "$classic_burst" "≤ 250 ms"
+        echo "| 64-burst: failed calls / masquerade rules while up | $(cat "$out/${p}burst.errors") / $(cat "$out/${p}burst.rules") | classic: $(cat "$out/burst-classic.errors") / $(cat "$out/burst-classic.rules") | | 0 / one set |"
+        row "warm \`kvm-natup\` with 1000 other ports vs 1" "$(median "${p}ports-1000" 1)" "$(median "${p}ports-1" 1)" ""
+        row "non-last \`kvm-natdown\` with 1000 other ports vs 1" "$(median "${p}ports-1000" 2)" "$(median "${p}ports-1" 2)" "≤ 1.5x"
+        row "warm \`kvm-natup\` with 50 networks alive vs 1" "$(median "${p}networks-50" 1)" "$(median "${p}networks-1" 1)" "≤ 1.2x"
+        row "non-last \`kvm-natdown\` with 50 networks alive vs 1" "$(median "${p}networks-50" 2)" "$(median "${p}networks-1" 2)" ""
+        row "warm \`kvm-natup\`, file of 50 networks vs no file" "$(median "${p}networks-1" 1)" "$(median "${p}ports-1" 1)" ""
     done
-    echo "| warm \`kvm-natup\` with 50 networks alive vs 1 | $(median networks-50 1) ms | $(median ports-1 1) ms | $(ratio "$(median networks-50 1)" "$(median ports-1 1)") | |"
-    echo "| non-last \`kvm-natdown\` with 50 networks alive vs 1 | $(median networks-50 2) ms | $(median ports-1 2) ms | $(ratio "$(median networks-50 2)" "$(median ports-1 2)") | |"
     echo
-    echo "| binary | size |"
-    echo "|---|---|"
+    echo "| binary (static, stripped) | size | target |"
+    echo "|---|---|---|"
     for b in kvm-ifup kvm-ifdown kvm-natup kvm-natdown kvm-net; do
-        echo "| \`$b\` | $(stat -c %s "$bin/$b") bytes |"
+        echo "| \`$b\` | $(stat -c %s "$bin/$b") bytes | ≤ 1500000 |"
     done
     echo
     echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, $(uname -r), $(iptables -V), hyperfine $(hyperfine --version | cut -d' ' -f2)."

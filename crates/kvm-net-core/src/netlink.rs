@@ -273,10 +273,8 @@ impl Netlink {
 
     /// Ports of a bridge, filtered by the kernel (a dump restricted to one controller).
     pub fn ports_of(&mut self, bridge: &Link) -> Result<Vec<Link>> {
-        let request = Request::new(RTM_GETLINK, NLM_F_DUMP, &ifinfomsg(0, 0, 0))
-            .u32(IFLA_MASTER, bridge.index)
-            .u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
-        let ports = self.links(request, true, || format!("listing the ports of bridge {}", bridge.name))?;
+        let ports =
+            self.links(ports_request(bridge), true, || format!("listing the ports of bridge {}", bridge.name))?;
         Ok(ports.into_iter().filter(|link| link.controller == Some(bridge.index)).collect())
     }
 
@@ -399,14 +397,18 @@ impl Netlink {
         self.ask(request, false, &[], || format!("attaching {} to bridge {}", port.name, bridge.name)).map(drop)
     }
 
-    /// Takes `port` off whatever bridge holds it and sets it down. A link that
-    /// vanished meanwhile (QEMU exited) counts as done.
+    /// Takes `port` off whatever bridge holds it, then sets it down. A link
+    /// that vanished meanwhile (QEMU exited) counts as done. Two requests:
+    /// in one, the kernel sets the port down first, and the bridge
+    /// recomputes every port's state for it before the detach does it again.
     pub fn detach_and_down(&mut self, port: &Link) -> Result<()> {
-        let mut request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, IFF_UP));
+        let what = || format!("detaching {} and setting it down", port.name);
         if port.controller.is_some() {
-            request = request.u32(IFLA_MASTER, 0);
+            let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, 0)).u32(IFLA_MASTER, 0);
+            self.ask(request, false, &[libc::ENODEV], what)?;
         }
-        self.ask(request, false, &[libc::ENODEV], || format!("detaching {} and setting it down", port.name)).map(drop)
+        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, IFF_UP));
+        self.ask(request, false, &[libc::ENODEV], what).map(drop)
     }
 
     /// Deletes a link; one already gone counts as deleted.
@@ -414,6 +416,14 @@ impl Netlink {
         let request = Request::new(RTM_DELLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0));
         self.ask(request, false, &[libc::ENODEV], || format!("deleting {}", link.name)).map(drop)
     }
+}
+
+/// A dump of `bridge`'s ports, filtered by the kernel. Without
+/// `IFLA_EXT_MASK`: with one, the kernel first sizes every link of the
+/// namespace to choose its buffer (0.2-0.7 ms with 1000 ports, on every VM
+/// stop); without, the answers carry counters nobody reads.
+fn ports_request(bridge: &Link) -> Request {
+    Request::new(RTM_GETLINK, NLM_F_DUMP, &ifinfomsg(0, 0, 0)).u32(IFLA_MASTER, bridge.index)
 }
 
 /// Whether `bridge` has a port other than `except`: the last-port question of
@@ -424,10 +434,7 @@ pub fn has_port_besides(bridge: &Link, except: Option<u32>) -> Result<bool> {
     let context = || format!("listing the ports of bridge {}", bridge.name);
     let mut channel = Channel::open(NETLINK_ROUTE).with_context(context)?;
     let sequence = channel.next_sequence();
-    let request = Request::new(RTM_GETLINK, NLM_F_DUMP, &ifinfomsg(0, 0, 0))
-        .u32(IFLA_MASTER, bridge.index)
-        .u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
-    channel.send(&request.finish(sequence)).with_context(context)?;
+    channel.send(&ports_request(bridge).finish(sequence)).with_context(context)?;
     let mut found = false;
     let mut failure = None;
     channel
@@ -437,7 +444,7 @@ pub fn has_port_besides(bridge: &Link, except: Option<u32>) -> Result<bool> {
                 found = link.controller == Some(bridge.index) && Some(link.index) != except;
                 Ok(found)
             }
-            Received::Done => Ok(true),
+            Received::Done { .. } => Ok(true),
             Received::Error { code, .. } => {
                 if code != 0 {
                     failure = Some(io::Error::from_raw_os_error(-code));

@@ -149,10 +149,11 @@ pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
 
 /// What the kernel sent.
 pub enum Received<'a> {
-    /// An object: its message type, and its body (family header, then attributes).
-    Object { kind: u16, body: &'a [u8] },
-    /// The end of a dump.
-    Done,
+    /// An object answering the request numbered `sequence`: its message
+    /// type, and its body (family header, then attributes).
+    Object { sequence: u32, kind: u16, body: &'a [u8] },
+    /// The end of the dump asked for by the request numbered `sequence`.
+    Done { sequence: u32 },
     /// An error (negative errno), or an ack (0), for the request numbered `sequence`.
     Error { sequence: u32, code: i32 },
 }
@@ -207,10 +208,10 @@ impl Channel {
                 let sequence = u32_at(rest, 8);
                 let body = &rest[NLMSG_HEADER..length];
                 let received = match kind {
-                    NLMSG_DONE => Received::Done,
+                    NLMSG_DONE => Received::Done { sequence },
                     // The code is an i32 ahead of a copy of the request it answers; 0 is an ack.
                     NLMSG_ERROR => Received::Error { sequence, code: i32::from_ne_bytes(word(body)) },
-                    _ => Received::Object { kind, body },
+                    _ => Received::Object { sequence, kind, body },
                 };
                 if each(received)? {
                     return Ok(());
@@ -240,13 +241,20 @@ impl Channel {
         self.socket.send(message, 0)?;
         let mut objects = Vec::new();
         let mut failure = None;
+        // Answers to an earlier request (one abandoned by an error) are skipped.
         let receiving = self.receive(|received| match received {
-            Received::Object { kind, body } => {
+            Received::Object { sequence: answered, .. }
+            | Received::Done { sequence: answered }
+            | Received::Error { sequence: answered, .. }
+                if answered != sequence =>
+            {
+                Ok(false)
+            }
+            Received::Object { kind, body, .. } => {
                 objects.push(Object { kind, body: body.to_vec() });
                 Ok(!dump)
             }
-            Received::Done => Ok(true),
-            Received::Error { sequence: answered, .. } if answered != sequence => Ok(false),
+            Received::Done { .. } => Ok(true),
             Received::Error { code: 0, .. } => Ok(true),
             Received::Error { code, .. } => {
                 if !absent.contains(&-code) {

@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use super::iptables::IptablesFirewall;
 use super::iptables_rules::{accept_chain, all_chains};
-use super::nftables::ForeignTables;
+use super::nftables::{foreign_chain, tables};
 use super::plan::{Family, Kind, Plan};
 use crate::ifname::IfName;
 use crate::trace::trace;
@@ -39,28 +39,27 @@ impl ForwardBlock {
 
 /// Whether iptables (nf_tables flavour) of `family` would drop forwarded
 /// traffic by policy, or belongs to Docker.
-fn blocked(tables: &mut ForeignTables, family: Family) -> Result<Option<ForwardBlock>> {
-    if !tables.tables(family)?.iter().any(|t| t == "filter") {
+fn blocked(family: Family) -> Result<Option<ForwardBlock>> {
+    if !tables(family)?.iter().any(|t| t == "filter") {
         return Ok(None);
     }
-    let policy_drop = tables.chain(family, "filter", "FORWARD")?.is_some_and(|chain| chain.drops);
-    let docker = tables.chain(family, "filter", "DOCKER-USER")?.is_some();
+    let policy_drop = foreign_chain(family, "filter", "FORWARD")?.is_some_and(|chain| chain.drops);
+    let docker = foreign_chain(family, "filter", "DOCKER-USER")?.is_some();
     Ok((policy_drop || docker).then_some(ForwardBlock { family, docker, policy_drop }))
 }
 
 /// Why iptables' FORWARD of `family` would drop guests' traffic, if it would.
 pub fn forward_blocked(family: Family) -> Result<Option<ForwardBlock>> {
-    blocked(&mut ForeignTables::open()?, family)
+    blocked(family)
 }
 
 /// Whether iptables-nft's tables hold any chain kvm-net's iptables backend
 /// makes for `bridge` (read over netlink: no process).
 pub fn iptables_nft_holds(bridge: &IfName) -> Result<bool> {
-    let mut tables = ForeignTables::open()?;
     for family in [Family::V4, Family::V6] {
-        let present = tables.tables(family)?;
+        let present = tables(family)?;
         for chain in all_chains(bridge).into_iter().filter(|c| c.family == family) {
-            if present.iter().any(|t| t == chain.table) && tables.chain(family, chain.table, &chain.name)?.is_some() {
+            if present.iter().any(|t| t == chain.table) && foreign_chain(family, chain.table, &chain.name)?.is_some() {
                 return Ok(true);
             }
         }
@@ -74,22 +73,21 @@ pub fn iptables_nft_holds(bridge: &IfName) -> Result<bool> {
 /// kvm-net with VMs running, or a backend switched).
 pub fn ensure(plan: &Plan, ahead: bool) -> Result<()> {
     let bridge = &plan.bridge;
-    let mut tables = ForeignTables::open()?;
     let mut wanted = Vec::new();
     let mut stale = false;
     for family in [Family::V4, Family::V6] {
-        let present = tables.tables(family)?;
+        let present = tables(family)?;
         if !present.iter().any(|t| t == "filter" || t == "nat" || t == "mangle") {
             continue;
         }
-        if let (Some(block), Some(chain)) = (blocked(&mut tables, family)?, plan.chain(family, Kind::Forward)) {
+        if let (Some(block), Some(chain)) = (blocked(family)?, plan.chain(family, Kind::Forward)) {
             wanted.push(accept_chain(bridge, chain, block.hook()));
         }
         for chain in all_chains(bridge).into_iter().filter(|c| c.family == family) {
             let keep = wanted.iter().any(|w| w.family == family && w.name == chain.name);
             if !keep
                 && present.iter().any(|t| t == chain.table)
-                && tables.chain(family, chain.table, &chain.name)?.is_some()
+                && foreign_chain(family, chain.table, &chain.name)?.is_some()
             {
                 stale = true;
             }

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, Context, Result};
 
-use super::nftables::ForeignTables;
+use super::nftables;
 use crate::error::Error;
 use crate::ifname::IfName;
 use crate::rundir::{Area, SafeDir};
@@ -46,7 +46,7 @@ impl Added {
 
 /// Whether firewalld runs in this network namespace.
 pub fn running() -> Result<bool> {
-    ForeignTables::open()?.firewalld_table()
+    nftables::firewalld_table()
 }
 
 /// Runs `program args`; its status and output.

@@ -27,7 +27,7 @@ use netlink_packet_netfilter::nftables::{
 use netlink_packet_netfilter::NetfilterProtoFamily;
 
 use self::render::{comment, dispatch_expressions, ifname_key, rule_expressions, verdict};
-use self::socket::{Change, Committed, Nft};
+use self::socket::{with_nft, Change, Committed, Nft};
 use super::plan::{Family, Kind, Plan, Rule};
 use super::{ChainState, RuleState};
 use crate::error::Error;
@@ -375,14 +375,15 @@ fn planned(plan: &Plan) -> impl Iterator<Item = (Family, Hooked)> + '_ {
 /// Runs `attempt` (read, then commit computed changes) until the ruleset
 /// did not change under it.
 fn with_retries(what: &str, mut attempt: impl FnMut(&mut Nft) -> Result<Committed>) -> Result<()> {
-    let mut nft = Nft::open()?;
-    for _ in 0..ATTEMPTS {
-        if attempt(&mut nft)? == Committed::Done {
-            return Ok(());
+    with_nft(|nft| {
+        for _ in 0..ATTEMPTS {
+            if attempt(nft)? == Committed::Done {
+                return Ok(());
+            }
+            trace(format_args!("{what}: the ruleset changed meanwhile; reading it again"));
         }
-        trace(format_args!("{what}: the ruleset changed meanwhile; reading it again"));
-    }
-    Err(anyhow!("{what}: the ruleset kept changing under kvm-net ({ATTEMPTS} attempts)"))
+        Err(anyhow!("{what}: the ruleset kept changing under kvm-net ({ATTEMPTS} attempts)"))
+    })
 }
 
 /// The nftables backend; it holds no state between calls (the kernel does).
@@ -392,7 +393,7 @@ pub struct NftablesFirewall;
 impl NftablesFirewall {
     /// Whether nf_tables answers in this network namespace.
     pub fn available() -> bool {
-        Nft::open().and_then(|mut nft| nft.generation()).is_ok()
+        with_nft(Nft::generation).is_ok()
     }
 
     /// Makes the bridge's chains exactly the plan, with one map element
@@ -496,15 +497,18 @@ impl NftablesFirewall {
 
     /// How each of the plan's chains compares with it.
     pub fn state(&self, plan: &Plan) -> Result<Vec<ChainState>> {
-        let mut nft = Nft::open()?;
+        with_nft(|nft| Self::state_with(nft, plan))
+    }
+
+    fn state_with(nft: &mut Nft, plan: &Plan) -> Result<Vec<ChainState>> {
         let mut states = Vec::new();
         for (family, hooked) in planned(plan) {
-            let found = seen(&mut nft, family, &hooked, &plan.bridge)?;
+            let found = seen(nft, family, &hooked, &plan.bridge)?;
             let chain = chain_name(&hooked, &plan.bridge);
             let rules = planned_rules(plan, family, hooked.kind);
             let dispatch = dispatch_rules(&hooked);
             let state = if found.chain.is_empty() {
-                match chain_use(&mut nft, family, &chain)? {
+                match chain_use(nft, family, &chain)? {
                     Some(_) => RuleState::Differs,
                     None => RuleState::Missing,
                 }
@@ -529,17 +533,18 @@ impl NftablesFirewall {
 
     /// Whether anything of the bridge's is in kvm-net's tables.
     pub fn leftovers(&self, bridge: &IfName) -> Result<bool> {
-        let mut nft = Nft::open()?;
-        for family in [Family::V4, Family::V6] {
-            for hooked in Kind::ALL.into_iter().filter_map(hooked) {
-                if chain_use(&mut nft, family, &chain_name(&hooked, bridge))?.is_some()
-                    || element_target(&mut nft, family, hooked.base, bridge)?.is_some()
-                {
-                    return Ok(true);
+        with_nft(|nft| {
+            for family in [Family::V4, Family::V6] {
+                for hooked in Kind::ALL.into_iter().filter_map(hooked) {
+                    if chain_use(nft, family, &chain_name(&hooked, bridge))?.is_some()
+                        || element_target(nft, family, hooked.base, bridge)?.is_some()
+                    {
+                        return Ok(true);
+                    }
                 }
             }
-        }
-        Ok(false)
+            Ok(false)
+        })
     }
 }
 
@@ -551,43 +556,28 @@ pub struct ForeignChain {
     pub drops: bool,
 }
 
-/// Reads the tables iptables-nft keeps (`filter`, `nat`, `mangle`), or
-/// anyone's: whether a chain exists, and its policy.
-pub struct ForeignTables {
-    nft: Nft,
+/// Whether firewalld runs in this network namespace: its nftables
+/// backend keeps `table inet firewalld` for as long as it runs.
+pub fn firewalld_table() -> Result<bool> {
+    let request =
+        NfTablesMessage::GetTable(TableMessage { attributes: vec![TableAttribute::Name("firewalld".to_owned())] });
+    with_nft(|nft| Ok(nft.get(NetfilterProtoFamily::Inet, request)?.is_some()))
 }
 
-impl ForeignTables {
-    /// A socket for reading.
-    pub fn open() -> Result<Self> {
-        Ok(Self { nft: Nft::open()? })
-    }
+/// The names of the tables of `family` (iptables-nft keeps `filter`,
+/// `nat`, `mangle`), read, never written.
+pub fn tables(family: Family) -> Result<Vec<String>> {
+    let request = NfTablesMessage::GetTable(TableMessage { attributes: Vec::new() });
+    let tables = with_nft(|nft| nft.dump(family, request))?;
+    Ok(tables.into_iter().filter_map(|t| t.string(NFTA_TABLE_NAME).map(str::to_owned)).collect())
+}
 
-    /// Whether firewalld runs in this network namespace: its nftables
-    /// backend keeps `table inet firewalld` for as long as it runs.
-    pub fn firewalld_table(&mut self) -> Result<bool> {
-        let request =
-            NfTablesMessage::GetTable(TableMessage { attributes: vec![TableAttribute::Name("firewalld".to_owned())] });
-        Ok(self.nft.get(NetfilterProtoFamily::Inet, request)?.is_some())
-    }
-
-    /// The names of the tables of `family`.
-    pub fn tables(&mut self, family: Family) -> Result<Vec<String>> {
-        let request = NfTablesMessage::GetTable(TableMessage { attributes: Vec::new() });
-        Ok(self
-            .nft
-            .dump(family, request)?
-            .into_iter()
-            .filter_map(|t| t.string(NFTA_TABLE_NAME).map(str::to_owned))
-            .collect())
-    }
-
-    /// The chain `chain` of `table` in `family`, if it exists.
-    pub fn chain(&mut self, family: Family, table: &str, chain: &str) -> Result<Option<ForeignChain>> {
-        let request = NfTablesMessage::GetChain(ChainMessage {
-            attributes: vec![ChainAttribute::Table(table.to_owned()), ChainAttribute::Name(chain.to_owned())],
-        });
-        // NF_DROP is 0.
-        Ok(self.nft.get(family, request)?.map(|chain| ForeignChain { drops: chain.u32(NFTA_CHAIN_POLICY) == Some(0) }))
-    }
+/// The chain `chain` of `table` in `family`, if it exists.
+pub fn foreign_chain(family: Family, table: &str, chain: &str) -> Result<Option<ForeignChain>> {
+    let request = NfTablesMessage::GetChain(ChainMessage {
+        attributes: vec![ChainAttribute::Table(table.to_owned()), ChainAttribute::Name(chain.to_owned())],
+    });
+    let chain = with_nft(|nft| nft.get(family, request))?;
+    // NF_DROP is 0.
+    Ok(chain.map(|chain| ForeignChain { drops: chain.u32(NFTA_CHAIN_POLICY) == Some(0) }))
 }

@@ -5,6 +5,7 @@
 //! (ERESTART) and the caller reads again, instead of overwriting their change.
 
 use std::io;
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{anyhow, Context, Result};
 use netlink_packet_core::{DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload};
@@ -64,9 +65,27 @@ pub struct Nft {
     channel: Channel,
 }
 
+/// The process's one nf_tables socket, opened on first use and closed only
+/// at exit. Closing a socket after a batch that deleted something waits for
+/// the kernel to free it (an RCU grace period, 10-20 ms) while holding
+/// nf_tables' commit lock, which deleting a bridge takes too: a socket
+/// closed right after the rules went made kvm-natdown wait for both in turn.
+/// Kept open, the kernel frees them while the bridge goes.
+static SHARED: Mutex<Option<Nft>> = Mutex::new(None);
+
+/// Runs `work` with the process's nf_tables socket.
+pub fn with_nft<T>(work: impl FnOnce(&mut Nft) -> Result<T>) -> Result<T> {
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    let nft = match &mut *shared {
+        Some(nft) => nft,
+        None => shared.insert(Nft::open()?),
+    };
+    work(nft)
+}
+
 impl Nft {
     /// Opens a socket in this process's network namespace.
-    pub fn open() -> Result<Self> {
+    fn open() -> Result<Self> {
         Ok(Self { channel: Channel::open(NETLINK_NETFILTER).context("talking to nf_tables")? })
     }
 
@@ -154,7 +173,11 @@ impl Nft {
         let mut stale = false;
         let mut failure: Option<(u32, io::Error)> = None;
         self.channel.receive(|received| {
+            // Answers to an earlier request (one abandoned by an error) are skipped.
             if let Received::Error { sequence, code } = received {
+                if sequence < begin_sequence {
+                    return Ok(false);
+                }
                 answered += 1;
                 match code {
                     0 => {}

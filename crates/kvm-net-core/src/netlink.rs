@@ -438,7 +438,7 @@ pub fn has_port_besides(bridge: &Link, except: Option<u32>) -> Result<bool> {
     let mut found = false;
     let mut failure = None;
     channel
-        .receive(|received| match received {
+        .receive_dump_head(|received| match received {
             Received::Object { body, .. } => {
                 let link = Link::from_object(body);
                 found = link.controller == Some(bridge.index) && Some(link.index) != except;

@@ -147,6 +147,27 @@ pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
     u32::from_ne_bytes(word(bytes.get(offset..).unwrap_or_default()))
 }
 
+/// Hands each message of `datagram` to `each`; whether it said the exchange is over.
+fn dispatch(mut datagram: &[u8], each: &mut impl FnMut(Received<'_>) -> Result<bool>) -> Result<bool> {
+    while datagram.len() >= NLMSG_HEADER {
+        let length = usize::try_from(u32_at(datagram, 0)).unwrap_or(usize::MAX).clamp(NLMSG_HEADER, datagram.len());
+        let kind = u16::from_ne_bytes([datagram[4], datagram[5]]);
+        let sequence = u32_at(datagram, 8);
+        let body = &datagram[NLMSG_HEADER..length];
+        let received = match kind {
+            NLMSG_DONE => Received::Done { sequence },
+            // The code is an i32 ahead of a copy of the request it answers; 0 is an ack.
+            NLMSG_ERROR => Received::Error { sequence, code: i32::from_ne_bytes(word(body)) },
+            _ => Received::Object { sequence, kind, body },
+        };
+        if each(received)? {
+            return Ok(true);
+        }
+        datagram = &datagram[align(length).min(datagram.len())..];
+    }
+    Ok(false)
+}
+
 /// What the kernel sent.
 pub enum Received<'a> {
     /// An object answering the request numbered `sequence`: its message
@@ -199,26 +220,33 @@ impl Channel {
     /// exchange is over.
     pub fn receive(&mut self, mut each: impl FnMut(Received<'_>) -> Result<bool>) -> Result<()> {
         loop {
-            self.buffer.clear();
-            self.socket.recv(&mut self.buffer, 0).context("reading from netlink")?;
-            let mut rest = &self.buffer[..];
-            while rest.len() >= NLMSG_HEADER {
-                let length = usize::try_from(u32_at(rest, 0)).unwrap_or(usize::MAX).clamp(NLMSG_HEADER, rest.len());
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                let sequence = u32_at(rest, 8);
-                let body = &rest[NLMSG_HEADER..length];
-                let received = match kind {
-                    NLMSG_DONE => Received::Done { sequence },
-                    // The code is an i32 ahead of a copy of the request it answers; 0 is an ack.
-                    NLMSG_ERROR => Received::Error { sequence, code: i32::from_ne_bytes(word(body)) },
-                    _ => Received::Object { sequence, kind, body },
-                };
-                if each(received)? {
-                    return Ok(());
-                }
-                rest = &rest[align(length).min(rest.len())..];
+            self.read(0)?;
+            if dispatch(&self.buffer, &mut each)? {
+                return Ok(());
             }
         }
+    }
+
+    /// [`Channel::receive`] for the first answer of a dump that is likely to
+    /// be decided by its first datagram: on reading a datagram the kernel
+    /// prepares the dump's next one (tens of microseconds per link, each time)
+    /// unless that datagram is still queued and the receive buffer is small.
+    /// So the receive buffer is made as small as the kernel allows, the
+    /// first datagram is only peeked at, and read for good only when it did
+    /// not decide.
+    pub fn receive_dump_head(&mut self, mut each: impl FnMut(Received<'_>) -> Result<bool>) -> Result<()> {
+        self.socket.set_rx_buf_sz(1).context("shrinking a netlink socket's receive buffer")?;
+        self.read(libc::MSG_PEEK)?;
+        if dispatch(&self.buffer, &mut each)? {
+            return Ok(());
+        }
+        self.read(0)?;
+        self.receive(each)
+    }
+
+    fn read(&mut self, flags: libc::c_int) -> Result<()> {
+        self.buffer.clear();
+        self.socket.recv(&mut self.buffer, flags).context("reading from netlink").map(drop)
     }
 
     /// Sends one request and collects what it answers: every object of a

@@ -256,6 +256,10 @@ pub fn config_text(network: &Network, dhcp: &Dhcp, dir: &Path) -> String {
     lines.extend([
         "dhcp-no-override".to_owned(),
         "dhcp-authoritative".to_owned(),
+        // Before offering an address dnsmasq pings it and waits 3 s, serving
+        // no other DHCP client meanwhile: guests booting together timed out.
+        // On a bridge it alone serves, its leases say what is taken.
+        "no-ping".to_owned(),
         format!("dhcp-leasefile={}", dir.join("dnsmasq.leases").display()),
     ]);
     for host in &dhcp.hosts {
@@ -304,6 +308,7 @@ mod tests {
                 "dhcp-lease-max=128",
                 "dhcp-no-override",
                 "dhcp-authoritative",
+                "no-ping",
                 "dhcp-leasefile=/run/kvm-net/dnsmasq/x/dnsmasq.leases",
                 "dhcp-host=52:54:00:00:00:01,192.168.100.50,web1",
                 "host-record=upstream.lab,203.0.113.2",

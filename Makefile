@@ -2,7 +2,8 @@
 #   make demo          set up, build, boot one VM through kvm-natup in throwaway namespaces
 #   make test          set up, build, run every test (needs root: it makes network namespaces)
 #   make build         static, stripped helpers and kvm-net in $(BIN_DIR)
-#   make install       DESTDIR, PREFIX (/usr/local), LIBEXECDIR, BINDIR, SBINDIR, MANDIR, DOCDIR, SYSCONFDIR
+#   make install       DESTDIR, PREFIX (/usr/local), LIBEXECDIR, BINDIR, SBINDIR, MANDIR, DOCDIR, SYSCONFDIR,
+#                      BRIDGE_HELPER_MODE (4755: setuid root)
 #   make uninstall     removes exactly what install put there
 #   make qemu-dropin   /etc/qemu-ifup and /etc/qemu-ifdown run kvm-ifup/kvm-ifdown (reversible:
 #   make qemu-dropin-remove)
@@ -18,7 +19,10 @@ TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx $(MUSL) 
 # packaging tools mistake for a shared library.
 STATIC_FLAGS := -C relocation-model=static $(if $(filter $(GNU),$(TARGET)),-C target-feature=+crt-static)
 BIN_DIR := target/$(TARGET)/release
-HELPERS := kvm-ifup kvm-ifdown kvm-natup kvm-natdown
+HELPERS := kvm-ifup kvm-ifdown kvm-natup kvm-natdown kvm-net-bridge-helper
+# The bridge helper serves QEMU run by ordinary users, so it is installed setuid
+# root; it grants nothing that the config file does not (docs/security.md).
+BRIDGE_HELPER_MODE ?= 4755
 BINARIES := $(HELPERS) kvm-net
 TEST_THREADS ?= 4
 
@@ -31,7 +35,7 @@ DOCDIR ?= $(PREFIX)/share/doc/kvm-net
 SYSCONFDIR ?= /etc
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 MAN_PAGES := man1/kvm-net.1 man5/kvm-net.toml.5 man8/kvm-natup.8 man8/kvm-natdown.8 man8/kvm-ifup.8 \
-	man8/kvm-ifdown.8 man8/kvm-net-qemu-dropin.8
+	man8/kvm-ifdown.8 man8/kvm-net-qemu-dropin.8 man8/kvm-net-bridge-helper.8
 INSTALLED := $(addprefix $(LIBEXECDIR)/,$(HELPERS)) $(BINDIR)/kvm-net $(SBINDIR)/kvm-net-qemu-dropin \
 	$(addprefix $(MANDIR)/,$(MAN_PAGES)) $(DOCDIR)/kvm-net.toml.example $(DOCDIR)/README.md
 
@@ -62,6 +66,7 @@ run-demo: build guest
 bench:
 	@tests/setup.sh --bench
 	@$(MAKE) --no-print-directory build >/dev/null
+	@$(CARGO) build --quiet --release --locked -p kvm-net-tests --bin bridge-helper-driver
 	KVM_NET_BIN_DIR=$(CURDIR)/$(BIN_DIR) benches/run.sh
 
 # Runs setup first, then re-enters make so that TARGET sees what setup installed.
@@ -86,6 +91,7 @@ install:
 	@test -x $(BIN_DIR)/kvm-natup || { echo "make: run 'make build' first" >&2; exit 1; }
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(DOCDIR)
 	install -m 0755 $(addprefix $(BIN_DIR)/,$(HELPERS)) $(DESTDIR)$(LIBEXECDIR)/
+	chmod $(BRIDGE_HELPER_MODE) $(DESTDIR)$(LIBEXECDIR)/kvm-net-bridge-helper
 	install -m 0755 $(BIN_DIR)/kvm-net $(DESTDIR)$(BINDIR)/kvm-net
 	sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|' packaging/kvm-net-qemu-dropin.in > $(DESTDIR)$(SBINDIR)/kvm-net-qemu-dropin
 	chmod 0755 $(DESTDIR)$(SBINDIR)/kvm-net-qemu-dropin

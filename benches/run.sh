@@ -27,6 +27,29 @@ measure() {
 median() { awk -F, -v row="$2" 'NR == row + 1 { printf "%.2f", $4 * 1000 }' "$out/$1.csv"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
+# The bridge helper against QEMU's own qemu-bridge-helper doing the same job
+# (attaching a tap it makes to an existing bridge), each run by a driver that
+# makes the socket pair and receives the tap as QEMU does, alternating, each
+# helper process timed from spawn to exit. /etc/qemu/bridge.conf lives in an
+# overlay of /etc private to the benchmark's mount namespace.
+driver=$top/target/release/bridge-helper-driver
+qemu_helper=${QEMU_BRIDGE_HELPER:-/usr/lib/qemu/qemu-bridge-helper}
+[ -x "$driver" ] || { echo "bench: $driver missing (cargo build --release -p kvm-net-tests --bin bridge-helper-driver)" >&2; exit 1; }
+[ -x "$qemu_helper" ] || { echo "bench: $qemu_helper missing (apt-get install qemu-system-common)" >&2; exit 1; }
+mkdir -p "$out/etc-upper" "$out/etc-work"
+printf '[network.lan]\nmode = "bridged"\nbridge = "br0"\n' > "$out/lan.toml"
+echo "bench: bridge-helper" >&2
+KVM_NET_CONFIG=$out/lan.toml unshare --net --mount --propagation private -- bash -ec "
+    ip link set lo up; ip link add br0 type bridge; ip link set br0 up
+    mount -n -t overlay overlay -o lowerdir=/etc,upperdir=$out/etc-upper,workdir=$out/etc-work /etc
+    mkdir -p /etc/qemu; echo 'allow br0' > /etc/qemu/bridge.conf
+    $driver --repeat $runs --use-vnet --br=br0 $qemu_helper $bin/kvm-net-bridge-helper" > "$out/bridge-helper.txt"
+# The bridge helper on a NAT network that has a VM running already.
+echo "bench: bridge-helper-nat" >&2
+unshare --net -- bash -ec "ip link set lo up; $driver --repeat $runs --use-vnet --hold-first --br=default $bin/kvm-net-bridge-helper" \
+    > "$out/bridge-helper-nat.txt"
+helper_us() { awk -v h="$2" '$1 == h { printf "%.2f", $2 / 1000 }' "$out/$1.txt"; }
+
 measure attach "ip link add br0 type bridge; ip link set br0 up; ip tuntap add dev t0 mode tap" \
     -N --warmup 5 --runs "$runs" --prepare "ip link set dev t0 nomaster" \
     "ip link set dev t0 master br0" "$bin/kvm-ifup t0"
@@ -103,6 +126,10 @@ row() { echo "| $1 | $2 ms | $3 ms | $(ratio "$2" "$3") | $4 |"; }
     echo "|---|---|---|---|---|"
     row "attach: \`kvm-ifup\` vs one \`ip link set dev T master BR\`" "$ifup" "$ip_set" "≤ 0.7x"
     row "attach: \`kvm-ifup\` vs classic \`qemu-ifup\`" "$ifup" "$classic_ifup" ""
+    row "bridge helper, attach to a bridge: \`kvm-net-bridge-helper\` vs \`qemu-bridge-helper\`" \
+        "$(helper_us bridge-helper "$bin/kvm-net-bridge-helper")" "$(helper_us bridge-helper "$qemu_helper")" "≤ 1.0x"
+    row "bridge helper, NAT network with a VM running, vs \`qemu-bridge-helper\` attaching" \
+        "$(helper_us bridge-helper-nat "$bin/kvm-net-bridge-helper")" "$(helper_us bridge-helper "$qemu_helper")" ""
     for p in nft- ipt-; do
         name=nftables
         [ "$p" = ipt- ] && name=iptables
@@ -122,7 +149,7 @@ row() { echo "| $1 | $2 ms | $3 ms | $(ratio "$2" "$3") | $4 |"; }
     echo
     echo "| binary (static, stripped) | size | target |"
     echo "|---|---|---|"
-    for b in kvm-ifup kvm-ifdown kvm-natup kvm-natdown kvm-net; do
+    for b in kvm-ifup kvm-ifdown kvm-natup kvm-natdown kvm-net-bridge-helper kvm-net; do
         echo "| \`$b\` | $(stat -c %s "$bin/$b") bytes | ≤ 1500000 |"
     done
     echo

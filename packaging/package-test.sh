@@ -31,11 +31,14 @@ trap 'dpkg --purge kvm-net >/dev/null 2>&1 || true' EXIT
 
 dpkg -i "$deb" >/dev/null
 mapfile -t files < <(dpkg -L kvm-net | while read -r f; do [ -f "$f" ] && echo "$f"; done)
-for f in /usr/libexec/kvm-natup /usr/libexec/kvm-natdown /usr/libexec/kvm-ifup /usr/libexec/kvm-ifdown /usr/bin/kvm-net; do
+for f in /usr/libexec/kvm-natup /usr/libexec/kvm-natdown /usr/libexec/kvm-ifup /usr/libexec/kvm-ifdown \
+    /usr/libexec/kvm-net-bridge-helper /usr/bin/kvm-net; do
     [ -x "$f" ] || fail "$f is not installed"
 done
+[ "$(stat -c '%U:%G %a' /usr/libexec/kvm-net-bridge-helper)" = "root:root 4755" ] \
+    || fail "kvm-net-bridge-helper is not setuid root: $(stat -c '%U:%G %a' /usr/libexec/kvm-net-bridge-helper)"
 [ ! -e /etc/kvm-net ] || fail "the package put a config in /etc"
-for page in man8/kvm-natup.8.gz man8/kvm-ifup.8.gz man5/kvm-net.toml.5.gz man1/kvm-net.1.gz; do
+for page in man8/kvm-natup.8.gz man8/kvm-ifup.8.gz man8/kvm-net-bridge-helper.8.gz man5/kvm-net.toml.5.gz man1/kvm-net.1.gz; do
     [ -f "/usr/share/man/$page" ] || fail "/usr/share/man/$page is not installed"
 done
 if command -v man >/dev/null; then
@@ -57,6 +60,12 @@ fi
 (cd "$top" && KVM_NET_BIN_DIR=/usr/libexec cargo test --quiet --locked -p kvm-net-tests --test qemu \
     -- --exact nat_guest_reaches_upstream_and_everything_goes_with_it) || fail "QEMU NAT scenario with /usr/libexec/kvm-natup"
 pass "QEMU booted a guest through /usr/libexec/kvm-natup and kvm-natdown"
+
+(cd "$top" && KVM_NET_BIN_DIR=/usr/libexec KVM_NET_INSTALLED_BRIDGE_HELPER=/usr/libexec/kvm-net-bridge-helper \
+    cargo test --quiet --locked -p kvm-net-tests --test qemu \
+    -- --exact an_unprivileged_qemu_gets_nat_and_dhcp_through_the_bridge_helper_until_it_exits) \
+    || fail "QEMU run by an unprivileged user through /usr/libexec/kvm-net-bridge-helper"
+pass "QEMU run by an unprivileged user got NAT and DHCP through the installed setuid bridge helper"
 
 # Purging with the drop-in on must take it off too.
 [ -e /etc/qemu-ifup ] && kvm-net-qemu-dropin enable >/dev/null

@@ -332,3 +332,101 @@ fn an_unprivileged_user_runs_qemu_with_the_setuid_natup_on_a_granted_network_onl
     assert_eq!(run.result("link"), None, "the guest must not have booted");
     assert!(!link_exists(&lab.host, "lab0") && !link_exists(&lab.host, "br0"));
 }
+
+/// Names an installed bridge helper to test instead of a setuid copy made
+/// in the sandbox (`make package-test`: the package's own).
+const ENV_INSTALLED_BRIDGE_HELPER: &str = "KVM_NET_INSTALLED_BRIDGE_HELPER";
+
+/// A sandbox whose config grants the NAT network `default` (with DHCP) to
+/// `user`, and the bridge helper installed setuid root.
+fn bridge_helper_sandbox(user: &User) -> (Sandbox, std::path::PathBuf) {
+    let sandbox = Sandbox::new();
+    sandbox.config(&format!(
+        "[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\nallow_users = [\"{}\"]\n",
+        user.name
+    ));
+    let helper = match std::env::var_os(ENV_INSTALLED_BRIDGE_HELPER) {
+        Some(installed) => std::path::PathBuf::from(installed),
+        None => sandbox.install(Install::Setuid).join("kvm-net-bridge-helper"),
+    };
+    (sandbox, helper)
+}
+
+/// A guest on `-netdev bridge,br=default,helper=...` that takes a DHCP lease
+/// and reaches upstream.
+fn helper_guest(name: &str, index: u8, helper: &std::path::Path, server: &UpstreamServer) -> VmSpec {
+    VmSpec::new(name, "unused", index)
+        .bridge_helper("default", helper)
+        .order("dhcp", 1)
+        .order("tcp", format!("{UPSTREAM}:{}", server.port()))
+}
+
+/// Panics unless the network on br0 is gone, with its dnsmasq and watcher,
+/// within a second.
+fn assert_helper_network_gone_soon(lab: &Lab, sandbox: &Sandbox) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while (link_exists(&lab.host, "br0") || !lab.host.processes().is_empty()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lab.host.processes().is_empty(), "left running: {:?}", lab.host.processes());
+    assert_no_nat_network(&lab.host, "br0");
+    let dnsmasq = sandbox.run_dir().join(format!("kvm-net/dnsmasq/{}-br0", lab.host.id()));
+    assert!(!dnsmasq.exists(), "{} left behind", dnsmasq.display());
+}
+
+#[test]
+fn an_unprivileged_qemu_gets_nat_and_dhcp_through_the_bridge_helper_until_it_exits() {
+    let alice = User::alice();
+    let (sandbox, helper) = bridge_helper_sandbox(&alice);
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let run = Vm::start_as(&sandbox, &lab.host, &alice, &helper_guest("h1", 1, &helper, &server)).wait(BOOT);
+    run.assert_passed(&["link", "dhcp", "tcp"]);
+    assert!(run.result("dhcp").is_some_and(|r| r.1.contains("router 192.168.100.1")), "{:?}", run.result("dhcp"));
+    assert_upstream_saw_host(&server, "h1");
+    // The guest powered off: QEMU has exited, and ran no downscript.
+    assert_helper_network_gone_soon(&lab, &sandbox);
+}
+
+#[test]
+fn the_bridge_helpers_network_stays_while_a_vm_uses_it_even_after_kill_9() {
+    let alice = User::alice();
+    let (sandbox, helper) = bridge_helper_sandbox(&alice);
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let a = Vm::start_as(&sandbox, &lab.host, &alice, &helper_guest("a", 1, &helper, &server).order("stay", 600));
+    let b = Vm::start_as(&sandbox, &lab.host, &alice, &helper_guest("b", 2, &helper, &server).order("stay", 600));
+    a.expect_ready(BOOT);
+    b.expect_ready(BOOT);
+    for vm in [&a, &b] {
+        assert_eq!(vm.result("tcp").map(|r| r.0), Some(true), "{:?} after {:?}", vm.result("tcp"), vm.result("dhcp"));
+    }
+    // kvm-net status names QEMU as the holder of each helper-made port.
+    let status = sandbox.run(&lab.host, None, &kvm_net_tests::helper("kvm-net"), &["status", "--json"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    for vm in [&a, &b] {
+        assert!(text.contains(&format!("\"pid\": {}", vm.pid())), "QEMU {} not shown: {text}", vm.pid());
+    }
+    a.signal(Signal::SIGKILL);
+    a.wait(BOOT);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(link_exists(&lab.host, "br0"), "the network went while b still uses it");
+    assert!(has_chain(&lab.host, "NAT", "br0"));
+    b.signal(Signal::SIGKILL);
+    b.wait(BOOT);
+    assert_helper_network_gone_soon(&lab, &sandbox);
+}
+
+#[test]
+fn qemu_of_a_user_without_a_grant_does_not_start_and_nothing_is_made() {
+    let (alice, bob) = (User::alice(), User::bob());
+    let (sandbox, helper) = bridge_helper_sandbox(&alice);
+    let lab = Lab::new();
+    let before = lab.host.snapshot();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let run = Vm::start_as(&sandbox, &lab.host, &bob, &helper_guest("x", 1, &helper, &server)).wait(BOOT);
+    assert!(run.stderr.contains("user kvmnet-bob may not use network default"), "{}", run.stderr);
+    assert!(run.stderr.contains("bridge helper failed"), "{}", run.stderr);
+    assert_eq!(run.result("link"), None, "the guest must not have booted");
+    assert_eq!(lab.host.snapshot(), before, "a refusal changes nothing");
+}

@@ -3,8 +3,8 @@
 # the firewall and link tools the helpers and tests drive, dnsmasq for DHCP,
 # QEMU and busybox for the end-to-end guest, setcap and useradd for the
 # install-mode tests, nft, firewalld and dbus for the firewall tests, and the
-# musl target for static binaries; with --bench also hyperfine and
-# bridge-utils. Idempotent: it installs only what is missing.
+# musl target for static binaries; with --bench also hyperfine,
+# bridge-utils and qemu-bridge-helper. Idempotent: it installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -25,6 +25,8 @@ if [ "${1:-}" = --bench ]; then
     # The benchmark's timer, and brctl for the classic scripts it compares with.
     command -v hyperfine >/dev/null || need+=(hyperfine)
     command -v brctl >/dev/null || need+=(bridge-utils)
+    # QEMU's own bridge helper, which the bridge helper is measured against.
+    [ -x /usr/lib/qemu/qemu-bridge-helper ] || need+=(qemu-system-common)
 fi
 
 # Daemons the tests start inside namespaces of their own (firewalld with its

@@ -1,6 +1,7 @@
 //! Test harness: network namespaces that clean themselves up, and the built
 //! helper binaries run inside them exactly as QEMU runs them.
 
+pub mod bridge;
 pub mod firewalld;
 pub mod inspect;
 pub mod lab;

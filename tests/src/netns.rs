@@ -120,6 +120,20 @@ impl Netns {
         text
     }
 
+    /// Every live process whose network namespace this is (a zombie has
+    /// none any more), by PID.
+    pub fn processes(&self) -> Vec<i32> {
+        use std::os::unix::fs::MetadataExt;
+        let identity = |path: &str| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+        let Some(ours) = identity(&self.path()) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| identity(&format!("/proc/{pid}/ns/net")) == Some(ours))
+            .collect()
+    }
+
     /// Moves `link` from this namespace into `target`.
     pub fn move_link(&self, link: &str, target: &Netns) {
         self.ok(&["ip", "link", "set", "dev", link, "netns", &target.path()]);
@@ -127,11 +141,15 @@ impl Netns {
 }
 
 impl Drop for Netns {
-    /// What kvm-net left under /run for this namespace (a test that ends with
-    /// a network up): its dnsmasq daemons, which would otherwise outlive the
-    /// test and keep the namespace alive, and its lock files.
+    /// What kvm-net left for this namespace (a test that ends with a network
+    /// up): every process still inside it (dnsmasq, a bridge helper's
+    /// watcher), which would otherwise outlive the test and keep the
+    /// namespace alive, and its files under /run.
     fn drop(&mut self) {
         let Ok(id) = std::panic::catch_unwind(|| self.id()) else { return };
+        for pid in self.processes() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
         let prefix = format!("{id}-");
         for kind in ["dnsmasq", "lock"] {
             let Ok(entries) = std::fs::read_dir(format!("/run/kvm-net/{kind}")) else { continue };

@@ -45,6 +45,8 @@ pub struct VmSpec {
     pub orders: Vec<(String, String)>,
     /// Extra environment for QEMU (and so for its scripts).
     pub env: Vec<(String, String)>,
+    /// `-netdev bridge,br=NAME,helper=PATH` instead of a tap with scripts.
+    pub bridge_helper: Option<(String, PathBuf)>,
 }
 
 impl VmSpec {
@@ -58,7 +60,15 @@ impl VmSpec {
             downscript: "kvm-natdown".to_owned(),
             orders: vec![("name".to_owned(), name.to_owned())],
             env: Vec::new(),
+            bridge_helper: None,
         }
+    }
+
+    /// Lets QEMU get its tap from a bridge helper (`-netdev bridge`) for
+    /// network or bridge `br`; `tap` and the scripts are then unused.
+    pub fn bridge_helper(mut self, br: &str, helper: &Path) -> Self {
+        self.bridge_helper = Some((br.to_owned(), helper.to_owned()));
+        self
     }
 
     /// Uses other helpers for `script=`/`downscript=`.
@@ -163,12 +173,15 @@ impl Vm {
     fn spawn(mut command: Command, spec: &VmSpec) -> Self {
         let orders: Vec<String> = spec.orders.iter().map(|(k, v)| format!("kvmnet.{k}={v}")).collect();
         let append = format!("console=ttyS0 quiet panic=-1 {}", orders.join(" "));
-        let netdev = format!(
-            "tap,id=n0,ifname={},script={},downscript={}",
-            spec.tap,
-            script_path(&spec.script).display(),
-            script_path(&spec.downscript).display()
-        );
+        let netdev = match &spec.bridge_helper {
+            Some((br, helper)) => format!("bridge,id=n0,br={br},helper={}", helper.display()),
+            None => format!(
+                "tap,id=n0,ifname={},script={},downscript={}",
+                spec.tap,
+                script_path(&spec.script).display(),
+                script_path(&spec.downscript).display()
+            ),
+        };
         command
             .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none"])
             .args(["-m", "128", "-no-reboot"])
@@ -252,6 +265,11 @@ impl Vm {
     /// What QEMU and its scripts wrote to stderr so far.
     pub fn stderr_so_far(&self) -> String {
         self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// QEMU's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends a signal to QEMU.

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use nix::sys::stat::Mode;
 
+use crate::bridge_helper;
 use crate::config::{self, Config, Environment, Network, Source, SYSTEM_CONFIG};
 use crate::error::Error;
 use crate::helpers;
@@ -199,18 +200,37 @@ fn close_inherited_descriptors_on_exec() {
     }
 }
 
-/// The whole of a helper binary's `main`.
-pub fn main(helper: Helper) -> ExitCode {
+/// What every helper does before reading its command line: standard
+/// descriptors open, inherited ones closed on exec, a fixed umask, the
+/// caller taken and, when privileged, the environment dropped.
+fn prologue(name: &str) -> Result<Start, ExitCode> {
     open_standard_descriptors();
     close_inherited_descriptors_on_exec();
     // Files kvm-net creates get fixed modes; what it starts gets a sane umask.
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
-    let start = match Start::detect() {
-        Ok(start) => start,
+    Start::detect().map_err(|err| {
+        eprintln!("{name}: {}", one_line(&err));
+        ExitCode::from(1)
+    })
+}
+
+/// The exit status of a helper's run, its one line on stderr if it failed.
+fn finish(name: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("{}: {}", helper.name(), one_line(&err));
-            return ExitCode::from(1);
+            eprintln!("{name}: {}", one_line(&err));
+            let code = err.chain().find_map(|cause| cause.downcast_ref::<Error>()).map_or(1, Error::exit_code);
+            ExitCode::from(code)
         }
+    }
+}
+
+/// The whole of a helper binary's `main`.
+pub fn main(helper: Helper) -> ExitCode {
+    let start = match prologue(helper.name()) {
+        Ok(start) => start,
+        Err(code) => return code,
     };
     let mut argv = std::env::args_os();
     let invoked_as = argv.next().as_ref().and_then(network_in_name);
@@ -226,14 +246,28 @@ pub fn main(helper: Helper) -> ExitCode {
         }
         Request::Run(tap) => helper.run(&tap, invoked_as.as_deref(), &start),
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("{}: {}", helper.name(), one_line(&err));
-            let code = err.chain().find_map(|cause| cause.downcast_ref::<Error>()).map_or(1, Error::exit_code);
-            ExitCode::from(code)
+    finish(helper.name(), result)
+}
+
+/// The whole of `kvm-net-bridge-helper`'s `main`.
+pub fn bridge_helper_main() -> ExitCode {
+    let start = match prologue(bridge_helper::NAME) {
+        Ok(start) => start,
+        Err(code) => return code,
+    };
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let result = bridge_helper::parse(&args).map_err(anyhow::Error::from).and_then(|command| match command {
+        bridge_helper::Command::Help => {
+            print!("{}", bridge_helper::usage());
+            Ok(())
         }
-    }
+        bridge_helper::Command::Version => {
+            println!("{} {}", bridge_helper::NAME, env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        bridge_helper::Command::Run(request) => bridge_helper::run(&request, &start),
+    });
+    finish(bridge_helper::NAME, result)
 }
 
 #[cfg(test)]

@@ -8,6 +8,10 @@ pub enum Error {
     /// The command line does not follow QEMU's contract (`HELPER IFNAME`).
     #[error("{0}")]
     Usage(String),
+    /// The bridge helper's command line does not follow QEMU's protocol
+    /// (`HELPER [--use-vnet] --fd=N --br=NAME`).
+    #[error("{0}")]
+    HelperUsage(String),
     /// The interface name QEMU passed cannot be a kernel interface name.
     #[error("bad interface name")]
     BadInterfaceName(#[source] IfNameError),
@@ -78,6 +82,9 @@ impl Error {
     pub fn advice(&self) -> &'static str {
         match self {
             Error::Usage(_) => "QEMU runs this helper as `HELPER IFNAME`; see --help",
+            Error::HelperUsage(_) => {
+                "QEMU runs this helper as `HELPER [--use-vnet] --fd=N --br=NETWORK` with a Unix socket as descriptor N (-netdev bridge,br=NETWORK,helper=...); see --help"
+            }
             Error::BadInterfaceName(_) => "pass the tap's name as QEMU does (-netdev tap,ifname=NAME,script=...)",
             Error::BadSetting { .. } => "fix or unset the variable in the environment QEMU is started from",
             Error::NoSuchInterface(_) => "create the tap first (QEMU does this itself before running the script)",
@@ -105,7 +112,7 @@ impl Error {
                 "use a tap you own (ip tuntap add dev TAP mode tap user YOU, then -netdev tap,ifname=TAP,...); nothing was changed"
             }
             Error::NeedsRoot(_) => {
-                "install kvm-natup and kvm-natdown setuid root (see docs/security.md), or run QEMU as root; nothing was changed"
+                "install kvm-natup, kvm-natdown and kvm-net-bridge-helper setuid root (see docs/security.md), or run QEMU as root; nothing was changed"
             }
             Error::UnsafePath { .. } => {
                 "remove it as root (rm -rf it: /run is emptied at boot anyway) and start again; kvm-net recreates it owned by root"
@@ -120,7 +127,7 @@ impl Error {
     /// Exit status: 2 for a wrong invocation, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::BadInterfaceName(_) => 2,
+            Error::Usage(_) | Error::HelperUsage(_) | Error::BadInterfaceName(_) => 2,
             _ => 1,
         }
     }

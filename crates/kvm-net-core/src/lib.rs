@@ -2,6 +2,7 @@
 //! a call to [`cli::main`].
 
 pub mod access;
+pub mod bridge_helper;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -18,5 +19,7 @@ pub mod rundir;
 pub mod runtime;
 pub mod status;
 pub mod sysctl;
+pub mod tap;
 pub mod trace;
+pub mod watch;
 pub mod wire;

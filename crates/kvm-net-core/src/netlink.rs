@@ -397,6 +397,20 @@ impl Netlink {
         self.ask(request, false, &[], || format!("attaching {} to bridge {}", port.name, bridge.name)).map(drop)
     }
 
+    /// Attaches a tap the bridge helper just made: its MAC address (with a
+    /// first byte of 0xFE, so that a bridge that takes the lowest of its
+    /// ports' addresses never takes a VM's), the bridge's MTU, the bridge,
+    /// then up, in one request (the kernel applies them in that order).
+    pub fn attach_new_tap(&mut self, port: &Link, bridge: &Link) -> Result<()> {
+        let mut mac = port.mac.unwrap_or_else(|| bridge_mac(&port.name));
+        mac[0] = 0xfe;
+        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP))
+            .bytes(IFLA_ADDRESS, &mac)
+            .u32(IFLA_MTU, bridge.mtu)
+            .u32(IFLA_MASTER, bridge.index);
+        self.ask(request, false, &[], || format!("attaching {} to bridge {}", port.name, bridge.name)).map(drop)
+    }
+
     /// Takes `port` off whatever bridge holds it, then sets it down. A link
     /// that vanished meanwhile (QEMU exited) counts as done. Two requests:
     /// in one, the kernel sets the port down first, and the bridge
@@ -415,6 +429,49 @@ impl Netlink {
     pub fn delete(&mut self, link: &Link) -> Result<()> {
         let request = Request::new(RTM_DELLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0));
         self.ask(request, false, &[libc::ENODEV], || format!("deleting {}", link.name)).map(drop)
+    }
+}
+
+/// `RTNLGRP_LINK`: notifications of links created, changed and deleted.
+const RTNLGRP_LINK: u32 = 1;
+
+/// The kernel's link notifications, for waiting until a bridge may have lost
+/// its last port.
+pub struct LinkEvents {
+    channel: Channel,
+}
+
+impl LinkEvents {
+    /// Subscribes; notifications from now on are kept until read.
+    pub fn subscribe() -> Result<Self> {
+        let channel = Channel::open(NETLINK_ROUTE).context("listening to link notifications")?;
+        channel.subscribe(RTNLGRP_LINK)?;
+        Ok(Self { channel })
+    }
+
+    /// Waits until a link is deleted, or a link other than `bridge` changes
+    /// without being `bridge`'s port (a port taken off it): after either,
+    /// `bridge` may have no ports left. Notifications lost because too many
+    /// came at once (`ENOBUFS`) count as such a change.
+    pub fn wait_for_departure(&mut self, bridge: u32) -> Result<()> {
+        let waiting = self.channel.receive(|received| match received {
+            Received::Object { kind: RTM_DELLINK, .. } => Ok(true),
+            Received::Object { kind: RTM_NEWLINK, body, .. } => {
+                let link = Link::from_object(body);
+                Ok(link.index != bridge && link.controller != Some(bridge))
+            }
+            _ => Ok(false),
+        });
+        match waiting {
+            Err(err)
+                if err.chain().any(|c| {
+                    c.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) == Some(libc::ENOBUFS)
+                }) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,9 @@ pub enum Area {
     Dnsmasq,
     /// What kvm-net added to firewalld for each bridge (0755).
     Firewalld,
+    /// One lock file per network with a watcher (see [`crate::watch`]),
+    /// held by that watcher: root's alone (0700), like [`Area::Lock`].
+    Watch,
 }
 
 impl Area {
@@ -44,12 +47,13 @@ impl Area {
             Area::Lock => "lock",
             Area::Dnsmasq => "dnsmasq",
             Area::Firewalld => "firewalld",
+            Area::Watch => "watch",
         }
     }
 
     fn mode(self) -> u32 {
         match self {
-            Area::Lock => 0o700,
+            Area::Lock | Area::Watch => 0o700,
             Area::Dnsmasq | Area::Firewalld => 0o755,
         }
     }
@@ -103,6 +107,12 @@ fn check_file(stat: &FileStat, path: &Path) -> Result<()> {
 
 fn is_not_found(err: &Errno) -> bool {
     *err == Errno::ENOENT
+}
+
+impl AsFd for SafeDir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl SafeDir {

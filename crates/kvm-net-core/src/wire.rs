@@ -205,6 +205,12 @@ impl Channel {
         Ok(Self { socket, buffer: Vec::with_capacity(64 * 1024), sequence: 0 })
     }
 
+    /// Joins the multicast group `group`: the kernel's notifications of its
+    /// kind arrive on this socket from now on.
+    pub fn subscribe(&self, group: u32) -> Result<()> {
+        self.socket.add_membership(group).context("subscribing to netlink notifications")
+    }
+
     /// The next sequence number.
     pub fn next_sequence(&mut self) -> u32 {
         self.sequence = self.sequence.wrapping_add(1);

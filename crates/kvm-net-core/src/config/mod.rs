@@ -20,7 +20,7 @@ use crate::firewall::Choice;
 use crate::ifname::IfName;
 
 pub use self::env::{Environment, ENV_ADDRESS, ENV_BRIDGE, ENV_CONFIG, ENV_FIREWALL, ENV_NETWORK};
-pub use self::select::{choose, Chosen};
+pub use self::select::{choose, choose_by_bridge_argument, Chosen};
 
 /// The system config file; only this one is read by a privileged helper.
 pub const SYSTEM_CONFIG: &str = "/etc/kvm-net/kvm-net.toml";

@@ -29,7 +29,7 @@ pub fn choose(config: &Config, invoked_as: Option<&str>, tap: &IfName, env: &Env
         Some(network) => Ok((network.clone(), how)),
         None => Err(Error::UnknownNetwork { name: name.to_owned(), how, origin: config.source.to_string() }),
     };
-    let (mut network, how) = if let Some(name) = invoked_as {
+    let (network, how) = if let Some(name) = invoked_as {
         named(name, format!("the helper's name ends in @{name}"))?
     } else if let Some((network, pattern)) =
         config.networks.iter().find_map(|n| n.taps.iter().find(|p| p.matches(tap.as_str())).map(|p| (n, p)))
@@ -40,6 +40,30 @@ pub fn choose(config: &Config, invoked_as: Option<&str>, tap: &IfName, env: &Env
     } else {
         named(DEFAULT_NETWORK, format!("no tap pattern matches {tap} and {ENV_NETWORK} is unset"))?
     };
+    with_environment(config, network, how, env)
+}
+
+/// Picks the network the bridge helper's `--br=NAME` names: the network
+/// called `NAME`, else the one whose bridge is `NAME` (QEMU passes `br0`
+/// when `-netdev bridge` names none); then applies the environment's overrides.
+pub fn choose_by_bridge_argument(config: &Config, name: &str, env: &Environment) -> Result<Chosen, Error> {
+    let found = config.network(name).map(|network| (network, format!("--br={name} names it"))).or_else(|| {
+        let network = config.networks.iter().find(|n| n.bridge.as_str() == name)?;
+        Some((network, format!("--br={name} is its bridge")))
+    });
+    let Some((network, how)) = found else {
+        return Err(Error::UnknownNetwork {
+            name: name.to_owned(),
+            how: format!("--br={name} names no network and no network's bridge"),
+            origin: config.source.to_string(),
+        });
+    };
+    with_environment(config, network.clone(), how, env)
+}
+
+/// Applies the environment's overrides to the chosen network, validated
+/// with the whole config.
+fn with_environment(config: &Config, mut network: Network, how: String, env: &Environment) -> Result<Chosen, Error> {
     if let Some(choice) = env.firewall_choice()? {
         network.firewall = choice;
     }
@@ -137,5 +161,16 @@ mod tests {
         let env = Environment { address: Some("10.9.0.1/24".to_owned()), ..Environment::default() };
         let network = choose(&config(), None, &IfName::parse("tap0").expect("valid"), &env).expect("valid").network;
         assert_eq!((network.mode, network.ipv4.map(|a| a.to_string())), (Mode::Nat, Some("10.9.0.1/24".to_owned())));
+    }
+
+    #[test]
+    fn the_bridge_helper_names_a_network_or_its_bridge() {
+        let by =
+            |name: &str| choose_by_bridge_argument(&config(), name, &Environment::default()).map(|c| c.network.name);
+        assert_eq!(by("lab").ok().as_deref(), Some("lab"));
+        assert_eq!(by("labbr0").ok().as_deref(), Some("lab"));
+        assert_eq!(by("br0").ok().as_deref(), Some("default"));
+        let err = by("br9").expect_err("unknown");
+        assert!(err.to_string().contains("--br=br9"), "{err}");
     }
 }

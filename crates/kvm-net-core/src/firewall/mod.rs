@@ -232,6 +232,12 @@ pub fn state(plan: &Plan, choice: Choice) -> Result<(Backend, Vec<ChainState>)> 
     Ok((backend, states))
 }
 
+/// Forgets, without closing them, the sockets this process keeps open for
+/// the firewall: for a child of `fork` that closes what it inherited itself.
+pub fn forget_inherited_sockets() {
+    nftables::forget_shared_socket();
+}
+
 /// Whether any rule of kvm-net's for `bridge` is left, in either backend.
 pub fn leftovers(bridge: &IfName) -> Result<bool> {
     Ok((NftablesFirewall::available() && NftablesFirewall.leftovers(bridge)?) || iptables_may_hold(bridge)?)

@@ -27,6 +27,7 @@ use netlink_packet_netfilter::nftables::{
 use netlink_packet_netfilter::NetfilterProtoFamily;
 
 use self::render::{comment, dispatch_expressions, ifname_key, rule_expressions, verdict};
+pub use self::socket::forget_shared as forget_shared_socket;
 use self::socket::{with_nft, Change, Committed, Nft};
 use super::plan::{Family, Kind, Plan, Rule};
 use super::{ChainState, RuleState};

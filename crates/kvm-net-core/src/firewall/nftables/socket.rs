@@ -73,6 +73,13 @@ pub struct Nft {
 /// Kept open, the kernel frees them while the bridge goes.
 static SHARED: Mutex<Option<Nft>> = Mutex::new(None);
 
+/// Forgets the process's nf_tables socket without closing it: for a child
+/// of `fork` that closes its inherited descriptors itself (the watcher).
+pub fn forget_shared() {
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    std::mem::forget(shared.take());
+}
+
 /// Runs `work` with the process's nf_tables socket.
 pub fn with_nft<T>(work: impl FnOnce(&mut Nft) -> Result<T>) -> Result<T> {
     let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);

@@ -1,0 +1,236 @@
+//! `kvm-net-bridge-helper`: QEMU's bridge-helper protocol, for QEMU run by
+//! an ordinary user (`-netdev bridge,br=NETWORK,helper=PATH`). QEMU runs
+//! `HELPER [--use-vnet] --fd=N --br=NAME` with one end of a Unix socket pair
+//! as descriptor N, reads one byte carrying a tap's descriptor
+//! (`SCM_RIGHTS`), and waits for exit status 0. The helper makes that tap,
+//! brings the network up exactly as `kvm-natup` does (bridge, addresses,
+//! rules, dnsmasq on first use; attach only for a bridged network), attaches
+//! the tap, and leaves a watcher ([`crate::watch`]) to tear the network down
+//! after its last VM, since QEMU runs no downscript with `helper=`.
+
+use std::ffi::OsString;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    getsockname, getsockopt, sendmsg, sockopt, AddressFamily, ControlMessage, MsgFlags, SockaddrLike, SockaddrStorage,
+};
+use nix::sys::stat::{fstat, SFlag};
+
+use crate::access::Access;
+use crate::config::{self, Config, Environment};
+use crate::error::Error;
+use crate::lock::BridgeLock;
+use crate::netlink::Netlink;
+use crate::network::{find_bridge, Bringup};
+use crate::privilege::{Install, Needs, Start};
+use crate::tap::Tap;
+use crate::trace::trace;
+use crate::watch;
+
+/// The binary's name, the prefix of its messages.
+pub const NAME: &str = "kvm-net-bridge-helper";
+
+/// The names the kernel gives the taps the helper makes (`kvmtap0`, ...).
+pub const TAP_PATTERN: &str = "kvmtap%d";
+
+/// What QEMU asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// `--use-vnet`: the tap carries virtio-net headers.
+    pub use_vnet: bool,
+    /// `--fd=N`: the socket to send the tap's descriptor through.
+    pub fd: RawFd,
+    /// `--br=NAME`: a kvm-net network, or its bridge.
+    pub bridge: String,
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `--help`.
+    Help,
+    /// `--version`.
+    Version,
+    /// QEMU's request.
+    Run(Request),
+}
+
+fn usage_error(reason: String) -> Error {
+    Error::HelperUsage(reason)
+}
+
+/// Reads the command line the way QEMU writes it: `--use-vnet`, `--fd=N`
+/// and `--br=NAME`, in any order, each at most once.
+pub fn parse(args: &[OsString]) -> Result<Command, Error> {
+    if let [one] = args {
+        if one == "--help" || one == "-h" {
+            return Ok(Command::Help);
+        }
+        if one == "--version" || one == "-V" {
+            return Ok(Command::Version);
+        }
+    }
+    let (mut use_vnet, mut fd, mut bridge) = (false, None, None);
+    for arg in args {
+        let arg = arg.to_str().ok_or_else(|| usage_error(format!("argument {arg:?} is not UTF-8")))?;
+        if arg == "--use-vnet" && !use_vnet {
+            use_vnet = true;
+        } else if let (Some(value), None) = (arg.strip_prefix("--fd="), fd) {
+            let number = value.parse::<RawFd>().ok().filter(|n| *n >= 0);
+            fd = Some(number.ok_or_else(|| usage_error(format!("--fd={value} is not a descriptor number")))?);
+        } else if let (Some(value), None) = (arg.strip_prefix("--br="), &bridge) {
+            if value.is_empty() {
+                return Err(usage_error("--br= names no network".to_owned()));
+            }
+            bridge = Some(value.to_owned());
+        } else {
+            return Err(usage_error(format!("unexpected argument {arg:?}")));
+        }
+    }
+    match (fd, bridge) {
+        (Some(fd), Some(bridge)) => Ok(Command::Run(Request { use_vnet, fd, bridge })),
+        (None, _) => Err(usage_error("no --fd=N given".to_owned())),
+        (_, None) => Err(usage_error("no --br=NAME given".to_owned())),
+    }
+}
+
+/// The usage text.
+pub fn usage() -> String {
+    format!(
+        "{NAME} - give an unprivileged QEMU a tap on a kvm-net network\n\n\
+         Usage: {NAME} [--use-vnet] --fd=N --br=NETWORK\n\n\
+         QEMU runs it for -netdev bridge,id=n0,br=NETWORK,helper=/usr/libexec/{NAME}\n\
+         with a Unix socket as descriptor N, and receives the tap's descriptor\n\
+         through it. NETWORK is a network of {} (or its bridge); without that\n\
+         file, default (NAT on br0, 192.168.100.1/24, root only). The network is\n\
+         created on first use and removed after its last VM exits.\n",
+        config::SYSTEM_CONFIG
+    )
+}
+
+/// The socket QEMU passed as `--fd`: it must be an open Unix socket.
+fn unix_socket(fd: RawFd) -> Result<BorrowedFd<'static>> {
+    let not_a_socket = |why: String| -> anyhow::Error { usage_error(format!("--fd={fd} {why}")).into() };
+    // SAFETY: F_GETFD only asks whether the number is open; no memory is involved.
+    if let Err(err) = Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) }) {
+        return Err(not_a_socket(format!("is not an open descriptor ({err})")));
+    }
+    // SAFETY: the descriptor is open (checked above), this process never
+    // closes it, and nothing else in it owns that number: it was inherited
+    // from the caller.
+    let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = fstat(socket).map_err(|err| not_a_socket(format!("cannot be examined ({err})")))?;
+    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFSOCK {
+        return Err(not_a_socket("is not a socket".to_owned()));
+    }
+    let family = getsockname::<SockaddrStorage>(socket.as_raw_fd()).ok().and_then(|a| a.family());
+    if family != Some(AddressFamily::Unix) {
+        return Err(not_a_socket("is not a Unix socket".to_owned()));
+    }
+    getsockopt(&socket, sockopt::SockType).map_err(|err| not_a_socket(format!("cannot be read ({err})")))?;
+    Ok(socket)
+}
+
+/// Sends the tap's descriptor: one byte, with the descriptor attached.
+fn send_descriptor(socket: BorrowedFd<'_>, tap: &Tap) -> Result<()> {
+    let fds = [tap.fd().as_raw_fd()];
+    let message = [IoSlice::new(&[0])];
+    sendmsg::<()>(socket.as_raw_fd(), &message, &[ControlMessage::ScmRights(&fds)], MsgFlags::MSG_NOSIGNAL, None)
+        .with_context(|| format!("sending tap {} to QEMU", tap.name()))
+        .map(drop)
+}
+
+/// Serves one request.
+pub fn run(request: &Request, start: &Start) -> Result<()> {
+    // Checked first: nothing is made for a caller that cannot take the tap.
+    let socket = unix_socket(request.fd)?;
+    // A helper with file capabilities may only attach (bridged networks).
+    let needs = if start.install == Install::Capabilities { Needs::Netlink } else { Needs::ManagedNetwork };
+    start.keep_only(needs, NAME)?;
+    let env = Environment::from_process()?;
+    let config = Config::load(&env.config_path(), start.install != Install::Plain)?;
+    let chosen = config::choose_by_bridge_argument(&config, &request.bridge, &env)?;
+    let access = start.access();
+    access.check_network(&chosen.network, &chosen.how)?;
+    let network = chosen.network;
+    if network.mode.is_managed() && needs == Needs::Netlink {
+        return Err(Error::NeedsRoot(NAME).into());
+    }
+    trace(format_args!(
+        "--br={}: network {} ({}, bridge {})",
+        request.bridge, network.name, network.mode, network.bridge
+    ));
+    let bringup = if network.mode.is_managed() { Some(Bringup::prepare(&network, NAME)?) } else { None };
+    let owner = match &access {
+        Access::Restricted(caller) => Some((caller.uid, caller.gid)),
+        Access::Unrestricted => None,
+    };
+    let tap = Tap::create(TAP_PATTERN, request.use_vnet, owner)?;
+    trace(format_args!("made tap {} (vnet header: {})", tap.name(), tap.has_vnet_hdr()));
+    let mut netlink = Netlink::connect()?;
+    let port =
+        netlink.link_by_name(tap.name().as_str())?.ok_or_else(|| Error::NoSuchInterface(tap.name().to_string()))?;
+    match bringup {
+        Some(bringup) => {
+            let _lock = BridgeLock::acquire(&network.bridge)?;
+            // The watcher is started last, inside the bring-up: if it cannot
+            // be, a network created here is removed again, as after any
+            // failed start.
+            bringup.run(&mut netlink, |netlink, bridge| {
+                trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
+                netlink.attach_new_tap(&port, &bridge)?;
+                watch::ensure_watcher(&network)
+            })?;
+        }
+        None => {
+            let bridge = find_bridge(&mut netlink, &network.bridge)?
+                .ok_or_else(|| Error::NoBridge(network.bridge.to_string()))
+                .with_context(|| format!("attaching {} to bridge {}", tap.name(), network.bridge))?;
+            trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
+            netlink.attach_new_tap(&port, &bridge)?;
+        }
+    }
+    send_descriptor(socket, &tap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn reads_what_qemu_and_libvirt_pass() {
+        let expected = Request { use_vnet: true, fd: 5, bridge: "default".to_owned() };
+        for order in [&["--use-vnet", "--fd=5", "--br=default"][..], &["--br=default", "--use-vnet", "--fd=5"]] {
+            assert_eq!(parse(&args(order)).ok(), Some(Command::Run(expected.clone())), "{order:?}");
+        }
+        let plain = parse(&args(&["--fd=7", "--br=br0"])).ok();
+        assert_eq!(plain, Some(Command::Run(Request { use_vnet: false, fd: 7, bridge: "br0".to_owned() })));
+        assert_eq!(parse(&args(&["--help"])).ok(), Some(Command::Help));
+    }
+
+    #[test]
+    fn refuses_anything_else() {
+        for bad in [
+            &[][..],
+            &["--br=default"],
+            &["--fd=5"],
+            &["--fd=x", "--br=default"],
+            &["--fd=-1", "--br=default"],
+            &["--fd=5", "--br="],
+            &["--fd=5", "--fd=6", "--br=default"],
+            &["--fd=5", "--br=a", "--br=b"],
+            &["--fd=5", "--br=default", "extra"],
+            &["--use-vnet", "--use-vnet", "--fd=5", "--br=default"],
+        ] {
+            let err = parse(&args(bad)).expect_err("must be refused");
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! `kvm-net-bridge-helper` without QEMU: QEMU's side of the protocol (a
+//! socket pair, `--fd=N --br=NAME`, the tap's descriptor received) played by
+//! the test, under the firewall backend under test. The QEMU scenarios, with
+//! QEMU run by an unprivileged user, are in tests/qemu.rs.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kvm_net_tests::bridge::{call, hold_in, qemu_arguments, tap_of, Received, HELPER_FD};
+use kvm_net_tests::helper;
+use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, has_chain, is_up, link_exists, mtu_of};
+use kvm_net_tests::run::ConfigFile;
+use kvm_net_tests::sandbox::{Install, Sandbox, User};
+use kvm_net_tests::Netns;
+
+const HELPER: &str = "kvm-net-bridge-helper";
+
+/// How long the network may outlive its last VM.
+const TEARDOWN: Duration = Duration::from_secs(1);
+
+/// The helper run by root in `ns`, as QEMU runs it.
+fn root_call(ns: &Netns, bridge: &str, use_vnet: bool, config: Option<&ConfigFile>) -> Received {
+    let mut command = ns.cmd(helper(HELPER));
+    command.args(qemu_arguments(bridge, use_vnet)).env_remove("KVM_NET_CONFIG");
+    if let Some(config) = config {
+        command.env("KVM_NET_CONFIG", config.path());
+    }
+    command.env("KVM_NET_FIREWALL", kvm_net_tests::inspect::backend().as_str());
+    call(command)
+}
+
+fn tap(received: Received) -> OwnedFd {
+    assert!(received.succeeded(), "the helper failed ({}): {}", received.output.status, received.stderr());
+    assert!(received.stderr().is_empty(), "the helper printed: {}", received.stderr());
+    received.tap.expect("a tap descriptor")
+}
+
+/// Waits (at most [`TEARDOWN`]) for the network on `bridge` to be gone
+/// with its watcher; panics with what is left otherwise.
+fn assert_gone_within_teardown(ns: &Netns, bridge: &str) {
+    let deadline = Instant::now() + TEARDOWN;
+    while (link_exists(ns, bridge) || !ns.processes().is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ns.processes().is_empty(), "processes left in the namespace: {:?}", ns.processes());
+    assert_no_nat_network(ns, bridge);
+}
+
+fn watch_files(ns: &Netns) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/run/kvm-net/watch") else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&format!("{}-", ns.id())))
+        .collect()
+}
+
+#[test]
+fn root_gets_a_tap_on_a_nat_network_made_for_it_and_gone_after_it() {
+    let ns = Netns::new();
+    let fd = tap(root_call(&ns, "default", true, None));
+    let (name, vnet_hdr) = tap_of(&fd);
+    assert!(name.starts_with("kvmtap"), "{name}");
+    assert!(vnet_hdr, "--use-vnet asks for virtio-net headers");
+    assert_eq!(controller_of(&ns, &name).as_deref(), Some("br0"));
+    assert!(is_up(&ns, &name));
+    assert_eq!(mtu_of(&ns, &name), mtu_of(&ns, "br0"));
+    let link = ns.ok(&["ip", "-o", "link", "show", "dev", &name]);
+    assert!(link.contains("link/ether fe:"), "the tap's MAC must not become the bridge's: {link}");
+    for kind in ["NAT", "FWD"] {
+        assert!(has_chain(&ns, kind, "br0"), "no {kind} chain for br0");
+    }
+    assert_eq!(ns.processes().len(), 1, "one watcher, nothing else");
+    assert_eq!(watch_files(&ns).len(), 1);
+    drop(fd);
+    assert_gone_within_teardown(&ns, "br0");
+    assert!(!link_exists(&ns, &name), "the tap outlived its descriptor");
+    assert_eq!(watch_files(&ns), Vec::<String>::new(), "the watcher's lock file stayed");
+}
+
+#[test]
+fn without_use_vnet_the_tap_has_no_vnet_header() {
+    let ns = Netns::new();
+    let fd = tap(root_call(&ns, "br0", false, None));
+    assert!(!tap_of(&fd).1);
+    drop(fd);
+    assert_gone_within_teardown(&ns, "br0");
+}
+
+#[test]
+fn the_network_stays_until_its_last_tap_goes() {
+    let ns = Netns::new();
+    let first = tap(root_call(&ns, "default", true, None));
+    let second = tap(root_call(&ns, "default", true, None));
+    let second_name = tap_of(&second).0;
+    assert_eq!(ns.processes().len(), 1, "one watcher per network");
+    drop(first);
+    std::thread::sleep(TEARDOWN);
+    assert_eq!(controller_of(&ns, &second_name).as_deref(), Some("br0"), "the network went under a VM");
+    assert!(has_chain(&ns, "NAT", "br0"));
+    drop(second);
+    assert_gone_within_teardown(&ns, "br0");
+}
+
+#[test]
+fn a_vm_starting_while_the_network_is_torn_down_gets_a_working_one() {
+    let ns = Netns::new();
+    for round in 0..15 {
+        let old = tap(root_call(&ns, "default", true, None));
+        drop(old);
+        // Teardown has begun (or will): the next VM must get a whole network anyway.
+        let new = tap(root_call(&ns, "default", true, None));
+        let name = tap_of(&new).0;
+        std::thread::sleep(Duration::from_millis(round * 10));
+        assert_eq!(controller_of(&ns, &name).as_deref(), Some("br0"), "round {round}");
+        assert!(has_chain(&ns, "NAT", "br0") && has_chain(&ns, "FWD", "br0"), "round {round}: rules missing");
+        assert_eq!(ns.processes().len(), 1, "round {round}: one watcher");
+        drop(new);
+        assert_gone_within_teardown(&ns, "br0");
+    }
+}
+
+#[test]
+fn a_bridged_network_is_attached_to_and_never_torn_down() {
+    let ns = Netns::new();
+    // A fixed MAC: a bridge with a random one may take a port's, and keep it.
+    ns.sh("ip link add br-lan address 02:00:00:00:00:01 type bridge; ip link set br-lan mtu 1400 up");
+    let before = firewall(&ns);
+    let config = ConfigFile::new("[network.lan]\nmode = \"bridged\"\nbridge = \"br-lan\"\n");
+    let fd = tap(root_call(&ns, "lan", true, Some(&config)));
+    let name = tap_of(&fd).0;
+    assert_eq!(controller_of(&ns, &name).as_deref(), Some("br-lan"));
+    assert_eq!(mtu_of(&ns, &name), 1400, "the tap takes the bridge's MTU");
+    assert!(ns.processes().is_empty(), "no watcher for a bridge kvm-net does not own");
+    drop(fd);
+    let deadline = Instant::now() + TEARDOWN;
+    while link_exists(&ns, &name) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!link_exists(&ns, &name), "the tap outlived its descriptor");
+    assert_eq!(firewall(&ns), before, "a bridged network gets no rules");
+    assert_eq!(mtu_of(&ns, "br-lan"), 1400, "the host's bridge must be as it was");
+}
+
+/// The helper refused: non-zero status, one line naming itself, no tap,
+/// nothing changed.
+fn assert_refused(ns: &Netns, received: &Received, says: &str) {
+    assert!(!received.output.status.success(), "must fail");
+    assert!(received.tap.is_none(), "no tap may be sent");
+    let stderr = received.stderr();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("kvm-net-bridge-helper: "), "{stderr}");
+    assert!(stderr.contains(says), "expected {says:?} in: {stderr}");
+    assert!(!link_exists(ns, "br0"), "nothing may be created");
+    assert!(ns.processes().is_empty(), "no watcher for a refusal");
+}
+
+#[test]
+fn bad_arguments_get_one_line_and_change_nothing() {
+    let ns = Netns::new();
+    let before = ns.snapshot();
+    let run = |args: &[&str]| {
+        let mut command = ns.cmd(helper(HELPER));
+        command.args(args);
+        call(command)
+    };
+    let fd = format!("--fd={HELPER_FD}");
+    assert_refused(&ns, &run(&["--br=default"]), "no --fd=N given");
+    assert_refused(&ns, &run(&[&fd]), "no --br=NAME given");
+    assert_refused(&ns, &run(&["--fd=0", "--br=default"]), "--fd=0 is not a socket");
+    assert_refused(&ns, &run(&["--fd=99", "--br=default"]), "--fd=99 is not an open descriptor");
+    assert_refused(&ns, &run(&[&fd, "--br=default", "--extra"]), "unexpected argument");
+    assert_refused(&ns, &run(&[&fd, "--br=nope"]), "--br=nope names no network");
+    let status = run(&[&fd]).output.status.code();
+    assert_eq!(status, Some(2), "a wrong command line exits 2");
+    assert_eq!(ns.snapshot(), before);
+}
+
+/// Config for the sandbox: default granted to alice, with DHCP; lan (bridged) too.
+fn granted_config(alice: &User) -> String {
+    format!(
+        "[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\nallow_users = [\"{}\"]\n\
+         [network.lan]\nmode = \"bridged\"\nbridge = \"br-lan\"\nallow_users = [\"{}\"]\n\
+         [network.lab]\nmode = \"isolated\"\nbridge = \"lab0\"\n",
+        alice.name, alice.name
+    )
+}
+
+fn sandboxed_call(sandbox: &Sandbox, ns: &Netns, user: &User, program: &Path, bridge: &str) -> Received {
+    call(sandbox.command(
+        ns,
+        Some(user),
+        program,
+        &qemu_arguments(bridge, true).iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
+}
+
+#[test]
+fn a_granted_user_gets_a_tap_of_their_own_and_others_are_refused() {
+    let (alice, bob) = (User::alice(), User::bob());
+    let sandbox = Sandbox::new();
+    sandbox.config(&granted_config(&alice));
+    let program = sandbox.install(Install::Setuid).join(HELPER);
+    let ns = Netns::new();
+    let before = ns.snapshot();
+    assert_refused(&ns, &sandboxed_call(&sandbox, &ns, &bob, &program, "default"), "may not use network default");
+    assert_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "lab"), "may not use network lab");
+    assert_eq!(ns.snapshot(), before, "a refusal changes nothing");
+    let fd = tap(sandboxed_call(&sandbox, &ns, &alice, &program, "default"));
+    let name = tap_of(&fd).0;
+    assert_eq!(controller_of(&ns, &name).as_deref(), Some("br0"));
+    let details = ns.ok(&["ip", "-d", "link", "show", &name]);
+    assert!(
+        details.contains(&format!("user {}", alice.name)) || details.contains(&format!("user {}", alice.uid)),
+        "{details}"
+    );
+    let dnsmasq = sandbox.run_dir().join(format!("kvm-net/dnsmasq/{}-br0", ns.id()));
+    assert!(dnsmasq.exists(), "DHCP is on for default: its dnsmasq must run");
+    drop(fd);
+    assert_gone_within_teardown(&ns, "br0");
+    assert!(!dnsmasq.exists(), "{} left behind", dnsmasq.display());
+}
+
+#[test]
+fn a_capability_install_attaches_to_bridged_networks_and_leaves_managed_ones_to_root() {
+    let alice = User::alice();
+    let sandbox = Sandbox::new();
+    sandbox.config(&granted_config(&alice));
+    let program = sandbox.install(Install::Capabilities).join(HELPER);
+    let ns = Netns::new();
+    assert_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "default"), "needs root");
+    ns.sh("ip link add br-lan type bridge; ip link set br-lan up");
+    let fd = tap(sandboxed_call(&sandbox, &ns, &alice, &program, "lan"));
+    assert_eq!(controller_of(&ns, &tap_of(&fd).0).as_deref(), Some("br-lan"));
+}
+
+#[test]
+fn status_shows_the_holder_and_a_killed_holder_takes_the_network_with_it() {
+    let ns = Netns::new();
+    let fd = tap(root_call(&ns, "default", true, None));
+    let name = tap_of(&fd).0;
+    // What QEMU is to the tap: a process in the namespace holding it.
+    let mut holder = hold_in(&ns, fd);
+    let mut status = ns.cmd(helper("kvm-net"));
+    status.args(["status", "--json"]).env_remove("KVM_NET_CONFIG");
+    let out = status.output().expect("kvm-net status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("\"name\": \"{name}\"")), "{text}");
+    assert!(text.contains(&format!("\"pid\": {}", holder.id())), "the holder's pid must be shown: {text}");
+    holder.kill().expect("SIGKILL to the holder");
+    holder.wait().expect("reaping the holder");
+    assert_gone_within_teardown(&ns, "br0");
+}
+
+#[test]
+fn version_and_help_need_no_socket() {
+    let out = Command::new(helper(HELPER)).arg("--help").output().expect("--help");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--fd=N --br=NETWORK"));
+}

@@ -544,3 +544,36 @@ fn a_network_changing_backend_while_up_leaves_nothing_of_either() {
     ok_with(&host, "kvm-natdown", "tap0", &[("KVM_NET_FIREWALL", "nftables")]);
     assert_no_nat_network(&host, "br0");
 }
+
+/// The nftables backend starts no process on a VM's start or stop (on a
+/// host without firewalld or Docker): `strace -f -e trace=execve` sees the
+/// helper's own execve and nothing else, cold and warm.
+#[test]
+fn with_nftables_no_other_process_runs_on_a_vm_start_or_stop() {
+    if backend() != Backend::Nftables {
+        return;
+    }
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    add_tap(&host, "tap1");
+    let trace = ConfigFile::scratch_dir().join(format!("execve-{}.trace", std::process::id()));
+    for (bin, tap) in [("kvm-natup", "tap0"), ("kvm-natup", "tap1"), ("kvm-natdown", "tap1"), ("kvm-natdown", "tap0")] {
+        let out = host
+            .cmd("strace")
+            .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+            .arg(&trace)
+            .arg(helper(bin))
+            .arg(tap)
+            .env("KVM_NET_FIREWALL", "nftables")
+            .env_remove("KVM_NET_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("strace (apt-get install strace)");
+        assert!(out.status.success(), "{bin} {tap}: {}", String::from_utf8_lossy(&out.stderr));
+        let calls = std::fs::read_to_string(&trace).expect("the trace");
+        let execs: Vec<&str> = calls.lines().filter(|l| l.contains("execve(")).collect();
+        assert_eq!(execs.len(), 1, "{bin} {tap} started a process: {execs:#?}");
+    }
+    let _ = std::fs::remove_file(&trace);
+    assert_no_nat_network(&host, "br0");
+}

@@ -21,6 +21,8 @@ command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v setcap >/dev/null || [ -x /usr/sbin/setcap ] || need+=(libcap2-bin)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v useradd >/dev/null || [ -x /usr/sbin/useradd ] || need+=(passwd)
+# strace: the nftables backend must start no process on a VM's start or stop.
+command -v strace >/dev/null || need+=(strace)
 if [ "${1:-}" = --bench ]; then
     # The benchmark's timer, and brctl for the classic scripts it compares with.
     command -v hyperfine >/dev/null || need+=(hyperfine)

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    getsockname, getsockopt, sendmsg, sockopt, AddressFamily, ControlMessage, MsgFlags, SockaddrLike, SockaddrStorage,
+    getpeername, getsockname, sendmsg, AddressFamily, ControlMessage, MsgFlags, SockaddrLike, SockaddrStorage,
 };
 use nix::sys::stat::{fstat, SFlag};
 
@@ -111,7 +111,8 @@ pub fn usage() -> String {
     )
 }
 
-/// The socket QEMU passed as `--fd`: it must be an open Unix socket.
+/// The socket QEMU passed as `--fd`: it must be an open, connected Unix
+/// socket (one end of a pair), or there is nobody to send the tap to.
 fn unix_socket(fd: RawFd) -> Result<BorrowedFd<'static>> {
     let not_a_socket = |why: String| -> anyhow::Error { usage_error(format!("--fd={fd} {why}")).into() };
     // SAFETY: F_GETFD only asks whether the number is open; no memory is involved.
@@ -130,7 +131,9 @@ fn unix_socket(fd: RawFd) -> Result<BorrowedFd<'static>> {
     if family != Some(AddressFamily::Unix) {
         return Err(not_a_socket("is not a Unix socket".to_owned()));
     }
-    getsockopt(&socket, sockopt::SockType).map_err(|err| not_a_socket(format!("cannot be read ({err})")))?;
+    if getpeername::<SockaddrStorage>(socket.as_raw_fd()).is_err() {
+        return Err(not_a_socket("is not connected to anyone".to_owned()));
+    }
     Ok(socket)
 }
 

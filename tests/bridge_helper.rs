@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use kvm_net_tests::bridge::{call, hold_in, qemu_arguments, tap_of, Received, HELPER_FD};
 use kvm_net_tests::helper;
-use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, has_chain, is_up, link_exists, mtu_of};
+use kvm_net_tests::inspect::{
+    assert_network_gone_within, controller_of, firewall, has_chain, is_up, link_exists, mtu_of,
+};
 use kvm_net_tests::run::ConfigFile;
 use kvm_net_tests::sandbox::{Install, Sandbox, User};
 use kvm_net_tests::Netns;
@@ -37,15 +39,9 @@ fn tap(received: Received) -> OwnedFd {
     received.tap.expect("a tap descriptor")
 }
 
-/// Waits (at most [`TEARDOWN`]) for the network on `bridge` to be gone
-/// with its watcher; panics with what is left otherwise.
+/// Panics unless the network on `bridge` and its watcher are gone within [`TEARDOWN`].
 fn assert_gone_within_teardown(ns: &Netns, bridge: &str) {
-    let deadline = Instant::now() + TEARDOWN;
-    while (link_exists(ns, bridge) || !ns.processes().is_empty()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(ns.processes().is_empty(), "processes left in the namespace: {:?}", ns.processes());
-    assert_no_nat_network(ns, bridge);
+    assert_network_gone_within(ns, bridge, TEARDOWN);
 }
 
 fn watch_files(ns: &Netns) -> Vec<String> {

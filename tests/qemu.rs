@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, firewall, has_chain, link_exists};
+use kvm_net_tests::inspect::{
+    assert_network_gone_within, assert_no_nat_network, controller_of, firewall, has_chain, link_exists,
+};
 use kvm_net_tests::lab::{Lab, UpstreamServer, HOST_UPLINK, HOST_UPLINK6, UPSTREAM, UPSTREAM6};
 use kvm_net_tests::qemu::{Vm, VmSpec};
 use kvm_net_tests::run::ConfigFile;
@@ -364,12 +366,7 @@ fn helper_guest(name: &str, index: u8, helper: &std::path::Path, server: &Upstre
 /// Panics unless the network on br0 is gone, with its dnsmasq and watcher,
 /// within a second.
 fn assert_helper_network_gone_soon(lab: &Lab, sandbox: &Sandbox) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    while (link_exists(&lab.host, "br0") || !lab.host.processes().is_empty()) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(lab.host.processes().is_empty(), "left running: {:?}", lab.host.processes());
-    assert_no_nat_network(&lab.host, "br0");
+    assert_network_gone_within(&lab.host, "br0", Duration::from_secs(1));
     let dnsmasq = sandbox.run_dir().join(format!("kvm-net/dnsmasq/{}-br0", lab.host.id()));
     assert!(!dnsmasq.exists(), "{} left behind", dnsmasq.display());
 }

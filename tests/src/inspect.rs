@@ -157,6 +157,18 @@ pub fn assert_no_nat_network(ns: &Netns, bridge: &str) {
     }
 }
 
+/// Waits at most `within` for the network on `bridge` to go with every
+/// process in `ns` (its dnsmasq, a bridge helper's watcher), then panics
+/// unless the bridge, its rules and those processes are gone.
+pub fn assert_network_gone_within(ns: &Netns, bridge: &str, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while (link_exists(ns, bridge) || !ns.processes().is_empty()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(ns.processes().is_empty(), "processes left in the namespace: {:?}", ns.processes());
+    assert_no_nat_network(ns, bridge);
+}
+
 /// The whole firewall as kvm-net could change it: iptables' tables, as
 /// `iptables -S` and `ip6tables -S` print them (iptables-nft leaves empty
 /// built-in chains behind that only `nft` would show), and kvm-net's own

@@ -99,7 +99,7 @@ fn check_finds_a_drop_ahead_of_kvm_nets_accepts() {
     host.ok(&["iptables", "-P", "FORWARD", "DROP"]);
     if backend() == Backend::Nftables {
         // iptables now drops what kvm-net's own table accepts: its accepts must go into iptables too.
-        assert_finding(&host, &config, 2, "error [forward-drop]: guests of network default cannot get out: iptables drops forwarded traffic here (Docker, or a DROP policy) and kvm-net's accepts in FORWARD are missing");
+        assert_finding(&host, &config, 2, "error [forward-drop]: guests of network default cannot get out: iptables drops forwarded traffic here (a DROP policy) and kvm-net's accepts in FORWARD are missing");
         assert!(kvm_net(&host, &config, &["repair", "default"]).status.success());
     }
     assert_eq!(check(&host, &config).0, 0, "DROP policy with kvm-net's accepts in place is fine");
@@ -126,7 +126,7 @@ fn check_finds_a_drop_ahead_of_kvm_nets_accepts() {
         Backend::Iptables => ("KVMNET-FWD-br0", "FORWARD's policy is DROP and kvm-net's accepts are missing"),
         Backend::Nftables => (
             "KVMNET-ACC-br0",
-            "iptables drops forwarded traffic here (Docker, or a DROP policy) and kvm-net's accepts in FORWARD are missing",
+            "iptables drops forwarded traffic here (a DROP policy) and kvm-net's accepts in FORWARD are missing",
         ),
     };
     host.ok(&["iptables", "-D", "FORWARD", "-m", "comment", "--comment", "kvm-net:br0", "-j", target]);

@@ -577,3 +577,31 @@ fn with_nftables_no_other_process_runs_on_a_vm_start_or_stop() {
     let _ = std::fs::remove_file(&trace);
     assert_no_nat_network(&host, "br0");
 }
+
+#[test]
+fn a_full_bridge_is_said_as_such_and_nothing_changes() {
+    let host = Netns::new();
+    add_tap(&host, "tap0");
+    ok(&host, "kvm-natup", "tap0");
+    // 1022 more ports: the kernel's 1023 per bridge.
+    let batch = ConfigFile::scratch_dir().join(format!("full-bridge-{}.ip", std::process::id()));
+    let lines: String =
+        (1..1023).map(|i| format!("tuntap add dev t{i} mode tap\nlink set dev t{i} master br0\n")).collect();
+    std::fs::write(&batch, lines).expect("writing the batch");
+    host.ok(&["ip", "-batch", batch.to_str().expect("UTF-8 path")]);
+    let _ = std::fs::remove_file(&batch);
+    add_tap(&host, "tapx");
+    let rules = firewall(&host);
+    let out = run(&host, "kvm-natup", &["tapx"], &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("attaching tapx to bridge br0: bridge br0 has 1023 ports, the kernel's limit; stop a VM on it"),
+        "{said}"
+    );
+    // The kernel applies the attach's "up" before its master: the tap is set down again.
+    assert_eq!(controller_of(&host, "tapx"), None);
+    assert!(!is_up(&host, "tapx"));
+    assert_eq!(firewall(&host), rules);
+    assert_eq!(host.ok(&["ip", "-o", "link", "show", "master", "br0"]).lines().count(), 1023);
+}

@@ -76,9 +76,12 @@ impl Access {
         }
     }
 
-    /// Refuses a link that is not a tun/tap device of the caller's: owned by
-    /// its user, or by one of its groups (as `ip tuntap add ... user U group
-    /// G` sets, and as the kernel itself checks when a process opens it).
+    /// Refuses a link that is not a tun/tap device of the caller's, by the
+    /// kernel's own rule for opening one (`tun_not_capable`): an owner, if
+    /// set, must be the caller; a group, if set, must be one of the
+    /// caller's; and kvm-net asks for at least one of them (an ownerless
+    /// tap is root's). A shared group alone does not make another user's
+    /// tap the caller's.
     pub fn check_port(&self, link: &Link) -> Result<(), Error> {
         let Access::Restricted(caller) = self else { return Ok(()) };
         let refuse = |why: String| Error::NotYourTap { tap: link.name.clone(), user: caller.name(), why };
@@ -88,16 +91,24 @@ impl Access {
                 link.kind.as_deref().unwrap_or("network")
             )));
         };
-        let by_user = tun.owner.is_some_and(|uid| Uid::from_raw(uid) == caller.uid);
-        let by_group = tun.group.is_some_and(|gid| caller.in_group(Gid::from_raw(gid)));
-        if by_user || by_group {
-            return Ok(());
+        match (tun.owner, tun.group) {
+            (None, None) => Err(refuse("it has no owner (only root may use it)".to_owned())),
+            (Some(uid), _) if Uid::from_raw(uid) != caller.uid => Err(refuse(format!("it belongs to uid {uid}"))),
+            (_, Some(gid)) if !caller.in_group(Gid::from_raw(gid)) => Err(refuse(format!(
+                "its group is {}, which {} is not in (every owner and group set on a tap must match)",
+                group_name(gid),
+                caller.name()
+            ))),
+            _ => Ok(()),
         }
-        Err(refuse(match (tun.owner, tun.group) {
-            (None, None) => "it has no owner (only root may use it)".to_owned(),
-            (Some(uid), _) => format!("it belongs to uid {uid}"),
-            (None, Some(gid)) => format!("it belongs to group {gid}"),
-        }))
+    }
+}
+
+/// A group's name for messages (`gid N` when it has none).
+fn group_name(gid: u32) -> String {
+    match Group::from_gid(Gid::from_raw(gid)) {
+        Ok(Some(group)) => group.name,
+        _ => format!("gid {gid}"),
     }
 }
 
@@ -131,17 +142,31 @@ mod tests {
     #[test]
     fn a_restricted_caller_may_use_only_taps_it_owns() {
         let alice = caller(1000, 1000, &[20]);
-        let own = link("tun", Some(TunOwner { owner: Some(1000), group: None }));
-        assert!(alice.check_port(&own).is_ok());
-        let group = link("tun", Some(TunOwner { owner: None, group: Some(20) }));
-        assert!(alice.check_port(&group).is_ok(), "a supplementary group counts");
-        let theirs = link("tun", Some(TunOwner { owner: Some(1001), group: Some(30) }));
+        let tun = |owner, group| link("tun", Some(TunOwner { owner, group }));
+        assert!(alice.check_port(&tun(Some(1000), None)).is_ok());
+        assert!(alice.check_port(&tun(None, Some(20))).is_ok(), "a supplementary group counts");
+        assert!(alice.check_port(&tun(Some(1000), Some(20))).is_ok(), "owner and group both hers");
+        let theirs = tun(Some(1001), Some(30));
         assert!(matches!(alice.check_port(&theirs), Err(Error::NotYourTap { why, .. }) if why.contains("uid 1001")));
-        let ownerless = link("tun", Some(TunOwner { owner: None, group: None }));
+        let ownerless = tun(None, None);
         assert!(matches!(alice.check_port(&ownerless), Err(Error::NotYourTap { why, .. }) if why.contains("no owner")));
         let veth = link("veth", None);
         assert!(matches!(alice.check_port(&veth), Err(Error::NotYourTap { why, .. }) if why.contains("veth")));
         assert!(Access::Unrestricted.check_port(&veth).is_ok());
+    }
+
+    #[test]
+    fn a_shared_group_does_not_make_another_users_tap_yours() {
+        let alice = caller(1000, 1000, &[20]);
+        let tun = |owner, group| link("tun", Some(TunOwner { owner, group }));
+        // Bob's tap in a group alice is in: the kernel refuses her, and so does kvm-net.
+        let bobs = tun(Some(1001), Some(20));
+        assert!(matches!(alice.check_port(&bobs), Err(Error::NotYourTap { why, .. }) if why.contains("uid 1001")));
+        // Hers, but also in a group she is not in: the kernel refuses her that too.
+        let foreign_group = tun(Some(1000), Some(30));
+        assert!(
+            matches!(alice.check_port(&foreign_group), Err(Error::NotYourTap { why, .. }) if why.contains("its group is"))
+        );
     }
 
     #[test]

@@ -20,10 +20,10 @@ use nix::sys::socket::{
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::access::Access;
-use crate::config::{self, Config, Environment};
+use crate::config::{self, Config, Environment, Network};
 use crate::error::Error;
 use crate::lock::BridgeLock;
-use crate::netlink::Netlink;
+use crate::netlink::{Link, Netlink};
 use crate::network::{find_bridge, Bringup};
 use crate::privilege::{Install, Needs, Start};
 use crate::tap::Tap;
@@ -167,8 +167,9 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
         request.bridge, network.name, network.mode, network.bridge
     ));
     let bringup = if network.mode.is_managed() { Some(Bringup::prepare(&network, NAME)?) } else { None };
+    // The caller's user alone, no group: as private as a tap QEMU makes itself.
     let owner = match &access {
-        Access::Restricted(caller) => Some((caller.uid, caller.gid)),
+        Access::Restricted(caller) => Some(caller.uid),
         Access::Unrestricted => None,
     };
     let tap = Tap::create(TAP_PATTERN, request.use_vnet, owner)?;
@@ -185,6 +186,7 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
             bringup.run(&mut netlink, |netlink, bridge| {
                 trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
                 netlink.attach_new_tap(&port, &bridge)?;
+                within_bound(netlink, &access, &network, &port, &bridge)?;
                 watch::ensure_watcher(&network)
             })?;
         }
@@ -194,9 +196,30 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
                 .with_context(|| format!("attaching {} to bridge {}", tap.name(), network.bridge))?;
             trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
             netlink.attach_new_tap(&port, &bridge)?;
+            within_bound(&mut netlink, &access, &network, &port, &bridge)?;
         }
     }
     send_descriptor(socket, &tap)
+}
+
+/// Refuses a caller other than root who now has more than
+/// `max_taps_per_user` taps on the bridge, counting the one just attached,
+/// and takes that one off again (it goes with this process). Counted after
+/// the attach, so that callers racing on a bridge without a lock (a bridged
+/// network) can only be refused too often, never let past the bound.
+fn within_bound(netlink: &mut Netlink, access: &Access, network: &Network, port: &Link, bridge: &Link) -> Result<()> {
+    let Access::Restricted(caller) = access else { return Ok(()) };
+    let theirs = netlink
+        .ports_of(bridge)?
+        .iter()
+        .filter(|p| p.tun.is_some_and(|tun| tun.owner == Some(caller.uid.as_raw())))
+        .count();
+    if theirs <= network.max_taps_per_user as usize {
+        return Ok(());
+    }
+    netlink.detach_and_down(&Link { controller: Some(bridge.index), ..port.clone() })?;
+    Err(Error::TooManyTaps { user: caller.name(), network: network.name.clone(), max: network.max_taps_per_user }
+        .into())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::{Config, Mode, Network};
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
-use crate::firewall::{self, firewalld, plan, Backend, Family, RuleState};
+use crate::firewall::{self, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
 use crate::netlink::{abandoned_bridges, Link, Netlink};
 
 /// How bad a finding is; the exit status is the worst one's.
@@ -227,28 +227,13 @@ fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Fin
                     format!("run `kvm-net repair {name}`, or sysctl -w {key}=1"),
                 ));
             }
-            let Some(drops) = firewall::forward_drops(family, backend, bridge)? else { continue };
-            if !drops.rules.is_empty() || (drops.blocked && !drops.jump_present) {
-                let hook = drops.hook;
-                let why = match (drops.jump_present, drops.rules.first()) {
-                    (true, Some(rule)) => format!("`{rule}` comes before kvm-net's accepts"),
-                    (false, Some(rule)) if !drops.blocked => {
-                        format!("`{rule}` drops forwarded traffic and kvm-net's accepts are missing")
-                    }
-                    _ if backend == Backend::Nftables => {
-                        format!("iptables drops forwarded traffic here (Docker, or a DROP policy) and kvm-net's accepts in {hook} are missing")
-                    }
-                    _ => "FORWARD's policy is DROP and kvm-net's accepts are missing".to_owned(),
-                };
-                findings.push(Finding::new(
-                    Severity::Error,
-                    "forward-drop",
-                    Some(network),
-                    format!("guests of network {name} cannot get out: {why}"),
-                    format!("run `kvm-net repair {name}` to put kvm-net's jump back at the top of {hook}, or move that rule after it"),
-                ));
-            }
+            check_iptables_drops(network, family, Kind::Forward, backend, findings)?;
+            check_foreign_drops(network, family, Hook::Forward, findings)?;
         }
+    }
+    if network.dhcp.is_some() {
+        check_iptables_drops(network, Family::V4, Kind::Input, backend, findings)?;
+        check_foreign_drops(network, Family::V4, Hook::Input, findings)?;
     }
     if network.dhcp.is_some() && Dnsmasq::for_bridge(bridge)?.running_pid().is_none() {
         findings.push(Finding::new(
@@ -263,6 +248,98 @@ fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Fin
                 crate::rundir::RUN_DIR
             ),
         ));
+    }
+    Ok(())
+}
+
+/// What guests lose when `kind` is blocked, and the finding's code.
+fn blocked_what(kind: Kind) -> (&'static str, &'static str, &'static str) {
+    match kind {
+        Kind::Input => ("input-drop", "cannot get DHCP or DNS from the host", "reaching the host"),
+        _ => ("forward-drop", "cannot get out", "forwarded traffic"),
+    }
+}
+
+/// A DROP or REJECT of iptables' `filter` table ahead of kvm-net's accepts
+/// (or with none there to pass it).
+fn check_iptables_drops(
+    network: &Network,
+    family: Family,
+    kind: Kind,
+    backend: Backend,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let name = &network.name;
+    let Some(drops) = firewall::drops_ahead(family, kind, backend, &network.bridge)? else { return Ok(()) };
+    if drops.rules.is_empty() && (drops.jump_present || !drops.blocked) {
+        return Ok(());
+    }
+    let (code, lose, traffic) = blocked_what(kind);
+    let hook = drops.hook;
+    let why = match (drops.jump_present, drops.rules.first(), drops.why) {
+        (true, Some(rule), _) => format!("`{rule}` comes before kvm-net's accepts"),
+        (false, Some(rule), None) if !drops.blocked => {
+            format!("`{rule}` drops {traffic} and kvm-net's accepts are missing")
+        }
+        (_, _, Some(why)) => {
+            format!("iptables drops {traffic} here ({why}) and kvm-net's accepts in {hook} are missing")
+        }
+        _ => format!("{hook}'s policy is DROP and kvm-net's accepts are missing"),
+    };
+    findings.push(Finding::new(
+        Severity::Error,
+        code,
+        Some(network),
+        format!("guests of network {name} {lose}: {why}"),
+        format!(
+            "run `kvm-net repair {name}` to put kvm-net's jump back at the top of {hook}, or move that rule after it"
+        ),
+    ));
+    Ok(())
+}
+
+/// Drops in another nftables table that no accept of kvm-net's can pass:
+/// named, with the rules that let the network's traffic through.
+fn check_foreign_drops(network: &Network, family: Family, hook: Hook, findings: &mut Vec<Finding>) -> Result<()> {
+    let (name, bridge) = (&network.name, &network.bridge);
+    for drop in firewall::foreign_drops(family, hook, bridge)? {
+        let (what, accepts) = match hook {
+            Hook::Input => (
+                "guests' DHCP and DNS to the host",
+                vec![
+                    format!("iifname {bridge} udp dport {{ 53, 67 }} accept"),
+                    format!("iifname {bridge} tcp dport 53 accept"),
+                ],
+            ),
+            Hook::Forward if network.mode == Mode::Routed => (
+                "guests' forwarded traffic",
+                vec![format!("iifname {bridge} accept"), format!("oifname {bridge} accept")],
+            ),
+            Hook::Forward => (
+                "guests' forwarded traffic",
+                vec![
+                    format!("iifname {bridge} accept"),
+                    format!("oifname {bridge} ct state established,related accept"),
+                ],
+            ),
+        };
+        let (table, chain) = (format!("{} {}", drop.family, drop.table), &drop.chain);
+        let how = if drop.policy_drop { "its policy is drop" } else { "a rule of it drops or rejects" };
+        let fix: Vec<String> = accepts.iter().map(|rule| format!("nft insert rule {table} {chain} {rule}")).collect();
+        let finding = Finding::new(
+            if drop.policy_drop { Severity::Error } else { Severity::Warning },
+            "foreign-drop",
+            Some(network),
+            format!(
+                "table {table}, chain {chain} ({} hook) can drop network {name}'s {what} ({how}), and an accept in kvm-net's own table cannot undo a drop in another table",
+                drop.hook.as_str()
+            ),
+            format!("accept the bridge's traffic in that chain: {}", fix.join("; ")),
+        );
+        // An inet table carries both families: one finding.
+        if !findings.contains(&finding) {
+            findings.push(finding);
+        }
     }
     Ok(())
 }

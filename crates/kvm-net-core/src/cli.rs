@@ -13,7 +13,7 @@ use crate::config::{self, Config, Environment, Network, Source, SYSTEM_CONFIG};
 use crate::error::Error;
 use crate::helpers;
 use crate::ifname::IfName;
-use crate::privilege::{Install, Needs, Start};
+use crate::privilege::{self, Install, Needs, Start};
 use crate::trace::trace;
 
 /// The four helpers, one per binary.
@@ -201,11 +201,17 @@ fn close_inherited_descriptors_on_exec() {
 }
 
 /// What every helper does before reading its command line: standard
-/// descriptors open, inherited ones closed on exec, a fixed umask, the
-/// caller taken and, when privileged, the environment dropped.
+/// descriptors open, inherited ones closed on exec, the terminal's signals
+/// ignored, a fixed umask, the caller taken and, when privileged, the
+/// environment dropped.
 fn prologue(name: &str) -> Result<Start, ExitCode> {
     open_standard_descriptors();
     close_inherited_descriptors_on_exec();
+    // First of all: no ^Z from the caller's terminal while a lock is held.
+    if let Err(err) = privilege::shield_from_terminal() {
+        eprintln!("{name}: {}", one_line(&err));
+        return Err(ExitCode::from(1));
+    }
     // Files kvm-net creates get fixed modes; what it starts gets a sane umask.
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     Start::detect().map_err(|err| {

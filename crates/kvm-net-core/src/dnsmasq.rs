@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -17,8 +17,9 @@ use nix::unistd::Pid;
 
 use crate::config::{Dhcp, Network};
 use crate::ifname::IfName;
+use crate::privilege;
 use crate::rundir::{Area, SafeDir};
-use crate::runtime::{bridge_tag, processes_here};
+use crate::runtime::{all_processes, bridge_tag};
 use crate::trace::trace;
 
 /// The Debian package that ships the dnsmasq binary without its system service.
@@ -74,20 +75,22 @@ impl Dnsmasq {
     }
 
     /// The PID of this bridge's dnsmasq: the one its pidfile names if that is
-    /// ours, else any dnsmasq in this network namespace started with this
-    /// bridge's config file (the pidfile may have been lost). Without its
-    /// directory there is none: kvm-net creates it before starting the
-    /// dnsmasq and removes it only once the dnsmasq has stopped.
+    /// ours, else any dnsmasq started with this bridge's config file, whose
+    /// path names this network namespace (the pidfile may have been lost).
+    /// Whoever started it: dnsmasq started by root gives its pidfile to its
+    /// own user, and a setuid helper may not look into that user's
+    /// processes' namespaces. Without its directory there is none: kvm-net
+    /// creates it before starting the dnsmasq and removes it only once the
+    /// dnsmasq has stopped.
     pub fn running_pid(&self) -> Option<Pid> {
         let dir = self.existing_dir().ok().flatten()?;
         let from_pidfile = dir
-            .read("dnsmasq.pid", 32)
+            .read_hint("dnsmasq.pid", 32)
             .ok()
             .flatten()
             .and_then(|text| text.trim().parse::<u32>().ok())
             .filter(|pid| self.is_ours(*pid));
-        let pid =
-            from_pidfile.or_else(|| processes_here().into_iter().map(|(pid, _)| pid).find(|pid| self.is_ours(*pid)))?;
+        let pid = from_pidfile.or_else(|| all_processes().into_iter().find(|pid| self.is_ours(*pid)))?;
         i32::try_from(pid).ok().map(Pid::from_raw)
     }
 
@@ -115,7 +118,7 @@ impl Dnsmasq {
         // dnsmasq forks its daemon and exits once the daemon is serving (or
         // failed): the status is the daemon's verdict. stdout/stderr go to a
         // file, never to QEMU's console.
-        let status = Command::new(binary)
+        let status = privilege::command(binary)
             .arg(self.conf_arg())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -325,7 +328,7 @@ mod tests {
     /// A `sleep 60` child, once exec has given it its command line (spawn
     /// returns a moment before that).
     fn sleeper() -> (std::process::Child, Pid) {
-        let child = Command::new("sleep").arg("60").spawn().expect("sleep");
+        let child = std::process::Command::new("sleep").arg("60").spawn().expect("sleep");
         while !has_cmdline(child.id()) {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -66,6 +66,16 @@ pub enum Error {
     /// Another kvm-net run held the bridge's lock for too long.
     #[error("another kvm-net run has held the lock of bridge {bridge} for {seconds} s")]
     LockTimeout { bridge: String, seconds: u64 },
+    /// A resource limit the caller lowered is below what the job needs, and
+    /// cannot be raised again (no CAP_SYS_RESOURCE).
+    #[error("the hard limit {limit} is {value}; kvm-net needs {needs} to bring a network up")]
+    LimitTooLow { limit: &'static str, value: String, needs: String },
+    /// The bridge has as many ports as the kernel allows.
+    #[error("bridge {bridge} has {ports} ports, the kernel's limit")]
+    BridgeFull { bridge: String, ports: usize },
+    /// A caller of the bridge helper has as many taps on the network as the config allows.
+    #[error("user {user} already has {max} taps on network {network} (max_taps_per_user)")]
+    TooManyTaps { user: String, network: String, max: u32 },
     /// Rules of someone else's still jump into a chain of kvm-net's.
     #[error("kvm-net's chains could not be deleted: {0}")]
     ChainInUse(String),
@@ -121,6 +131,15 @@ impl Error {
                 "see which kvm-net process is stuck (ps -C kvm-natup,kvm-natdown,kvm-net) and stop it, then try again"
             }
             Error::ChainInUse(_) => "delete those rules, then run `kvm-net gc` to remove what is left",
+            Error::BridgeFull { .. } => {
+                "stop a VM on it, or put the next VMs on another network (a second bridge); nothing was changed"
+            }
+            Error::TooManyTaps { .. } => {
+                "stop one of your VMs first, or ask the administrator to raise max_taps_per_user for the network in /etc/kvm-net/kvm-net.toml; nothing was changed"
+            }
+            Error::LimitTooLow { .. } => {
+                "start QEMU without lowering that limit (once lowered, a hard limit cannot be raised without CAP_SYS_RESOURCE); nothing was changed"
+            }
         }
     }
 

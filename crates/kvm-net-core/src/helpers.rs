@@ -10,7 +10,7 @@ use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{has_port_besides, Link, Netlink};
 use crate::network::{find_bridge, Bringup, Services};
-use crate::trace::trace;
+use crate::trace::{trace, warn};
 
 /// The tap QEMU named, if it exists: it must not be a bridge, and a caller
 /// other than root must own it.
@@ -64,10 +64,10 @@ pub fn ifdown(tap: &IfName, access: &Access) -> Result<()> {
     };
     if let Some(index) = link.controller {
         if let Some(bridge) = netlink.link_by_index(index)?.filter(Link::is_managed) {
-            eprintln!(
+            warn(format_args!(
                 "kvm-ifdown: warning: {} is a network kvm-natup created; pair kvm-natup with kvm-natdown so that it is removed when its last VM stops",
                 bridge.name
-            );
+            ));
         }
     }
     netlink.detach_and_down(&link)

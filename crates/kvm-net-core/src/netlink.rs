@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
 
+use crate::error::Error;
+
 use crate::wire::{
     attribute, attributes, string, u32_at, Channel, Object, Received, Request, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
     NLM_F_EXCL,
@@ -14,6 +16,8 @@ use crate::wire::{
 
 /// `NETLINK_ROUTE`.
 const NETLINK_ROUTE: isize = 0;
+/// The most ports a Linux bridge takes (port numbers 1 to `BR_MAX_PORTS` - 1).
+pub const MAX_BRIDGE_PORTS: usize = 1023;
 /// Message types (linux/rtnetlink.h).
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
@@ -394,7 +398,29 @@ impl Netlink {
         }
         let request =
             Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP)).u32(IFLA_MASTER, bridge.index);
-        self.ask(request, false, &[], || format!("attaching {} to bridge {}", port.name, bridge.name)).map(drop)
+        self.enslave(request, port, bridge)
+    }
+
+    /// Sends an attach request (which brings the port up); a bridge out of
+    /// port numbers (the kernel's EXFULL, "No error information") is said as
+    /// such. The kernel applies the request's flags before its master: a
+    /// port that was down and could not be attached is set down again.
+    fn enslave(&mut self, request: Request, port: &Link, bridge: &Link) -> Result<()> {
+        let what = || format!("attaching {} to bridge {}", port.name, bridge.name);
+        let attached = self.channel.exchange(request, false, &[]);
+        if attached.is_err() && !port.up {
+            let down = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, IFF_UP));
+            // Best effort: the attach's error is the one worth reporting.
+            let _ = self.channel.exchange(down, false, &[libc::ENODEV]);
+        }
+        match attached {
+            Ok(_) => Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::EXFULL) => {
+                let ports = self.ports_of(bridge).map_or(MAX_BRIDGE_PORTS, |p| p.len());
+                Err(anyhow::Error::new(Error::BridgeFull { bridge: bridge.name.clone(), ports }).context(what()))
+            }
+            Err(err) => Err(anyhow::Error::new(err).context(what())),
+        }
     }
 
     /// Attaches a tap the bridge helper just made: its MAC address (with a
@@ -408,7 +434,7 @@ impl Netlink {
             .bytes(IFLA_ADDRESS, &mac)
             .u32(IFLA_MTU, bridge.mtu)
             .u32(IFLA_MASTER, bridge.index);
-        self.ask(request, false, &[], || format!("attaching {} to bridge {}", port.name, bridge.name)).map(drop)
+        self.enslave(request, port, bridge)
     }
 
     /// Takes `port` off whatever bridge holds it, then sets it down. A link

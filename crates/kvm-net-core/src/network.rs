@@ -14,7 +14,7 @@ use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS, MANAGED_ALIAS};
 use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
-use crate::trace::trace;
+use crate::trace::{trace, warn};
 
 /// A link named `bridge`, if there is one, refusing a link of another kind.
 pub fn find_bridge(netlink: &mut Netlink, bridge: &IfName) -> Result<Option<Link>> {
@@ -178,9 +178,9 @@ impl<'a> Bringup<'a> {
             }
             if network.ipv6.is_some() {
                 for uplink in enable_ipv6_forwarding()? {
-                    eprintln!(
+                    warn(format_args!(
                         "kvm-net: warning: IPv6 forwarding is now on, so {uplink} (accept_ra=1) ignores router advertisements; if it gets its address or route from them, set net.ipv6.conf.{uplink}.accept_ra=2"
-                    );
+                    ));
                 }
             }
         }

@@ -1,16 +1,19 @@
 //! What a helper does about privilege it has beyond its caller's (installed
 //! setuid root, or with file capabilities): forget everything the caller
 //! could steer it with (environment, working directory, signal dispositions,
-//! resource limits, groups), and keep only the capabilities its job needs.
+//! resource limits, scheduling, OOM score, groups), keep only the
+//! capabilities its job needs, and shut out the caller's terminal, whose
+//! job-control signals reach even a process the caller may not signal.
 //! The caller's identity is taken first, for [`crate::access`].
 
 use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use caps::{CapSet, Capability};
+use nix::sched::{sched_setaffinity, CpuSet};
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 use nix::sys::signal::{sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
-use nix::unistd::{geteuid, getgroups, getresgid, getresuid, Gid, Uid};
+use nix::unistd::{geteuid, getgroups, getresgid, getresuid, Gid, Pid, Uid};
 
 use crate::access::{Access, Caller};
 use crate::error::Error;
@@ -108,18 +111,26 @@ impl Start {
     /// and through (iptables refuses a real user ID that differs from the
     /// effective one) with no supplementary groups, but with only the
     /// capabilities of `needs`, also for every program it runs (bounding
-    /// set, no_new_privs). File capabilities are cut down to `needs`; a job
-    /// that needs root's files is refused there before anything changes.
+    /// set, no_new_privs), and with the scheduling, OOM score and resource
+    /// limits of a service rather than the caller's. File capabilities are
+    /// cut down to `needs`; a job that needs root's files is refused there
+    /// before anything changes. Any install: a limit the job cannot do with,
+    /// and that cannot be raised, is refused before anything changes.
     pub fn keep_only(&self, needs: Needs, helper: &'static str) -> Result<()> {
         if self.install == Install::Plain {
+            if needs == Needs::ManagedNetwork {
+                job_limits(Reset::MinimumOnly)?;
+            }
             return Ok(());
         }
         if self.install == Install::Capabilities && needs == Needs::ManagedNetwork {
             return Err(Error::NeedsRoot(helper).into());
         }
         std::env::set_current_dir("/").context("changing to /")?;
-        default_signal_handling()?;
-        sane_limits()?;
+        signal_handling_of_a_service()?;
+        // While every capability the install gives is still held.
+        job_limits(Reset::Everything)?;
+        clean_scheduling()?;
         let keep = needs.capabilities();
         if self.install == Install::SetuidRoot {
             let root_uid = Uid::from_raw(0);
@@ -146,41 +157,221 @@ impl Start {
     }
 }
 
-/// Default dispositions and an empty signal mask: a caller that ignores or
-/// blocks SIGTERM must not pass that on to the dnsmasq this helper starts.
-fn default_signal_handling() -> Result<()> {
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for signal in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
-        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
-        unsafe { sigaction(signal, &default) }.with_context(|| format!("resetting {signal}"))?;
+/// The signals a terminal sends its foreground process group (^C, ^\, ^Z,
+/// a hang-up, background reads and writes) without the permission check any
+/// other sender faces: a caller could stop a setuid helper with ^Z while it
+/// holds a bridge's lock, or kill it half-way through a change.
+pub const TERMINAL_SIGNALS: [Signal; 6] =
+    [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
+
+/// Signals a helper ignores while it works: the terminal's, SIGXFSZ (a
+/// write past a file size limit then fails, and the change is rolled back,
+/// instead of killing the helper half-way) and SIGPIPE (a caller's closed
+/// stderr is an error, not death).
+fn ignored_while_working() -> impl Iterator<Item = Signal> {
+    TERMINAL_SIGNALS.into_iter().chain([Signal::SIGXFSZ, Signal::SIGPIPE])
+}
+
+fn set_disposition(signal: Signal, handler: SigHandler) -> Result<()> {
+    let action = SigAction::new(handler, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_DFL and SIG_IGN run no code of ours in signal context.
+    unsafe { sigaction(signal, &action) }.map(drop).with_context(|| format!("setting the action of {signal}"))
+}
+
+/// Makes the helper immune to its caller's terminal (see
+/// [`TERMINAL_SIGNALS`]) for the whole of its short run, whatever its
+/// install: call it first, before any lock is taken.
+pub fn shield_from_terminal() -> Result<()> {
+    ignored_while_working().try_for_each(|signal| set_disposition(signal, SigHandler::SigIgn))
+}
+
+/// In a child of the helper, after fork and before exec (dnsmasq): the
+/// default action for each signal the helper ignores, which exec would
+/// otherwise pass on. Async-signal-safe: it only calls sigaction.
+pub fn restore_default_signals() -> std::io::Result<()> {
+    for signal in ignored_while_working() {
+        // SAFETY: sigaction with SIG_DFL is async-signal-safe, runs no code
+        // of ours, and touches only the zeroed action on this stack.
+        let done = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(signal as libc::c_int, &action, std::ptr::null_mut())
+        };
+        if done != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
+    Ok(())
+}
+
+/// A command for a program the helper runs (dnsmasq, iptables-restore,
+/// firewall-cmd): it starts with the default action for every signal the
+/// helper ignores while it works.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(program);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls sigaction (restore_default_signals), which is async-signal-safe;
+    // it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(restore_default_signals);
+    }
+    command
+}
+
+/// Default dispositions and an empty signal mask, but for the signals
+/// ignored while working: a caller that ignores or blocks SIGTERM must not
+/// pass that on to the dnsmasq this helper starts.
+fn signal_handling_of_a_service() -> Result<()> {
+    for signal in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+        set_disposition(signal, SigHandler::SigDfl)?;
+    }
+    shield_from_terminal()?;
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).context("clearing the signal mask")
 }
 
-/// Resource limits that let the helper and what it starts finish their work
-/// (a caller's RLIMIT_FSIZE of 0 would leave half-written files behind), and
-/// no core dumps. Without CAP_SYS_RESOURCE a hard limit cannot be raised:
-/// then the soft limit goes as far as the hard one allows.
-fn sane_limits() -> Result<()> {
-    const STACK: u64 = 8 << 20;
-    let limits = [
-        (Resource::RLIMIT_CPU, RLIM_INFINITY, RLIM_INFINITY),
-        (Resource::RLIMIT_FSIZE, RLIM_INFINITY, RLIM_INFINITY),
-        (Resource::RLIMIT_DATA, RLIM_INFINITY, RLIM_INFINITY),
-        (Resource::RLIMIT_AS, RLIM_INFINITY, RLIM_INFINITY),
-        (Resource::RLIMIT_STACK, STACK, RLIM_INFINITY),
-        (Resource::RLIMIT_NOFILE, 1024, 4096),
-        (Resource::RLIMIT_NPROC, RLIM_INFINITY, RLIM_INFINITY),
-        (Resource::RLIMIT_LOCKS, RLIM_INFINITY, RLIM_INFINITY),
-        (Resource::RLIMIT_CORE, 0, 0),
-    ];
-    for (resource, soft, hard) in limits {
-        if setrlimit(resource, soft, hard).is_ok() {
+/// Scheduling of a system service, not of the caller: nice 0, the normal
+/// policy, the default I/O priority and timer slack, every CPU, and an OOM
+/// score adjustment of 0. What the helper starts (its watcher, dnsmasq)
+/// inherits them; a caller's nice 19, SCHED_IDLE or oom_score_adj 1000 would
+/// otherwise starve them or have them killed first under memory pressure.
+/// Each is put back as far as the kernel allows (CAP_SYS_NICE and
+/// CAP_SYS_RESOURCE may be missing from the bounding set).
+fn clean_scheduling() -> Result<()> {
+    // SAFETY: setpriority, sched_setscheduler, ioprio_set and prctl take
+    // plain integers (and, for sched_setscheduler, a pointer to a param
+    // that lives on this stack for the call) and change only this process;
+    // sched_param is plain old data, for which zero bytes are priority 0.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 0);
+        let param: libc::sched_param = std::mem::zeroed();
+        // The system call itself: musl's wrapper only says ENOSYS.
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0 as libc::c_long,
+            libc::SCHED_OTHER as libc::c_long,
+            &param as *const libc::sched_param,
+        );
+        // IOPRIO_WHO_PROCESS, this process, class "none": follows the nice value.
+        libc::syscall(libc::SYS_ioprio_set, 1 as libc::c_long, 0 as libc::c_long, 0 as libc::c_long);
+        libc::prctl(
+            libc::PR_SET_TIMERSLACK,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+    }
+    let mut every_cpu = CpuSet::new();
+    for cpu in 0..CpuSet::count() {
+        let _ = every_cpu.set(cpu);
+    }
+    // The kernel keeps what a cpuset allows; an error leaves the mask as it was.
+    let _ = sched_setaffinity(Pid::from_raw(0), &every_cpu);
+    reset_oom_score_adj()
+}
+
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+
+/// `oom_score_adj` 0, or, where a privileged ancestor set a floor above it
+/// (`oom_score_adj_min`) and CAP_SYS_RESOURCE is missing, that floor: found
+/// by halving, since the kernel shows only the current value.
+fn reset_oom_score_adj() -> Result<()> {
+    let write = |value: i32| std::fs::write(OOM_SCORE_ADJ, value.to_string());
+    match write(0) {
+        Ok(()) => return Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {}
+        Err(err) => return Err(err).with_context(|| format!("resetting {OOM_SCORE_ADJ}")),
+    }
+    let current = std::fs::read_to_string(OOM_SCORE_ADJ).with_context(|| format!("reading {OOM_SCORE_ADJ}"))?;
+    let (mut lowest_refused, mut allowed) = (0, current.trim().parse::<i32>().unwrap_or(1000));
+    while allowed - lowest_refused > 1 {
+        let middle = lowest_refused + (allowed - lowest_refused) / 2;
+        if write(middle).is_ok() {
+            allowed = middle;
+        } else {
+            lowest_refused = middle;
+        }
+    }
+    write(allowed).with_context(|| format!("resetting {OOM_SCORE_ADJ}"))
+}
+
+/// How far [`job_limits`] goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reset {
+    /// A privileged helper: every limit as a service would have it.
+    Everything,
+    /// An ordinary run (root's own): only soft limits below what the job
+    /// needs are raised, as far as the hard ones allow.
+    MinimumOnly,
+}
+
+/// One resource limit: what the helper sets it to, and the least the job
+/// (the helper, and the dnsmasq and watcher it leaves running) can do with.
+struct Limit {
+    resource: Resource,
+    /// Its name, with the shell's way of setting it.
+    name: &'static str,
+    soft: u64,
+    hard: u64,
+    at_least: u64,
+    unit: &'static str,
+}
+
+const MIB: u64 = 1 << 20;
+
+/// The limits, as a service gets them: a CPU limit would kill the watcher
+/// and dnsmasq, which live for weeks; a file size limit of 0 kills (or, with
+/// SIGXFSZ ignored, stops) every write; no core dumps.
+fn limits() -> [Limit; 9] {
+    let limit = |resource, name, soft, hard, at_least, unit| Limit { resource, name, soft, hard, at_least, unit };
+    [
+        limit(Resource::RLIMIT_CPU, "RLIMIT_CPU (ulimit -t)", RLIM_INFINITY, RLIM_INFINITY, RLIM_INFINITY, "s"),
+        limit(Resource::RLIMIT_FSIZE, "RLIMIT_FSIZE (ulimit -f)", RLIM_INFINITY, RLIM_INFINITY, 16 * MIB, "B"),
+        limit(Resource::RLIMIT_DATA, "RLIMIT_DATA (ulimit -d)", RLIM_INFINITY, RLIM_INFINITY, 256 * MIB, "B"),
+        limit(Resource::RLIMIT_AS, "RLIMIT_AS (ulimit -v)", RLIM_INFINITY, RLIM_INFINITY, 256 * MIB, "B"),
+        limit(Resource::RLIMIT_STACK, "RLIMIT_STACK (ulimit -s)", 8 * MIB, RLIM_INFINITY, MIB, "B"),
+        limit(Resource::RLIMIT_NOFILE, "RLIMIT_NOFILE (ulimit -n)", 1024, 4096, 64, ""),
+        limit(Resource::RLIMIT_NPROC, "RLIMIT_NPROC (ulimit -u)", RLIM_INFINITY, RLIM_INFINITY, 0, ""),
+        limit(Resource::RLIMIT_LOCKS, "RLIMIT_LOCKS (ulimit -x)", RLIM_INFINITY, RLIM_INFINITY, 0, ""),
+        limit(Resource::RLIMIT_CORE, "RLIMIT_CORE (ulimit -c)", 0, 0, 0, "B"),
+    ]
+}
+
+/// A limit's value as people write it.
+fn shown(value: u64, unit: &str) -> String {
+    match (value, unit) {
+        (RLIM_INFINITY, _) => "unlimited".to_owned(),
+        (bytes, "B") if bytes >= MIB && bytes % MIB == 0 => format!("{} MiB", bytes / MIB),
+        (value, "") => value.to_string(),
+        (value, unit) => format!("{value} {unit}"),
+    }
+}
+
+/// Resource limits that let the helper and what it starts finish their
+/// work and keep running. Without CAP_SYS_RESOURCE a hard limit cannot be
+/// raised: where one is below what the job needs, the helper refuses before
+/// it changes anything (never a half-made network).
+fn job_limits(reset: Reset) -> Result<()> {
+    for limit in limits() {
+        let (soft, hard) = getrlimit(limit.resource).with_context(|| format!("reading {}", limit.name))?;
+        let wanted = match reset {
+            Reset::Everything => (limit.soft, limit.hard),
+            Reset::MinimumOnly if soft >= limit.at_least => continue,
+            Reset::MinimumOnly => (limit.at_least, hard.max(limit.at_least)),
+        };
+        if setrlimit(limit.resource, wanted.0, wanted.1).is_ok() {
             continue;
         }
-        let (_, current_hard) = getrlimit(resource).with_context(|| format!("reading {resource:?}"))?;
-        setrlimit(resource, soft.min(current_hard), current_hard.min(hard.max(soft)))
-            .with_context(|| format!("setting {resource:?}"))?;
+        if hard < limit.at_least {
+            return Err(Error::LimitTooLow {
+                limit: limit.name,
+                value: shown(hard, limit.unit),
+                needs: shown(limit.at_least, limit.unit),
+            }
+            .into());
+        }
+        setrlimit(limit.resource, wanted.0.min(hard), hard).with_context(|| format!("setting {}", limit.name))?;
     }
     Ok(())
 }

@@ -234,6 +234,17 @@ impl SafeDir {
     /// The text of the file `name`, at most `limit` bytes; `None` if there
     /// is none, or only a symlink (never kvm-net's, never followed).
     pub fn read(&self, name: &str, limit: u64) -> Result<Option<String>> {
+        self.read_owned(name, limit, true)
+    }
+
+    /// As [`SafeDir::read`], for a file some daemon gives to its own user
+    /// (dnsmasq's pidfile), whose text is only a hint that is checked
+    /// before it is acted on.
+    pub fn read_hint(&self, name: &str, limit: u64) -> Result<Option<String>> {
+        self.read_owned(name, limit, false)
+    }
+
+    fn read_owned(&self, name: &str, limit: u64, roots_only: bool) -> Result<Option<String>> {
         let path = self.child(name);
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
         let fd = match openat(&self.fd, name, flags, Mode::empty()) {
@@ -241,7 +252,12 @@ impl SafeDir {
             Err(err) if is_not_found(&err) || err == Errno::ELOOP => return Ok(None),
             Err(err) => return Err(err).with_context(|| format!("opening {}", path.display())),
         };
-        check_file(&fstat(&fd).with_context(|| format!("checking {}", path.display()))?, &path)?;
+        let stat = fstat(&fd).with_context(|| format!("checking {}", path.display()))?;
+        if roots_only {
+            check_file(&stat, &path)?;
+        } else if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            return Err(unsafe_path(&path, "it is not a regular file".to_owned()));
+        }
         let mut text = String::new();
         File::from(fd).take(limit).read_to_string(&mut text).with_context(|| format!("reading {}", path.display()))?;
         Ok(Some(text))

@@ -17,6 +17,12 @@ pub fn bridge_tag(bridge: &IfName) -> Result<String> {
     Ok(format!("netns-{}-{}-{bridge}", netns.dev(), netns.ino()))
 }
 
+/// The PID of every process.
+pub fn all_processes() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok()).collect()
+}
+
 /// `/proc/PID` of every process in this process's network namespace, with its PID.
 pub fn processes_here() -> Vec<(u32, PathBuf)> {
     let identity = |path: &std::path::Path| fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();

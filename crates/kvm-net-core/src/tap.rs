@@ -11,7 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::unistd::{Gid, Uid};
+use nix::unistd::Uid;
 
 use crate::ifname::IfName;
 
@@ -42,8 +42,9 @@ impl Tap {
     /// Makes a tap named after `pattern` (`kvmtap%d`: the kernel picks the
     /// number), without packet information (`IFF_NO_PI`, as QEMU expects),
     /// with virtio-net headers if `vnet_hdr` is asked and the kernel offers
-    /// them. `owner` (a user and group) may then use it as theirs.
-    pub fn create(pattern: &str, vnet_hdr: bool, owner: Option<(Uid, Gid)>) -> Result<Self> {
+    /// them. `owner` may then use it as theirs (no group is set: a group
+    /// would let every member open it).
+    pub fn create(pattern: &str, vnet_hdr: bool, owner: Option<Uid>) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -68,22 +69,16 @@ impl Tap {
         let name = unsafe { CStr::from_ptr(request.ifr_name.as_ptr()) };
         let name = name.to_str().ok().and_then(|n| IfName::parse(n).ok()).context("the kernel named the tap oddly")?;
         let tap = Self { fd, name, vnet_hdr };
-        if let Some((uid, gid)) = owner {
-            tap.set_owner(uid, gid)?;
+        if let Some(uid) = owner {
+            tap.set_owner(uid)?;
         }
         Ok(tap)
     }
 
-    fn set_owner(&self, uid: Uid, gid: Gid) -> Result<()> {
-        // SAFETY: TUNSETOWNER and TUNSETGROUP take their argument by value
-        // (an unsigned long); no memory is passed.
+    fn set_owner(&self, uid: Uid) -> Result<()> {
+        // SAFETY: TUNSETOWNER takes its argument by value (an unsigned
+        // long); no memory is passed.
         Errno::result(unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETOWNER, libc::c_ulong::from(uid.as_raw())) })
-            .and_then(|_| {
-                // SAFETY: as above.
-                Errno::result(unsafe {
-                    libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETGROUP, libc::c_ulong::from(gid.as_raw()))
-                })
-            })
             .with_context(|| format!("giving tap {} to uid {uid}", self.name))
             .map(drop)
     }

@@ -1,5 +1,6 @@
-//! Step-by-step tracing on stderr, switched on with `KVM_NET_DEBUG=1`; stdout
-//! stays silent because with `-serial stdio` it is the VM's console.
+//! Step-by-step tracing on stderr, switched on with `KVM_NET_DEBUG=1`, and
+//! warnings; stdout stays silent because with `-serial stdio` it is the VM's
+//! console.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -15,6 +16,13 @@ fn enabled() -> bool {
 /// Prints one step to stderr when tracing is on.
 pub fn trace(step: fmt::Arguments<'_>) {
     if enabled() {
-        eprintln!("kvm-net[{}]: {step}", std::process::id());
+        warn(format_args!("kvm-net[{}]: {step}", std::process::id()));
     }
+}
+
+/// Prints a warning line on stderr. A caller's closed or broken stderr is
+/// no reason to stop half-way (`eprintln!` would panic, and so abort).
+pub fn warn(line: fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -114,11 +114,12 @@ fn log_failure(network: &Network, err: &anyhow::Error) {
 }
 
 /// Leaves the caller behind: a session of its own (no terminal signals from
-/// QEMU's), /dev/null for stdin, stdout and stderr (QEMU's pipes must see
+/// QEMU's) with a daemon's signal actions, /dev/null for stdin, stdout and stderr (QEMU's pipes must see
 /// their end when QEMU goes), and no descriptor but those in `keep`. Above
 /// all not the tap's, which would keep the tap alive, nor the bridge's lock.
 fn become_daemon(keep: &[RawFd]) -> Result<()> {
     setsid().context("starting a session for the watcher")?;
+    crate::privilege::restore_default_signals().context("resetting the watcher's signal actions")?;
     // What ps and top show: the watcher, not another bridge helper.
     nix::sys::prctl::set_name(c"kvm-net-watch").context("naming the watcher")?;
     let null = OpenOptions::new().read(true).write(true).open("/dev/null").context("opening /dev/null")?;

@@ -8,11 +8,12 @@ use indexmap::IndexMap;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
-use super::{Config, Dhcp, HostRecord, Mode, Network, Source, StaticLease};
+use super::{Config, Dhcp, HostRecord, Mode, Network, Source, StaticLease, DEFAULT_MAX_TAPS_PER_USER};
 use crate::access::Grants;
 use crate::error::Error;
 use crate::firewall::Choice;
 use crate::ifname::IfName;
+use crate::netlink::MAX_BRIDGE_PORTS;
 
 /// The file as written: strings, checked field by field afterwards so that
 /// each error can say which field is wrong.
@@ -41,6 +42,7 @@ struct RawNetwork {
     allow_users: Vec<String>,
     #[serde(default)]
     allow_groups: Vec<String>,
+    max_taps_per_user: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -195,7 +197,23 @@ impl RawNetwork {
             }
         }
         let grants = Grants { users: self.allow_users, groups: self.allow_groups };
-        Ok(Network { name, mode, bridge, ipv4, ipv6, mtu: self.mtu, taps, dhcp, grants, firewall: Choice::Auto })
+        let max_taps_per_user = self.max_taps_per_user.unwrap_or(DEFAULT_MAX_TAPS_PER_USER);
+        if !(1..=MAX_BRIDGE_PORTS as u32).contains(&max_taps_per_user) {
+            return Err(bad("max_taps_per_user", format!("{max_taps_per_user} is outside 1-{MAX_BRIDGE_PORTS}")));
+        }
+        Ok(Network {
+            name,
+            mode,
+            bridge,
+            ipv4,
+            ipv6,
+            mtu: self.mtu,
+            taps,
+            dhcp,
+            grants,
+            firewall: Choice::Auto,
+            max_taps_per_user,
+        })
     }
 }
 

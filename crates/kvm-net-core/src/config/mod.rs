@@ -100,7 +100,14 @@ pub struct Network {
     pub grants: Grants,
     /// Which firewall backend writes its rules (the file's `firewall`).
     pub firewall: Choice,
+    /// How many taps the bridge helper makes on it for one user other than
+    /// root, so that no user can fill the bridge (`max_taps_per_user`).
+    pub max_taps_per_user: u32,
 }
+
+/// The default of `max_taps_per_user`: a few VMs with several NICs each,
+/// far below the kernel's 1023 ports per bridge.
+pub const DEFAULT_MAX_TAPS_PER_USER: u32 = 32;
 
 /// What the network's dnsmasq hands out and answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +175,7 @@ impl Network {
             dhcp: None,
             grants: Grants::default(),
             firewall: Choice::Auto,
+            max_taps_per_user: DEFAULT_MAX_TAPS_PER_USER,
         }
     }
 

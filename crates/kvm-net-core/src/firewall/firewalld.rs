@@ -10,13 +10,14 @@
 //! teardown removes. A bridge already in a zone (the administrator's) is
 //! left there. Hosts without firewalld pay one netlink request.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{anyhow, Context, Result};
 
 use super::nftables;
 use crate::error::Error;
 use crate::ifname::IfName;
+use crate::privilege;
 use crate::rundir::{Area, SafeDir};
 use crate::runtime::bridge_tag;
 use crate::trace::trace;
@@ -46,12 +47,12 @@ impl Added {
 
 /// Whether firewalld runs in this network namespace.
 pub fn running() -> Result<bool> {
-    nftables::firewalld_table()
+    nftables::foreign::firewalld_runs()
 }
 
 /// Runs `program args`; its status and output.
 fn run(program: &'static str, args: &[&str]) -> Result<(Option<i32>, String, String)> {
-    let output = Command::new(program).args(args).stdin(Stdio::null()).output().map_err(|err| {
+    let output = privilege::command(program).args(args).stdin(Stdio::null()).output().map_err(|err| {
         if err.kind() == std::io::ErrorKind::NotFound {
             anyhow::Error::new(Error::MissingTool(program))
         } else {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{anyhow, Context, Result};
 
@@ -17,6 +17,7 @@ use super::plan::{Family, Plan};
 use super::{ChainState, RuleState};
 use crate::error::Error;
 use crate::ifname::IfName;
+use crate::privilege;
 use crate::trace::trace;
 
 /// Drives `iptables-save`/`iptables-restore` and their IPv6 twins (legacy
@@ -47,7 +48,7 @@ struct Saved {
 impl Saved {
     fn read(family: Family) -> Result<Self> {
         let (save, _) = commands(family);
-        let output = Command::new(save).stdin(Stdio::null()).output().map_err(|e| spawn_error(save, e))?;
+        let output = privilege::command(save).stdin(Stdio::null()).output().map_err(|e| spawn_error(save, e))?;
         if !output.status.success() {
             return Err(anyhow!("{save} failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
         }
@@ -86,7 +87,7 @@ impl Saved {
 fn restore(family: Family, script: &str) -> Result<()> {
     let (_, restore) = commands(family);
     trace(format_args!("{restore} --noflush: {} lines in one transaction per table", script.lines().count()));
-    let mut child = Command::new(restore)
+    let mut child = privilege::command(restore)
         .args(["--noflush", "-w"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -369,14 +370,29 @@ impl<'a> Listing<'a> {
         self.rules_of(hook).into_iter().filter(|spec| targets(spec, chain)).collect()
     }
 
-    /// The DROP and REJECT rules of `hook` ahead of its first jump to
-    /// `chain` (all of them when there is no jump).
+    /// The rules of `hook` ahead of its first jump to `chain` (all of
+    /// them when there is no jump) that drop: DROP and REJECT rules, and
+    /// jumps to chains through which a packet can be dropped.
     fn drops_ahead_of(&self, hook: &str, chain: &str) -> Vec<&'a str> {
         self.rules_of(hook)
             .into_iter()
             .take_while(|spec| !targets(spec, chain))
-            .filter(|spec| targets(spec, "DROP") || targets(spec, "REJECT"))
+            .filter(|spec| self.leads_to_drop(spec, &mut vec![hook.to_owned()]))
             .collect()
+    }
+
+    /// Whether the rule `spec` drops, or leads to a chain (not among
+    /// `visited`) in which a rule does.
+    fn leads_to_drop(&self, spec: &str, visited: &mut Vec<String>) -> bool {
+        let Some(target) = target_of(spec) else { return false };
+        if target == "DROP" || target == "REJECT" {
+            return true;
+        }
+        if visited.iter().any(|seen| seen == target) || !self.has_chain(target) {
+            return false;
+        }
+        visited.push(target.to_owned());
+        self.rules_of(target).into_iter().any(|rule| self.leads_to_drop(rule, visited))
     }
 
     /// Every rule outside `chain` itself that jumps or goes to it, with
@@ -394,8 +410,13 @@ impl<'a> Listing<'a> {
 
 /// Whether a rule spec jumps (`-j`) or goes (`-g`) to `chain`.
 fn targets(spec: &str, chain: &str) -> bool {
+    target_of(spec) == Some(chain)
+}
+
+/// The target a rule spec jumps (`-j`) or goes (`-g`) to.
+fn target_of(spec: &str) -> Option<&str> {
     let words: Vec<&str> = spec.split_whitespace().collect();
-    words.windows(2).any(|pair| (pair[0] == "-j" || pair[0] == "-g") && pair[1] == chain)
+    words.windows(2).find(|pair| pair[0] == "-j" || pair[0] == "-g").map(|pair| pair[1])
 }
 
 #[cfg(test)]

@@ -83,18 +83,26 @@ fn named_chain(
     OwnChain { family, kind, table, hook, name: name.to_owned(), jump, rules, tag }
 }
 
-/// `KVMNET-ACC-BRIDGE`: the forward accepts of a network whose rules live
-/// in nf_tables, for a host whose iptables FORWARD would drop its traffic
-/// (Docker): reached from `hook` (`DOCKER-USER`, else `FORWARD`).
+/// The accepts of a network whose rules live in nf_tables, copied into
+/// iptables for a host whose iptables `filter` table would drop its traffic
+/// (Docker, a DROP policy, a DROP or REJECT rule): `KVMNET-ACC-BRIDGE` for
+/// the forward chain, `KVMNET-ACI-BRIDGE` for the input chain (DHCP, DNS),
+/// reached from `hook` (`DOCKER-USER`, `FORWARD`, `INPUT`).
 pub fn accept_chain(bridge: &IfName, chain: &Chain, hook: &'static str) -> OwnChain {
     let tag = comment(bridge);
     let rules = chain.rules.iter().map(|rule| rule_text(rule, &tag)).collect();
-    named_chain(chain.family, Kind::Forward, "filter", hook, &accept_chain_name(bridge), bridge, rules)
+    named_chain(chain.family, chain.kind, "filter", hook, &accept_chain_name(bridge, chain.kind), bridge, rules)
 }
 
-/// `KVMNET-ACC-BRIDGE`.
-pub fn accept_chain_name(bridge: &IfName) -> String {
-    format!("{CHAIN_PREFIX}ACC-{bridge}")
+/// `KVMNET-ACC-BRIDGE` (forward) or `KVMNET-ACI-BRIDGE` (input).
+pub fn accept_chain_name(bridge: &IfName, kind: Kind) -> String {
+    let tag = if kind == Kind::Input { "ACI" } else { "ACC" };
+    format!("{CHAIN_PREFIX}{tag}-{bridge}")
+}
+
+/// `KVMNET-IN-BRIDGE`, the iptables backend's input chain.
+pub fn input_chain_name(bridge: &IfName) -> String {
+    format!("{CHAIN_PREFIX}{}-{bridge}", placement(Kind::Input).2)
 }
 
 /// `KVMNET-FWD-BRIDGE`, the iptables backend's forward chain.
@@ -106,14 +114,18 @@ pub fn forward_chain_name(bridge: &IfName) -> String {
 /// teardown removes, so that a mode changed in between leaves nothing behind.
 pub fn all_chains(bridge: &IfName) -> Vec<OwnChain> {
     let v6_kinds = [Kind::Masquerade, Kind::Forward, Kind::Guard];
-    let accepts = |family| {
-        named_chain(family, Kind::Forward, "filter", "FORWARD", &accept_chain_name(bridge), bridge, Vec::new())
+    let accepts = |family, kind, hook| {
+        named_chain(family, kind, "filter", hook, &accept_chain_name(bridge, kind), bridge, Vec::new())
     };
     Kind::ALL
         .map(|kind| own_chain(Family::V4, kind, bridge, Vec::new()))
         .into_iter()
         .chain(v6_kinds.map(|kind| own_chain(Family::V6, kind, bridge, Vec::new())))
-        .chain([accepts(Family::V4), accepts(Family::V6)])
+        .chain([
+            accepts(Family::V4, Kind::Forward, "FORWARD"),
+            accepts(Family::V6, Kind::Forward, "FORWARD"),
+            accepts(Family::V4, Kind::Input, "INPUT"),
+        ])
         .collect()
 }
 
@@ -274,7 +286,7 @@ mod tests {
             ]
         );
         assert!(network_chains(&network(Mode::Bridged, None, None)).is_empty());
-        assert_eq!(all_chains(&Network::classic().bridge).len(), 10);
+        assert_eq!(all_chains(&Network::classic().bridge).len(), 11);
         let with_dhcp = Network {
             dhcp: Some(crate::config::Dhcp::defaults_for("10.0.0.1/24".parse().expect("net"))),
             ..Network::classic()

@@ -5,8 +5,8 @@
 //! state and leftovers look in both, so rules made by either (by an earlier
 //! kvm-net, or before the config switched backends) are found and removed.
 
-mod docker;
 pub mod firewalld;
+mod foreign;
 mod iptables;
 mod iptables_rules;
 mod nftables;
@@ -16,6 +16,8 @@ use std::fmt;
 
 use anyhow::{Context, Result};
 
+pub use self::foreign::{foreign_drops, ForeignDrop};
+pub use self::nftables::foreign::Hook;
 pub use self::nftables::TABLE as NFTABLES_TABLE;
 pub use self::plan::{plan, Family, Kind, Plan};
 
@@ -119,8 +121,11 @@ impl RuleState {
 pub struct DropsBefore {
     /// The chain holding kvm-net's jump (`FORWARD`, or Docker's `DOCKER-USER`).
     pub hook: &'static str,
-    /// Whether traffic that no accept takes is dropped (a DROP policy, or Docker).
+    /// Whether traffic that no accept takes is dropped (a DROP policy,
+    /// Docker, a DROP or REJECT rule).
     pub blocked: bool,
+    /// What drops it, in words, where kvm-net's rules live in nf_tables.
+    pub why: Option<&'static str>,
     /// Whether kvm-net's jump is there at all.
     pub jump_present: bool,
     /// `-A HOOK ... -j DROP|REJECT` rules ahead of the jump (all of them when there is no jump).
@@ -170,7 +175,7 @@ impl Firewall {
         match self.backend {
             Backend::Nftables => {
                 NftablesFirewall.ensure(plan)?;
-                docker::ensure(plan, ahead)
+                foreign::ensure(plan, ahead)
             }
             Backend::Iptables => {
                 if ahead {
@@ -198,7 +203,7 @@ fn iptables_may_hold(bridge: &IfName) -> Result<bool> {
     if !NftablesFirewall::available() {
         return Ok(false);
     }
-    docker::iptables_nft_holds(bridge)
+    foreign::iptables_nft_holds(bridge)
 }
 
 /// Removes every rule kvm-net made for `bridge`, in whichever backend holds
@@ -243,19 +248,22 @@ pub fn leftovers(bridge: &IfName) -> Result<bool> {
     Ok((NftablesFirewall::available() && NftablesFirewall.leftovers(bridge)?) || iptables_may_hold(bridge)?)
 }
 
-/// What in iptables' `filter` table may drop the forwarded traffic of a
-/// network whose rules `backend` holds, ahead of kvm-net's accepts: the
-/// iptables backend's jump in `FORWARD`; for the nftables backend, where
-/// iptables drops at all (Docker, a DROP policy), the jump to its accepts.
-/// `None` where nothing in iptables can drop it.
-pub fn forward_drops(family: Family, backend: Backend, bridge: &IfName) -> Result<Option<DropsBefore>> {
-    let (hook, chain, blocked_anyway) = match backend {
-        Backend::Iptables => ("FORWARD", iptables_rules::forward_chain_name(bridge), false),
-        Backend::Nftables => match docker::forward_blocked(family)? {
-            Some(block) => (block.hook(), iptables_rules::accept_chain_name(bridge), true),
+/// What in iptables' `filter` table may drop what a network's chain of
+/// `kind` (forward or input) accepts, ahead of kvm-net's accepts: the
+/// iptables backend's jump in `FORWARD` or `INPUT`; for the nftables
+/// backend, where iptables drops at all (Docker, a DROP policy, a DROP or
+/// REJECT rule), the jump to its accepts. `None` where nothing in iptables
+/// can drop it.
+pub fn drops_ahead(family: Family, kind: Kind, backend: Backend, bridge: &IfName) -> Result<Option<DropsBefore>> {
+    let (hook, chain, why) = match (backend, kind) {
+        (Backend::Iptables, Kind::Forward) => ("FORWARD", iptables_rules::forward_chain_name(bridge), None),
+        (Backend::Iptables, Kind::Input) => ("INPUT", iptables_rules::input_chain_name(bridge), None),
+        (Backend::Iptables, _) => return Ok(None),
+        (Backend::Nftables, _) => match foreign::blocks(family)?.into_iter().find(|block| block.kind == kind) {
+            Some(block) => (block.hook(), iptables_rules::accept_chain_name(bridge, kind), Some(block.why())),
             None => return Ok(None),
         },
     };
     let (policy_drop, jump_present, rules) = IptablesFirewall.drops_before(family, "filter", hook, &chain)?;
-    Ok(Some(DropsBefore { hook, blocked: blocked_anyway || policy_drop, jump_present, rules }))
+    Ok(Some(DropsBefore { hook, blocked: why.is_some() || policy_drop, why, jump_present, rules }))
 }

@@ -15,6 +15,7 @@
 //! }
 //! ```
 
+pub mod foreign;
 mod render;
 mod socket;
 
@@ -24,7 +25,6 @@ use netlink_packet_netfilter::nftables::{
     RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute, SetElementList, SetElementMessage, SetFlags,
     SetMessage, TableAttribute, TableMessage, Verdict,
 };
-use netlink_packet_netfilter::NetfilterProtoFamily;
 
 use self::render::{comment, dispatch_expressions, ifname_key, rule_expressions, verdict};
 pub use self::socket::forget_shared as forget_shared_socket;
@@ -183,10 +183,8 @@ fn element_list(map: &str, bridge: &IfName, jump_to: Option<&str>) -> SetElement
 }
 
 /// Attributes of the objects nf_tables sends back (linux/netfilter/nf_tables.h).
-const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_USE: u16 = 6;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_SET_NAME: u16 = 2;
@@ -547,38 +545,4 @@ impl NftablesFirewall {
             Ok(false)
         })
     }
-}
-
-/// A chain of a table that is not kvm-net's (iptables-nft's `filter`),
-/// read, never written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ForeignChain {
-    /// Whether it is a base chain whose policy is drop.
-    pub drops: bool,
-}
-
-/// Whether firewalld runs in this network namespace: its nftables
-/// backend keeps `table inet firewalld` for as long as it runs.
-pub fn firewalld_table() -> Result<bool> {
-    let request =
-        NfTablesMessage::GetTable(TableMessage { attributes: vec![TableAttribute::Name("firewalld".to_owned())] });
-    with_nft(|nft| Ok(nft.get(NetfilterProtoFamily::Inet, request)?.is_some()))
-}
-
-/// The names of the tables of `family` (iptables-nft keeps `filter`,
-/// `nat`, `mangle`), read, never written.
-pub fn tables(family: Family) -> Result<Vec<String>> {
-    let request = NfTablesMessage::GetTable(TableMessage { attributes: Vec::new() });
-    let tables = with_nft(|nft| nft.dump(family, request))?;
-    Ok(tables.into_iter().filter_map(|t| t.string(NFTA_TABLE_NAME).map(str::to_owned)).collect())
-}
-
-/// The chain `chain` of `table` in `family`, if it exists.
-pub fn foreign_chain(family: Family, table: &str, chain: &str) -> Result<Option<ForeignChain>> {
-    let request = NfTablesMessage::GetChain(ChainMessage {
-        attributes: vec![ChainAttribute::Table(table.to_owned()), ChainAttribute::Name(chain.to_owned())],
-    });
-    let chain = with_nft(|nft| nft.get(family, request))?;
-    // NF_DROP is 0.
-    Ok(chain.map(|chain| ForeignChain { drops: chain.u32(NFTA_CHAIN_POLICY) == Some(0) }))
 }

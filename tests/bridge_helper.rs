@@ -256,3 +256,21 @@ fn version_and_help_need_no_socket() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--fd=N --br=NETWORK"));
 }
+
+#[test]
+fn taps_on_a_network_with_isolated_guests_are_isolated_ports() {
+    let ns = Netns::new();
+    let config = ConfigFile::new(
+        "[network.lab]\nmode = \"nat\"\nbridge = \"lab0\"\nipv4 = \"10.66.0.1/24\"\nisolate_guests = true\ndhcp = { enabled = false }\n",
+    );
+    let fds: Vec<OwnedFd> = (0..2).map(|_| tap(root_call(&ns, "lab", true, Some(&config)))).collect();
+    for fd in &fds {
+        let name = tap_of(fd).0;
+        assert_eq!(controller_of(&ns, &name).as_deref(), Some("lab0"));
+        assert!(is_up(&ns, &name));
+        let port = ns.ok(&["bridge", "-d", "link", "show", "dev", &name]);
+        assert!(port.contains("isolated on"), "{port}");
+    }
+    drop(fds);
+    assert_gone_within_teardown(&ns, "lab0");
+}

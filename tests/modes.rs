@@ -284,3 +284,20 @@ fn ipv6_guests_reach_upstream_through_nat66() {
     assert_no_nat_network(&lab.host, "br0");
     assert!(!lab.host.ok(&["ip6tables", "-t", "nat", "-S"]).contains("KVMNET"));
 }
+
+#[test]
+fn a_bridged_network_with_isolated_guests_isolates_each_tap_kvm_ifup_attaches() {
+    let host = Netns::new();
+    host.sh("ip link add lan0 type bridge; ip link set lan0 up");
+    let config = ConfigFile::new("[network.lan]\nmode = \"bridged\"\nbridge = \"lan0\"\nisolate_guests = true\n");
+    let env = [("KVM_NET_CONFIG", config.path()), ("KVM_NET_NETWORK", "lan")];
+    for tap in ["tap0", "tap1"] {
+        add_tap(&host, tap);
+        ok_with(&host, "kvm-ifup", tap, &env);
+        assert!(host.ok(&["bridge", "-d", "link", "show", "dev", tap]).contains("isolated on"), "{tap}");
+    }
+    // The bridge's own ports (the host's NIC, here a veth) stay as they were: guests still reach the LAN.
+    host.sh("ip link add nic0 type veth peer name nic1; ip link set nic0 master lan0");
+    assert!(!host.ok(&["bridge", "-d", "link", "show", "dev", "nic0"]).contains("isolated on"));
+    ok_with(&host, "kvm-ifdown", "tap0", &env);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kvm_net_tests::inspect::{
     assert_network_gone_within, assert_no_nat_network, controller_of, firewall, has_chain, link_exists,
 };
-use kvm_net_tests::lab::{Lab, UpstreamServer, HOST_UPLINK, HOST_UPLINK6, UPSTREAM, UPSTREAM6};
+use kvm_net_tests::lab::{connect_to, Lab, UpstreamServer, HOST_UPLINK, HOST_UPLINK6, UPSTREAM, UPSTREAM6};
 use kvm_net_tests::qemu::{Vm, VmSpec};
 use kvm_net_tests::run::ConfigFile;
 use kvm_net_tests::sandbox::{add_owned_tap, Install, Sandbox, User};
@@ -426,4 +426,38 @@ fn qemu_of_a_user_without_a_grant_does_not_start_and_nothing_is_made() {
     assert!(run.stderr.contains("bridge helper failed"), "{}", run.stderr);
     assert_eq!(run.result("link"), None, "the guest must not have booted");
     assert_eq!(lab.host.snapshot(), before, "a refusal changes nothing");
+}
+
+#[test]
+fn a_forward_reaches_a_service_in_the_real_guest_and_goes_with_its_network() {
+    let config = ConfigFile::new(
+        r#"
+        [network.default]
+        mode = "nat"
+        bridge = "br0"
+        ipv4 = "192.168.100.1/24"
+        [network.default.dhcp]
+        hosts = [{ mac = "52:54:00:6b:76:01", ip = "192.168.100.10", name = "web1" }]
+        [[network.default.forwards]]
+        host_port = 2222
+        guest = "web1"
+        guest_port = 22
+        "#,
+    );
+    let lab = Lab::new();
+    let spec = VmSpec::new("web1", "vmtap1", 1)
+        .order("dhcp", 1)
+        .order("serve", 22)
+        .order("stay", 600)
+        .env("KVM_NET_CONFIG", config.path());
+    let vm = Vm::start(&lab.host, &spec);
+    vm.expect_ready(BOOT);
+    assert!(vm.result("dhcp").is_some_and(|r| r.0 && r.1.starts_with("192.168.100.10/24")), "{:?}", vm.result("dhcp"));
+    // The hostfwd of QEMU's user networking, on a bridge: upstream to the host's address and port.
+    let reply = connect_to(&lab.upstream, HOST_UPLINK, 2222, "hello", Duration::from_secs(5));
+    assert_eq!(reply.ok().as_deref(), Some("served-by web1"), "console:\n{}", vm.stderr_so_far());
+    vm.signal(Signal::SIGTERM);
+    vm.wait(BOOT);
+    assert_no_nat_network(&lab.host, "br0");
+    assert!(connect_to(&lab.upstream, HOST_UPLINK, 2222, "hello", Duration::from_secs(1)).is_err());
 }

@@ -141,7 +141,7 @@ pub fn assert_no_nat_network(ns: &Netns, bridge: &str) {
         .collect();
     assert!(nft_left.is_empty(), "nftables still has rules of {bridge}: {nft_left:?}\n{ruleset}");
     assert!(!link_exists(ns, bridge), "bridge {bridge} left behind");
-    let ours: Vec<String> = ["NAT", "FWD", "IN", "MNG"]
+    let ours: Vec<String> = ["NAT", "FWD", "GRD", "IN", "MNG", "ACC", "ACI", "DNAT", "DNATL"]
         .iter()
         .map(|kind| format!("KVMNET-{kind}-{bridge}"))
         .chain([format!("\"kvm-net:{bridge}\"")])

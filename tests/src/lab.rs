@@ -4,7 +4,7 @@
 //! bring replies home.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -86,8 +86,13 @@ pub struct UpstreamServer {
 impl UpstreamServer {
     /// Listens on `ip` (an address of `ns`) on a free port.
     pub fn start(ns: &Netns, ip: impl Into<IpAddr>) -> Self {
+        Self::start_on(ns, ip, 0)
+    }
+
+    /// Listens on `ip` (an address of `ns`) on `port` (0: a free one).
+    pub fn start_on(ns: &Netns, ip: impl Into<IpAddr>, port: u16) -> Self {
         let ip = ip.into();
-        let listener = ns.enter(|| TcpListener::bind((ip, 0))).expect("binding the upstream server");
+        let listener = ns.enter(|| TcpListener::bind((ip, port))).expect("binding the upstream server");
         listener.set_nonblocking(true).expect("non-blocking listener");
         let port = listener.local_addr().expect("local address").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -98,9 +103,10 @@ impl UpstreamServer {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, peer)) => {
-                            if let Some(message) = serve(stream, peer.ip()) {
-                                seen.lock().expect("seen list").push(Seen { peer: peer.ip(), message });
-                            }
+                            // Recorded before the answer goes out: a client that got one finds it in `seen`.
+                            serve(stream, peer.ip(), |message| {
+                                seen.lock().expect("seen list").push(Seen { peer: peer.ip(), message })
+                            });
                         }
                         // WouldBlock, or a connection reset before accept: poll again.
                         Err(_) => thread::sleep(Duration::from_millis(20)),
@@ -122,13 +128,13 @@ impl UpstreamServer {
     }
 }
 
-fn serve(stream: TcpStream, peer: IpAddr) -> Option<String> {
+fn serve(stream: TcpStream, peer: IpAddr, record: impl FnOnce(String)) -> Option<()> {
     stream.set_nonblocking(false).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line).ok()?;
-    (&stream).write_all(format!("seen {peer}\n").as_bytes()).ok()?;
-    Some(line.trim().to_owned())
+    record(line.trim().to_owned());
+    (&stream).write_all(format!("seen {peer}\n").as_bytes()).ok()
 }
 
 impl Drop for UpstreamServer {
@@ -138,6 +144,60 @@ impl Drop for UpstreamServer {
             let _ = thread.join();
         }
     }
+}
+
+/// A UDP server in a namespace: answers each datagram with `seen PEER`.
+/// Stops when dropped.
+pub struct UdpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpServer {
+    /// Listens on `ip` (an address of `ns`) on `port`.
+    pub fn start_on(ns: &Netns, ip: impl Into<IpAddr>, port: u16) -> Self {
+        let ip = ip.into();
+        let socket = ns.enter(|| UdpSocket::bind((ip, port))).expect("binding the UDP server");
+        socket.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut buffer = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+                        let _ = socket.send_to(format!("seen {}", peer.ip()).as_bytes(), peer);
+                    }
+                }
+            })
+        };
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends one datagram from inside `ns` to `ip`:`port` and returns the
+/// answer, waiting at most `timeout` for it.
+pub fn udp_exchange(ns: &Netns, ip: impl Into<IpAddr>, port: u16, timeout: Duration) -> std::io::Result<String> {
+    let ip = ip.into();
+    ns.enter(|| {
+        let unspecified: IpAddr =
+            if ip.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+        let socket = UdpSocket::bind((unspecified, 0))?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.send_to(b"hello", (ip, port))?;
+        let mut buffer = [0u8; 512];
+        let (len, _) = socket.recv_from(&mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer[..len]).into_owned())
+    })
 }
 
 /// Connects from inside `ns` to `server` on `ip`, sends `message`, and returns
@@ -161,7 +221,18 @@ pub fn connect_within(
     message: &str,
     timeout: Duration,
 ) -> std::io::Result<String> {
-    let (ip, port) = (ip.into(), server.port());
+    connect_to(ns, ip, server.port(), message, timeout)
+}
+
+/// As [`connect_within`], to any `ip`:`port`.
+pub fn connect_to(
+    ns: &Netns,
+    ip: impl Into<IpAddr>,
+    port: u16,
+    message: &str,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    let ip = ip.into();
     ns.enter(|| {
         let mut stream = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout)?;
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;

@@ -215,6 +215,24 @@ fn print_status(status: &Status) {
         ]);
     }
     print!("{}", table::render(&rows));
+    for n in &status.networks {
+        for f in &n.forwards {
+            let listens = match &f.host_address {
+                Some(address) => format!("{} {address}:{}", f.proto, f.host_ports),
+                None => format!("{} {}", f.proto, f.host_ports),
+            };
+            let guest = match &f.guest {
+                Some(name) => format!("{name} ({})", f.guest_address),
+                None => f.guest_address.clone(),
+            };
+            println!("forward of {}: {listens} -> {guest}:{}", n.name, f.guest_ports);
+        }
+        for lease in &n.leases {
+            let name = lease.name.as_deref().unwrap_or("-");
+            let tap = lease.tap.as_deref().unwrap_or("not seen on a port");
+            println!("lease of {}: {} {} {name} on {tap}", n.name, lease.address, lease.mac);
+        }
+    }
     if !status.unconfigured_bridges.is_empty() {
         println!("bridges made by kvm-net that no network names: {}", status.unconfigured_bridges.join(", "));
     }

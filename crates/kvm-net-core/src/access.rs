@@ -136,6 +136,7 @@ mod tests {
             up: false,
             mac: None,
             tun,
+            isolated: false,
         }
     }
 

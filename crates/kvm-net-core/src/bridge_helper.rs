@@ -23,7 +23,7 @@ use crate::access::Access;
 use crate::config::{self, Config, Environment, Network};
 use crate::error::Error;
 use crate::lock::BridgeLock;
-use crate::netlink::{Link, Netlink};
+use crate::netlink::{Link, Netlink, PortIsolation};
 use crate::network::{find_bridge, Bringup};
 use crate::privilege::{Install, Needs, Start};
 use crate::tap::Tap;
@@ -185,7 +185,7 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
             // failed start.
             bringup.run(&mut netlink, |netlink, bridge| {
                 trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
-                netlink.attach_new_tap(&port, &bridge)?;
+                netlink.attach_new_tap(&port, &bridge, PortIsolation::of(network.isolate_guests))?;
                 within_bound(netlink, &access, &network, &port, &bridge)?;
                 watch::ensure_watcher(&network)
             })?;
@@ -195,7 +195,7 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
                 .ok_or_else(|| Error::NoBridge(network.bridge.to_string()))
                 .with_context(|| format!("attaching {} to bridge {}", tap.name(), network.bridge))?;
             trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
-            netlink.attach_new_tap(&port, &bridge)?;
+            netlink.attach_new_tap(&port, &bridge, PortIsolation::of(network.isolate_guests))?;
             within_bound(&mut netlink, &access, &network, &port, &bridge)?;
         }
     }

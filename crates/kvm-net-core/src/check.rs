@@ -10,6 +10,7 @@ use crate::config::{Config, Mode, Network};
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
 use crate::firewall::{self, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
+use crate::listeners::listeners;
 use crate::netlink::{abandoned_bridges, Link, Netlink};
 
 /// How bad a finding is; the exit status is the worst one's.
@@ -235,6 +236,7 @@ fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Fin
         check_iptables_drops(network, Family::V4, Kind::Input, backend, findings)?;
         check_foreign_drops(network, Family::V4, Hook::Input, findings)?;
     }
+    check_forwards(network, findings)?;
     if network.dhcp.is_some() && Dnsmasq::for_bridge(bridge)?.running_pid().is_none() {
         findings.push(Finding::new(
             Severity::Error,
@@ -248,6 +250,61 @@ fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Fin
                 crate::rundir::RUN_DIR
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Port forwards that go nowhere (no guest holds the address: where DHCP
+/// serves the network, its leases say), and forwards that take connections
+/// away from a local process listening on the same port.
+fn check_forwards(network: &Network, findings: &mut Vec<Finding>) -> Result<()> {
+    let name = &network.name;
+    let leases = match &network.dhcp {
+        Some(_) => Some(Dnsmasq::for_bridge(&network.bridge)?.leases()?),
+        None => None,
+    };
+    let listening = if network.forwards.is_empty() { Vec::new() } else { listeners() };
+    for forward in &network.forwards {
+        let (listens, target) = (forward.listens(), forward.target());
+        if leases.as_ref().is_some_and(|leases| !leases.iter().any(|lease| lease.ip == forward.guest)) {
+            let fixed = network
+                .dhcp
+                .iter()
+                .flat_map(|d| &d.hosts)
+                .find(|h| h.ip == forward.guest)
+                .map_or(String::new(), |h| format!(" (its MAC must be {} for that fixed address)", h.mac));
+            findings.push(Finding::new(
+                Severity::Warning,
+                "forward-no-lease",
+                Some(network),
+                format!("forward {listens} of network {name} goes to {target}, which no guest holds a lease for: its connections go unanswered"),
+                format!("start that guest{fixed}, or give it {} by hand", forward.guest),
+            ));
+        }
+        for listener in
+            listening.iter().filter(|l| l.protocol == forward.protocol && forward.host_ports.contains(l.port))
+        {
+            let shadowed = match (listener.address, forward.host_address) {
+                (address, _) if address.is_unspecified() => true,
+                (std::net::IpAddr::V4(address), Some(host)) => address == host,
+                (address, None) => !address.is_loopback(),
+                _ => false,
+            };
+            if !shadowed {
+                continue;
+            }
+            let at = match listener.address {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", listener.port),
+                v4 => format!("{v4}:{}", listener.port),
+            };
+            findings.push(Finding::new(
+                Severity::Warning,
+                "forward-port-in-use",
+                Some(network),
+                format!("forward {listens} of network {name} goes to {target}, and a local process listens on {} {at} too: connections to the host on that port reach the guest, never that process", forward.protocol),
+                "move the forward (host_port, or host_address) or the local service to another port".to_owned(),
+            ));
+        }
     }
     Ok(())
 }

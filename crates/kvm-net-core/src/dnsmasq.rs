@@ -134,6 +134,15 @@ impl Dnsmasq {
         })
     }
 
+    /// The leases this bridge's dnsmasq holds now, from its lease file
+    /// (dnsmasq's own: the MACs and names in it are what guests said).
+    pub fn leases(&self) -> Result<Vec<Lease>> {
+        let Some(dir) = self.existing_dir()? else { return Ok(Vec::new()) };
+        let text = dir.read_hint("dnsmasq.leases", MAX_LEASE_FILE)?.unwrap_or_default();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(text.lines().filter_map(Lease::parse).filter(|lease| lease.expires == 0 || lease.expires > now).collect())
+    }
+
     /// Whether anything of this bridge's dnsmasq is left (its directory,
     /// and so maybe a process).
     pub fn leftover(&self) -> bool {
@@ -154,6 +163,40 @@ impl Dnsmasq {
 
     fn stop_process(&self, pid: Pid) -> Result<Stopped> {
         stop_process(pid, |pid| self.is_ours(pid))
+    }
+}
+
+/// The most of a lease file kvm-net reads: far more than the leases a /16 holds.
+const MAX_LEASE_FILE: u64 = 16 << 20;
+
+/// One lease, as dnsmasq's lease file has it (`EXPIRY MAC IP NAME CLIENT-ID`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// When it runs out, in seconds since the epoch; 0 for never.
+    pub expires: u64,
+    /// The guest's MAC, lower case.
+    pub mac: String,
+    /// The address leased.
+    pub ip: std::net::Ipv4Addr,
+    /// The host name the guest gave, if any.
+    pub name: Option<String>,
+}
+
+impl Lease {
+    /// One line of the lease file; `None` for anything else (IPv6 leases,
+    /// the DUID line, a damaged line).
+    fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split_whitespace();
+        let expires = words.next()?.parse().ok()?;
+        let mac = words.next()?.to_ascii_lowercase();
+        let ip = words.next()?.parse().ok()?;
+        let name =
+            words.next().filter(|n| *n != "*" && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+        let octets: Vec<&str> = mac.split(':').collect();
+        if octets.len() != 6 || !octets.iter().all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit())) {
+            return None;
+        }
+        Some(Self { expires, mac, ip, name: name.map(str::to_owned) })
     }
 }
 
@@ -334,6 +377,20 @@ mod tests {
         }
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
         (child, pid)
+    }
+
+    #[test]
+    fn lease_lines_are_read_and_a_guests_odd_words_are_not_trusted() {
+        let lease =
+            Lease::parse("1733400000 52:54:00:AB:00:10 192.168.100.10 web1 01:52:54:00:ab:00:10").expect("a lease");
+        assert_eq!(
+            (lease.mac.as_str(), lease.ip.to_string(), lease.name.as_deref()),
+            ("52:54:00:ab:00:10", "192.168.100.10".to_owned(), Some("web1"))
+        );
+        assert_eq!(Lease::parse("0 52:54:00:00:00:11 192.168.100.11 * *").and_then(|l| l.name), None);
+        assert_eq!(Lease::parse("0 52:54:00:00:00:11 192.168.100.11 \x1b[31mred *").and_then(|l| l.name), None);
+        assert!(Lease::parse("duid 00:01:00:01").is_none());
+        assert!(Lease::parse("0 not-a-mac 192.168.100.11 x *").is_none());
     }
 
     #[test]

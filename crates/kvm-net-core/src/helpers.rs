@@ -8,7 +8,7 @@ use crate::config::{Network, Source};
 use crate::error::Error;
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
-use crate::netlink::{has_port_besides, Link, Netlink};
+use crate::netlink::{has_port_besides, Link, Netlink, PortIsolation};
 use crate::network::{find_bridge, Bringup, Services};
 use crate::trace::{trace, warn};
 
@@ -50,7 +50,7 @@ pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access) -
         .and_then(|found| found.ok_or_else(|| Error::NoBridge(bridge_name.to_string()).into()))
         .with_context(|| format!("attaching {tap} to bridge {bridge_name}"))?;
     trace(format_args!("attaching {tap} to {} (mtu {})", bridge.name, bridge.mtu));
-    netlink.attach(&port, &bridge)
+    netlink.attach(&port, &bridge, PortIsolation::of(network.isolate_guests))
 }
 
 /// `kvm-ifdown`: takes the tap off its bridge and sets it down; a tap that is
@@ -84,7 +84,7 @@ pub fn natup(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
     let port = checked_tap_now(&mut netlink, &checked)?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
     bringup.run(&mut netlink, |netlink, bridge| {
         trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
-        netlink.attach(&port, &bridge)
+        netlink.attach(&port, &bridge, PortIsolation::of(network.isolate_guests))
     })
 }
 

@@ -26,8 +26,11 @@ const RTM_SETLINK: u16 = 19;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 const RTM_GETROUTE: u16 = 26;
-/// `struct ifinfomsg`, `struct ifaddrmsg`, `struct rtmsg`.
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_GETNEIGH: u16 = 30;
+/// `struct ifinfomsg`, `struct ifaddrmsg`, `struct rtmsg`, `struct ndmsg`.
 const IFINFOMSG: usize = 16;
+const NDMSG: usize = 12;
 const IFADDRMSG: usize = 8;
 const RTMSG: usize = 12;
 /// Link attributes (linux/if_link.h).
@@ -40,6 +43,11 @@ const IFLA_IFALIAS: u16 = 20;
 const IFLA_EXT_MASK: u16 = 29;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
+const IFLA_INFO_SLAVE_KIND: u16 = 4;
+const IFLA_INFO_SLAVE_DATA: u16 = 5;
+/// `IFLA_BRPORT_ISOLATED`: the port may talk to the bridge and to ports
+/// that are not isolated, never to another isolated port.
+const IFLA_BRPORT_ISOLATED: u16 = 33;
 const IFLA_TUN_OWNER: u16 = 1;
 const IFLA_TUN_GROUP: u16 = 2;
 /// `RTEXT_FILTER_SKIP_STATS`: links answered without their counters.
@@ -50,6 +58,10 @@ const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_FLAGS: u16 = 8;
 const IFA_F_NODAD: u32 = 0x02;
+/// Neighbour (bridge forwarding database) attributes and states (linux/neighbour.h).
+const NDA_LLADDR: u16 = 2;
+const NDA_MASTER: u16 = 9;
+const NUD_PERMANENT: u16 = 0x80;
 /// Route attributes and types.
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
@@ -85,6 +97,31 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     /// Owner and group of a tun/tap device; `None` for every other kind.
     pub tun: Option<TunOwner>,
+    /// Whether it is a bridge port isolated from the bridge's other
+    /// isolated ports (`IFLA_BRPORT_ISOLATED`).
+    pub isolated: bool,
+}
+
+/// Whether a port kvm-net attaches may reach the bridge's other ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortIsolation {
+    /// It may (a plain bridge port).
+    Off,
+    /// It is isolated (`isolate_guests`): it reaches the bridge itself (the
+    /// gateway, DHCP, DNS) and ports that are not isolated, never another
+    /// guest's.
+    On,
+}
+
+impl PortIsolation {
+    /// What a network's `isolate_guests` asks for.
+    pub fn of(isolate_guests: bool) -> Self {
+        if isolate_guests {
+            PortIsolation::On
+        } else {
+            PortIsolation::Off
+        }
+    }
 }
 
 /// Who may open a tun/tap device without CAP_NET_ADMIN (`ip tuntap add ...
@@ -120,6 +157,7 @@ impl Link {
             up: u32_at(body, 8) & IFF_UP != 0,
             mac: None,
             tun: None,
+            isolated: false,
         };
         for (kind, value) in attributes(body.get(IFINFOMSG..).unwrap_or_default()) {
             match kind {
@@ -130,6 +168,10 @@ impl Link {
                 IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(value).ok(),
                 IFLA_LINKINFO => {
                     link.kind = attribute(value, IFLA_INFO_KIND).and_then(string).map(str::to_owned);
+                    if attribute(value, IFLA_INFO_SLAVE_KIND).and_then(string) == Some("bridge") {
+                        let port = attribute(value, IFLA_INFO_SLAVE_DATA).unwrap_or_default();
+                        link.isolated = attribute(port, IFLA_BRPORT_ISOLATED).is_some_and(|v| v.first() == Some(&1));
+                    }
                     if link.kind.as_deref() == Some("tun") {
                         let data = attribute(value, IFLA_INFO_DATA).unwrap_or_default();
                         link.tun = Some(TunOwner {
@@ -176,6 +218,14 @@ impl Link {
 /// `check` reports them).
 pub fn abandoned_bridges(links: &[Link]) -> impl Iterator<Item = &Link> {
     links.iter().filter(|l| l.is_managed() && !l.is_kept_up() && !links.iter().any(|p| p.controller == Some(l.index)))
+}
+
+/// The flags an attach request sets: up, unless the port is isolated first.
+fn up_unless_isolated(isolation: PortIsolation) -> u32 {
+    match isolation {
+        PortIsolation::Off => IFF_UP,
+        PortIsolation::On => 0,
+    }
 }
 
 /// `struct ifinfomsg` for a link (0: none), with flags to set and which of them change.
@@ -273,6 +323,27 @@ impl Netlink {
     pub fn addresses_of(&mut self, link: &Link) -> Result<Vec<IpNetwork>> {
         let all = self.addresses(|| format!("listing the addresses of {}", link.name))?;
         Ok(all.into_iter().filter(|(index, _)| *index == link.index).map(|(_, net)| net).collect())
+    }
+
+    /// The MAC addresses `bridge` has learned (its forwarding database, not
+    /// the ports' own permanent entries), each with the index of the port
+    /// it was seen on.
+    pub fn learned_macs(&mut self, bridge: &Link) -> Result<Vec<(u32, [u8; 6])>> {
+        let mut header = [0; NDMSG];
+        header[0] = libc::AF_BRIDGE as u8;
+        let request = Request::new(RTM_GETNEIGH, NLM_F_DUMP, &header).u32(NDA_MASTER, bridge.index);
+        let entries =
+            self.ask(request, true, &[], || format!("listing the MAC addresses bridge {} learned", bridge.name))?;
+        Ok(entries
+            .iter()
+            .filter(|entry| entry.kind == RTM_NEWNEIGH)
+            .filter_map(|entry| {
+                let body = &entry.body;
+                let state = u16::from_ne_bytes([*body.get(8)?, *body.get(9)?]);
+                let mac = <[u8; 6]>::try_from(attribute(body.get(NDMSG..)?, NDA_LLADDR)?).ok()?;
+                (state & NUD_PERMANENT == 0).then_some((u32_at(body, 4), mac))
+            })
+            .collect())
     }
 
     /// Ports of a bridge, filtered by the kernel (a dump restricted to one controller).
@@ -388,17 +459,59 @@ impl Netlink {
     }
 
     /// Makes `port` a port of `bridge` with the bridge's MTU, then brings it up:
-    /// the order in which no frame crosses a link with mismatched MTUs.
-    pub fn attach(&mut self, port: &Link, bridge: &Link) -> Result<()> {
+    /// the order in which no frame crosses a link with mismatched MTUs. An
+    /// isolated port is isolated before it comes up.
+    pub fn attach(&mut self, port: &Link, bridge: &Link, isolation: PortIsolation) -> Result<()> {
         if port.mtu != bridge.mtu {
             let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, 0)).u32(IFLA_MTU, bridge.mtu);
             self.ask(request, false, &[], || {
                 format!("setting the MTU of {} to {} (bridge {})", port.name, bridge.mtu, bridge.name)
             })?;
         }
+        let up = up_unless_isolated(isolation);
         let request =
-            Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP)).u32(IFLA_MASTER, bridge.index);
-        self.enslave(request, port, bridge)
+            Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, up, IFF_UP)).u32(IFLA_MASTER, bridge.index);
+        self.enslave(request, port, bridge)?;
+        self.isolate_and_bring_up(port, bridge, isolation)
+    }
+
+    /// Attaches a tap the bridge helper just made: its MAC address (with a
+    /// first byte of 0xFE, so that a bridge that takes the lowest of its
+    /// ports' addresses never takes a VM's), the bridge's MTU, the bridge,
+    /// then up, in one request (the kernel applies them in that order); an
+    /// isolated port in a second, before it comes up.
+    pub fn attach_new_tap(&mut self, port: &Link, bridge: &Link, isolation: PortIsolation) -> Result<()> {
+        let mut mac = port.mac.unwrap_or_else(|| bridge_mac(&port.name));
+        mac[0] = 0xfe;
+        let up = up_unless_isolated(isolation);
+        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, up, IFF_UP))
+            .bytes(IFLA_ADDRESS, &mac)
+            .u32(IFLA_MTU, bridge.mtu)
+            .u32(IFLA_MASTER, bridge.index);
+        self.enslave(request, port, bridge)?;
+        self.isolate_and_bring_up(port, bridge, isolation)
+    }
+
+    /// For an isolated port, attached but still down: sets the bridge
+    /// port's isolation and brings it up in one request, so that it never
+    /// forwards a frame unisolated. If that fails, it goes off the bridge again.
+    fn isolate_and_bring_up(&mut self, port: &Link, bridge: &Link, isolation: PortIsolation) -> Result<()> {
+        if isolation == PortIsolation::Off {
+            return Ok(());
+        }
+        let request = Request::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP))
+            .begin(IFLA_LINKINFO)
+            .string(IFLA_INFO_SLAVE_KIND, "bridge")
+            .begin(IFLA_INFO_SLAVE_DATA)
+            .bytes(IFLA_BRPORT_ISOLATED, &[1])
+            .end()
+            .end();
+        let isolated = self.ask(request, false, &[], || format!("isolating {} on bridge {}", port.name, bridge.name));
+        if isolated.is_err() {
+            // Best effort: the isolation's error is the one worth reporting.
+            let _ = self.detach_and_down(&Link { controller: Some(bridge.index), ..port.clone() });
+        }
+        isolated.map(drop)
     }
 
     /// Sends an attach request (which brings the port up); a bridge out of
@@ -421,20 +534,6 @@ impl Netlink {
             }
             Err(err) => Err(anyhow::Error::new(err).context(what())),
         }
-    }
-
-    /// Attaches a tap the bridge helper just made: its MAC address (with a
-    /// first byte of 0xFE, so that a bridge that takes the lowest of its
-    /// ports' addresses never takes a VM's), the bridge's MTU, the bridge,
-    /// then up, in one request (the kernel applies them in that order).
-    pub fn attach_new_tap(&mut self, port: &Link, bridge: &Link) -> Result<()> {
-        let mut mac = port.mac.unwrap_or_else(|| bridge_mac(&port.name));
-        mac[0] = 0xfe;
-        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP))
-            .bytes(IFLA_ADDRESS, &mac)
-            .u32(IFLA_MTU, bridge.mtu)
-            .u32(IFLA_MASTER, bridge.index);
-        self.enslave(request, port, bridge)
     }
 
     /// Takes `port` off whatever bridge holds it, then sets it down. A link

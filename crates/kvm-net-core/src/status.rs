@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::config::{Config, Network};
 use crate::dnsmasq::Dnsmasq;
 use crate::firewall::{self, plan};
+use crate::ifname::IfName;
 use crate::netlink::{Link, Netlink};
 use crate::runtime::processes_here;
 
@@ -57,6 +58,44 @@ pub struct NetworkStatus {
     pub rules: Vec<RuleStatus>,
     /// The network's dnsmasq; `null` when DHCP is off.
     pub dnsmasq: Option<DnsmasqStatus>,
+    /// Whether its guests are kept from reaching each other (`isolate_guests`).
+    pub isolate_guests: bool,
+    /// Its port forwards, as configured (in place while the network is up).
+    pub forwards: Vec<ForwardStatus>,
+    /// The leases its dnsmasq holds now (empty while it is down or without DHCP).
+    pub leases: Vec<LeaseStatus>,
+}
+
+/// One port forward.
+#[derive(Debug, Serialize)]
+pub struct ForwardStatus {
+    /// `tcp` or `udp`.
+    pub proto: &'static str,
+    /// The one host address it is for; `null`: every address of the host.
+    pub host_address: Option<String>,
+    /// The host's port or ports (`2222`, `8000-8010`).
+    pub host_ports: String,
+    /// The `dhcp.hosts` name it names, if it names one.
+    pub guest: Option<String>,
+    /// The guest's address.
+    pub guest_address: String,
+    /// The guest's port or ports.
+    pub guest_ports: String,
+}
+
+/// One DHCP lease.
+#[derive(Debug, Serialize)]
+pub struct LeaseStatus {
+    /// The guest's MAC, as the guest sent it.
+    pub mac: String,
+    /// The address leased.
+    pub address: String,
+    /// The host name the guest gave, if any.
+    pub name: Option<String>,
+    /// The port the bridge last saw that MAC on, if it has seen it.
+    pub tap: Option<String>,
+    /// When the lease runs out (seconds since the epoch); 0 for never.
+    pub expires: u64,
 }
 
 /// One port of a bridge.
@@ -68,6 +107,8 @@ pub struct PortStatus {
     pub pid: Option<u32>,
     /// That process's name.
     pub process: Option<String>,
+    /// Whether it is an isolated port (`isolate_guests`).
+    pub isolated: bool,
 }
 
 /// One of kvm-net's chains.
@@ -124,7 +165,12 @@ fn network_status(
                 .filter(|p| p.controller == Some(link.index))
                 .map(|p| {
                     let holder = holders.get(&p.name);
-                    PortStatus { name: p.name.clone(), pid: holder.map(|h| h.0), process: holder.map(|h| h.1.clone()) }
+                    PortStatus {
+                        name: p.name.clone(),
+                        pid: holder.map(|h| h.0),
+                        process: holder.map(|h| h.1.clone()),
+                        isolated: p.isolated,
+                    }
                 })
                 .collect();
             ("up", addresses, ports)
@@ -144,6 +190,22 @@ fn network_status(
         Some(_) => Some(DnsmasqStatus { pid: Dnsmasq::for_bridge(&network.bridge)?.running_pid().map(|p| p.as_raw()) }),
         None => None,
     };
+    let leases = match (&network.dhcp, link.filter(|l| l.is_bridge())) {
+        (Some(_), Some(bridge)) => leases_on(netlink, links, bridge, &network.bridge)?,
+        _ => Vec::new(),
+    };
+    let forwards = network
+        .forwards
+        .iter()
+        .map(|f| ForwardStatus {
+            proto: f.protocol.as_str(),
+            host_address: f.host_address.map(|a| a.to_string()),
+            host_ports: f.host_ports.to_string(),
+            guest: f.guest_name.clone(),
+            guest_address: f.guest.to_string(),
+            guest_ports: f.guest_ports.to_string(),
+        })
+        .collect();
     Ok(NetworkStatus {
         name: network.name.clone(),
         mode: network.mode.to_string(),
@@ -156,7 +218,38 @@ fn network_status(
         firewall: backend,
         rules,
         dnsmasq,
+        isolate_guests: network.isolate_guests,
+        forwards,
+        leases,
     })
+}
+
+/// The bridge's dnsmasq's leases, each with the port the bridge learned its MAC on.
+fn leases_on(netlink: &mut Netlink, links: &[Link], bridge: &Link, name: &IfName) -> Result<Vec<LeaseStatus>> {
+    let leases = Dnsmasq::for_bridge(name)?.leases()?;
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let learned = netlink.learned_macs(bridge)?;
+    let port_of = |mac: &str| {
+        let (index, _) = learned.iter().find(|(_, learned)| format_mac(learned) == mac)?;
+        links.iter().find(|l| l.index == *index).map(|l| l.name.clone())
+    };
+    Ok(leases
+        .into_iter()
+        .map(|lease| LeaseStatus {
+            tap: port_of(&lease.mac),
+            mac: lease.mac,
+            address: lease.ip.to_string(),
+            name: lease.name,
+            expires: lease.expires,
+        })
+        .collect())
+}
+
+/// A MAC address as dnsmasq writes it (`52:54:00:00:00:10`).
+fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Which process holds each tap open, for processes in this network

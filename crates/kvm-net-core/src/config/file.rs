@@ -8,12 +8,13 @@ use indexmap::IndexMap;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
-use super::{Config, Dhcp, HostRecord, Mode, Network, Source, StaticLease, DEFAULT_MAX_TAPS_PER_USER};
+use super::{Config, Dhcp, Forward, HostRecord, Mode, Network, Source, StaticLease, DEFAULT_MAX_TAPS_PER_USER};
 use crate::access::Grants;
 use crate::error::Error;
 use crate::firewall::Choice;
 use crate::ifname::IfName;
 use crate::netlink::MAX_BRIDGE_PORTS;
+use crate::ports::{PortRange, Protocol};
 
 /// The file as written: strings, checked field by field afterwards so that
 /// each error can say which field is wrong.
@@ -43,6 +44,39 @@ struct RawNetwork {
     #[serde(default)]
     allow_groups: Vec<String>,
     max_taps_per_user: Option<u32>,
+    isolate_guests: Option<bool>,
+    #[serde(default)]
+    forwards: Vec<RawForward>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    proto: Option<String>,
+    host_port: RawPorts,
+    guest: String,
+    guest_port: Option<RawPorts>,
+    host_address: Option<String>,
+}
+
+/// A port as a number (`2222`) or ports as text (`"8000-8010"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPorts {
+    Number(i64),
+    Text(String),
+}
+
+impl RawPorts {
+    fn parse(&self) -> Result<PortRange, String> {
+        match self {
+            RawPorts::Number(port) => match u16::try_from(*port) {
+                Ok(port) if port > 0 => Ok(PortRange::single(port)),
+                _ => Err(format!("{port} is not a port (1-65535)")),
+            },
+            RawPorts::Text(text) => PortRange::parse(text),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -201,6 +235,24 @@ impl RawNetwork {
         if !(1..=MAX_BRIDGE_PORTS as u32).contains(&max_taps_per_user) {
             return Err(bad("max_taps_per_user", format!("{max_taps_per_user} is outside 1-{MAX_BRIDGE_PORTS}")));
         }
+        if !self.forwards.is_empty() && !mode.forwards() {
+            return Err(bad("forwards", format!("port forwards need a nat or routed network, and {name} is {mode}")));
+        }
+        let mut forwards: Vec<Forward> = Vec::new();
+        for (index, raw) in self.forwards.iter().enumerate() {
+            let forward = raw
+                .validate(ipv4, dhcp.as_ref())
+                .map_err(|(field, reason)| field_error(path, &name, &format!("forwards[{index}].{field}"), reason))?;
+            if let Some(earlier) = forwards.iter().position(|f| f.overlaps(&forward)) {
+                return Err(field_error(
+                    path,
+                    &name,
+                    &format!("forwards[{index}].host_port"),
+                    format!("{} overlaps forwards[{earlier}] ({})", forward.listens(), forwards[earlier].listens()),
+                ));
+            }
+            forwards.push(forward);
+        }
         Ok(Network {
             name,
             mode,
@@ -213,7 +265,69 @@ impl RawNetwork {
             grants,
             firewall: Choice::Auto,
             max_taps_per_user,
+            isolate_guests: self.isolate_guests.unwrap_or(false),
+            forwards,
         })
+    }
+}
+
+impl RawForward {
+    /// The forward, checked against the network's subnet and fixed leases;
+    /// an error names the field (`guest`, `host_port`, ...).
+    fn validate(&self, ipv4: Option<Ipv4Network>, dhcp: Option<&Dhcp>) -> Result<Forward, (&'static str, String)> {
+        let protocol = match self.proto.as_deref() {
+            None => Protocol::Tcp,
+            Some(text) => Protocol::parse(text).ok_or(("proto", format!("{text:?} is not tcp or udp")))?,
+        };
+        let host_ports = self.host_port.parse().map_err(|reason| ("host_port", reason))?;
+        let guest_ports = match &self.guest_port {
+            None => host_ports,
+            Some(raw) => raw.parse().map_err(|reason| ("guest_port", reason))?,
+        };
+        if guest_ports.count() != host_ports.count() {
+            return Err((
+                "guest_port",
+                format!(
+                    "{guest_ports} holds {} ports and host_port {host_ports} {}: they are mapped one to one",
+                    guest_ports.count(),
+                    host_ports.count()
+                ),
+            ));
+        }
+        let Some(address) = ipv4 else {
+            return Err(("guest", "port forwards need the network's ipv4 address".to_owned()));
+        };
+        let subnet = Ipv4Network::new(address.network(), address.prefix()).unwrap_or(address);
+        let (guest, guest_name) = match self.guest.parse::<Ipv4Addr>() {
+            Ok(ip) => {
+                if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() || ip == address.ip() {
+                    return Err(("guest", format!("{ip} is not a guest's address in {subnet}")));
+                }
+                (ip, None)
+            }
+            Err(_) => {
+                let hosts = dhcp.map_or(&[][..], |d| &d.hosts);
+                let Some(host) = hosts.iter().find(|h| h.name.as_deref() == Some(self.guest.as_str())) else {
+                    return Err((
+                        "guest",
+                        format!("{:?} is no IPv4 address and no dhcp.hosts entry is named so", self.guest),
+                    ));
+                };
+                (host.ip, Some(self.guest.clone()))
+            }
+        };
+        let host_address = match &self.host_address {
+            None => None,
+            Some(text) => {
+                let ip: Ipv4Addr =
+                    text.parse().map_err(|_| ("host_address", format!("{text:?} is not an IPv4 address")))?;
+                if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+                    return Err(("host_address", format!("{ip} cannot be an address other hosts connect to")));
+                }
+                Some(ip)
+            }
+        };
+        Ok(Forward { protocol, host_ports, guest, guest_name, guest_ports, host_address })
     }
 }
 
@@ -377,6 +491,40 @@ pub(super) fn check_unique(config: &Config) -> Result<(), Error> {
             if let (Some(x), Some(y)) = (a6, b6) {
                 if x.contains(y.network()) || y.contains(x.network()) {
                     return Err(bad(a, "ipv6", format!("{x} overlaps {y} of network {}", b.name)));
+                }
+            }
+            for (index, forward) in a.forwards.iter().enumerate() {
+                if let Some(other) = b.forwards.iter().position(|f| f.overlaps(forward)) {
+                    let reason = format!(
+                        "{} overlaps forwards[{other}] of network {} ({})",
+                        forward.listens(),
+                        b.name,
+                        b.forwards[other].listens()
+                    );
+                    return Err(bad(a, &format!("forwards[{index}].host_port"), reason));
+                }
+            }
+        }
+    }
+    // From every address of the host, a forward would also take what guests
+    // send their gateway (an address of the host): DNS and DHCP renewals.
+    for network in &config.networks {
+        for (index, forward) in network.forwards.iter().enumerate().filter(|(_, f)| f.host_address.is_none()) {
+            for served in config.networks.iter().filter(|n| n.mode.is_managed()) {
+                let Some(dhcp) = &served.dhcp else { continue };
+                let dns = dhcp.dns && forward.host_ports.contains(53);
+                let renewals = forward.protocol == Protocol::Udp && forward.host_ports.contains(67);
+                if dns || renewals {
+                    let service = if dns { "DNS" } else { "DHCP" };
+                    return Err(bad(
+                        network,
+                        &format!("forwards[{index}].host_port"),
+                        format!(
+                            "{} from every address of the host would take the {service} that guests of network {} ask their gateway for; set host_address",
+                            forward.listens(),
+                            served.name
+                        ),
+                    ));
                 }
             }
         }

@@ -18,6 +18,7 @@ use crate::access::Grants;
 use crate::error::Error;
 use crate::firewall::Choice;
 use crate::ifname::IfName;
+use crate::ports::{PortRange, Protocol};
 
 pub use self::env::{Environment, ENV_ADDRESS, ENV_BRIDGE, ENV_CONFIG, ENV_FIREWALL, ENV_NETWORK};
 pub use self::select::{choose, choose_by_bridge_argument, Chosen};
@@ -103,6 +104,58 @@ pub struct Network {
     /// How many taps the bridge helper makes on it for one user other than
     /// root, so that no user can fill the bridge (`max_taps_per_user`).
     pub max_taps_per_user: u32,
+    /// Whether its guests may not reach each other (`isolate_guests`): every
+    /// port kvm-net attaches is isolated, and routing between them through
+    /// the host is dropped.
+    pub isolate_guests: bool,
+    /// Connections to the host's own addresses forwarded to guests (nat and
+    /// routed networks).
+    pub forwards: Vec<Forward>,
+}
+
+/// A port forward: connections to the host's own addresses (or to one of
+/// them) on `host_ports` go to a guest, port for port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Forward {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The host's port, or ports.
+    pub host_ports: PortRange,
+    /// The guest's address.
+    pub guest: Ipv4Addr,
+    /// The `dhcp.hosts` name it was given by, if any.
+    pub guest_name: Option<String>,
+    /// The guest's ports, as many as `host_ports`, mapped one to one.
+    pub guest_ports: PortRange,
+    /// Only connections to this address of the host; `None`: to any of them.
+    pub host_address: Option<Ipv4Addr>,
+}
+
+impl Forward {
+    /// Whether a connection could match both.
+    pub fn overlaps(&self, other: &Forward) -> bool {
+        let addresses = match (self.host_address, other.host_address) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        self.protocol == other.protocol && addresses && self.host_ports.overlaps(&other.host_ports)
+    }
+
+    /// `tcp 2222`, `udp 10.0.0.5:8000-8010`: what it listens for.
+    pub fn listens(&self) -> String {
+        match self.host_address {
+            Some(address) => format!("{} {address}:{}", self.protocol, self.host_ports),
+            None => format!("{} {}", self.protocol, self.host_ports),
+        }
+    }
+
+    /// `web1 (192.168.100.10):22`, or `192.168.100.10:22`: where it goes.
+    pub fn target(&self) -> String {
+        match &self.guest_name {
+            Some(name) => format!("{name} ({}):{}", self.guest, self.guest_ports),
+            None => format!("{}:{}", self.guest, self.guest_ports),
+        }
+    }
 }
 
 /// The default of `max_taps_per_user`: a few VMs with several NICs each,
@@ -176,6 +229,8 @@ impl Network {
             grants: Grants::default(),
             firewall: Choice::Auto,
             max_taps_per_user: DEFAULT_MAX_TAPS_PER_USER,
+            isolate_guests: false,
+            forwards: Vec::new(),
         }
     }
 

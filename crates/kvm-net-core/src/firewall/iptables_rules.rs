@@ -2,7 +2,9 @@
 //! one jump from a built-in chain, with rules as the exact text `iptables -S`
 //! prints, so that a listing can be compared with what should be there.
 
-use super::plan::{Action, Chain, Family, Kind, Match, Plan, Protocol, Rule};
+use std::net::Ipv4Addr;
+
+use super::plan::{Action, Chain, Family, Kind, Match, Plan, PortMapping, Rule};
 use crate::ifname::IfName;
 
 /// Prefix of every chain kvm-net creates; with a 15-byte bridge name the
@@ -59,6 +61,8 @@ fn placement(kind: Kind) -> (&'static str, &'static str, &'static str) {
         Kind::Guard => ("mangle", "FORWARD", "GRD"),
         Kind::Input => ("filter", "INPUT", "IN"),
         Kind::Checksum => ("mangle", "POSTROUTING", "MNG"),
+        Kind::DnatIn => ("nat", "PREROUTING", "DNAT"),
+        Kind::DnatLocal => ("nat", "OUTPUT", "DNATL"),
     }
 }
 
@@ -141,8 +145,9 @@ pub fn render(plan: &Plan) -> Vec<OwnChain> {
         .collect()
 }
 
-/// Where `iptables -S` prints a match: addresses, interfaces, protocol
-/// and port, then conntrack.
+/// Where `iptables -S` prints a match: addresses, interfaces and protocol
+/// first, then the match modules in the order they were given (the
+/// protocol's port, address types, conntrack).
 fn position(condition: &Match) -> u8 {
     match condition {
         Match::Source { .. } => 0,
@@ -150,7 +155,8 @@ fn position(condition: &Match) -> u8 {
         Match::InIface { .. } => 2,
         Match::OutIface { .. } => 3,
         Match::Protocol { .. } => 4,
-        Match::EstablishedOrRelated { .. } => 5,
+        Match::LocalDestination => 5,
+        Match::EstablishedOrRelated { .. } | Match::Dnat { .. } => 6,
     }
 }
 
@@ -162,16 +168,28 @@ fn match_text(condition: &Match) -> String {
         Match::InIface { name, negate } => format!("{}-i {name}", not(*negate)),
         Match::OutIface { name, negate } => format!("{}-o {name}", not(*negate)),
         Match::Protocol { protocol, destination_port } => {
-            let name = match protocol {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-            };
+            let name = protocol.as_str();
             match destination_port {
-                Some(port) => format!("-p {name} -m {name} --dport {port}"),
+                Some(ports) if ports.is_single() => format!("-p {name} -m {name} --dport {}", ports.first),
+                Some(ports) => format!("-p {name} -m {name} --dport {}:{}", ports.first, ports.last),
                 None => format!("-p {name}"),
             }
         }
         Match::EstablishedOrRelated { negate } => format!("-m conntrack {}--ctstate RELATED,ESTABLISHED", not(*negate)),
+        Match::LocalDestination => "-m addrtype --dst-type LOCAL".to_owned(),
+        Match::Dnat { negate } => format!("-m conntrack {}--ctstate DNAT", not(*negate)),
+    }
+}
+
+/// A port forward's target: `--to-destination IP[:PORT | :FIRST-LAST/BASE]`
+/// (DNAT revision 2's offset, which maps a range one to one).
+fn dnat_text(to: Ipv4Addr, ports: &PortMapping) -> String {
+    match ports {
+        PortMapping::Same => format!("-j DNAT --to-destination {to}"),
+        PortMapping::To(port) => format!("-j DNAT --to-destination {to}:{port}"),
+        PortMapping::Shift { from, to: guest } => {
+            format!("-j DNAT --to-destination {to}:{}-{}/{}", guest.first, guest.last, from.first)
+        }
     }
 }
 
@@ -189,6 +207,7 @@ fn rule_text(rule: &Rule, tag: &str) -> String {
         Action::Masquerade { ports: Some((low, high)) } => format!("-j MASQUERADE --to-ports {low}-{high}"),
         Action::Masquerade { ports: None } => "-j MASQUERADE".to_owned(),
         Action::ChecksumFill => "-j CHECKSUM --checksum-fill".to_owned(),
+        Action::Dnat { to, ports } => dnat_text(*to, ports),
     });
     words.join(" ")
 }
@@ -286,7 +305,7 @@ mod tests {
             ]
         );
         assert!(network_chains(&network(Mode::Bridged, None, None)).is_empty());
-        assert_eq!(all_chains(&Network::classic().bridge).len(), 11);
+        assert_eq!(all_chains(&Network::classic().bridge).len(), 13);
         let with_dhcp = Network {
             dhcp: Some(crate::config::Dhcp::defaults_for("10.0.0.1/24".parse().expect("net"))),
             ..Network::classic()

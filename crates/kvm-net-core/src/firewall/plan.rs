@@ -2,10 +2,13 @@
 //! per family and kind of chain. Each backend renders the same plan in its
 //! own form (iptables text, nf_tables expressions).
 
+use std::net::Ipv4Addr;
+
 use ipnetwork::IpNetwork;
 
-use crate::config::{Mode, Network};
+use crate::config::{Forward, Mode, Network};
 use crate::ifname::IfName;
+pub use crate::ports::{PortRange, Protocol};
 
 /// IPv4 or IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,20 +55,17 @@ pub enum Kind {
     /// Checksums of DHCP replies, which guests using vhost-net otherwise
     /// drop (iptables' CHECKSUM target; nf_tables has no equivalent).
     Checksum,
+    /// Port forwards of connections arriving for the host (prerouting, NAT).
+    DnatIn,
+    /// Port forwards of connections the host itself makes to its own
+    /// addresses (output, NAT).
+    DnatLocal,
 }
 
 impl Kind {
     /// Every kind, in the order chains are set up.
-    pub const ALL: [Kind; 5] = [Kind::Masquerade, Kind::Forward, Kind::Guard, Kind::Input, Kind::Checksum];
-}
-
-/// A transport protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
+    pub const ALL: [Kind; 7] =
+        [Kind::Masquerade, Kind::Forward, Kind::Guard, Kind::Input, Kind::Checksum, Kind::DnatIn, Kind::DnatLocal];
 }
 
 /// One condition of a rule; `negate` inverts it.
@@ -79,10 +79,39 @@ pub enum Match {
     Source { net: IpNetwork, negate: bool },
     /// Its destination address is in this network.
     Destination { net: IpNetwork, negate: bool },
-    /// Its transport protocol, and destination port if given.
-    Protocol { protocol: Protocol, destination_port: Option<u16> },
+    /// Its transport protocol, and destination port (or ports) if given.
+    Protocol { protocol: Protocol, destination_port: Option<PortRange> },
     /// Its connection is established or related (a reply, not a new connection).
     EstablishedOrRelated { negate: bool },
+    /// It is addressed to one of the host's own addresses (the kernel's
+    /// routing table says `local`).
+    LocalDestination,
+    /// Its connection's destination was rewritten (a port forward's).
+    Dnat { negate: bool },
+}
+
+/// Which guest ports a port forward's connections go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortMapping {
+    /// The ports they were sent to.
+    Same,
+    /// This port.
+    To(u16),
+    /// The port at the same place in `to` as the one they were sent to in `from`.
+    Shift { from: PortRange, to: PortRange },
+}
+
+impl PortMapping {
+    /// How a forward's host ports map to its guest ports.
+    pub fn of(forward: &Forward) -> Self {
+        if forward.guest_ports == forward.host_ports {
+            PortMapping::Same
+        } else if forward.guest_ports.is_single() {
+            PortMapping::To(forward.guest_ports.first)
+        } else {
+            PortMapping::Shift { from: forward.host_ports, to: forward.guest_ports }
+        }
+    }
 }
 
 /// What a rule does with a packet that matches.
@@ -99,6 +128,8 @@ pub enum Action {
     Masquerade { ports: Option<(u16, u16)> },
     /// Fill in its checksum (DHCP replies to vhost-net guests).
     ChecksumFill,
+    /// Send its connection to `to` (a port forward).
+    Dnat { to: Ipv4Addr, ports: PortMapping },
 }
 
 /// One rule: all matches, then the action.
@@ -171,87 +202,157 @@ fn destination(net: IpNetwork) -> Match {
 }
 
 /// The rules a managed network needs, by mode (libvirt's rule sets, so that
-/// guests behave as on its networks). Bridged networks need none.
+/// guests behave as on its networks), with its port forwards and guest
+/// isolation. Bridged networks need none.
 pub fn plan(network: &Network) -> Plan {
     let bridge = &network.bridge;
     let mut chains = Vec::new();
+    let mut add = |family, kind, rules: Vec<Rule>| {
+        if !rules.is_empty() {
+            chains.push(Chain { family, kind, rules });
+        }
+    };
     match network.mode {
         Mode::Bridged => {}
         Mode::Nat | Mode::Routed => {
             for subnet in network.subnets() {
                 let family = Family::of(&subnet);
+                // Port forwards are IPv4: their guests are IPv4 addresses.
+                let forwards = if family == Family::V4 { &network.forwards[..] } else { &[] };
+                let mut masquerade: Vec<Rule> = forwards.first().map(|_| hairpin(subnet, bridge)).into_iter().collect();
                 if network.mode == Mode::Nat {
-                    chains.push(Chain { family, kind: Kind::Masquerade, rules: masquerade_rules(subnet) });
+                    masquerade.extend(masquerade_rules(subnet));
                 }
+                add(family, Kind::Masquerade, masquerade);
                 let mut inward = vec![destination(subnet), out_iface(bridge)];
                 if network.mode == Mode::Nat {
                     // Replies only: NAT hides the guests from the outside.
                     inward.push(Match::EstablishedOrRelated { negate: false });
                 }
-                chains.push(Chain {
-                    family,
-                    kind: Kind::Forward,
-                    rules: vec![
-                        rule(vec![source(subnet), in_iface(bridge)], Action::Accept),
-                        rule(inward, Action::Accept),
-                        rule(vec![in_iface(bridge), out_iface(bridge)], Action::Accept),
-                    ],
-                });
+                let mut forward =
+                    vec![rule(vec![source(subnet), in_iface(bridge)], Action::Accept), rule(inward, Action::Accept)];
+                if !network.isolate_guests {
+                    forward.push(rule(vec![in_iface(bridge), out_iface(bridge)], Action::Accept));
+                }
+                forward.extend(forwards.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Accept)));
+                add(family, Kind::Forward, forward);
+                let mut guard = isolation(network);
                 if network.mode == Mode::Nat {
                     // Closed to new connections from outside the bridge, as
-                    // libvirt's NAT networks are; replies pass.
-                    chains.push(Chain {
-                        family,
-                        kind: Kind::Guard,
-                        rules: vec![rule(
-                            vec![not_in_iface(bridge), out_iface(bridge), Match::EstablishedOrRelated { negate: true }],
-                            Action::Drop,
-                        )],
-                    });
+                    // libvirt's NAT networks are; replies pass, and exactly
+                    // the connections a port forward sent here.
+                    guard.extend(forwards.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Return)));
+                    guard.push(rule(
+                        vec![not_in_iface(bridge), out_iface(bridge), Match::EstablishedOrRelated { negate: true }],
+                        Action::Drop,
+                    ));
                 }
+                add(family, Kind::Guard, guard);
+                let dnat: Vec<Rule> = forwards.iter().map(dnat_rule).collect();
+                add(family, Kind::DnatIn, dnat.clone());
+                add(family, Kind::DnatLocal, dnat);
             }
         }
         Mode::Isolated => {
             // Both families always: an isolated bridge must not leak even
             // where another network turned forwarding on. Guests still reach
-            // each other where bridged frames go through the firewall (br_netfilter).
+            // each other where bridged frames go through the firewall
+            // (br_netfilter), unless isolated from each other too.
             for family in [Family::V4, Family::V6] {
-                chains.push(Chain {
-                    family,
-                    kind: Kind::Forward,
-                    rules: vec![rule(vec![in_iface(bridge), out_iface(bridge)], Action::Accept)],
-                });
-                chains.push(Chain {
-                    family,
-                    kind: Kind::Guard,
-                    rules: vec![
-                        rule(vec![in_iface(bridge), not_out_iface(bridge)], Action::Drop),
-                        rule(vec![not_in_iface(bridge), out_iface(bridge)], Action::Drop),
-                    ],
-                });
+                if !network.isolate_guests {
+                    add(family, Kind::Forward, vec![rule(vec![in_iface(bridge), out_iface(bridge)], Action::Accept)]);
+                }
+                let mut guard = isolation(network);
+                guard.push(rule(vec![in_iface(bridge), not_out_iface(bridge)], Action::Drop));
+                guard.push(rule(vec![not_in_iface(bridge), out_iface(bridge)], Action::Drop));
+                add(family, Kind::Guard, guard);
             }
         }
     }
     if let Some(dhcp) = &network.dhcp {
         let service = |protocol, port| {
-            rule(vec![in_iface(bridge), Match::Protocol { protocol, destination_port: Some(port) }], Action::Accept)
+            rule(
+                vec![in_iface(bridge), Match::Protocol { protocol, destination_port: Some(PortRange::single(port)) }],
+                Action::Accept,
+            )
         };
         let mut accept = vec![service(Protocol::Udp, 67)];
         if dhcp.dns {
             accept.push(service(Protocol::Udp, 53));
             accept.push(service(Protocol::Tcp, 53));
         }
-        chains.push(Chain { family: Family::V4, kind: Kind::Input, rules: accept });
-        chains.push(Chain {
-            family: Family::V4,
-            kind: Kind::Checksum,
-            rules: vec![rule(
-                vec![out_iface(bridge), Match::Protocol { protocol: Protocol::Udp, destination_port: Some(68) }],
+        add(Family::V4, Kind::Input, accept);
+        add(
+            Family::V4,
+            Kind::Checksum,
+            vec![rule(
+                vec![
+                    out_iface(bridge),
+                    Match::Protocol { protocol: Protocol::Udp, destination_port: Some(PortRange::single(68)) },
+                ],
                 Action::ChecksumFill,
             )],
-        });
+        );
     }
     Plan { bridge: bridge.clone(), chains }
+}
+
+/// With `isolate_guests`: guests routed to each other through the host are
+/// dropped (the bridge's port isolation stops them on the bridge itself),
+/// but for a port forward's connections, which the host sent there.
+fn isolation(network: &Network) -> Vec<Rule> {
+    let bridge = &network.bridge;
+    if !network.isolate_guests {
+        return Vec::new();
+    }
+    vec![rule(vec![in_iface(bridge), out_iface(bridge), Match::Dnat { negate: true }], Action::Drop)]
+}
+
+/// A port forward's connections on their way to the guest: to its address
+/// and ports, out of the bridge, sent there by the forward.
+fn forwarded_to_guest(forward: &Forward, bridge: &IfName) -> Vec<Match> {
+    vec![
+        Match::Destination { net: IpNetwork::V4(forward.guest.into()), negate: false },
+        out_iface(bridge),
+        Match::Protocol { protocol: forward.protocol, destination_port: Some(forward.guest_ports) },
+        Match::Dnat { negate: false },
+    ]
+}
+
+/// A port forward: connections to the host's own addresses (or to its
+/// `host_address`), never passing through to another host, and never to
+/// 127.0.0.0/8 (which a guest could not answer: see docs/firewall.md).
+fn dnat_rule(forward: &Forward) -> Rule {
+    let addressed = match forward.host_address {
+        Some(address) => Match::Destination { net: IpNetwork::V4(address.into()), negate: false },
+        None => Match::Destination { net: IpNetwork::V4(LOOPBACK), negate: true },
+    };
+    rule(
+        vec![
+            Match::LocalDestination,
+            addressed,
+            Match::Protocol { protocol: forward.protocol, destination_port: Some(forward.host_ports) },
+        ],
+        Action::Dnat { to: forward.guest, ports: PortMapping::of(forward) },
+    )
+}
+
+/// 127.0.0.0/8.
+const LOOPBACK: ipnetwork::Ipv4Network = match ipnetwork::Ipv4Network::new_checked(Ipv4Addr::new(127, 0, 0, 0), 8) {
+    Some(net) => net,
+    None => panic!("127.0.0.0/8 is a network"),
+};
+
+/// Hairpin: a guest's connection to the host's address that a port forward
+/// sends to a guest of the same bridge leaves with the gateway's address,
+/// so that the reply comes back through the host (and is translated back)
+/// rather than straight from the other guest, whether or not bridged
+/// frames pass the firewall (br_netfilter).
+fn hairpin(subnet: IpNetwork, bridge: &IfName) -> Rule {
+    rule(
+        vec![source(subnet), destination(subnet), out_iface(bridge), Match::Dnat { negate: false }],
+        Action::Masquerade { ports: None },
+    )
 }
 
 /// Multicast and broadcast stay as they are; TCP and UDP get source ports
@@ -272,4 +373,91 @@ fn masquerade_rules(subnet: IpNetwork) -> Vec<Rule> {
         }))
         .chain([rule(leaving(), Action::Masquerade { ports: None })])
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Dhcp, Forward};
+
+    fn network(mode: Mode, isolate_guests: bool, forwards: Vec<Forward>) -> Network {
+        Network {
+            mode,
+            ipv4: "192.168.100.1/24".parse().ok(),
+            dhcp: Some(Dhcp::defaults_for("192.168.100.1/24".parse().expect("net"))),
+            isolate_guests,
+            forwards,
+            ..Network::classic()
+        }
+    }
+
+    fn ssh() -> Forward {
+        Forward {
+            protocol: Protocol::Tcp,
+            host_ports: PortRange::single(2222),
+            guest: Ipv4Addr::new(192, 168, 100, 10),
+            guest_name: None,
+            guest_ports: PortRange::single(22),
+            host_address: None,
+        }
+    }
+
+    fn kinds(plan: &Plan) -> Vec<(Family, Kind)> {
+        plan.chains.iter().map(|c| (c.family, c.kind)).collect()
+    }
+
+    #[test]
+    fn a_nat_network_without_forwards_is_as_before() {
+        let plan = plan(&network(Mode::Nat, false, Vec::new()));
+        let v4 = [Kind::Masquerade, Kind::Forward, Kind::Guard, Kind::Input, Kind::Checksum];
+        assert_eq!(kinds(&plan), v4.map(|k| (Family::V4, k)));
+        let guard = plan.chain(Family::V4, Kind::Guard).expect("guard");
+        assert_eq!(guard.rules.len(), 1, "only the inbound drop");
+    }
+
+    #[test]
+    fn a_forward_gets_dnat_both_ways_a_hairpin_and_exactly_its_exception() {
+        let plan = plan(&network(Mode::Nat, false, vec![ssh()]));
+        for kind in [Kind::DnatIn, Kind::DnatLocal] {
+            let dnat = plan.chain(Family::V4, kind).expect("a dnat chain");
+            assert_eq!(dnat.rules.len(), 1);
+            assert!(dnat.rules[0].matches.contains(&Match::LocalDestination), "only to the host's own addresses");
+            assert_eq!(dnat.rules[0].action, Action::Dnat { to: ssh().guest, ports: PortMapping::To(22) });
+        }
+        let masquerade = plan.chain(Family::V4, Kind::Masquerade).expect("masquerade");
+        assert!(masquerade.rules[0].matches.contains(&Match::Dnat { negate: false }), "the hairpin comes first");
+        let guard = plan.chain(Family::V4, Kind::Guard).expect("guard");
+        assert_eq!(guard.rules.iter().map(|r| r.action.clone()).collect::<Vec<_>>(), [Action::Return, Action::Drop]);
+        let exception = &guard.rules[0].matches;
+        assert!(exception
+            .contains(&Match::Protocol { protocol: Protocol::Tcp, destination_port: Some(PortRange::single(22)) }));
+    }
+
+    #[test]
+    fn isolated_guests_lose_the_bridge_to_bridge_accept_and_gain_a_drop() {
+        let open = plan(&network(Mode::Nat, false, Vec::new()));
+        let closed = plan(&network(Mode::Nat, true, Vec::new()));
+        let between = |plan: &Plan, action| {
+            plan.chains.iter().flat_map(|c| &c.rules).any(|r| {
+                r.action == action
+                    && r.matches.contains(&in_iface(&plan.bridge))
+                    && r.matches.contains(&out_iface(&plan.bridge))
+            })
+        };
+        assert!(between(&open, Action::Accept) && !between(&open, Action::Drop));
+        assert!(!between(&closed, Action::Accept) && between(&closed, Action::Drop));
+        let isolated = plan(&network(Mode::Isolated, true, Vec::new()));
+        assert!(isolated.chain(Family::V4, Kind::Forward).is_none());
+        assert_eq!(isolated.chain(Family::V6, Kind::Guard).map(|c| c.rules.len()), Some(3));
+    }
+
+    #[test]
+    fn ranges_map_one_to_one_unless_the_ports_are_the_same() {
+        let mut forward = ssh();
+        forward.host_ports = PortRange::parse("8000-8010").expect("range");
+        forward.guest_ports = forward.host_ports;
+        assert_eq!(PortMapping::of(&forward), PortMapping::Same);
+        forward.guest_ports = PortRange::parse("9000-9010").expect("range");
+        assert_eq!(PortMapping::of(&forward), PortMapping::Shift { from: forward.host_ports, to: forward.guest_ports });
+    }
 }

@@ -26,7 +26,7 @@ use netlink_packet_netfilter::nftables::{
     SetMessage, TableAttribute, TableMessage, Verdict,
 };
 
-use self::render::{comment, dispatch_expressions, ifname_key, rule_expressions, verdict};
+use self::render::{comment, dispatch_expressions, ifname_key, rule_expressions, verdict, AnonymousMap, ANONYMOUS_MAP};
 pub use self::socket::forget_shared as forget_shared_socket;
 use self::socket::{with_nft, Change, Committed, Nft};
 use super::plan::{Family, Kind, Plan, Rule};
@@ -54,33 +54,60 @@ fn key_in_host_order() -> Vec<u8> {
     data
 }
 
+/// How a hook reaches a bridge's chain of one kind.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// Through a base chain every network shares, which looks the
+    /// interface names up in a verdict map of the same name.
+    Dispatch { base: &'static str, keys: &'static [MetaKey] },
+    /// The bridge's chain is a base chain of its own: port forwards, whose
+    /// connections arrive on any interface. NAT chains see only the first
+    /// packet of a connection, so one per network with forwards costs no
+    /// packet of the others anything.
+    Own,
+}
+
 /// Where one kind of chain is hooked.
 struct Hooked {
     kind: Kind,
-    /// The base chain, and the verdict map it looks bridges up in.
-    base: &'static str,
+    reach: Reach,
     /// `filter` or `nat`.
     chain_type: &'static str,
     hook: InetHookNumber,
     priority: i32,
-    /// Which interface names the base chain looks up.
-    keys: &'static [MetaKey],
     /// Prefix of the per-bridge chain.
     prefix: &'static str,
 }
 
-fn hooked(kind: Kind) -> Option<Hooked> {
-    let (base, chain_type, hook, priority, keys, prefix): (_, _, _, _, &'static [MetaKey], _) = match kind {
-        Kind::Masquerade => ("postrouting", "nat", InetHookNumber::PostRouting, 100, &[MetaKey::Iifname], "nat"),
-        Kind::Forward => {
-            ("forward", "filter", InetHookNumber::Forward, 0, &[MetaKey::Iifname, MetaKey::Oifname], "fwd")
+impl Hooked {
+    /// The shared base chain (and its map), if the kind has one.
+    fn base(&self) -> Option<&'static str> {
+        match self.reach {
+            Reach::Dispatch { base, .. } => Some(base),
+            Reach::Own => None,
         }
+    }
+}
+
+fn hooked(kind: Kind) -> Option<Hooked> {
+    const IN: &[MetaKey] = &[MetaKey::Iifname];
+    const BOTH: &[MetaKey] = &[MetaKey::Iifname, MetaKey::Oifname];
+    let dispatch = |base, keys| Reach::Dispatch { base, keys };
+    let (reach, chain_type, hook, priority, prefix) = match kind {
+        // Out of the bridge too: a forward's hairpin connection that the
+        // kernel bridges straight to the guest (br_netfilter) has no input
+        // interface by postrouting.
+        Kind::Masquerade => (dispatch("postrouting", BOTH), "nat", InetHookNumber::PostRouting, 100, "nat"),
+        Kind::Forward => (dispatch("forward", BOTH), "filter", InetHookNumber::Forward, 0, "fwd"),
         // Priority mangle: ahead of filter, though a drop is final at any priority.
-        Kind::Guard => ("guard", "filter", InetHookNumber::Forward, -150, &[MetaKey::Iifname, MetaKey::Oifname], "grd"),
-        Kind::Input => ("input", "filter", InetHookNumber::LocalIn, 0, &[MetaKey::Iifname], "in"),
+        Kind::Guard => (dispatch("guard", BOTH), "filter", InetHookNumber::Forward, -150, "grd"),
+        Kind::Input => (dispatch("input", IN), "filter", InetHookNumber::LocalIn, 0, "in"),
+        // Priority dstnat.
+        Kind::DnatIn => (Reach::Own, "nat", InetHookNumber::PreRouting, -100, "dnat"),
+        Kind::DnatLocal => (Reach::Own, "nat", InetHookNumber::LocalOut, -100, "dnatl"),
         Kind::Checksum => return None,
     };
-    Some(Hooked { kind, base, chain_type, hook, priority, keys, prefix })
+    Some(Hooked { kind, reach, chain_type, hook, priority, prefix })
 }
 
 fn chain_name(hooked: &Hooked, bridge: &IfName) -> String {
@@ -110,9 +137,9 @@ struct NewRule<'a> {
 }
 
 impl NewRule<'_> {
-    fn expressions(&self) -> Vec<render::Expression> {
+    fn expressions(&self, maps: &mut Vec<AnonymousMap>) -> Vec<render::Expression> {
         match self.wanted {
-            Wanted::Rule(rule) => rule_expressions(rule),
+            Wanted::Rule(rule) => rule_expressions(rule, maps),
             Wanted::Dispatch(key, map) => dispatch_expressions(key, map),
         }
     }
@@ -123,14 +150,13 @@ fn userdata_of(rules: &[NewRule]) -> Vec<Vec<u8>> {
     rules.iter().map(|r| r.userdata.clone()).collect()
 }
 
-/// The dispatch rules a base chain holds.
+/// The dispatch rules a shared base chain holds (none for a kind without one).
 fn dispatch_rules(hooked: &Hooked) -> Vec<NewRule<'static>> {
-    hooked
-        .keys
-        .iter()
+    let Reach::Dispatch { base, keys } = hooked.reach else { return Vec::new() };
+    keys.iter()
         .map(|key| NewRule {
-            wanted: Wanted::Dispatch(*key, hooked.base),
-            userdata: comment("kvm-net", &(u32::from(*key), hooked.base)),
+            wanted: Wanted::Dispatch(*key, base),
+            userdata: comment("kvm-net", &(u32::from(*key), base)),
         })
         .collect()
 }
@@ -248,24 +274,67 @@ fn table_contents(nft: &mut Nft, family: Family) -> Result<(Vec<String>, Vec<Str
 }
 
 fn seen(nft: &mut Nft, family: Family, hooked: &Hooked, bridge: &IfName) -> Result<Seen> {
-    Ok(Seen {
-        base: rule_comments(nft, family, hooked.base)?,
-        chain: rule_comments(nft, family, &chain_name(hooked, bridge))?,
-        element: element_target(nft, family, hooked.base, bridge)?,
-    })
+    let chain = rule_comments(nft, family, &chain_name(hooked, bridge))?;
+    let Some(base) = hooked.base() else { return Ok(Seen { base: Vec::new(), chain, element: None }) };
+    Ok(Seen { base: rule_comments(nft, family, base)?, chain, element: element_target(nft, family, base, bridge)? })
 }
 
 fn change(family: Family, message: NfTablesMessage, flags: u16, what: impl Into<String>) -> Change {
     Change { family, message, flags, what: what.into() }
 }
 
+/// How many elements go in one message: a nested attribute's length is 16 bits.
+const ELEMENTS_PER_MESSAGE: usize = 1024;
+
+/// The anonymous map `map`, made with its elements, for a rule of the same batch.
+fn add_anonymous_map(changes: &mut Vec<Change>, family: Family, map: AnonymousMap) {
+    let attributes = vec![
+        SetAttribute::Table(TABLE.to_owned()),
+        SetAttribute::Name(ANONYMOUS_MAP.to_owned()),
+        SetAttribute::Flags(SetFlags::Anonymous | SetFlags::Constant | SetFlags::Map),
+        SetAttribute::KeyType(map.data_type),
+        SetAttribute::KeyLen(map.len),
+        SetAttribute::DataType(map.data_type),
+        SetAttribute::DataLen(map.len),
+        SetAttribute::Id(map.id),
+    ];
+    let what = format!("creating an anonymous map in {}", table_of(family));
+    changes.push(change(family, NfTablesMessage::NewSet(SetMessage { attributes }), NLM_F_CREATE, what));
+    for chunk in map.elements.chunks(ELEMENTS_PER_MESSAGE) {
+        let elements = chunk
+            .iter()
+            .map(|(key, value)| {
+                ListAttribute::Element(vec![
+                    SetElementAttribute::Key(DataAttribute::Value(key.clone())),
+                    SetElementAttribute::Data(DataAttribute::Value(value.clone())),
+                ])
+            })
+            .collect();
+        let message = NfTablesMessage::NewSetElement(SetElementMessage {
+            attributes: vec![
+                SetElementList::Table(TABLE.to_owned()),
+                SetElementList::Set(ANONYMOUS_MAP.to_owned()),
+                SetElementList::SetId(map.id),
+                SetElementList::Elements(elements),
+            ],
+        });
+        let what = format!("filling an anonymous map in {}", table_of(family));
+        changes.push(change(family, message, NLM_F_CREATE, what));
+    }
+}
+
 fn add_rules(changes: &mut Vec<Change>, family: Family, chain: &str, rules: Vec<NewRule>) {
     for rule in rules {
+        let mut maps = Vec::new();
+        let expressions = rule.expressions(&mut maps);
+        for map in maps {
+            add_anonymous_map(changes, family, map);
+        }
         let message = NfTablesMessage::NewRule(RuleMessage {
             attributes: vec![
                 RuleAttribute::Table(TABLE.to_owned()),
                 RuleAttribute::Chain(chain.to_owned()),
-                RuleAttribute::Expressions(rule.expressions()),
+                RuleAttribute::Expressions(expressions),
                 RuleAttribute::UserData(rule.userdata),
             ],
         });
@@ -326,41 +395,43 @@ fn ensure_changes(plan: &Plan, family: Family, hooked: &Hooked, seen: &Seen) -> 
     let chain = chain_name(hooked, bridge);
     let mut changes = Vec::new();
     let dispatch = dispatch_rules(hooked);
-    if seen.base != userdata_of(&dispatch) {
-        trace(format_args!("{} {}: base chain {} and map made anew", table_of(family), hooked.base, hooked.base));
-        changes.push(new_map(family, hooked.base));
-        changes.push(new_chain(family, hooked.base, Some(hooked)));
-        if !seen.base.is_empty() {
-            changes.push(flush_chain(family, hooked.base));
+    if let Some(base) = hooked.base() {
+        if seen.base != userdata_of(&dispatch) {
+            trace(format_args!("{} {base}: base chain {base} and map made anew", table_of(family)));
+            changes.push(new_map(family, base));
+            changes.push(new_chain(family, base, Some(hooked)));
+            if !seen.base.is_empty() {
+                changes.push(flush_chain(family, base));
+            }
+            add_rules(&mut changes, family, base, dispatch);
         }
-        add_rules(&mut changes, family, hooked.base, dispatch);
     }
     let rules = planned_rules(plan, family, hooked.kind);
     if seen.chain != userdata_of(&rules) {
         trace(format_args!("{} {chain}: write {} rules", table_of(family), rules.len()));
-        changes.push(new_chain(family, &chain, None));
+        let own = match hooked.reach {
+            Reach::Own => Some(hooked),
+            Reach::Dispatch { .. } => None,
+        };
+        changes.push(new_chain(family, &chain, own));
         if !seen.chain.is_empty() {
             changes.push(flush_chain(family, &chain));
         }
         add_rules(&mut changes, family, &chain, rules);
     }
+    let Some(base) = hooked.base() else { return changes };
     if seen.element.as_deref() != Some(chain.as_str()) {
-        trace(format_args!("{} map {}: {bridge} jumps to {chain}", table_of(family), hooked.base));
+        trace(format_args!("{} map {base}: {bridge} jumps to {chain}", table_of(family)));
         if seen.element.is_some() {
-            let stale = NfTablesMessage::DeleteSetElement(element_list(hooked.base, bridge, None));
-            changes.push(change(
-                family,
-                stale,
-                0,
-                format!("deleting {bridge} from map {} {}", table_of(family), hooked.base),
-            ));
+            let stale = NfTablesMessage::DeleteSetElement(element_list(base, bridge, None));
+            changes.push(change(family, stale, 0, format!("deleting {bridge} from map {} {base}", table_of(family))));
         }
-        let element = NfTablesMessage::NewSetElement(element_list(hooked.base, bridge, Some(&chain)));
+        let element = NfTablesMessage::NewSetElement(element_list(base, bridge, Some(&chain)));
         changes.push(change(
             family,
             element,
             NLM_F_CREATE,
-            format!("adding {bridge} to map {} {}", table_of(family), hooked.base),
+            format!("adding {bridge} to map {} {base}", table_of(family)),
         ));
     }
     changes
@@ -439,14 +510,19 @@ impl NftablesFirewall {
                 let mut ours = Vec::new();
                 let mut bases = Vec::new();
                 for hooked in Kind::ALL.into_iter().filter_map(hooked) {
-                    // A base chain is kvm-net's only with exactly its dispatch rules.
-                    if chains.iter().any(|c| c == hooked.base)
-                        && rule_comments(nft, family, hooked.base)? == userdata_of(&dispatch_rules(&hooked))
-                    {
-                        bases.push(hooked.base.to_owned());
-                    }
+                    let element = match hooked.base() {
+                        Some(base) => {
+                            // A base chain is kvm-net's only with exactly its dispatch rules.
+                            if chains.iter().any(|c| c == base)
+                                && rule_comments(nft, family, base)? == userdata_of(&dispatch_rules(&hooked))
+                            {
+                                bases.push(base.to_owned());
+                            }
+                            element_target(nft, family, base, bridge)?
+                        }
+                        None => None,
+                    };
                     let chain = chain_name(&hooked, bridge);
-                    let element = element_target(nft, family, hooked.base, bridge)?;
                     // Jumps to the chain: its use count less its own rules.
                     let jumps = match chain_use(nft, family, &chain)? {
                         Some(uses) => Some(uses.saturating_sub(rule_count(nft, family, &chain)?)),
@@ -454,9 +530,10 @@ impl NftablesFirewall {
                     };
                     ours.push((hooked, chain, element, jumps));
                 }
-                let maps: Vec<&str> = Kind::ALL.into_iter().filter_map(hooked).map(|h| h.base).collect();
+                let maps: Vec<&str> = Kind::ALL.into_iter().filter_map(hooked).filter_map(|h| h.base()).collect();
+                // Anonymous sets (`__map0`) belong to the rules that use them, which are in these chains.
                 let last = chains.iter().all(|c| bases.contains(c) || ours.iter().any(|(_, chain, ..)| chain == c))
-                    && sets.iter().all(|s| maps.contains(&s.as_str()));
+                    && sets.iter().all(|s| maps.contains(&s.as_str()) || s.starts_with("__"));
                 if last {
                     trace(format_args!("{}: the last network is gone; deleting the table", table_of(family)));
                     let message = NfTablesMessage::DeleteTable(TableMessage {
@@ -466,9 +543,9 @@ impl NftablesFirewall {
                     continue;
                 }
                 for (hooked, chain, element, jumps) in ours {
-                    if element.is_some() {
-                        let message = NfTablesMessage::DeleteSetElement(element_list(hooked.base, bridge, None));
-                        let what = format!("deleting {bridge} from map {} {}", table_of(family), hooked.base);
+                    if let (Some(base), Some(_)) = (hooked.base(), &element) {
+                        let message = NfTablesMessage::DeleteSetElement(element_list(base, bridge, None));
+                        let what = format!("deleting {bridge} from map {} {base}", table_of(family));
                         changes.push(change(family, message, 0, what));
                     }
                     let Some(jumps) = jumps else { continue };
@@ -513,7 +590,9 @@ impl NftablesFirewall {
                 }
             } else if found.chain != userdata_of(&rules) {
                 RuleState::Differs
-            } else if found.element.as_deref() != Some(chain.as_str()) || found.base != userdata_of(&dispatch) {
+            } else if hooked.base().is_some()
+                && (found.element.as_deref() != Some(chain.as_str()) || found.base != userdata_of(&dispatch))
+            {
                 RuleState::NoJump
             } else {
                 RuleState::Ok
@@ -535,9 +614,11 @@ impl NftablesFirewall {
         with_nft(|nft| {
             for family in [Family::V4, Family::V6] {
                 for hooked in Kind::ALL.into_iter().filter_map(hooked) {
-                    if chain_use(nft, family, &chain_name(&hooked, bridge))?.is_some()
-                        || element_target(nft, family, hooked.base, bridge)?.is_some()
-                    {
+                    let element = match hooked.base() {
+                        Some(base) => element_target(nft, family, base, bridge)?,
+                        None => None,
+                    };
+                    if chain_use(nft, family, &chain_name(&hooked, bridge))?.is_some() || element.is_some() {
                         return Ok(true);
                     }
                 }

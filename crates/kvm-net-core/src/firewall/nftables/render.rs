@@ -4,6 +4,8 @@
 //! unchanged rules from anything else in its chains.
 
 use std::hash::{Hash, Hasher};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use ipnetwork::IpNetwork;
 use netlink_packet_core::DefaultNla;
@@ -12,7 +14,7 @@ use netlink_packet_netfilter::nftables::{
     Operator, Payload, Register, Verdict, VerdictAttribute,
 };
 
-use crate::firewall::plan::{Action, Match, Protocol, Rule};
+use crate::firewall::plan::{Action, Match, PortMapping, PortRange, Rule};
 use crate::ifname::{IfName, MAX_IFNAME_LEN};
 
 /// One expression of a rule, as the rule message lists it.
@@ -35,6 +37,25 @@ const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
 const NFTA_MASQ_REG_PROTO_MAX: u16 = 3;
 /// `NF_NAT_RANGE_PROTO_SPECIFIED`: the masquerade picks ports from a range.
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 0x2;
+/// `NFT_CT_STATUS`, and the bit of a connection whose destination was rewritten.
+const NFT_CT_STATUS: u32 = 2;
+const IPS_DST_NAT: u32 = 1 << 5;
+/// Attributes and values of the `fib` expression: the address type of the destination.
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+/// `RTN_LOCAL`: an address of the host's own.
+const RTN_LOCAL: u8 = 2;
+/// Attributes and values of the `nat` expression.
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFTA_NAT_REG_PROTO_MAX: u16 = 6;
+const NFT_NAT_DNAT: u32 = 1;
+const NFPROTO_IPV4: u32 = 2;
 /// `NFTNL_UDATA_RULE_COMMENT`, the user data type `nft` shows as a comment.
 const UDATA_COMMENT: u8 = 0;
 
@@ -71,8 +92,12 @@ fn meta(key: MetaKey) -> Expression {
 }
 
 fn payload(base: u32, offset: u32, len: u32) -> Expression {
+    payload_into(Register::Reg1, base, offset, len)
+}
+
+fn payload_into(register: Register, base: u32, offset: u32, len: u32) -> Expression {
     expression(Expressions::Payload(vec![
-        Payload::DestinationRegister(Register::Reg1),
+        Payload::DestinationRegister(register),
         Payload::Base(base),
         Payload::Offset(offset),
         Payload::Len(len),
@@ -121,17 +146,39 @@ fn match_expressions(condition: &Match) -> Vec<Expression> {
         Match::Source { net, negate } => address(12, 8, net, *negate),
         Match::Destination { net, negate } => address(16, 24, net, *negate),
         Match::Protocol { protocol, destination_port } => {
-            let number = match protocol {
-                Protocol::Tcp => libc::IPPROTO_TCP,
-                Protocol::Udp => libc::IPPROTO_UDP,
-            };
-            let mut expressions = vec![meta(MetaKey::L4Proto), cmp(Operator::Equal, vec![number as u8])];
-            if let Some(port) = destination_port {
+            let mut expressions = vec![meta(MetaKey::L4Proto), cmp(Operator::Equal, vec![protocol.number()])];
+            if let Some(ports) = destination_port {
                 expressions.push(payload(TRANSPORT_HEADER, 2, 2));
-                expressions.push(cmp(Operator::Equal, port.to_be_bytes().to_vec()));
+                if ports.is_single() {
+                    expressions.push(cmp(Operator::Equal, ports.first.to_be_bytes().to_vec()));
+                } else {
+                    // Big-endian bytes compare as the numbers do.
+                    expressions.push(cmp(Operator::GreatherThanEqual, ports.first.to_be_bytes().to_vec()));
+                    expressions.push(cmp(Operator::LessThanEqual, ports.last.to_be_bytes().to_vec()));
+                }
             }
             expressions
         }
+        Match::LocalDestination => vec![
+            raw(
+                "fib",
+                vec![
+                    u32_attribute(NFTA_FIB_DREG, Register::Reg1.into()),
+                    u32_attribute(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE),
+                    u32_attribute(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR),
+                ],
+            ),
+            // The address type is a host-order u32.
+            cmp(Operator::Equal, u32::from(RTN_LOCAL).to_ne_bytes().to_vec()),
+        ],
+        Match::Dnat { negate } => vec![
+            raw(
+                "ct",
+                vec![u32_attribute(NFTA_CT_DREG, Register::Reg1.into()), u32_attribute(NFTA_CT_KEY, NFT_CT_STATUS)],
+            ),
+            bitwise(IPS_DST_NAT.to_ne_bytes().to_vec()),
+            cmp(if *negate { Operator::Equal } else { Operator::NotEqual }, vec![0; 4]),
+        ],
         Match::EstablishedOrRelated { negate } => vec![
             raw(
                 "ct",
@@ -160,22 +207,92 @@ fn set_verdict(code: Verdict) -> Expression {
     ]))
 }
 
-fn action_expressions(action: &Action) -> Vec<Expression> {
+/// Loads `value` into `register`.
+fn load(register: Register, value: Vec<u8>) -> Expression {
+    expression(Expressions::Immediate(vec![
+        Immediate::DestinationRegister(register),
+        Immediate::Data(DataAttribute::Value(value)),
+    ]))
+}
+
+/// A port forward: the guest's address into register 1, its port (if it
+/// changes) into register 2, then `dnat`. A range mapped one to one looks
+/// the port up in an anonymous map (nft's `dnat to IP:FIRST-LAST` would be
+/// a pool: any port of the range).
+fn dnat_expressions(to: Ipv4Addr, ports: &PortMapping, maps: &mut Vec<AnonymousMap>) -> Vec<Expression> {
+    let mut expressions = Vec::new();
+    let mut nat = vec![
+        u32_attribute(NFTA_NAT_TYPE, NFT_NAT_DNAT),
+        u32_attribute(NFTA_NAT_FAMILY, NFPROTO_IPV4),
+        u32_attribute(NFTA_NAT_REG_ADDR_MIN, Register::Reg1.into()),
+    ];
+    match ports {
+        PortMapping::Same => {}
+        PortMapping::To(port) => expressions.push(load(Register::Reg2, port.to_be_bytes().to_vec())),
+        PortMapping::Shift { from, to } => {
+            let map = AnonymousMap::ports(*from, *to);
+            expressions.push(payload_into(Register::Reg2, TRANSPORT_HEADER, 2, 2));
+            expressions.push(expression(Expressions::Lookup(vec![
+                Lookup::Set(ANONYMOUS_MAP.to_owned()),
+                Lookup::SetId(map.id),
+                Lookup::SourceRegister(Register::Reg2),
+                Lookup::DestinationRegister(Register::Reg2),
+            ])));
+            maps.push(map);
+        }
+    }
+    if *ports != PortMapping::Same {
+        nat.push(u32_attribute(NFTA_NAT_REG_PROTO_MIN, Register::Reg2.into()));
+        nat.push(u32_attribute(NFTA_NAT_REG_PROTO_MAX, Register::Reg2.into()));
+    }
+    expressions.push(load(Register::Reg1, to.octets().to_vec()));
+    expressions.push(raw("nat", nat));
+    expressions
+}
+
+/// The name an anonymous set is created with: the kernel numbers it.
+pub const ANONYMOUS_MAP: &str = "__map%d";
+
+/// An anonymous map a rule looks up: made in the rule's batch (and found
+/// there by its ID), bound to the rule, and gone with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnonymousMap {
+    /// Its ID in the batch.
+    pub id: u32,
+    /// nft's data type of its keys and its values (`inet_service`).
+    pub data_type: u32,
+    /// The length of its keys and values, in bytes.
+    pub len: u32,
+    /// Its elements: key, value.
+    pub elements: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// nft's data type of ports (`TYPE_INET_SERVICE`).
+const TYPE_INET_SERVICE: u32 = 13;
+
+impl AnonymousMap {
+    /// Each port of `from` to the port at the same place in `to`.
+    fn ports(from: PortRange, to: PortRange) -> Self {
+        static NEXT_ID: AtomicU32 = AtomicU32::new(1 << 16);
+        let elements = (from.first..=from.last)
+            .zip(to.first..=to.last)
+            .map(|(host, guest)| (host.to_be_bytes().to_vec(), guest.to_be_bytes().to_vec()))
+            .collect();
+        Self { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), data_type: TYPE_INET_SERVICE, len: 2, elements }
+    }
+}
+
+fn action_expressions(action: &Action, maps: &mut Vec<AnonymousMap>) -> Vec<Expression> {
     match action {
+        Action::Dnat { to, ports } => dnat_expressions(*to, ports, maps),
         Action::Accept => vec![set_verdict(Verdict::Other(NF_ACCEPT))],
         Action::Drop => vec![set_verdict(Verdict::Other(NF_DROP))],
         Action::Return => vec![set_verdict(Verdict::Return)],
         Action::Masquerade { ports: None } => vec![raw("masq", Vec::new())],
         Action::Masquerade { ports: Some((low, high)) } => {
-            let load = |register: Register, port: &u16| {
-                expression(Expressions::Immediate(vec![
-                    Immediate::DestinationRegister(register),
-                    Immediate::Data(DataAttribute::Value(port.to_be_bytes().to_vec())),
-                ]))
-            };
             vec![
-                load(Register::Reg1, low),
-                load(Register::Reg2, high),
+                load(Register::Reg1, low.to_be_bytes().to_vec()),
+                load(Register::Reg2, high.to_be_bytes().to_vec()),
                 raw(
                     "masq",
                     vec![
@@ -191,9 +308,10 @@ fn action_expressions(action: &Action) -> Vec<Expression> {
     }
 }
 
-/// A rule's expressions: its matches, then its action.
-pub fn rule_expressions(rule: &Rule) -> Vec<Expression> {
-    rule.matches.iter().flat_map(match_expressions).chain(action_expressions(&rule.action)).collect()
+/// A rule's expressions: its matches, then its action; the anonymous maps
+/// it looks up go into `maps`, to be made in the same batch before it.
+pub fn rule_expressions(rule: &Rule, maps: &mut Vec<AnonymousMap>) -> Vec<Expression> {
+    rule.matches.iter().flat_map(match_expressions).chain(action_expressions(&rule.action, maps)).collect()
 }
 
 /// `iifname vmap @MAP` (or `oifname`): the dispatch from a base chain to

@@ -19,7 +19,7 @@ TARGET := $(shell rustup target list --installed 2>/dev/null | grep -qx $(MUSL) 
 # packaging tools mistake for a shared library.
 STATIC_FLAGS := -C relocation-model=static $(if $(filter $(GNU),$(TARGET)),-C target-feature=+crt-static)
 BIN_DIR := target/$(TARGET)/release
-HELPERS := kvm-ifup kvm-ifdown kvm-natup kvm-natdown kvm-net-bridge-helper
+HELPERS := kvm-ifup kvm-ifdown kvm-natup kvm-natdown kvm-net-bridge-helper kvm-net-lease
 # The bridge helper serves QEMU run by ordinary users, so it is installed setuid
 # root; it grants nothing that the config file does not (docs/security.md).
 BRIDGE_HELPER_MODE ?= 4755
@@ -35,7 +35,7 @@ DOCDIR ?= $(PREFIX)/share/doc/kvm-net
 SYSCONFDIR ?= /etc
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 MAN_PAGES := man1/kvm-net.1 man5/kvm-net.toml.5 man8/kvm-natup.8 man8/kvm-natdown.8 man8/kvm-ifup.8 \
-	man8/kvm-ifdown.8 man8/kvm-net-qemu-dropin.8 man8/kvm-net-bridge-helper.8
+	man8/kvm-ifdown.8 man8/kvm-net-qemu-dropin.8 man8/kvm-net-bridge-helper.8 man8/kvm-net-lease.8
 INSTALLED := $(addprefix $(LIBEXECDIR)/,$(HELPERS)) $(BINDIR)/kvm-net $(SBINDIR)/kvm-net-qemu-dropin \
 	$(addprefix $(MANDIR)/,$(MAN_PAGES)) $(DOCDIR)/kvm-net.toml.example $(DOCDIR)/README.md
 

@@ -32,7 +32,7 @@ trap 'dpkg --purge kvm-net >/dev/null 2>&1 || true' EXIT
 dpkg -i "$deb" >/dev/null
 mapfile -t files < <(dpkg -L kvm-net | while read -r f; do [ -f "$f" ] && echo "$f"; done)
 for f in /usr/libexec/kvm-natup /usr/libexec/kvm-natdown /usr/libexec/kvm-ifup /usr/libexec/kvm-ifdown \
-    /usr/libexec/kvm-net-bridge-helper /usr/bin/kvm-net; do
+    /usr/libexec/kvm-net-bridge-helper /usr/libexec/kvm-net-lease /usr/bin/kvm-net; do
     [ -x "$f" ] || fail "$f is not installed"
 done
 [ "$(stat -c '%U:%G %a' /usr/libexec/kvm-net-bridge-helper)" = "root:root 4755" ] \

@@ -274,3 +274,18 @@ fn taps_on_a_network_with_isolated_guests_are_isolated_ports() {
     drop(fds);
     assert_gone_within_teardown(&ns, "lab0");
 }
+
+#[test]
+fn taps_on_a_network_with_guest_spoofing_denied_go_through_the_guest_filter() {
+    let ns = Netns::new();
+    let config = ConfigFile::new(
+        "[network.lab]\nmode = \"nat\"\nbridge = \"lab0\"\nipv4 = \"10.66.0.1/24\"\nguest_spoofing = \"deny\"\n",
+    );
+    let fd = tap(root_call(&ns, "lab", true, Some(&config)));
+    let name = tap_of(&fd).0;
+    let ports = ns.ok(&["nft", "list", "map", "bridge", "kvm_net", "ports"]);
+    assert!(ports.contains(&format!("\"{name}\" : jump spoof-lab0")), "{ports}");
+    drop(fd);
+    assert_gone_within_teardown(&ns, "lab0");
+    assert!(!ns.output(&["nft", "list", "table", "bridge", "kvm_net"]).status.success());
+}

@@ -324,3 +324,32 @@ fn root_and_a_user_share_one_dnsmasq_whoever_starts_first() {
     assert_ok(&host.sandbox.run(&host.ns, None, &host.helper("kvm-natup"), &["tap-r"]));
     assert_eq!(dnsmasqs(&host.ns), 1, "{:?}", daemons(&host.ns));
 }
+
+#[test]
+fn the_lease_hook_binds_for_a_setuid_natup_and_serves_no_one_else() {
+    let host = Host::new(Install::Setuid);
+    host.sandbox.config(&config_with_dhcp(&host).replace(
+        "[network.default]\nmode = \"nat\"\n",
+        "[network.default]\nmode = \"nat\"\nguest_spoofing = \"deny\"\n",
+    ));
+    assert_ok(&host.run(&host.alice, "kvm-natup", "tap-a"));
+    let ports = host.ns.ok(&["nft", "list", "map", "bridge", "kvm_net", "ports"]);
+    assert!(ports.contains("\"tap-a\" : jump spoof-br0"), "{ports}");
+    let dnsmasq = host.sandbox.run_dir().join(format!("kvm-net/dnsmasq/{}-br0/dnsmasq.conf", host.ns.id()));
+    let conf = fs::read_to_string(&dnsmasq).expect("dnsmasq.conf");
+    let hook = host.helper("kvm-net-lease").canonicalize().expect("the installed hook");
+    assert!(conf.contains(&format!("dhcp-script={}", hook.display())), "{conf}");
+    // Run by anyone but that dnsmasq, the hook binds nothing.
+    for user in [Some(&host.alice), None] {
+        let out = host.sandbox.run(
+            &host.ns,
+            user,
+            &host.helper("kvm-net-lease"),
+            &["add", "52:54:00:00:00:99", "192.168.100.99"],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let bound = host.ns.ok(&["nft", "list", "set", "bridge", "kvm_net", "bound-br0"]);
+    assert!(!bound.contains("192.168.100.99"), "{bound}");
+    assert_ok(&host.run(&host.alice, "kvm-natdown", "tap-a"));
+}

@@ -461,3 +461,23 @@ fn a_forward_reaches_a_service_in_the_real_guest_and_goes_with_its_network() {
     assert_no_nat_network(&lab.host, "br0");
     assert!(connect_to(&lab.upstream, HOST_UPLINK, 2222, "hello", Duration::from_secs(1)).is_err());
 }
+
+#[test]
+fn a_guest_under_guest_spoofing_deny_gets_its_lease_and_reaches_upstream() {
+    let config = ConfigFile::new(
+        "[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\nguest_spoofing = \"deny\"\n",
+    );
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM);
+    let spec = VmSpec::new("g1", "vmtap1", 1)
+        .order("dhcp", 1)
+        .order("ping", GATEWAY)
+        .order("tcp", format!("{UPSTREAM}:{}", server.port()))
+        .env("KVM_NET_CONFIG", config.path());
+    let run = Vm::start(&lab.host, &spec).wait(BOOT);
+    run.assert_passed(&["link", "dhcp", &format!("ping:{GATEWAY}"), "tcp"]);
+    assert_upstream_saw_host(&server, "g1");
+    assert_no_nat_network(&lab.host, "br0");
+    let left = lab.host.output(&["nft", "list", "table", "bridge", "kvm_net"]);
+    assert!(!left.status.success(), "the guest filter outlived the network");
+}

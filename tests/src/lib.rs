@@ -3,6 +3,7 @@
 
 pub mod bridge;
 pub mod firewalld;
+pub mod frames;
 pub mod host;
 pub mod inspect;
 pub mod lab;

@@ -93,7 +93,8 @@ pub enum Install {
 }
 
 /// The helper binaries copied into the sandbox.
-pub const HELPERS: [&str; 5] = ["kvm-ifup", "kvm-ifdown", "kvm-natup", "kvm-natdown", "kvm-net-bridge-helper"];
+pub const HELPERS: [&str; 6] =
+    ["kvm-ifup", "kvm-ifdown", "kvm-natup", "kvm-natdown", "kvm-net-bridge-helper", "kvm-net-lease"];
 
 /// A private `/run`, `/etc` (an overlay: changes stay in the sandbox),
 /// `/etc/kvm-net` and `/dev/net/tun` (mode 0666, as udev makes it) for the

@@ -20,8 +20,9 @@ use nix::sys::socket::{
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::access::Access;
-use crate::config::{self, Config, Environment, Network};
+use crate::config::{self, Config, Environment, Network, Spoofing};
 use crate::error::Error;
+use crate::firewall::antispoof;
 use crate::lock::BridgeLock;
 use crate::netlink::{Link, Netlink, PortIsolation};
 use crate::network::{find_bridge, Bringup};
@@ -185,6 +186,9 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
             // failed start.
             bringup.run(&mut netlink, |netlink, bridge| {
                 trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
+                if network.guest_spoofing == Spoofing::Deny {
+                    antispoof::admit(&network.bridge, &port.name)?;
+                }
                 netlink.attach_new_tap(&port, &bridge, PortIsolation::of(network.isolate_guests))?;
                 within_bound(netlink, &access, &network, &port, &bridge)?;
                 watch::ensure_watcher(&network)

@@ -6,10 +6,10 @@ use std::fs;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, Mode, Network};
+use crate::config::{Config, Mode, Network, Spoofing};
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
-use crate::firewall::{self, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
+use crate::firewall::{self, antispoof, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
 use crate::listeners::listeners;
 use crate::netlink::{abandoned_bridges, Link, Netlink};
 
@@ -96,6 +96,27 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
     Ok(findings)
 }
 
+/// A network several users' guests share, whose guests may impersonate
+/// each other.
+fn check_spoofing(network: &Network, findings: &mut Vec<Finding>) {
+    let grants = network.grants.users.len() + network.grants.groups.len();
+    if network.mode.is_managed()
+        && network.guest_spoofing == Spoofing::Allow
+        && (grants > 1 || !network.grants.groups.is_empty())
+    {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "guest-spoofing",
+            Some(network),
+            format!(
+                "network {} is granted to more than one user or group, and its guests may send as each other (guest_spoofing = \"allow\"): one guest can take another's address or MAC, or poison its ARP",
+                network.name
+            ),
+            format!("set guest_spoofing = \"deny\" for network {} (it needs DHCP on the network)", network.name),
+        ));
+    }
+}
+
 fn check_network(
     netlink: &mut Netlink,
     links: &[Link],
@@ -105,6 +126,7 @@ fn check_network(
 ) -> Result<()> {
     let name = &network.name;
     let bridge = network.bridge.as_str();
+    check_spoofing(network, findings);
     let link = links.iter().find(|l| l.name == bridge);
     if let Some(link) = link.filter(|l| !l.is_bridge()) {
         findings.push(Finding::new(
@@ -190,11 +212,18 @@ fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Fin
             "use the nftables backend (firewall = \"auto\" or \"nftables\" in the config), whose tables firewalld leaves alone".to_owned(),
         ));
     }
-    let broken: Vec<String> = chains
+    let mut broken: Vec<String> = chains
         .into_iter()
         .filter(|c| c.state != RuleState::Ok)
         .map(|c| format!("{} ({})", c.shown, c.state.as_str()))
         .collect();
+    if network.guest_spoofing == Spoofing::Deny {
+        match antispoof::state(bridge)? {
+            Some(true) => {}
+            Some(false) => broken.push(format!("bridge kvm_net spoof-{bridge} (differs)")),
+            None => broken.push(format!("bridge kvm_net spoof-{bridge} (missing)")),
+        }
+    }
     if !broken.is_empty() {
         findings.push(Finding::new(
             Severity::Error,

@@ -4,8 +4,9 @@
 use anyhow::{Context, Result};
 
 use crate::access::Access;
-use crate::config::{Network, Source};
+use crate::config::{Network, Source, Spoofing};
 use crate::error::Error;
+use crate::firewall::antispoof;
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{has_port_besides, Link, Netlink, PortIsolation};
@@ -84,6 +85,9 @@ pub fn natup(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
     let port = checked_tap_now(&mut netlink, &checked)?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
     bringup.run(&mut netlink, |netlink, bridge| {
         trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
+        if network.guest_spoofing == Spoofing::Deny {
+            antispoof::admit(&network.bridge, &port.name)?;
+        }
         netlink.attach(&port, &bridge, PortIsolation::of(network.isolate_guests))
     })
 }
@@ -113,6 +117,10 @@ fn natdown_locked(netlink: &mut Netlink, network: &Network, services: &Services,
     };
     if let Some(port) = &port {
         netlink.detach_and_down(port)?;
+        // Tap names are reused: nothing of this guest's stays bound to it.
+        if network.guest_spoofing == Spoofing::Deny {
+            antispoof::release(&network.bridge, &port.name)?;
+        }
     }
     let bridge = match netlink.link_by_name(network.bridge.as_str())? {
         Some(bridge) if bridge.is_bridge() => bridge,

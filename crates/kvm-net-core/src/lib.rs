@@ -11,6 +11,7 @@ pub mod error;
 pub mod firewall;
 pub mod helpers;
 pub mod ifname;
+pub mod lease;
 pub mod listeners;
 pub mod lock;
 pub mod netlink;

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::config::{Config, Network};
+use crate::config::{Config, Network, Spoofing};
 use crate::dnsmasq::{self, Dnsmasq};
 use crate::error::Error;
-use crate::firewall::{self, firewalld, plan, Firewall};
+use crate::firewall::{self, antispoof, firewalld, plan, Firewall};
 use crate::ifname::IfName;
+use crate::lease;
 use crate::lock::BridgeLock;
 use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS, MANAGED_ALIAS};
 use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
@@ -91,6 +92,8 @@ fn all_of(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
 pub struct Bringup<'a> {
     network: &'a Network,
     dnsmasq_binary: Option<PathBuf>,
+    /// The lease hook dnsmasq runs, for `guest_spoofing = "deny"`.
+    lease_hook: Option<PathBuf>,
     services: Services,
     jumps_ahead: bool,
 }
@@ -106,7 +109,19 @@ impl<'a> Bringup<'a> {
             Some(_) => Some(dnsmasq::find_binary().ok_or_else(|| Error::MissingDnsmasq(network.name.clone()))?),
             None => None,
         };
-        Ok(Self { network, dnsmasq_binary, services: Services::for_bridge(&network.bridge)?, jumps_ahead: false })
+        let lease_hook = match network.guest_spoofing {
+            Spoofing::Deny => Some(lease::hook_path().with_context(|| {
+                format!("network {} has guest_spoofing = \"deny\", which needs {}", network.name, lease::NAME)
+            })?),
+            Spoofing::Allow => None,
+        };
+        Ok(Self {
+            network,
+            dnsmasq_binary,
+            lease_hook,
+            services: Services::for_bridge(&network.bridge)?,
+            jumps_ahead: false,
+        })
     }
 
     /// Makes the network whole, then runs `and_then` on its bridge (attaching a
@@ -161,11 +176,20 @@ impl<'a> Bringup<'a> {
             .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
         firewalld::ensure(name, self.jumps_ahead)
             .with_context(|| format!("putting bridge {name} in firewalld's {} zone", firewalld::ZONE))?;
+        match network.guest_spoofing {
+            Spoofing::Deny => {
+                let ports: Vec<String> = netlink.ports_of(&bridge)?.into_iter().map(|port| port.name).collect();
+                antispoof::ensure(name, &ports, || lease::known_bindings(netlink, &bridge, name))?;
+            }
+            // guest_spoofing switched back to allow since the filter was made.
+            Spoofing::Allow if firewall::guest_filter_left(name)? => antispoof::remove(name)?,
+            Spoofing::Allow => {}
+        }
         match (&network.dhcp, &self.dnsmasq_binary) {
             (Some(dhcp), Some(binary)) => self
                 .services
                 .dhcp_server
-                .ensure(binary, network, dhcp)
+                .ensure(binary, network, dhcp, self.lease_hook.as_deref())
                 .with_context(|| format!("starting DHCP for network {} on {name}", network.name))?,
             // DHCP turned off in the config since the server was started.
             _ => self.services.dhcp_server.stop()?,

@@ -157,6 +157,27 @@ impl Start {
     }
 }
 
+/// For a program root runs on kvm-net's behalf (the lease hook, which
+/// dnsmasq runs as root): CAP_NET_ADMIN and nothing else, for it and for
+/// anything it could run (bounding set, where it may still be cut; no_new_privs).
+pub fn keep_only_network_admin() -> Result<()> {
+    let keep = Needs::Netlink.capabilities();
+    for capability in caps::all().difference(&keep) {
+        // Cutting the bounding set needs CAP_SETPCAP, which a dnsmasq started
+        // by a setuid helper no longer has; its bounding set is cut already.
+        if caps::has_cap(None, CapSet::Bounding, *capability).unwrap_or(false) {
+            let _ = caps::drop(None, CapSet::Bounding, *capability);
+        }
+    }
+    let permitted = caps::read(None, CapSet::Permitted).context("reading capabilities")?;
+    let kept: caps::CapsHashSet = keep.intersection(&permitted).copied().collect();
+    caps::set(None, CapSet::Effective, &kept)
+        .and_then(|()| caps::set(None, CapSet::Permitted, &kept))
+        .and_then(|()| caps::clear(None, CapSet::Inheritable))
+        .context("dropping capabilities")?;
+    nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")
+}
+
 /// The signals a terminal sends its foreground process group (^C, ^\, ^Z,
 /// a hang-up, background reads and writes) without the permission check any
 /// other sender faces: a caller could stop a setuid helper with ^Z while it

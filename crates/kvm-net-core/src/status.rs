@@ -8,9 +8,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, Network};
+use crate::config::{Config, Network, Spoofing};
 use crate::dnsmasq::Dnsmasq;
-use crate::firewall::{self, plan};
+use crate::firewall::{self, antispoof, plan};
 use crate::ifname::IfName;
 use crate::netlink::{Link, Netlink};
 use crate::runtime::processes_here;
@@ -60,6 +60,8 @@ pub struct NetworkStatus {
     pub dnsmasq: Option<DnsmasqStatus>,
     /// Whether its guests are kept from reaching each other (`isolate_guests`).
     pub isolate_guests: bool,
+    /// `allow` or `deny` (`guest_spoofing`).
+    pub guest_spoofing: &'static str,
     /// Its port forwards, as configured (in place while the network is up).
     pub forwards: Vec<ForwardStatus>,
     /// The leases its dnsmasq holds now (empty while it is down or without DHCP).
@@ -109,6 +111,10 @@ pub struct PortStatus {
     pub process: Option<String>,
     /// Whether it is an isolated port (`isolate_guests`).
     pub isolated: bool,
+    /// The MAC the guest filter locked it to (`guest_spoofing = "deny"`).
+    pub bound_mac: Option<String>,
+    /// The address the guest filter lets it send from (its lease).
+    pub bound_address: Option<String>,
 }
 
 /// One of kvm-net's chains.
@@ -160,16 +166,28 @@ fn network_status(
         Some(link) if !link.is_bridge() => ("not-a-bridge", Vec::new(), Vec::new()),
         Some(link) => {
             let addresses = netlink.addresses_of(link)?.iter().map(ToString::to_string).collect();
+            let bound = match network.guest_spoofing {
+                Spoofing::Deny if firewall::guest_filter_left(&network.bridge)? => {
+                    antispoof::bindings(&network.bridge)?
+                }
+                _ => Vec::new(),
+            };
             let ports = links
                 .iter()
                 .filter(|p| p.controller == Some(link.index))
                 .map(|p| {
                     let holder = holders.get(&p.name);
+                    let binding = bound
+                        .iter()
+                        .find(|b| b.port == p.name && b.ip.is_some())
+                        .or_else(|| bound.iter().find(|b| b.port == p.name));
                     PortStatus {
                         name: p.name.clone(),
                         pid: holder.map(|h| h.0),
                         process: holder.map(|h| h.1.clone()),
                         isolated: p.isolated,
+                        bound_mac: binding.map(|b| antispoof::show_mac(&b.mac)),
+                        bound_address: binding.and_then(|b| b.ip).map(|ip| ip.to_string()),
                     }
                 })
                 .collect();
@@ -219,6 +237,7 @@ fn network_status(
         rules,
         dnsmasq,
         isolate_guests: network.isolate_guests,
+        guest_spoofing: network.guest_spoofing.as_str(),
         forwards,
         leases,
     })

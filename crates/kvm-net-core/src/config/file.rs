@@ -8,7 +8,9 @@ use indexmap::IndexMap;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
-use super::{Config, Dhcp, Forward, HostRecord, Mode, Network, Source, StaticLease, DEFAULT_MAX_TAPS_PER_USER};
+use super::{
+    Config, Dhcp, Forward, HostRecord, Mode, Network, Source, Spoofing, StaticLease, DEFAULT_MAX_TAPS_PER_USER,
+};
 use crate::access::Grants;
 use crate::error::Error;
 use crate::firewall::Choice;
@@ -47,6 +49,7 @@ struct RawNetwork {
     isolate_guests: Option<bool>,
     #[serde(default)]
     forwards: Vec<RawForward>,
+    guest_spoofing: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +241,23 @@ impl RawNetwork {
         if !self.forwards.is_empty() && !mode.forwards() {
             return Err(bad("forwards", format!("port forwards need a nat or routed network, and {name} is {mode}")));
         }
+        let guest_spoofing = match self.guest_spoofing.as_deref() {
+            None => Spoofing::Allow,
+            Some(text) => Spoofing::parse(text)
+                .ok_or_else(|| bad("guest_spoofing", format!("{text:?} is not \"allow\" or \"deny\"")))?,
+        };
+        if guest_spoofing == Spoofing::Deny && !mode.is_managed() {
+            return Err(bad(
+                "guest_spoofing",
+                "\"deny\" needs a network kvm-net manages (nat, routed or isolated): a bridged network's guests are the LAN's".to_owned(),
+            ));
+        }
+        if guest_spoofing == Spoofing::Deny && dhcp.is_none() {
+            return Err(bad(
+                "guest_spoofing",
+                "\"deny\" needs DHCP on the network: each guest may send only from the address kvm-net's DHCP server leased it, so guests with hand-set addresses would be cut off".to_owned(),
+            ));
+        }
         let mut forwards: Vec<Forward> = Vec::new();
         for (index, raw) in self.forwards.iter().enumerate() {
             let forward = raw
@@ -267,6 +287,7 @@ impl RawNetwork {
             max_taps_per_user,
             isolate_guests: self.isolate_guests.unwrap_or(false),
             forwards,
+            guest_spoofing,
         })
     }
 }

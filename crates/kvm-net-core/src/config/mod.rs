@@ -111,6 +111,39 @@ pub struct Network {
     /// Connections to the host's own addresses forwarded to guests (nat and
     /// routed networks).
     pub forwards: Vec<Forward>,
+    /// Whether guests may send as another guest (`guest_spoofing`).
+    pub guest_spoofing: Spoofing,
+}
+
+/// What a guest may send as (`guest_spoofing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Spoofing {
+    /// Anything, as on a plain bridge (the default).
+    #[default]
+    Allow,
+    /// Only its first MAC, the address DHCP leased it, and no server
+    /// replies or router advertisements (see
+    /// docs/firewall.md).
+    Deny,
+}
+
+impl Spoofing {
+    /// Reads `allow` or `deny`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "allow" => Some(Spoofing::Allow),
+            "deny" => Some(Spoofing::Deny),
+            _ => None,
+        }
+    }
+
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spoofing::Allow => "allow",
+            Spoofing::Deny => "deny",
+        }
+    }
 }
 
 /// A port forward: connections to the host's own addresses (or to one of
@@ -231,6 +264,7 @@ impl Network {
             max_taps_per_user: DEFAULT_MAX_TAPS_PER_USER,
             isolate_guests: false,
             forwards: Vec::new(),
+            guest_spoofing: Spoofing::Allow,
         }
     }
 

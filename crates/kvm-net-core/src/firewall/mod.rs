@@ -17,6 +17,7 @@ use std::fmt;
 use anyhow::{Context, Result};
 
 pub use self::foreign::{foreign_drops, ForeignDrop};
+pub use self::nftables::antispoof;
 pub use self::nftables::foreign::Hook;
 pub use self::nftables::TABLE as NFTABLES_TABLE;
 pub use self::plan::{plan, Family, Kind, Plan};
@@ -210,7 +211,15 @@ fn iptables_may_hold(bridge: &IfName) -> Result<bool> {
 /// them; nothing else is touched. Keeps going past a failed backend and
 /// reports the first failure.
 pub fn remove(bridge: &IfName) -> Result<()> {
-    let nft = if NftablesFirewall::available() { NftablesFirewall.remove(bridge) } else { Ok(()) };
+    let nft = if NftablesFirewall::available() {
+        let guests = match antispoof::leftover(bridge) {
+            Ok(true) => antispoof::remove(bridge),
+            other => other.map(drop),
+        };
+        NftablesFirewall.remove(bridge).and(guests)
+    } else {
+        Ok(())
+    };
     let iptables = match iptables_may_hold(bridge) {
         Ok(true) => IptablesFirewall.remove(bridge),
         Ok(false) => Ok(()),
@@ -243,9 +252,16 @@ pub fn forget_inherited_sockets() {
     nftables::forget_shared_socket();
 }
 
+/// Whether `bridge` still has a guest filter (`guest_spoofing = "deny"`),
+/// where nf_tables runs at all.
+pub fn guest_filter_left(bridge: &IfName) -> Result<bool> {
+    Ok(NftablesFirewall::available() && antispoof::present(bridge)?)
+}
+
 /// Whether any rule of kvm-net's for `bridge` is left, in either backend.
 pub fn leftovers(bridge: &IfName) -> Result<bool> {
-    Ok((NftablesFirewall::available() && NftablesFirewall.leftovers(bridge)?) || iptables_may_hold(bridge)?)
+    let nft = NftablesFirewall::available() && (NftablesFirewall.leftovers(bridge)? || antispoof::leftover(bridge)?);
+    Ok(nft || iptables_may_hold(bridge)?)
 }
 
 /// What in iptables' `filter` table may drop what a network's chain of

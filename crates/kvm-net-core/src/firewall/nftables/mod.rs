@@ -15,6 +15,7 @@
 //! }
 //! ```
 
+pub mod antispoof;
 pub mod foreign;
 mod render;
 mod socket;
@@ -29,6 +30,8 @@ use netlink_packet_netfilter::nftables::{
 use self::render::{comment, dispatch_expressions, ifname_key, rule_expressions, verdict, AnonymousMap, ANONYMOUS_MAP};
 pub use self::socket::forget_shared as forget_shared_socket;
 use self::socket::{with_nft, Change, Committed, Nft};
+use netlink_packet_netfilter::NetfilterProtoFamily;
+
 use super::plan::{Family, Kind, Plan, Rule};
 use super::{ChainState, RuleState};
 use crate::error::Error;
@@ -48,7 +51,7 @@ const TYPE_IFNAME: u32 = 41;
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 /// The maps' user data, for `nft` to print their keys: the key is in host
 /// byte order (`NFTNL_UDATA_SET_KEYBYTEORDER`, 4 bytes, `BYTEORDER_HOST_ENDIAN`).
-fn key_in_host_order() -> Vec<u8> {
+pub(super) fn key_in_host_order() -> Vec<u8> {
     let mut data = vec![0, 4];
     data.extend(1u32.to_ne_bytes());
     data
@@ -279,8 +282,13 @@ fn seen(nft: &mut Nft, family: Family, hooked: &Hooked, bridge: &IfName) -> Resu
     Ok(Seen { base: rule_comments(nft, family, base)?, chain, element: element_target(nft, family, base, bridge)? })
 }
 
-fn change(family: Family, message: NfTablesMessage, flags: u16, what: impl Into<String>) -> Change {
-    Change { family, message, flags, what: what.into() }
+fn change(
+    family: impl Into<NetfilterProtoFamily>,
+    message: NfTablesMessage,
+    flags: u16,
+    what: impl Into<String>,
+) -> Change {
+    Change { family: family.into(), message, flags, what: what.into() }
 }
 
 /// How many elements go in one message: a nested attribute's length is 16 bits.
@@ -444,7 +452,7 @@ fn planned(plan: &Plan) -> impl Iterator<Item = (Family, Hooked)> + '_ {
 
 /// Runs `attempt` (read, then commit computed changes) until the ruleset
 /// did not change under it.
-fn with_retries(what: &str, mut attempt: impl FnMut(&mut Nft) -> Result<Committed>) -> Result<()> {
+pub(super) fn with_retries(what: &str, mut attempt: impl FnMut(&mut Nft) -> Result<Committed>) -> Result<()> {
     with_nft(|nft| {
         for _ in 0..ATTEMPTS {
             if attempt(nft)? == Committed::Done {

@@ -21,14 +21,14 @@ use crate::ifname::{IfName, MAX_IFNAME_LEN};
 pub type Expression = ListAttribute<ExpressionAttribute>;
 
 /// `NF_DROP` and `NF_ACCEPT`, the verdict codes the crate does not name.
-const NF_DROP: u32 = 0;
-const NF_ACCEPT: u32 = 1;
+pub(super) const NF_DROP: u32 = 0;
+pub(super) const NF_ACCEPT: u32 = 1;
 /// `NFT_CT_STATE`, and the bits of established and related connections.
 const NFT_CT_STATE: u32 = 0;
 const CT_ESTABLISHED_RELATED: u32 = 0x06;
 /// `NFT_PAYLOAD_NETWORK_HEADER` and `NFT_PAYLOAD_TRANSPORT_HEADER`.
-const NETWORK_HEADER: u32 = 1;
-const TRANSPORT_HEADER: u32 = 2;
+pub(super) const NETWORK_HEADER: u32 = 1;
+pub(super) const TRANSPORT_HEADER: u32 = 2;
 /// Attributes of the `ct` and `masq` expressions, which the crate leaves raw.
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
@@ -59,19 +59,19 @@ const NFPROTO_IPV4: u32 = 2;
 /// `NFTNL_UDATA_RULE_COMMENT`, the user data type `nft` shows as a comment.
 const UDATA_COMMENT: u8 = 0;
 
-fn expression(expressions: Expressions) -> Expression {
+pub(super) fn expression(expressions: Expressions) -> Expression {
     expressions.into()
 }
 
-fn raw(name: &str, attributes: Vec<DefaultNla>) -> Expression {
+pub(super) fn raw(name: &str, attributes: Vec<DefaultNla>) -> Expression {
     Expressions::Other { expression_type: name.to_owned(), attributes }.into()
 }
 
-fn u32_attribute(kind: u16, value: u32) -> DefaultNla {
+pub(super) fn u32_attribute(kind: u16, value: u32) -> DefaultNla {
     DefaultNla::new(kind, value.to_be_bytes().to_vec())
 }
 
-fn cmp(operator: Operator, data: Vec<u8>) -> Expression {
+pub(super) fn cmp(operator: Operator, data: Vec<u8>) -> Expression {
     expression(Expressions::Cmp(vec![
         Cmp::SourceRegister(Register::Reg1),
         Cmp::Op(operator),
@@ -87,7 +87,7 @@ fn equality(negate: bool) -> Operator {
     }
 }
 
-fn meta(key: MetaKey) -> Expression {
+pub(super) fn meta(key: MetaKey) -> Expression {
     expression(Expressions::Meta(vec![Meta::DestinationRegister(Register::Reg1), Meta::Key(key)]))
 }
 
@@ -95,7 +95,7 @@ fn payload(base: u32, offset: u32, len: u32) -> Expression {
     payload_into(Register::Reg1, base, offset, len)
 }
 
-fn payload_into(register: Register, base: u32, offset: u32, len: u32) -> Expression {
+pub(super) fn payload_into(register: Register, base: u32, offset: u32, len: u32) -> Expression {
     expression(Expressions::Payload(vec![
         Payload::DestinationRegister(register),
         Payload::Base(base),
@@ -200,7 +200,7 @@ pub fn verdict(code: Verdict, chain: Option<&str>) -> DataAttribute {
     DataAttribute::Verdict(attributes)
 }
 
-fn set_verdict(code: Verdict) -> Expression {
+pub(super) fn set_verdict(code: Verdict) -> Expression {
     expression(Expressions::Immediate(vec![
         Immediate::DestinationRegister(Register::Verdict),
         Immediate::Data(verdict(code, None)),

@@ -42,7 +42,7 @@ impl From<Family> for NetfilterProtoFamily {
 /// (`NLM_F_CREATE`, `NLM_F_APPEND`).
 pub struct Change {
     /// Address family of the table it is in.
-    pub family: Family,
+    pub family: NetfilterProtoFamily,
     /// The message.
     pub message: NfTablesMessage,
     /// Flags beside `NLM_F_REQUEST | NLM_F_ACK`.

@@ -1,0 +1,216 @@
+//! `kvm-net-lease`: the script the dnsmasq of a network with `guest_spoofing
+//! = "deny"` runs for each lease (`--dhcp-script`: `add|old|del MAC IP
+//! [NAME]`), binding the leased address to the port the guest sends from, or
+//! unbinding it. A program of kvm-net's, not a shell script: it keeps only
+//! CAP_NET_ADMIN, reads no config and no environment, takes its bridge from
+//! the dnsmasq that ran it (whose config file names the bridge and the network
+//! namespace), and believes nothing a guest said: the MAC must be the one the
+//! bridge filter locked to one of the network's ports, and the guest's host
+//! name is not read at all.
+//!
+//! Also here: where that program is installed ([`hook_path`]), and the
+//! bindings that can be rebuilt from the lease file and the bridge's
+//! forwarding database, for a filter made anew while guests run ([`known_bindings`]).
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::dnsmasq::Dnsmasq;
+use crate::error::Error;
+use crate::firewall::antispoof::{self, Binding, Mac};
+use crate::ifname::IfName;
+use crate::netlink::{Link, Netlink};
+use crate::runtime::bridge_tag;
+
+/// The binary's name, installed beside the tap helpers.
+pub const NAME: &str = "kvm-net-lease";
+
+/// Where the lease hook is: beside the running helper, checked like
+/// everything a privileged program hands to root (dnsmasq runs it as root):
+/// a regular file of root's that no one else may write, in a directory of
+/// root's that no one else may write. (A caller's hard link to a setuid
+/// helper in a directory of their own is refused here.)
+pub fn hook_path() -> Result<PathBuf> {
+    let exe = std::fs::read_link("/proc/self/exe").context("finding the running helper (/proc/self/exe)")?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let hook = dir.join(NAME);
+    let refuse = |path: &Path, why: String| -> anyhow::Error {
+        Error::UnsafePath { path: path.display().to_string(), why }.into()
+    };
+    let meta = std::fs::symlink_metadata(&hook)
+        .map_err(|err| anyhow!("{NAME} is not installed beside the helper ({}: {err})", hook.display()))?;
+    if !meta.file_type().is_file() {
+        return Err(refuse(&hook, "it is not a regular file".to_owned()));
+    }
+    for (path, meta) in
+        [(hook.as_path(), meta), (dir, std::fs::metadata(dir).with_context(|| format!("checking {}", dir.display()))?)]
+    {
+        if meta.uid() != 0 {
+            return Err(refuse(path, format!("it is owned by uid {}, not root", meta.uid())));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(refuse(path, format!("its mode {:04o} lets others write to it", meta.mode() & 0o7777)));
+        }
+    }
+    Ok(hook)
+}
+
+/// A MAC as dnsmasq writes it, `52:54:00:00:00:10`.
+pub fn parse_mac(text: &str) -> Option<Mac> {
+    let octets: Vec<u8> = text
+        .split(':')
+        .map(|octet| (octet.len() == 2).then(|| u8::from_str_radix(octet, 16).ok()).flatten())
+        .collect::<Option<_>>()?;
+    <Mac>::try_from(octets).ok()
+}
+
+/// The port each of the network's current leases is behind, as the bridge
+/// learned it: what a filter made anew (after `nft flush ruleset`) needs to
+/// bind the running guests again.
+pub fn known_bindings(netlink: &mut Netlink, bridge: &Link, name: &IfName) -> Result<Vec<Binding>> {
+    let leases = Dnsmasq::for_bridge(name)?.leases()?;
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let learned = netlink.learned_macs(bridge)?;
+    let ports = netlink.ports_of(bridge)?;
+    Ok(leases
+        .into_iter()
+        .filter_map(|lease| {
+            let mac = parse_mac(&lease.mac)?;
+            let (index, _) = learned.iter().find(|(_, learned)| *learned == mac)?;
+            let port = ports.iter().find(|p| p.index == *index)?;
+            Some(Binding { port: port.name.clone(), mac, ip: Some(lease.ip) })
+        })
+        .collect())
+}
+
+/// What dnsmasq says happened to a lease.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// Given or renewed (`add`, `old`): bind it.
+    Bound { mac: Mac, ip: Ipv4Addr },
+    /// Released or expired (`del`): unbind it.
+    Gone { mac: Mac, ip: Ipv4Addr },
+    /// Anything else dnsmasq tells a script (`init`, `tftp`, `arp-add`, ...).
+    Other,
+}
+
+fn parse(args: &[String]) -> Result<Event> {
+    let (action, mac, ip) = match args {
+        [action, mac, ip, ..] => (action.as_str(), mac, ip),
+        _ => return Ok(Event::Other),
+    };
+    if !matches!(action, "add" | "old" | "del") {
+        return Ok(Event::Other);
+    }
+    let mac = parse_mac(mac).ok_or_else(|| anyhow!("{mac:?} is not a MAC address"))?;
+    // An IPv6 lease (DHCPv6) is no business of the IPv4 binding.
+    let Ok(ip) = ip.parse::<Ipv4Addr>() else { return Ok(Event::Other) };
+    Ok(if action == "del" { Event::Gone { mac, ip } } else { Event::Bound { mac, ip } })
+}
+
+/// The bridge of the dnsmasq that ran this process: its `--conf-file` is
+/// `/run/kvm-net/dnsmasq/netns-DEV-INO-BRIDGE/dnsmasq.conf`, and the
+/// namespace in it must be this one.
+fn bridge_of_parent() -> Result<IfName> {
+    let parent = nix::unistd::getppid();
+    let cmdline = std::fs::read(format!("/proc/{parent}/cmdline")).context("reading the command line of dnsmasq")?;
+    let prefix = format!("--conf-file={}/dnsmasq/", crate::rundir::RUN_DIR);
+    let tag = cmdline
+        .split(|b| *b == 0)
+        .filter_map(|arg| std::str::from_utf8(arg).ok())
+        .find_map(|arg| arg.strip_prefix(&prefix)?.strip_suffix("/dnsmasq.conf").map(str::to_owned))
+        .ok_or_else(|| anyhow!("{NAME} is run by the dnsmasq of a kvm-net network, and process {parent} is none"))?;
+    let bridge = tag
+        .strip_prefix("netns-")
+        .and_then(|rest| rest.splitn(3, '-').nth(2))
+        .and_then(|name| IfName::parse_bridge(name).ok())
+        .ok_or_else(|| anyhow!("dnsmasq's config {tag:?} names no bridge"))?;
+    if bridge_tag(&bridge)? != tag {
+        return Err(anyhow!("dnsmasq's config {tag:?} is for another network namespace"));
+    }
+    Ok(bridge)
+}
+
+fn run(args: &[String]) -> Result<()> {
+    crate::privilege::keep_only_network_admin()?;
+    let event = parse(args)?;
+    if event == Event::Other {
+        return Ok(());
+    }
+    let bridge = bridge_of_parent()?;
+    if !antispoof::present(&bridge)? {
+        return Ok(());
+    }
+    match event {
+        Event::Bound { mac, ip } => {
+            let port = match antispoof::port_holding(&bridge, &mac)? {
+                Some(port) => Some(port),
+                None => learned_port(&bridge, &mac)?,
+            };
+            match port {
+                // Only a port of the network's filter: never one the lease's words point at.
+                Some(port) if antispoof::admits(&bridge, &port)? => antispoof::bind(&bridge, &port, &mac, ip),
+                _ => Err(anyhow!(
+                    "no port of bridge {bridge} sends from {}: {ip} stays unbound",
+                    antispoof::show_mac(&mac)
+                )),
+            }
+        }
+        Event::Gone { mac, ip } => antispoof::unbind(&bridge, &mac, ip),
+        Event::Other => Ok(()),
+    }
+}
+
+/// The port of `bridge` its forwarding database has `mac` behind.
+fn learned_port(bridge: &IfName, mac: &Mac) -> Result<Option<String>> {
+    let mut netlink = Netlink::connect()?;
+    let Some(link) = netlink.link_by_name(bridge.as_str())?.filter(Link::is_bridge) else { return Ok(None) };
+    let Some((index, _)) = netlink.learned_macs(&link)?.into_iter().find(|(_, learned)| learned == mac) else {
+        return Ok(None);
+    };
+    Ok(netlink.link_by_index(index)?.map(|port| port.name))
+}
+
+/// The whole of `kvm-net-lease`'s `main`: dnsmasq logs what it prints.
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            crate::trace::warn(format_args!("{NAME}: {err:#}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn reads_dnsmasqs_lease_events() {
+        let mac = [0x52, 0x54, 0, 0, 0, 0x10];
+        let ip = Ipv4Addr::new(192, 168, 100, 10);
+        for action in ["add", "old"] {
+            assert_eq!(
+                parse(&args(&[action, "52:54:00:00:00:10", "192.168.100.10", "web1"])).ok(),
+                Some(Event::Bound { mac, ip })
+            );
+        }
+        assert_eq!(parse(&args(&["del", "52:54:00:00:00:10", "192.168.100.10"])).ok(), Some(Event::Gone { mac, ip }));
+        assert_eq!(parse(&args(&["init"])).ok(), Some(Event::Other));
+        assert_eq!(parse(&args(&["add", "52:54:00:00:00:10", "fd00::10"])).ok(), Some(Event::Other));
+        assert!(parse(&args(&["add", "52:54:00:00:00:1", "192.168.100.10"])).is_err());
+        assert!(parse(&args(&["add", "52:54:00:00:00:10:11", "192.168.100.10"])).is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! Frames a hostile guest crafts: Ethernet with any source MAC, IPv4 with
+//! any source address (TCP SYN, ICMP echo, UDP), ARP replies, IPv6 router
+//! advertisements, sent as they are through an `AF_PACKET` socket from
+//! inside the guest's namespace.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::Netns;
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// Reads `52:54:00:00:00:10`.
+pub fn mac(text: &str) -> Mac {
+    let octets: Vec<u8> = text.split(':').map(|o| u8::from_str_radix(o, 16).expect("a MAC octet")).collect();
+    octets.try_into().expect("six octets")
+}
+
+/// The MAC of `ifname` in `ns`.
+pub fn mac_of(ns: &Netns, ifname: &str) -> Mac {
+    let line = ns.ok(&["ip", "-o", "link", "show", "dev", ifname]);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "link/ether").expect("an Ethernet link");
+    mac(words[at + 1])
+}
+
+/// The broadcast MAC.
+pub const BROADCAST: Mac = [0xff; 6];
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 =
+        data.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame.
+pub fn ethernet(destination: Mac, source: Mac, ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    [&destination[..], &source[..], &ether_type.to_be_bytes(), payload].concat()
+}
+
+/// An IPv4 packet (no options), with its header checksum.
+pub fn ipv4(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(20 + payload.len()).expect("a small packet");
+    let mut header = vec![0x45, 0];
+    header.extend(length.to_be_bytes());
+    header.extend([0x12, 0x34, 0x40, 0, 64, protocol, 0, 0]);
+    header.extend(source.octets());
+    header.extend(destination.octets());
+    let sum = checksum(&header);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+    [header, payload.to_vec()].concat()
+}
+
+fn pseudo_header_v4(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, length: usize) -> Vec<u8> {
+    let mut pseudo = [source.octets(), destination.octets()].concat();
+    pseudo.extend([0, protocol]);
+    pseudo.extend(u16::try_from(length).expect("small").to_be_bytes());
+    pseudo
+}
+
+/// A TCP SYN, with its checksum.
+pub fn tcp_syn(source: Ipv4Addr, destination: Ipv4Addr, source_port: u16, destination_port: u16) -> Vec<u8> {
+    let mut segment = Vec::new();
+    segment.extend(source_port.to_be_bytes());
+    segment.extend(destination_port.to_be_bytes());
+    segment.extend(0x1000_0000u32.to_be_bytes());
+    segment.extend(0u32.to_be_bytes());
+    segment.extend([0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let sum = checksum(&[pseudo_header_v4(source, destination, 6, segment.len()), segment.clone()].concat());
+    segment[16..18].copy_from_slice(&sum.to_be_bytes());
+    ipv4(source, destination, 6, &segment)
+}
+
+/// An ICMP echo request.
+pub fn icmp_echo(source: Ipv4Addr, destination: Ipv4Addr, id: u16) -> Vec<u8> {
+    let mut message = vec![8, 0, 0, 0];
+    message.extend(id.to_be_bytes());
+    message.extend(1u16.to_be_bytes());
+    message.extend(b"kvm-net spoof test");
+    let sum = checksum(&message);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    ipv4(source, destination, 1, &message)
+}
+
+/// An ARP reply: `sender_ip` is at `sender_mac`, told to `target`.
+pub fn arp_reply(sender_mac: Mac, sender_ip: Ipv4Addr, target_mac: Mac, target_ip: Ipv4Addr) -> Vec<u8> {
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 2];
+    arp.extend(sender_mac);
+    arp.extend(sender_ip.octets());
+    arp.extend(target_mac);
+    arp.extend(target_ip.octets());
+    arp
+}
+
+/// An IPv6 router advertisement from `source` (link-local), offering
+/// `prefix`/64 for autoconfiguration and itself as the default router.
+pub fn router_advertisement(source_mac: Mac, source: Ipv6Addr, prefix: Ipv6Addr) -> Vec<u8> {
+    let all_nodes: Ipv6Addr = "ff02::1".parse().expect("an address");
+    let mut message = vec![134, 0, 0, 0, 64, 0];
+    message.extend(1800u16.to_be_bytes());
+    message.extend([0u8; 8]);
+    // Source link-layer address option.
+    message.extend([1, 1]);
+    message.extend(source_mac);
+    // Prefix information: on-link and autonomous, valid and preferred for an hour.
+    message.extend([3, 4, 64, 0xc0]);
+    message.extend(3600u32.to_be_bytes());
+    message.extend(3600u32.to_be_bytes());
+    message.extend([0u8; 4]);
+    message.extend(prefix.octets());
+    let length = u32::try_from(message.len()).expect("small");
+    let mut pseudo = [source.octets(), all_nodes.octets()].concat();
+    pseudo.extend(length.to_be_bytes());
+    pseudo.extend([0, 0, 0, 58]);
+    let sum = checksum(&[pseudo, message.clone()].concat());
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut header = vec![0x60, 0, 0, 0];
+    header.extend(u16::try_from(message.len()).expect("small").to_be_bytes());
+    header.extend([58, 255]);
+    header.extend(source.octets());
+    header.extend(all_nodes.octets());
+    let payload = [header, message].concat();
+    ethernet([0x33, 0x33, 0, 0, 0, 1], source_mac, 0x86dd, &payload)
+}
+
+/// Sends `frame`, as it is, out of `ifname` in `ns`.
+pub fn send(ns: &Netns, ifname: &str, frame: &[u8]) {
+    let name = std::ffi::CString::new(ifname).expect("a name");
+    // SAFETY: if_nametoindex reads the NUL-terminated name, alive for the call.
+    let index = ns.enter(|| unsafe { libc::if_nametoindex(name.as_ptr()) });
+    assert!(index > 0, "no interface {ifname}");
+    ns.enter(|| {
+        // SAFETY: socket takes integers and returns a new descriptor or -1.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(libc::ETH_P_ALL as u16).to_be()) };
+        assert!(raw >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        // SAFETY: the kernel just returned this descriptor, owned by no one else.
+        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain old data; zero bytes are a valid value.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_ifindex = i32::try_from(index).expect("an index");
+        address.sll_halen = 6;
+        address.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: sendto reads `frame` and `address`, both alive for the call,
+        // with their true lengths.
+        let sent = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::addr_of!(address).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+    });
+}

@@ -2,8 +2,8 @@
 # Installs what building and testing kvm-net needs on a fresh Debian machine:
 # the firewall and link tools the helpers and tests drive, dnsmasq for DHCP,
 # QEMU and busybox for the end-to-end guest, setcap and useradd for the
-# install-mode tests, nft, firewalld and dbus for the firewall tests, and the
-# musl target for static binaries; with --bench also hyperfine,
+# install-mode tests, nft, firewalld and dbus for the firewall tests, Open
+# vSwitch, OVN and ethtool for the multi-host tests, and the musl target for static binaries; with --bench also hyperfine,
 # bridge-utils and qemu-bridge-helper. Idempotent: it installs only what is missing.
 set -euo pipefail
 
@@ -23,6 +23,9 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v useradd >/dev/null || [ -x /usr/sbin/useradd ] || need+=(passwd)
 # strace: the nftables backend must start no process on a VM's start or stop.
 command -v strace >/dev/null || need+=(strace)
+# ethtool: checksum offload off on the veths of the OVN lab; ping: its guests.
+command -v ethtool >/dev/null || [ -x /usr/sbin/ethtool ] || need+=(ethtool)
+command -v ping >/dev/null || need+=(iputils-ping)
 if [ "${1:-}" = --bench ]; then
     # The benchmark's timer, and brctl for the classic scripts it compares with.
     command -v hyperfine >/dev/null || need+=(hyperfine)
@@ -36,6 +39,11 @@ fi
 services=()
 command -v firewalld >/dev/null || [ -x /usr/sbin/firewalld ] || services+=(firewalld)
 command -v dbus-daemon >/dev/null || services+=(dbus)
+# Open vSwitch and OVN (tests/ovs.rs, tests/ovn.rs): ovsdb-server,
+# ovs-vswitchd, ovn-northd and ovn-controller, each test's own.
+command -v ovs-vswitchd >/dev/null || [ -x /usr/sbin/ovs-vswitchd ] || services+=(openvswitch-switch)
+command -v ovn-northd >/dev/null || services+=(ovn-central)
+command -v ovn-controller >/dev/null || services+=(ovn-host)
 
 if [ ${#need[@]} -gt 0 ] || [ ${#services[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -49,8 +57,8 @@ if [ ${#need[@]} -gt 0 ] || [ ${#services[@]} -gt 0 ]; then
         apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     fi
     if [ ${#services[@]} -gt 0 ]; then
-        # policy-rc.d: the packages' scripts must not start firewalld on this
-        # machine's own network (Debian's invoke-rc.d and deb-systemd-invoke obey it).
+        # policy-rc.d: the packages' scripts must not start firewalld or Open
+        # vSwitch on this machine's own network (Debian's invoke-rc.d and deb-systemd-invoke obey it).
         policy=/usr/sbin/policy-rc.d
         if [ -e "$policy" ]; then saved=$(mktemp); cp -p "$policy" "$saved"; else saved=; fi
         printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 0755 "$policy"

@@ -8,6 +8,8 @@ pub mod host;
 pub mod inspect;
 pub mod lab;
 pub mod netns;
+pub mod ovn;
+pub mod ovs;
 pub mod qemu;
 pub mod run;
 pub mod sandbox;

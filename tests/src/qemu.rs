@@ -47,6 +47,8 @@ pub struct VmSpec {
     pub env: Vec<(String, String)>,
     /// `-netdev bridge,br=NAME,helper=PATH` instead of a tap with scripts.
     pub bridge_helper: Option<(String, PathBuf)>,
+    /// More `-netdev` options (`vnet_hdr=off`).
+    pub netdev_options: Vec<String>,
 }
 
 impl VmSpec {
@@ -61,6 +63,7 @@ impl VmSpec {
             orders: vec![("name".to_owned(), name.to_owned())],
             env: Vec::new(),
             bridge_helper: None,
+            netdev_options: Vec::new(),
         }
     }
 
@@ -81,6 +84,12 @@ impl VmSpec {
     /// Adds an order for the guest.
     pub fn order(mut self, key: &str, value: impl ToString) -> Self {
         self.orders.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Adds an option to `-netdev` (`vnet_hdr=off`).
+    pub fn netdev_option(mut self, option: &str) -> Self {
+        self.netdev_options.push(option.to_owned());
         self
     }
 
@@ -170,10 +179,16 @@ impl Vm {
         Self::spawn(sandbox.command(ns, Some(user), Path::new("qemu-system-x86_64"), &[]), spec)
     }
 
+    /// Boots the guest with `command` as QEMU: `qemu-system-x86_64` run
+    /// however the test needs (inside another mount namespace, say).
+    pub fn start_with(command: Command, spec: &VmSpec) -> Self {
+        Self::spawn(command, spec)
+    }
+
     fn spawn(mut command: Command, spec: &VmSpec) -> Self {
         let orders: Vec<String> = spec.orders.iter().map(|(k, v)| format!("kvmnet.{k}={v}")).collect();
         let append = format!("console=ttyS0 quiet panic=-1 {}", orders.join(" "));
-        let netdev = match &spec.bridge_helper {
+        let mut netdev = match &spec.bridge_helper {
             Some((br, helper)) => format!("bridge,id=n0,br={br},helper={}", helper.display()),
             None => format!(
                 "tap,id=n0,ifname={},script={},downscript={}",
@@ -182,6 +197,10 @@ impl Vm {
                 script_path(&spec.downscript).display()
             ),
         };
+        for option in &spec.netdev_options {
+            netdev.push(',');
+            netdev.push_str(option);
+        }
         command
             .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none"])
             .args(["-m", "128", "-no-reboot"])

@@ -168,7 +168,10 @@ fn run(args: Args) -> Result<u8> {
 fn managed<'a>(config: &'a Config, name: &str) -> Result<&'a kvm_net_core::config::Network> {
     let network = config.network(name).with_context(|| format!("no network named {name} in {}", config.source))?;
     if !network.mode.is_managed() {
-        anyhow::bail!("network {name} is bridged: its bridge is the system's, kvm-net never brings it up or down");
+        anyhow::bail!(
+            "network {name} is {}: its bridge is the system's, kvm-net never brings it up or down",
+            network.mode
+        );
     }
     Ok(network)
 }
@@ -226,6 +229,17 @@ fn print_status(status: &Status) {
                 None => f.guest_address.clone(),
             };
             println!("forward of {}: {listens} -> {guest}:{}", n.name, f.guest_ports);
+        }
+        if let Some(ovs) = &n.ovs {
+            if let Some(error) = &ovs.error {
+                println!("Open vSwitch of {}: {error}", n.name);
+            }
+            for port in &n.ports {
+                let iface_id = port.iface_id.as_deref().unwrap_or("-");
+                let installed =
+                    if port.ovn_installed == Some(true) { "installed by OVN" } else { "not installed by OVN" };
+                println!("port of {}: {} iface-id {iface_id}, {installed}", n.name, port.name);
+            }
         }
         for lease in &n.leases {
             let name = lease.name.as_deref().unwrap_or("-");

@@ -115,7 +115,7 @@ fn group_name(gid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::TunOwner;
+    use crate::netlink::Tun;
 
     fn caller(uid: u32, gid: u32, groups: &[u32]) -> Access {
         Access::Restricted(Caller {
@@ -125,7 +125,7 @@ mod tests {
         })
     }
 
-    fn link(kind: &str, tun: Option<TunOwner>) -> Link {
+    fn link(kind: &str, tun: Option<Tun>) -> Link {
         Link {
             index: 7,
             name: "tap0".to_owned(),
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn a_restricted_caller_may_use_only_taps_it_owns() {
         let alice = caller(1000, 1000, &[20]);
-        let tun = |owner, group| link("tun", Some(TunOwner { owner, group }));
+        let tun = |owner, group| link("tun", Some(Tun { owner, group, vnet_header: false }));
         assert!(alice.check_port(&tun(Some(1000), None)).is_ok());
         assert!(alice.check_port(&tun(None, Some(20))).is_ok(), "a supplementary group counts");
         assert!(alice.check_port(&tun(Some(1000), Some(20))).is_ok(), "owner and group both hers");
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn a_shared_group_does_not_make_another_users_tap_yours() {
         let alice = caller(1000, 1000, &[20]);
-        let tun = |owner, group| link("tun", Some(TunOwner { owner, group }));
+        let tun = |owner, group| link("tun", Some(Tun { owner, group, vnet_header: false }));
         // Bob's tap in a group alice is in: the kernel refuses her, and so does kvm-net.
         let bobs = tun(Some(1001), Some(20));
         assert!(matches!(alice.check_port(&bobs), Err(Error::NotYourTap { why, .. }) if why.contains("uid 1001")));

@@ -20,13 +20,14 @@ use nix::sys::socket::{
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::access::Access;
-use crate::config::{self, Config, Environment, Network, Spoofing};
+use crate::config::{self, Config, Environment, Mode, Network, Spoofing};
 use crate::error::Error;
 use crate::firewall::antispoof;
 use crate::lock::BridgeLock;
 use crate::netlink::{Link, Netlink, PortIsolation};
-use crate::network::{find_bridge, Bringup};
+use crate::network::Bringup;
 use crate::privilege::{Install, Needs, Start};
+use crate::switch::{self, LinuxBridge, Switch};
 use crate::tap::Tap;
 use crate::trace::trace;
 use crate::watch;
@@ -147,6 +148,14 @@ fn send_descriptor(socket: BorrowedFd<'_>, tap: &Tap) -> Result<()> {
         .map(drop)
 }
 
+/// Where the helper's tap goes.
+enum Target<'a> {
+    /// A managed network, brought up (or found up) for it.
+    Managed(Bringup<'a>),
+    /// A switch the system owns (bridged and ovs networks).
+    Existing(Box<dyn Switch>),
+}
+
 /// Serves one request.
 pub fn run(request: &Request, start: &Start) -> Result<()> {
     // Checked first: nothing is made for a caller that cannot take the tap.
@@ -160,47 +169,74 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
     let access = start.access();
     access.check_network(&chosen.network, &chosen.how)?;
     let network = chosen.network;
-    if network.mode.is_managed() && needs == Needs::Netlink {
-        return Err(Error::NeedsRoot(NAME).into());
+    // A managed network needs root's files and tools; an OVS port, root's
+    // database socket and the watcher that takes it away with its tap.
+    if needs == Needs::Netlink {
+        if network.mode.is_managed() {
+            return Err(Error::NeedsRoot { helper: NAME, job: crate::error::NEEDS_ROOT_MANAGED }.into());
+        }
+        if network.mode == Mode::Ovs {
+            return Err(Error::NeedsRoot { helper: NAME, job: crate::error::NEEDS_ROOT_OVS }.into());
+        }
     }
     trace(format_args!(
         "--br={}: network {} ({}, bridge {})",
         request.bridge, network.name, network.mode, network.bridge
     ));
-    let bringup = if network.mode.is_managed() { Some(Bringup::prepare(&network, NAME)?) } else { None };
+    let mut netlink = Netlink::connect()?;
+    // The switch of a network kvm-net does not make must be there before a tap is made for it.
+    let mut target = if network.mode.is_managed() {
+        Target::Managed(Bringup::prepare(&network, NAME)?)
+    } else {
+        Target::Existing(switch::existing(&network, &mut netlink).with_context(|| {
+            format!("attaching a tap to {} {}", crate::helpers::switch_kind(&network), network.bridge)
+        })?)
+    };
+    // A switch that forwards the guest's unfinished checksums as they are
+    // gets a tap without virtio-net headers: QEMU then offers the guest no
+    // checksum offload, and the guest finishes its own.
+    let unfinished = match &mut target {
+        Target::Existing(switch) => switch.forwards_unfinished_checksums()?,
+        Target::Managed(_) => false,
+    };
+    if unfinished && request.use_vnet {
+        trace(format_args!("{} forwards unfinished checksums: no vnet header", network.bridge));
+    }
     // The caller's user alone, no group: as private as a tap QEMU makes itself.
     let owner = match &access {
         Access::Restricted(caller) => Some(caller.uid),
         Access::Unrestricted => None,
     };
-    let tap = Tap::create(TAP_PATTERN, request.use_vnet, owner)?;
+    let tap = Tap::create(TAP_PATTERN, request.use_vnet && !unfinished, owner)?;
     trace(format_args!("made tap {} (vnet header: {})", tap.name(), tap.has_vnet_hdr()));
-    let mut netlink = Netlink::connect()?;
     let port =
         netlink.link_by_name(tap.name().as_str())?.ok_or_else(|| Error::NoSuchInterface(tap.name().to_string()))?;
-    match bringup {
-        Some(bringup) => {
+    match target {
+        Target::Managed(bringup) => {
             let _lock = BridgeLock::acquire(&network.bridge)?;
             // The watcher is started last, inside the bring-up: if it cannot
             // be, a network created here is removed again, as after any
             // failed start.
             bringup.run(&mut netlink, |netlink, bridge| {
-                trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
                 if network.guest_spoofing == Spoofing::Deny {
                     antispoof::admit(&network.bridge, &port.name)?;
                 }
-                netlink.attach_new_tap(&port, &bridge, PortIsolation::of(network.isolate_guests))?;
-                within_bound(netlink, &access, &network, &port, &bridge)?;
+                let mut switch = LinuxBridge::new(bridge, PortIsolation::of(network.isolate_guests));
+                switch.attach(netlink, &port, switch::Tap::Made)?;
+                within_bound(netlink, &access, &network, &port, &mut switch)?;
                 watch::ensure_watcher(&network)
             })?;
         }
-        None => {
-            let bridge = find_bridge(&mut netlink, &network.bridge)?
-                .ok_or_else(|| Error::NoBridge(network.bridge.to_string()))
-                .with_context(|| format!("attaching {} to bridge {}", tap.name(), network.bridge))?;
-            trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
-            netlink.attach_new_tap(&port, &bridge, PortIsolation::of(network.isolate_guests))?;
-            within_bound(&mut netlink, &access, &network, &port, &bridge)?;
+        Target::Existing(mut switch) => {
+            // An OVS port needs a watcher to go with its tap; as for managed
+            // networks, it is started (or found) under the bridge's lock.
+            let ovs = network.mode == Mode::Ovs;
+            let _lock = if ovs { Some(BridgeLock::acquire(&network.bridge)?) } else { None };
+            switch.attach(&mut netlink, &port, switch::Tap::Made)?;
+            within_bound(&mut netlink, &access, &network, &port, &mut *switch)?;
+            if ovs {
+                watch::ensure_watcher(&network)?;
+            }
         }
     }
     send_descriptor(socket, &tap)
@@ -211,17 +247,23 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
 /// and takes that one off again (it goes with this process). Counted after
 /// the attach, so that callers racing on a bridge without a lock (a bridged
 /// network) can only be refused too often, never let past the bound.
-fn within_bound(netlink: &mut Netlink, access: &Access, network: &Network, port: &Link, bridge: &Link) -> Result<()> {
+fn within_bound(
+    netlink: &mut Netlink,
+    access: &Access,
+    network: &Network,
+    port: &Link,
+    switch: &mut dyn Switch,
+) -> Result<()> {
     let Access::Restricted(caller) = access else { return Ok(()) };
-    let theirs = netlink
-        .ports_of(bridge)?
+    let theirs = switch
+        .ports(netlink)?
         .iter()
         .filter(|p| p.tun.is_some_and(|tun| tun.owner == Some(caller.uid.as_raw())))
         .count();
     if theirs <= network.max_taps_per_user as usize {
         return Ok(());
     }
-    netlink.detach_and_down(&Link { controller: Some(bridge.index), ..port.clone() })?;
+    switch.detach(netlink, port)?;
     Err(Error::TooManyTaps { user: caller.name(), network: network.name.clone(), max: network.max_taps_per_user }
         .into())
 }

@@ -6,12 +6,14 @@ use std::fs;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, Mode, Network, Spoofing};
+use crate::config::{Config, Mode, Network, OvsPorts, Spoofing};
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
 use crate::firewall::{self, antispoof, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
 use crate::listeners::listeners;
 use crate::netlink::{abandoned_bridges, Link, Netlink};
+use crate::switch::ovs::ALIAS_PREFIX;
+use crate::switch::OvsBridge;
 
 /// How bad a finding is; the exit status is the worst one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -127,6 +129,9 @@ fn check_network(
     let name = &network.name;
     let bridge = network.bridge.as_str();
     check_spoofing(network, findings);
+    if let Some(settings) = &network.ovs {
+        return check_ovs(netlink, links, network, settings, findings);
+    }
     let link = links.iter().find(|l| l.name == bridge);
     if let Some(link) = link.filter(|l| !l.is_bridge()) {
         findings.push(Finding::new(
@@ -178,6 +183,84 @@ fn check_network(
                 check_firewalld_zone(network, findings)?;
             }
             check_managed(network, firewalld_runs, findings)?;
+        }
+    }
+    Ok(())
+}
+
+/// An ovs network: its OVS reachable with its bridge, no port of kvm-net's
+/// whose tap is gone or that vswitchd could not open, and no tap kvm-net
+/// attached (its alias says so) that is no longer a port.
+fn check_ovs(
+    netlink: &mut Netlink,
+    links: &[Link],
+    network: &Network,
+    settings: &OvsPorts,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let (name, bridge) = (&network.name, &network.bridge);
+    let mut ovs = match OvsBridge::connect(name, bridge, settings) {
+        Ok(ovs) => ovs,
+        Err(err) => {
+            let (code, fix) = match err.downcast_ref::<Error>() {
+                Some(Error::OvsNoBridge(_)) => (
+                    "ovs-no-bridge",
+                    format!("create it (ovs-vsctl add-br {bridge}; ovn-controller makes br-int itself), or give network {name} another bridge"),
+                ),
+                _ => (
+                    "ovs-unreachable",
+                    format!("start Open vSwitch (ovsdb-server and ovs-vswitchd), or set ovsdb of network {name} to its socket"),
+                ),
+            };
+            findings.push(Finding::new(
+                Severity::Error,
+                code,
+                Some(network),
+                format!("network {name}: {err:#}: no VM can join it"),
+                fix,
+            ));
+            return Ok(());
+        }
+    };
+    let (present, gone) = ovs.ports_by_presence(netlink)?;
+    for port in &gone {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "ovs-stale-port",
+            Some(network),
+            format!(
+                "port {} of Open vSwitch bridge {bridge} was added by kvm-net and its tap is gone (a VM killed without its downscript?)",
+                port.name
+            ),
+            "run `kvm-net gc` to remove it".to_owned(),
+        ));
+    }
+    for port in present.iter().filter(|p| p.error.is_some() || p.ofport.is_some_and(|o| o < 1)) {
+        findings.push(Finding::new(
+            Severity::Error,
+            "ovs-port-error",
+            Some(network),
+            format!(
+                "Open vSwitch could not use port {} of bridge {bridge}: {}",
+                port.name,
+                port.error.as_deref().unwrap_or("it has no OpenFlow port")
+            ),
+            format!("see ovs-vswitchd's log, then restart the VM's network (kvm-ifdown {0}; kvm-ifup {0})", port.name),
+        ));
+    }
+    let alias = format!("{ALIAS_PREFIX}{name}");
+    for tap in links.iter().filter(|l| l.alias.as_deref() == Some(&alias)) {
+        if !present.iter().any(|p| p.name == tap.name) {
+            findings.push(Finding::new(
+                Severity::Error,
+                "ovs-port-missing",
+                Some(network),
+                format!(
+                    "tap {} of network {name} is no longer a port of Open vSwitch bridge {bridge} (removed by someone else?): its VM is cut off",
+                    tap.name
+                ),
+                format!("add it again: kvm-ifup {} (as root, with KVM_NET_NETWORK={name} if its name matches no taps pattern)", tap.name),
+            ));
         }
     }
     Ok(())

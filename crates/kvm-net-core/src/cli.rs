@@ -80,6 +80,14 @@ impl Helper {
     fn run(self, tap: &IfName, invoked_as: Option<&str>, start: &Start) -> anyhow::Result<()> {
         start.keep_only(self.needs(), self.name())?;
         let access = start.access();
+        // The OVSDB socket is root's: an install with file capabilities
+        // cannot reach it (a setuid one keeps root's ids).
+        let ovs_needs_root = |network: &Network| -> anyhow::Result<()> {
+            if network.mode == config::Mode::Ovs && start.install == Install::Capabilities {
+                return Err(Error::NeedsRoot { helper: self.name(), job: crate::error::NEEDS_ROOT_OVS }.into());
+            }
+            Ok(())
+        };
         // kvm-ifdown reads no config: it acts on what the tap is attached to.
         let chosen = || -> anyhow::Result<(Network, Source)> {
             let env = Environment::from_process()?;
@@ -87,14 +95,29 @@ impl Helper {
             let chosen = config::choose(&config, invoked_as, tap, &env)?;
             access.check_network(&chosen.network, &chosen.how)?;
             let network = chosen.network;
+            ovs_needs_root(&network)?;
             trace(format_args!(
                 "{tap}: network {} ({}, bridge {}) from {} ({})",
                 network.name, network.mode, network.bridge, config.source, chosen.how
             ));
             Ok((network, config.source))
         };
+        // kvm-ifdown reads the config only for a tap of an ovs network (its
+        // database socket): the network its alias names, if granted.
+        let ovs_network = |name: &str| -> anyhow::Result<Network> {
+            let env = Environment::from_process()?;
+            let config = Config::load(&env.config_path(), start.install != Install::Plain)?;
+            let network = config.network(name).cloned().ok_or_else(|| Error::UnknownNetwork {
+                name: name.to_owned(),
+                how: format!("the alias of {tap} names it"),
+                origin: config.source.to_string(),
+            })?;
+            access.check_network(&network, &format!("the alias of {tap} names it"))?;
+            ovs_needs_root(&network)?;
+            Ok(network)
+        };
         match self {
-            Helper::IfDown => helpers::ifdown(tap, &access),
+            Helper::IfDown => helpers::ifdown(tap, &access, ovs_network),
             Helper::IfUp => {
                 let (network, source) = chosen()?;
                 helpers::ifup(tap, &network, &source, &access)

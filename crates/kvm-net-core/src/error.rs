@@ -2,6 +2,11 @@
 
 use crate::ifname::IfNameError;
 
+/// Why a managed network needs root.
+pub const NEEDS_ROOT_MANAGED: &str = "a managed network needs root (iptables, dnsmasq, /run/kvm-net)";
+/// Why an Open vSwitch port needs root.
+pub const NEEDS_ROOT_OVS: &str = "an Open vSwitch port needs root (the OVSDB socket and /run/kvm-net are root's)";
+
 /// A failure whose cause is known well enough to tell the user what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,14 +63,28 @@ pub enum Error {
     #[error("user {user} may not use {tap}: {why}")]
     NotYourTap { tap: String, user: String, why: String },
     /// A helper with file capabilities was asked for a job that needs root.
-    #[error("{0} runs with file capabilities, but a managed network needs root (iptables, dnsmasq, /run/kvm-net)")]
-    NeedsRoot(&'static str),
+    #[error("{helper} runs with file capabilities, but {job}")]
+    NeedsRoot {
+        /// The helper.
+        helper: &'static str,
+        /// What needs root, and why ([`NEEDS_ROOT_MANAGED`], [`NEEDS_ROOT_OVS`]).
+        job: &'static str,
+    },
     /// A directory or file under /run/kvm-net (or the config) is not root's alone.
     #[error("{path} is unsafe to use: {why}")]
     UnsafePath { path: String, why: String },
     /// Another kvm-net run held the bridge's lock for too long.
     #[error("another kvm-net run has held the lock of bridge {bridge} for {seconds} s")]
     LockTimeout { bridge: String, seconds: u64 },
+    /// Open vSwitch's database server cannot be reached, or does not answer.
+    #[error("Open vSwitch's database at {socket} cannot be used: {why}")]
+    OvsUnreachable { socket: String, why: String },
+    /// The network's Open vSwitch bridge does not exist.
+    #[error("Open vSwitch has no bridge {0}")]
+    OvsNoBridge(String),
+    /// ovs-vswitchd did not apply a change to the database.
+    #[error("ovs-vswitchd did not apply {what} within {seconds} s (is it running?)")]
+    OvsNotApplied { what: String, seconds: u64 },
     /// A resource limit the caller lowered is below what the job needs, and
     /// cannot be raised again (no CAP_SYS_RESOURCE).
     #[error("the hard limit {limit} is {value}; kvm-net needs {needs} to bring a network up")]
@@ -107,7 +126,7 @@ impl Error {
             Error::WrongHelper { mode, .. } if mode.is_managed() => {
                 "use script=kvm-natup,downscript=kvm-natdown for nat, routed and isolated networks"
             }
-            Error::WrongHelper { .. } => "use script=kvm-ifup,downscript=kvm-ifdown for bridged networks",
+            Error::WrongHelper { .. } => "use script=kvm-ifup,downscript=kvm-ifdown for bridged and ovs networks",
             Error::SubnetInUse { .. } => "pick another subnet for this network in the config file, or remove the other user",
             Error::DropCallerIds(_) => "install the helper owned by root with mode 4755, or run QEMU as root",
             Error::MissingDnsmasq(_) => {
@@ -121,8 +140,8 @@ impl Error {
             Error::NotYourTap { .. } => {
                 "use a tap you own (ip tuntap add dev TAP mode tap user YOU, then -netdev tap,ifname=TAP,...); nothing was changed"
             }
-            Error::NeedsRoot(_) => {
-                "install kvm-natup, kvm-natdown and kvm-net-bridge-helper setuid root (see docs/security.md), or run QEMU as root; nothing was changed"
+            Error::NeedsRoot { .. } => {
+                "install the helpers setuid root (see docs/security.md), or run QEMU as root; nothing was changed"
             }
             Error::UnsafePath { .. } => {
                 "remove it as root (rm -rf it: /run is emptied at boot anyway) and start again; kvm-net recreates it owned by root"
@@ -136,6 +155,15 @@ impl Error {
             }
             Error::TooManyTaps { .. } => {
                 "stop one of your VMs first, or ask the administrator to raise max_taps_per_user for the network in /etc/kvm-net/kvm-net.toml; nothing was changed"
+            }
+            Error::OvsUnreachable { .. } => {
+                "start Open vSwitch (Debian: service openvswitch-switch start), or set ovsdb = \"unix:PATH\" for the network to its database socket; nothing was changed"
+            }
+            Error::OvsNoBridge(_) => {
+                "create it (ovs-vsctl add-br BRIDGE; ovn-controller makes br-int itself), or give the network the bridge that exists; nothing was changed"
+            }
+            Error::OvsNotApplied { .. } => {
+                "start ovs-vswitchd (Debian: service openvswitch-switch start) and try again (a port being added was taken out of the database again)"
             }
             Error::LimitTooLow { .. } => {
                 "start QEMU without lowering that limit (once lowered, a hard limit cannot be raised without CAP_SYS_RESOURCE); nothing was changed"

@@ -4,13 +4,14 @@
 use anyhow::{Context, Result};
 
 use crate::access::Access;
-use crate::config::{Network, Source, Spoofing};
+use crate::config::{Mode, Network, Source, Spoofing};
 use crate::error::Error;
 use crate::firewall::antispoof;
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{has_port_besides, Link, Netlink, PortIsolation};
-use crate::network::{find_bridge, Bringup, Services};
+use crate::network::{Bringup, Services};
+use crate::switch::{self, ovs::ALIAS_PREFIX, LinuxBridge, Switch, Tap};
 use crate::trace::{trace, warn};
 
 /// The tap QEMU named, if it exists: it must not be a bridge, and a caller
@@ -38,26 +39,42 @@ fn checked_tap_now(netlink: &mut Netlink, checked: &Link) -> Result<Option<Link>
     Ok(netlink.link_by_index(checked.index)?.filter(|now| now.name == checked.name))
 }
 
-/// `kvm-ifup`: puts the tap on an existing bridge (bridged networks, and the
-/// built-in default's `br0` exactly as `/etc/qemu-ifup` did).
+/// `kvm-ifup`: puts the tap on an existing switch: a Linux bridge (bridged
+/// networks, and the built-in default's `br0` exactly as `/etc/qemu-ifup`
+/// did) or an Open vSwitch bridge (ovs networks).
 pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access) -> Result<()> {
     if network.mode.is_managed() && *source != Source::Builtin {
         return Err(Error::wrong_helper(network, "kvm-ifup/kvm-ifdown"));
     }
-    let bridge_name = &network.bridge;
     let mut netlink = Netlink::connect()?;
     let port = require_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))?;
-    let bridge = find_bridge(&mut netlink, bridge_name)
-        .and_then(|found| found.ok_or_else(|| Error::NoBridge(bridge_name.to_string()).into()))
-        .with_context(|| format!("attaching {tap} to bridge {bridge_name}"))?;
-    trace(format_args!("attaching {tap} to {} (mtu {})", bridge.name, bridge.mtu));
-    netlink.attach(&port, &bridge, PortIsolation::of(network.isolate_guests))
+    let attaching = || format!("attaching {tap} to {} {}", switch_kind(network), network.bridge);
+    let mut switch = switch::existing(network, &mut netlink).with_context(attaching)?;
+    // An OVS port is added under the bridge's lock, which a bridge helper's
+    // watcher removes ports under: it never takes this one for a stale one.
+    let _lock = if network.mode == Mode::Ovs { Some(BridgeLock::acquire(&network.bridge)?) } else { None };
+    if port.tun.is_some_and(|tun| tun.vnet_header) && switch.forwards_unfinished_checksums()? {
+        warn(format_args!(
+            "kvm-ifup: warning: {} (the userspace datapath) forwards the unfinished checksums of {tap}'s guest as they are, so its TCP and UDP will be dropped: start QEMU with -netdev tap,...,vnet_hdr=off, or with -netdev bridge (the bridge helper makes such taps without virtio-net headers)",
+            switch.describe()
+        ));
+    }
+    switch.attach(&mut netlink, &port, Tap::Qemu)
 }
 
-/// `kvm-ifdown`: takes the tap off its bridge and sets it down; a tap that is
-/// already gone or detached is fine. Reads no config: it acts on what the
-/// kernel says the tap is attached to.
-pub fn ifdown(tap: &IfName, access: &Access) -> Result<()> {
+/// What a network's switch is called in messages.
+pub fn switch_kind(network: &Network) -> &'static str {
+    match network.mode {
+        Mode::Ovs => "Open vSwitch bridge",
+        _ => "bridge",
+    }
+}
+
+/// `kvm-ifdown`: takes the tap off its switch and sets it down; a tap that
+/// is already gone or detached is fine. It acts on what the kernel says:
+/// the Linux bridge the tap is a port of, or the OVS network its alias names
+/// (whose config, from `ovs_network`, says where its database is).
+pub fn ifdown(tap: &IfName, access: &Access, ovs_network: impl FnOnce(&str) -> Result<Network>) -> Result<()> {
     let mut netlink = Netlink::connect()?;
     let Some(link) = find_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))? else {
         trace(format_args!("{tap} is gone already"));
@@ -70,6 +87,11 @@ pub fn ifdown(tap: &IfName, access: &Access) -> Result<()> {
                 bridge.name
             ));
         }
+    } else if let Some(name) = link.alias.as_deref().and_then(|alias| alias.strip_prefix(ALIAS_PREFIX)) {
+        let network = ovs_network(name)?;
+        let mut switch = switch::existing(&network, &mut netlink)
+            .with_context(|| format!("detaching {tap} from Open vSwitch bridge {}", network.bridge))?;
+        return switch.detach(&mut netlink, &link);
     }
     netlink.detach_and_down(&link)
 }
@@ -84,11 +106,10 @@ pub fn natup(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
     let _lock = BridgeLock::acquire(&network.bridge)?;
     let port = checked_tap_now(&mut netlink, &checked)?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
     bringup.run(&mut netlink, |netlink, bridge| {
-        trace(format_args!("attaching {} to {} (mtu {})", port.name, bridge.name, bridge.mtu));
         if network.guest_spoofing == Spoofing::Deny {
             antispoof::admit(&network.bridge, &port.name)?;
         }
-        netlink.attach(&port, &bridge, PortIsolation::of(network.isolate_guests))
+        LinuxBridge::new(bridge, PortIsolation::of(network.isolate_guests)).attach(netlink, &port, Tap::Qemu)
     })
 }
 

@@ -50,6 +50,7 @@ const IFLA_INFO_SLAVE_DATA: u16 = 5;
 const IFLA_BRPORT_ISOLATED: u16 = 33;
 const IFLA_TUN_OWNER: u16 = 1;
 const IFLA_TUN_GROUP: u16 = 2;
+const IFLA_TUN_VNET_HDR: u16 = 5;
 /// `RTEXT_FILTER_SKIP_STATS`: links answered without their counters.
 const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 const IFF_UP: u32 = 1;
@@ -95,8 +96,8 @@ pub struct Link {
     pub up: bool,
     /// Hardware address, for Ethernet-like links.
     pub mac: Option<[u8; 6]>,
-    /// Owner and group of a tun/tap device; `None` for every other kind.
-    pub tun: Option<TunOwner>,
+    /// A tun/tap device's owner, group and headers; `None` for every other kind.
+    pub tun: Option<Tun>,
     /// Whether it is a bridge port isolated from the bridge's other
     /// isolated ports (`IFLA_BRPORT_ISOLATED`).
     pub isolated: bool,
@@ -124,14 +125,17 @@ impl PortIsolation {
     }
 }
 
-/// Who may open a tun/tap device without CAP_NET_ADMIN (`ip tuntap add ...
-/// user U group G`); unset means only a privileged process.
+/// What the kernel says of a tun/tap device: who may open it without
+/// CAP_NET_ADMIN (`ip tuntap add ... user U group G`; unset means only a
+/// privileged process), and whether it carries virtio-net headers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TunOwner {
+pub struct Tun {
     /// `IFLA_TUN_OWNER`.
     pub owner: Option<u32>,
     /// `IFLA_TUN_GROUP`.
     pub group: Option<u32>,
+    /// `IFLA_TUN_VNET_HDR`: frames carry virtio-net headers (QEMU's default).
+    pub vnet_header: bool,
 }
 
 /// A stable, locally administered MAC for a bridge kvm-net creates: a bridge
@@ -174,9 +178,10 @@ impl Link {
                     }
                     if link.kind.as_deref() == Some("tun") {
                         let data = attribute(value, IFLA_INFO_DATA).unwrap_or_default();
-                        link.tun = Some(TunOwner {
+                        link.tun = Some(Tun {
                             owner: attribute(data, IFLA_TUN_OWNER).map(|v| u32_at(v, 0)),
                             group: attribute(data, IFLA_TUN_GROUP).map(|v| u32_at(v, 0)),
+                            vnet_header: attribute(data, IFLA_TUN_VNET_HDR).is_some_and(|v| v.first() == Some(&1)),
                         });
                     }
                 }
@@ -452,6 +457,13 @@ impl Netlink {
         self.ask(request, false, &[], || format!("marking {} as {alias:?}", link.name)).map(drop)
     }
 
+    /// Removes a link's alias (an OVS port's mark, when it leaves); a link
+    /// already gone has none.
+    pub fn clear_alias(&mut self, link: &Link) -> Result<()> {
+        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0)).bytes(IFLA_IFALIAS, &[]);
+        self.ask(request, false, &[libc::ENODEV], || format!("removing the alias of {}", link.name)).map(drop)
+    }
+
     /// Brings a link up.
     pub fn set_up(&mut self, link: &Link) -> Result<()> {
         let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, IFF_UP, IFF_UP));
@@ -490,6 +502,17 @@ impl Netlink {
             .u32(IFLA_MASTER, bridge.index);
         self.enslave(request, port, bridge)?;
         self.isolate_and_bring_up(port, bridge, isolation)
+    }
+
+    /// Brings up a tap the bridge helper just made for a switch that is not
+    /// a Linux bridge (Open vSwitch): with a MAC whose first byte is 0xFE, as
+    /// [`Netlink::attach_new_tap`] gives it.
+    pub fn bring_up_made_tap(&mut self, port: &Link) -> Result<()> {
+        let mut mac = port.mac.unwrap_or_else(|| bridge_mac(&port.name));
+        mac[0] = 0xfe;
+        let request =
+            Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP)).bytes(IFLA_ADDRESS, &mac);
+        self.ask(request, false, &[], || format!("bringing {} up", port.name)).map(drop)
     }
 
     /// For an isolated port, attached but still down: sets the bridge

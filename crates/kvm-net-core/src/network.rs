@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::config::{Config, Network, Spoofing};
+use crate::config::{Config, Network, OvsPorts, Spoofing};
 use crate::dnsmasq::{self, Dnsmasq};
 use crate::error::Error;
 use crate::firewall::{self, antispoof, firewalld, plan, Firewall};
@@ -14,6 +14,7 @@ use crate::ifname::IfName;
 use crate::lease;
 use crate::lock::BridgeLock;
 use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS, MANAGED_ALIAS};
+use crate::switch::OvsBridge;
 use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
 use crate::trace::{trace, warn};
 
@@ -334,5 +335,38 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
         lock.remove_file()?;
         report.push(format!("removed {bridge}{named}: {what}"));
     }
+    for network in config.map_or(&[][..], |c| &c.networks) {
+        if let Some(settings) = &network.ovs {
+            report.extend(gc_ovs(&mut netlink, network, settings, dry_run)?);
+        }
+    }
     Ok(report)
+}
+
+/// The ports of an ovs network whose tap is gone, removed under the
+/// bridge's lock (a helper adding a tap of that name again holds it). An
+/// OVS that cannot be reached is reported, not an error: gc has other
+/// networks to clean.
+fn gc_ovs(netlink: &mut Netlink, network: &Network, settings: &OvsPorts, dry_run: bool) -> Result<Vec<String>> {
+    let (name, bridge) = (&network.name, &network.bridge);
+    let _lock = BridgeLock::acquire(bridge)?;
+    let gone = match OvsBridge::connect(name, bridge, settings) {
+        Ok(mut ovs) => {
+            let (_, gone) = ovs.ports_by_presence(netlink)?;
+            if !dry_run {
+                for port in &gone {
+                    ovs.forget(&port.name)?;
+                }
+            }
+            gone
+        }
+        Err(err) => return Ok(vec![format!("skipped network {name}: {err:#}")]),
+    };
+    let done = if dry_run { "would remove" } else { "removed" };
+    Ok(gone
+        .iter()
+        .map(|port| {
+            format!("{done} port {} of Open vSwitch bridge {bridge} (network {name}): its tap is gone", port.name)
+        })
+        .collect())
 }

@@ -124,7 +124,7 @@ impl Start {
             return Ok(());
         }
         if self.install == Install::Capabilities && needs == Needs::ManagedNetwork {
-            return Err(Error::NeedsRoot(helper).into());
+            return Err(Error::NeedsRoot { helper, job: crate::error::NEEDS_ROOT_MANAGED }.into());
         }
         std::env::set_current_dir("/").context("changing to /")?;
         signal_handling_of_a_service()?;

@@ -8,15 +8,19 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, Network, Spoofing};
+use crate::config::{Config, Network, OvsPorts, Spoofing};
 use crate::dnsmasq::Dnsmasq;
+use crate::error::Error;
 use crate::firewall::{self, antispoof, plan};
 use crate::ifname::IfName;
 use crate::netlink::{Link, Netlink};
 use crate::runtime::processes_here;
+use crate::switch::OvsBridge;
 
 /// The version of the JSON shape; bumped on any incompatible change (2:
-/// `firewall` per network; nftables chains have table `kvm_net`).
+/// `firewall` per network; nftables chains have table `kvm_net`). Fields
+/// added since (`ovs`, a port's `iface_id` and `ovn_installed`) are new
+/// keys, not changes.
 pub const STATUS_VERSION: u32 = 2;
 
 /// Everything `kvm-net status` reports.
@@ -37,11 +41,12 @@ pub struct Status {
 pub struct NetworkStatus {
     /// Network name.
     pub name: String,
-    /// `nat`, `routed`, `isolated` or `bridged`.
+    /// `nat`, `routed`, `isolated`, `bridged` or `ovs`.
     pub mode: String,
     /// Bridge name.
     pub bridge: String,
-    /// `up` (bridge exists), `down` (no such link) or `not-a-bridge`.
+    /// `up` (bridge exists), `down` (no such link; for ovs: no such bridge
+    /// in OVSDB), `not-a-bridge`, or `unreachable` (ovs: see `ovs.error`).
     pub state: &'static str,
     /// Whether the bridge carries kvm-net's mark (created by kvm-net).
     pub created_by_kvm_net: bool,
@@ -66,6 +71,17 @@ pub struct NetworkStatus {
     pub forwards: Vec<ForwardStatus>,
     /// The leases its dnsmasq holds now (empty while it is down or without DHCP).
     pub leases: Vec<LeaseStatus>,
+    /// Where its Open vSwitch is (`null` for Linux bridges).
+    pub ovs: Option<OvsStatus>,
+}
+
+/// An ovs network's database.
+#[derive(Debug, Serialize)]
+pub struct OvsStatus {
+    /// The OVSDB socket.
+    pub socket: String,
+    /// Why it could not be asked, when it could not.
+    pub error: Option<String>,
 }
 
 /// One port forward.
@@ -115,6 +131,11 @@ pub struct PortStatus {
     pub bound_mac: Option<String>,
     /// The address the guest filter lets it send from (its lease).
     pub bound_address: Option<String>,
+    /// An OVS port's `external_ids:iface-id` (`null` on a Linux bridge).
+    pub iface_id: Option<String>,
+    /// Whether OVN reports an OVS port's flows installed
+    /// (`external_ids:ovn-installed`; `null` on a Linux bridge).
+    pub ovn_installed: Option<bool>,
 }
 
 /// One of kvm-net's chains.
@@ -160,6 +181,9 @@ fn network_status(
     holders: &HashMap<String, (u32, String)>,
     network: &Network,
 ) -> Result<NetworkStatus> {
+    if let Some(settings) = &network.ovs {
+        return Ok(ovs_network_status(holders, network, settings));
+    }
     let link = links.iter().find(|l| l.name == network.bridge.as_str());
     let (state, addresses, ports) = match link {
         None => ("down", Vec::new(), Vec::new()),
@@ -188,6 +212,8 @@ fn network_status(
                         isolated: p.isolated,
                         bound_mac: binding.map(|b| antispoof::show_mac(&b.mac)),
                         bound_address: binding.and_then(|b| b.ip).map(|ip| ip.to_string()),
+                        iface_id: None,
+                        ovn_installed: None,
                     }
                 })
                 .collect();
@@ -240,7 +266,57 @@ fn network_status(
         guest_spoofing: network.guest_spoofing.as_str(),
         forwards,
         leases,
+        ovs: None,
     })
+}
+
+/// An ovs network, as its database has it: the bridge, and the ports
+/// kvm-net added for the network. OVS unreachable is a state, not an error.
+fn ovs_network_status(
+    holders: &HashMap<String, (u32, String)>,
+    network: &Network,
+    settings: &OvsPorts,
+) -> NetworkStatus {
+    let asked = OvsBridge::connect(&network.name, &network.bridge, settings).and_then(|mut ovs| ovs.our_ports());
+    let (state, ports, error) = match asked {
+        Ok(ports) => ("up", ports, None),
+        Err(err) if matches!(err.downcast_ref::<Error>(), Some(Error::OvsNoBridge(_))) => ("down", Vec::new(), None),
+        Err(err) => ("unreachable", Vec::new(), Some(format!("{err:#}"))),
+    };
+    let ports = ports
+        .into_iter()
+        .map(|port| {
+            let holder = holders.get(&port.name);
+            PortStatus {
+                pid: holder.map(|h| h.0),
+                process: holder.map(|h| h.1.clone()),
+                isolated: false,
+                bound_mac: None,
+                bound_address: None,
+                iface_id: port.iface_id,
+                ovn_installed: Some(port.ovn_installed),
+                name: port.name,
+            }
+        })
+        .collect();
+    NetworkStatus {
+        name: network.name.clone(),
+        mode: network.mode.to_string(),
+        bridge: network.bridge.to_string(),
+        state,
+        created_by_kvm_net: false,
+        kept_up: false,
+        addresses: Vec::new(),
+        ports,
+        firewall: None,
+        rules: Vec::new(),
+        dnsmasq: None,
+        isolate_guests: false,
+        guest_spoofing: network.guest_spoofing.as_str(),
+        forwards: Vec::new(),
+        leases: Vec::new(),
+        ovs: Some(OvsStatus { socket: settings.ovsdb.display().to_string(), error }),
+    }
 }
 
 /// The bridge's dnsmasq's leases, each with the port the bridge learned its MAC on.

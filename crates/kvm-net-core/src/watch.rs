@@ -19,13 +19,14 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::unistd::{fork, setsid, ForkResult};
 
-use crate::config::Network;
+use crate::config::{Mode, Network, OvsPorts};
 use crate::firewall;
 use crate::lock::BridgeLock;
 use crate::netlink::{has_port_besides, LinkEvents, Netlink};
 use crate::network::{find_bridge, Services};
 use crate::rundir::{Area, SafeDir};
 use crate::runtime::bridge_tag;
+use crate::switch::{OvsBridge, Switch};
 use crate::trace::trace;
 
 /// The lock a network's watcher holds while it lives.
@@ -39,7 +40,12 @@ impl WatchLock {
     /// The network's watch lock if no watcher holds it; `None` if one does.
     fn try_acquire(network: &Network) -> Result<Option<Self>> {
         let dir = SafeDir::create(Area::Watch)?;
-        let name = format!("{}.lock", bridge_tag(&network.bridge)?);
+        // Several ovs networks may share one OVS bridge: one watcher each,
+        // for its own ports.
+        let name = match network.mode {
+            Mode::Ovs => format!("{}@{}.lock", bridge_tag(&network.bridge)?, network.name),
+            _ => format!("{}.lock", bridge_tag(&network.bridge)?),
+        };
         loop {
             let file = dir.open_or_create(&name, 0o600)?;
             // SAFETY: flock on a descriptor this function owns; LOCK_NB never blocks.
@@ -166,16 +172,49 @@ fn watch(network: &Network, lock: WatchLock) -> Result<()> {
 
 /// What a look at the bridge decided.
 enum Look {
-    /// Ports remain: keep watching the bridge with this index.
+    /// Ports remain: keep watching the bridge with this index (0: any link's change).
     Keep(WatchLock, u32),
     /// The network is gone (removed here, or by someone else), or kept up
     /// until `kvm-net down`: the watcher has let go of its lock.
     Done,
 }
 
-/// Decides, and with no port left removes the network under the bridge's
-/// lock, as the last `kvm-natdown` would.
+/// Decides what to do now, by the network's switch.
 fn look(network: &Network, lock: WatchLock) -> Result<Look> {
+    match &network.ovs {
+        Some(settings) => look_at_ovs(network, settings, lock),
+        None => look_at_bridge(network, lock),
+    }
+}
+
+/// An OVS network: its ports whose tap went with its QEMU are removed from
+/// the switch, and with none of kvm-net's left the watcher leaves. Both
+/// under the bridge's lock, which the helpers adding a port hold too: a tap
+/// made again under the same name is never taken off, and a helper adding a
+/// port at that moment starts another watcher.
+fn look_at_ovs(network: &Network, settings: &OvsPorts, lock: WatchLock) -> Result<Look> {
+    let mut netlink = Netlink::connect()?;
+    let mut ovs = OvsBridge::connect(&network.name, &network.bridge, settings)?;
+    let (present, gone) = ovs.ports_by_presence(&mut netlink)?;
+    if gone.is_empty() && !present.is_empty() {
+        return Ok(Look::Keep(lock, 0));
+    }
+    let _bridge_lock = BridgeLock::acquire(&network.bridge)?;
+    let (present, gone) = ovs.ports_by_presence(&mut netlink)?;
+    for port in gone {
+        trace(format_args!("{} is gone: removing its port of {}", port.name, ovs.describe()));
+        ovs.forget(&port.name)?;
+    }
+    if !present.is_empty() {
+        return Ok(Look::Keep(lock, 0));
+    }
+    lock.release()?;
+    Ok(Look::Done)
+}
+
+/// A managed Linux bridge: with no port left, the watcher removes the
+/// network under the bridge's lock, as the last `kvm-natdown` would.
+fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
     let mut netlink = Netlink::connect()?;
     let bridge = match find_bridge(&mut netlink, &network.bridge)? {
         Some(bridge) if bridge.is_managed() => bridge,

@@ -2,14 +2,15 @@
 //! the network and the field of every error.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
 use super::{
-    Config, Dhcp, Forward, HostRecord, Mode, Network, Source, Spoofing, StaticLease, DEFAULT_MAX_TAPS_PER_USER,
+    Config, Dhcp, Forward, HostRecord, Mode, Network, OvsPorts, Source, Spoofing, StaticLease, DEFAULT_IFACE_ID,
+    DEFAULT_MAX_TAPS_PER_USER, DEFAULT_OVSDB,
 };
 use crate::access::Grants;
 use crate::error::Error;
@@ -50,6 +51,9 @@ struct RawNetwork {
     #[serde(default)]
     forwards: Vec<RawForward>,
     guest_spoofing: Option<String>,
+    iface_id: Option<String>,
+    ovsdb: Option<String>,
+    vlan: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -185,8 +189,9 @@ impl RawNetwork {
             return Err(bad("name", format!("{name:?} must be 1-15 letters, digits, '-' or '_'")));
         }
         let mode = Mode::parse(&self.mode)
-            .ok_or_else(|| bad("mode", format!("{:?} is not one of nat, routed, isolated, bridged", self.mode)))?;
+            .ok_or_else(|| bad("mode", format!("{:?} is not one of nat, routed, isolated, bridged, ovs", self.mode)))?;
         let bridge = IfName::parse_bridge(&self.bridge).map_err(|e| bad("bridge", e.to_string()))?;
+        let ovs = self.ovs_ports(mode).map_err(|(field, reason)| bad(field, reason))?;
         let ipv4 = self.ipv4.as_deref().map(parse_ipv4).transpose().map_err(|e| bad("ipv4", e))?;
         let ipv6 = self.ipv6.as_deref().map(parse_ipv6).transpose().map_err(|e| bad("ipv6", e))?;
         if let Some(mtu) = self.mtu {
@@ -204,12 +209,12 @@ impl RawNetwork {
             Mode::Routed if ipv4.is_none() && ipv6.is_none() => {
                 return Err(bad("ipv4", "a routed network needs an IPv4 or IPv6 address".to_owned()))
             }
-            Mode::Bridged => {
+            Mode::Bridged | Mode::Ovs => {
                 for (field, set) in [("ipv4", ipv4.is_some()), ("ipv6", ipv6.is_some()), ("mtu", self.mtu.is_some())] {
                     if set {
                         return Err(bad(
                             field,
-                            "kvm-net never changes a bridged network's bridge; set it on the bridge itself".to_owned(),
+                            format!("kvm-net never changes a {mode} network's bridge; set it on the bridge itself"),
                         ));
                     }
                 }
@@ -218,7 +223,7 @@ impl RawNetwork {
         }
         // DHCP is on by default wherever there is an IPv4 subnet to serve.
         let dhcp = match self.dhcp {
-            Some(_) if mode == Mode::Bridged => {
+            Some(_) if !mode.is_managed() => {
                 return Err(bad("dhcp", "kvm-net runs no DHCP server on a bridge it does not own".to_owned()))
             }
             Some(RawDhcp { enabled: Some(false), .. }) => None,
@@ -247,15 +252,25 @@ impl RawNetwork {
                 .ok_or_else(|| bad("guest_spoofing", format!("{text:?} is not \"allow\" or \"deny\"")))?,
         };
         if guest_spoofing == Spoofing::Deny && !mode.is_managed() {
+            let whose = match mode {
+                Mode::Ovs => "an ovs network's ports are kept honest by OVS's flows (OVN's port_security)",
+                _ => "a bridged network's guests are the LAN's",
+            };
             return Err(bad(
                 "guest_spoofing",
-                "\"deny\" needs a network kvm-net manages (nat, routed or isolated): a bridged network's guests are the LAN's".to_owned(),
+                format!("\"deny\" needs a network kvm-net manages (nat, routed or isolated): {whose}"),
             ));
         }
         if guest_spoofing == Spoofing::Deny && dhcp.is_none() {
             return Err(bad(
                 "guest_spoofing",
                 "\"deny\" needs DHCP on the network: each guest may send only from the address kvm-net's DHCP server leased it, so guests with hand-set addresses would be cut off".to_owned(),
+            ));
+        }
+        if mode == Mode::Ovs && self.isolate_guests == Some(true) {
+            return Err(bad(
+                "isolate_guests",
+                "Open vSwitch ports are kept apart by the switch's own flows (OVN's port groups and ACLs), not by kvm-net".to_owned(),
             ));
         }
         let mut forwards: Vec<Forward> = Vec::new();
@@ -288,7 +303,51 @@ impl RawNetwork {
             isolate_guests: self.isolate_guests.unwrap_or(false),
             forwards,
             guest_spoofing,
+            ovs,
         })
+    }
+}
+
+impl RawNetwork {
+    /// The OVS settings of an `ovs` network (refused in any other).
+    fn ovs_ports(&self, mode: Mode) -> Result<Option<OvsPorts>, (&'static str, String)> {
+        if mode != Mode::Ovs {
+            for (field, set) in
+                [("iface_id", self.iface_id.is_some()), ("ovsdb", self.ovsdb.is_some()), ("vlan", self.vlan.is_some())]
+            {
+                if set {
+                    return Err((field, format!("only an ovs network has {field}, and this one is {mode}")));
+                }
+            }
+            return Ok(None);
+        }
+        let iface_id = self.iface_id.clone().unwrap_or_else(|| DEFAULT_IFACE_ID.to_owned());
+        let example = iface_id.replace("{tap}", "tap0");
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/' | '@');
+        if example.is_empty() || example.len() > 255 || !example.chars().all(allowed) {
+            return Err((
+                "iface_id",
+                format!(
+                    "{iface_id:?} must be letters, digits, . _ - : / @ and {{tap}} (the tap's name), at most 255 bytes"
+                ),
+            ));
+        }
+        let socket = self.ovsdb.as_deref().unwrap_or(DEFAULT_OVSDB);
+        let ovsdb = match socket.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => PathBuf::from(path),
+            _ => {
+                return Err((
+                    "ovsdb",
+                    format!("{socket:?} is not unix:/ABSOLUTE/PATH (kvm-net speaks to OVSDB over its Unix socket)"),
+                ))
+            }
+        };
+        if let Some(vlan) = self.vlan {
+            if vlan > 4095 {
+                return Err(("vlan", format!("{vlan} is outside 0-4095")));
+            }
+        }
+        Ok(Some(OvsPorts { iface_id, ovsdb, vlan: self.vlan }))
     }
 }
 
@@ -501,7 +560,9 @@ pub(super) fn check_unique(config: &Config) -> Result<(), Error> {
     let subnets: Vec<_> = config.networks.iter().map(|n| (n, n.subnet4(), n.subnet6())).collect();
     for (i, &(a, a4, a6)) in subnets.iter().enumerate() {
         for &(b, b4, b6) in &subnets[..i] {
-            if a.bridge == b.bridge {
+            // OVS networks may share a bridge: each is a kind of port on it
+            // (its iface-id template, its tag), br-int holding them all.
+            if a.bridge == b.bridge && !(a.mode == Mode::Ovs && b.mode == Mode::Ovs) {
                 return Err(bad(a, "bridge", format!("{} is already the bridge of network {}", a.bridge, b.name)));
             }
             if let (Some(x), Some(y)) = (a4, b4) {
@@ -813,6 +874,43 @@ mod tests {
             Some("b"),
             Some("ipv4"),
             "overlaps 10.0.0.0/16 of network a",
+        );
+    }
+
+    #[test]
+    fn ovs_networks_take_ovn_defaults_share_a_bridge_and_refuse_what_is_not_theirs() {
+        let config = parse_text(
+            "[network.ovn]\nmode = \"ovs\"\nbridge = \"br-int\"\ntaps = [\"ovn-*\"]\n\
+             [network.web]\nmode = \"ovs\"\nbridge = \"br-int\"\niface_id = \"vm-{tap}\"\nvlan = 10\novsdb = \"unix:/var/run/ovs/db.sock\"\n",
+        )
+        .expect("two ovs networks on one bridge");
+        let ovn = config.networks[0].ovs.as_ref().expect("ovs settings");
+        assert_eq!(
+            (ovn.iface_id_of("ovn-1").as_str(), ovn.ovsdb.as_path(), ovn.vlan),
+            ("ovn-1", Path::new("/run/openvswitch/db.sock"), None)
+        );
+        assert!(config.networks[0].dhcp.is_none() && !config.networks[0].mode.is_managed());
+        let web = config.networks[1].ovs.as_ref().expect("ovs settings");
+        assert_eq!((web.iface_id_of("t"), web.vlan), ("vm-t".to_owned(), Some(10)));
+        let net = |body: &str| format!("[network.n1]\n{body}");
+        let ovs = |extra: &str| net(&format!("mode = \"ovs\"\nbridge = \"br-int\"\n{extra}"));
+        assert_error(
+            &net("mode = \"bridged\"\nbridge = \"br0\"\nvlan = 3"),
+            Some("n1"),
+            Some("vlan"),
+            "only an ovs network",
+        );
+        assert_error(&ovs("vlan = 4096"), Some("n1"), Some("vlan"), "0-4095");
+        assert_error(&ovs("ovsdb = \"tcp:127.0.0.1:6640\""), Some("n1"), Some("ovsdb"), "unix:/ABSOLUTE/PATH");
+        assert_error(&ovs("iface_id = \"a b\""), Some("n1"), Some("iface_id"), "letters");
+        assert_error(&ovs("ipv4 = \"10.0.0.1/24\""), Some("n1"), Some("ipv4"), "never changes");
+        assert_error(&ovs("isolate_guests = true"), Some("n1"), Some("isolate_guests"), "OVN");
+        assert_error(&ovs("dhcp = { enabled = true }"), Some("n1"), Some("dhcp"), "does not own");
+        assert_error(
+            "[network.a]\nmode = \"ovs\"\nbridge = \"br0\"\n[network.b]\nmode = \"bridged\"\nbridge = \"br0\"",
+            Some("b"),
+            Some("bridge"),
+            "already the bridge of network a",
         );
     }
 }

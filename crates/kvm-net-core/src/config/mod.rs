@@ -43,12 +43,15 @@ pub enum Mode {
     Isolated,
     /// A bridge the system owns, usually holding the host's NIC; kvm-net only attaches taps.
     Bridged,
+    /// An Open vSwitch bridge (OVN's `br-int`, say) the system owns; kvm-net
+    /// only adds and removes taps as its ports, through OVSDB.
+    Ovs,
 }
 
 impl Mode {
     /// Whether kvm-net creates and removes this network's bridge (kvm-natup/kvm-natdown).
     pub fn is_managed(self) -> bool {
-        self != Mode::Bridged
+        matches!(self, Mode::Nat | Mode::Routed | Mode::Isolated)
     }
 
     /// Whether guests' traffic is forwarded past the bridge.
@@ -62,6 +65,7 @@ impl Mode {
             "routed" => Some(Mode::Routed),
             "isolated" => Some(Mode::Isolated),
             "bridged" => Some(Mode::Bridged),
+            "ovs" => Some(Mode::Ovs),
             _ => None,
         }
     }
@@ -74,6 +78,7 @@ impl fmt::Display for Mode {
             Mode::Routed => "routed",
             Mode::Isolated => "isolated",
             Mode::Bridged => "bridged",
+            Mode::Ovs => "ovs",
         })
     }
 }
@@ -113,6 +118,32 @@ pub struct Network {
     pub forwards: Vec<Forward>,
     /// Whether guests may send as another guest (`guest_spoofing`).
     pub guest_spoofing: Spoofing,
+    /// How taps join the network's Open vSwitch bridge (`mode = "ovs"` only).
+    pub ovs: Option<OvsPorts>,
+}
+
+/// How a network's taps become ports of its Open vSwitch bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OvsPorts {
+    /// The template of each port's `external_ids:iface-id` (`{tap}`: the tap's name).
+    pub iface_id: String,
+    /// The OVSDB server's Unix socket.
+    pub ovsdb: PathBuf,
+    /// The port's access VLAN tag, if any.
+    pub vlan: Option<u16>,
+}
+
+/// `external_ids:iface-id` by default: the tap's name, as libvirt and OVN's
+/// own scripts name their ports.
+pub const DEFAULT_IFACE_ID: &str = "{tap}";
+/// Open vSwitch's database socket where its packages put it.
+pub const DEFAULT_OVSDB: &str = "unix:/run/openvswitch/db.sock";
+
+impl OvsPorts {
+    /// The iface-id for `tap`.
+    pub fn iface_id_of(&self, tap: &str) -> String {
+        self.iface_id.replace("{tap}", tap)
+    }
 }
 
 /// What a guest may send as (`guest_spoofing`).
@@ -265,6 +296,7 @@ impl Network {
             isolate_guests: false,
             forwards: Vec::new(),
             guest_spoofing: Spoofing::Allow,
+            ovs: None,
         }
     }
 

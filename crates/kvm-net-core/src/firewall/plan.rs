@@ -213,7 +213,7 @@ pub fn plan(network: &Network) -> Plan {
         }
     };
     match network.mode {
-        Mode::Bridged => {}
+        Mode::Bridged | Mode::Ovs => {}
         Mode::Nat | Mode::Routed => {
             for subnet in network.subnets() {
                 let family = Family::of(&subnet);

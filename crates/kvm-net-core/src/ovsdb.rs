@@ -1,0 +1,217 @@
+//! A client of Open vSwitch's database server (RFC 7047: JSON-RPC over its
+//! Unix socket), for the few requests kvm-net makes: `list_dbs` first (a
+//! server that accepted the connection but does not answer is never sent a
+//! transaction, which it would carry out whenever it woke up), then
+//! `transact`. Every wait is bounded; the server's `echo` requests are
+//! answered.
+
+use std::io::{ErrorKind, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Deserializer, Value};
+
+use crate::error::Error;
+
+/// The database Open vSwitch keeps its switches in.
+pub const DATABASE: &str = "Open_vSwitch";
+
+/// How long the server gets to answer any one request.
+const ANSWER_WAIT: Duration = Duration::from_secs(3);
+
+/// A connection to one OVSDB server, which has answered once.
+pub struct Ovsdb {
+    stream: UnixStream,
+    socket: PathBuf,
+    next_id: u64,
+    /// What came in past the last whole message.
+    pending: Vec<u8>,
+}
+
+impl Ovsdb {
+    /// Connects to the server at `socket` and makes sure it answers
+    /// (`list_dbs`, which must name the Open_vSwitch database).
+    pub fn connect(socket: &Path) -> Result<Self> {
+        let stream = UnixStream::connect(socket).map_err(|err| {
+            let why = match err.kind() {
+                ErrorKind::NotFound => "it is not there (ovsdb-server is not running)".to_owned(),
+                ErrorKind::ConnectionRefused => {
+                    "nothing accepts connections on it (ovsdb-server is not running)".to_owned()
+                }
+                _ => err.to_string(),
+            };
+            anyhow::Error::new(Error::OvsUnreachable { socket: socket.display().to_string(), why })
+        })?;
+        let mut ovsdb = Self { stream, socket: socket.to_owned(), next_id: 0, pending: Vec::new() };
+        let databases = ovsdb.call("list_dbs", json!([]))?;
+        if !databases.as_array().is_some_and(|names| names.iter().any(|n| n == DATABASE)) {
+            return Err(anyhow!("the OVSDB server at {} has no {DATABASE} database ({databases})", socket.display()));
+        }
+        Ok(ovsdb)
+    }
+
+    /// The socket it is connected to, for messages.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends one request and waits (bounded) for its answer: its `result`,
+    /// or its `error` as an error.
+    fn call(&mut self, method: &str, params: Value) -> Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({ "method": method, "params": params, "id": id });
+        self.write(&request)?;
+        let deadline = Instant::now() + ANSWER_WAIT;
+        loop {
+            let message = self.read_message(deadline)?;
+            if message.get("method").and_then(Value::as_str) == Some("echo") {
+                let reply = json!({ "result": message.get("params").cloned().unwrap_or(json!([])), "error": null, "id": message.get("id").cloned().unwrap_or(Value::Null) });
+                self.write(&reply)?;
+                continue;
+            }
+            if message.get("id") != Some(&json!(id)) {
+                continue;
+            }
+            match message.get("error") {
+                Some(Value::Null) | None => return Ok(message.get("result").cloned().unwrap_or(Value::Null)),
+                Some(error) => return Err(anyhow!("OVSDB refused {method}: {error}")),
+            }
+        }
+    }
+
+    fn write(&mut self, message: &Value) -> Result<()> {
+        let bytes = serde_json::to_vec(message).context("encoding an OVSDB request")?;
+        self.stream.write_all(&bytes).with_context(|| format!("writing to OVSDB at {}", self.socket.display()))
+    }
+
+    /// The next whole JSON message, reading until `deadline`.
+    fn read_message(&mut self, deadline: Instant) -> Result<Value> {
+        use std::io::Read;
+        loop {
+            let mut stream = Deserializer::from_slice(&self.pending).into_iter::<Value>();
+            match stream.next() {
+                Some(Ok(value)) => {
+                    let used = stream.byte_offset();
+                    self.pending.drain(..used);
+                    return Ok(value);
+                }
+                Some(Err(err)) if !err.is_eof() => {
+                    return Err(anyhow!("OVSDB at {} sent garbage: {err}", self.socket.display()))
+                }
+                _ => {}
+            }
+            let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
+            let Some(left) = left else { return Err(self.silent()) };
+            self.stream.set_read_timeout(Some(left)).context("setting a read timeout")?;
+            let mut buffer = [0u8; 16 * 1024];
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return Err(anyhow!("OVSDB at {} closed the connection", self.socket.display())),
+                Ok(n) => self.pending.extend_from_slice(&buffer[..n]),
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(self.silent())
+                }
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => {
+                    return Err(err).with_context(|| format!("reading from OVSDB at {}", self.socket.display()))
+                }
+            }
+        }
+    }
+
+    fn silent(&self) -> anyhow::Error {
+        Error::OvsUnreachable {
+            socket: self.socket.display().to_string(),
+            why: format!(
+                "ovsdb-server accepted the connection but did not answer within {} s (stopped or stuck?)",
+                ANSWER_WAIT.as_secs()
+            ),
+        }
+        .into()
+    }
+
+    /// Runs `operations` as one transaction on the Open_vSwitch database;
+    /// the result of each, or the first error.
+    pub fn transact(&mut self, operations: Vec<Value>) -> Result<Vec<Value>> {
+        let count = operations.len();
+        let mut params = vec![json!(DATABASE)];
+        params.extend(operations);
+        let results = self.call("transact", Value::Array(params))?;
+        let results = results.as_array().cloned().unwrap_or_default();
+        if let Some(error) = results.iter().find(|r| r.get("error").is_some_and(|e| !e.is_null())) {
+            let details = error.get("details").and_then(Value::as_str).unwrap_or_default();
+            return Err(anyhow!("OVSDB refused a transaction: {} {details}", error["error"]));
+        }
+        if results.len() < count {
+            return Err(anyhow!("OVSDB answered {} of {count} operations", results.len()));
+        }
+        Ok(results)
+    }
+}
+
+/// `["uuid", ID]`.
+pub fn uuid(id: &str) -> Value {
+    json!(["uuid", id])
+}
+
+/// The rows a `select` returned.
+pub fn rows(result: &Value) -> Vec<Value> {
+    result.get("rows").and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// A row's UUID (`["uuid", ID]`).
+pub fn row_uuid(row: &Value) -> Option<String> {
+    row.get("_uuid")?.get(1)?.as_str().map(str::to_owned)
+}
+
+/// The members of a set column: `["set", [...]]`, or one atom.
+pub fn set_members(value: &Value) -> Vec<Value> {
+    match value.as_array().map(Vec::as_slice) {
+        Some([tag, members]) if tag == "set" => members.as_array().cloned().unwrap_or_default(),
+        _ if value.is_null() => Vec::new(),
+        _ => vec![value.clone()],
+    }
+}
+
+/// The pairs of a map column: `["map", [[K, V], ...]]`.
+pub fn map_pairs(value: &Value) -> Vec<(String, String)> {
+    let Some([tag, pairs]) = value.as_array().map(Vec::as_slice) else { return Vec::new() };
+    if tag != "map" {
+        return Vec::new();
+    }
+    pairs
+        .as_array()
+        .map(|pairs| {
+            pairs
+                .iter()
+                .filter_map(|pair| Some((pair.get(0)?.as_str()?.to_owned(), pair.get(1)?.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `["map", [[K, V], ...]]`.
+pub fn map(pairs: &[(&str, &str)]) -> Value {
+    json!(["map", pairs.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_read_back_as_ovsdb_writes_them() {
+        let one = json!(["uuid", "a"]);
+        assert_eq!(set_members(&one), vec![one.clone()]);
+        assert_eq!(set_members(&json!(["set", [["uuid", "a"], ["uuid", "b"]]])).len(), 2);
+        assert!(set_members(&json!(["set", []])).is_empty());
+        let external = map(&[("iface-id", "vm1"), ("kvm-net-network", "ovn")]);
+        assert_eq!(
+            map_pairs(&external),
+            [("iface-id".to_owned(), "vm1".to_owned()), ("kvm-net-network".to_owned(), "ovn".to_owned())]
+        );
+        assert_eq!(row_uuid(&json!({"_uuid": ["uuid", "x"]})).as_deref(), Some("x"));
+    }
+}

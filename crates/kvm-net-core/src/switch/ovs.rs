@@ -1,0 +1,329 @@
+//! An Open vSwitch bridge as a network's switch, spoken to through its
+//! database ([`crate::ovsdb`]), as `ovs-vsctl --may-exist add-port BRIDGE TAP
+//! -- set Interface TAP external-ids:...` and `--if-exists del-port` would,
+//! with no process: one transaction for the change (with the `next_cfg` bump
+//! that asks ovs-vswitchd to apply it), then a bounded wait until it has
+//! (`cur_cfg`) and opened the tap (`ofport`). A port added while vswitchd
+//! does not apply it is taken out again. kvm-net never creates or deletes
+//! the bridge.
+//!
+//! Its ports are marked twice: `external_ids:kvm-net-network=NETWORK` on the
+//! Interface row (what `status`, `check` and the watcher list), and the
+//! tap's alias in the kernel (what `check` uses to find a tap whose port
+//! vanished from the bridge).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Value};
+
+use super::{Switch, Tap};
+use crate::config::OvsPorts;
+use crate::error::Error;
+use crate::ifname::IfName;
+use crate::netlink::{Link, Netlink};
+use crate::ovsdb::{map, map_pairs, row_uuid, rows, set_members, uuid, Ovsdb};
+use crate::trace::trace;
+
+/// The external id that marks a port as kvm-net's, with its network's name.
+pub const NETWORK_KEY: &str = "kvm-net-network";
+/// The alias kvm-net gives a tap it made a port of an OVS network.
+pub const ALIAS_PREFIX: &str = "kvm-net port of ovs network ";
+/// How long ovs-vswitchd gets to apply a change.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// One port of an OVS bridge that kvm-net added, as the database has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OvsPort {
+    /// The Interface's name (the tap's).
+    pub name: String,
+    /// `external_ids:iface-id`.
+    pub iface_id: Option<String>,
+    /// Whether OVN has installed the port's flows (`external_ids:ovn-installed`).
+    pub ovn_installed: bool,
+    /// The OpenFlow port number vswitchd gave it (-1: it could not open the tap).
+    pub ofport: Option<i64>,
+    /// What vswitchd said went wrong with it.
+    pub error: Option<String>,
+}
+
+/// An Open vSwitch bridge, through a connection to its database.
+pub struct OvsBridge {
+    db: Ovsdb,
+    bridge: IfName,
+    network: String,
+    settings: OvsPorts,
+}
+
+fn equals(column: &str, value: Value) -> Value {
+    json!([column, "==", value])
+}
+
+fn select(table: &str, condition: Value, columns: &[&str]) -> Value {
+    json!({ "op": "select", "table": table, "where": [condition], "columns": columns })
+}
+
+/// The two operations that ask vswitchd to apply a transaction and say
+/// which configuration number that will be.
+fn bump() -> [Value; 2] {
+    [
+        json!({ "op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]] }),
+        json!({ "op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"] }),
+    ]
+}
+
+fn next_cfg(results: &[Value]) -> Option<i64> {
+    results.last().map(rows)?.first()?.get("next_cfg")?.as_i64()
+}
+
+impl OvsBridge {
+    /// Connects to the network's OVSDB server and finds its bridge.
+    pub fn connect(network: &str, bridge: &IfName, settings: &OvsPorts) -> Result<Self> {
+        let db = Ovsdb::connect(&settings.ovsdb)?;
+        let mut ovs = Self { db, bridge: bridge.clone(), network: network.to_owned(), settings: settings.clone() };
+        ovs.bridge_row()?;
+        Ok(ovs)
+    }
+
+    /// The database socket, for messages.
+    pub fn socket(&self) -> &Path {
+        self.db.socket()
+    }
+
+    /// The bridge's datapath type: "netdev" for the userspace datapath,
+    /// "system" or "" for the kernel's.
+    fn datapath_type(&mut self) -> Result<String> {
+        let results = self.db.transact(vec![select(
+            "Bridge",
+            equals("name", json!(self.bridge.as_str())),
+            &["datapath_type"],
+        )])?;
+        let row = rows(&results[0]).into_iter().next().ok_or_else(|| Error::OvsNoBridge(self.bridge.to_string()))?;
+        Ok(row["datapath_type"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The bridge's UUID and the UUIDs of its ports.
+    fn bridge_row(&mut self) -> Result<(String, Vec<Value>)> {
+        let results = self.db.transact(vec![select(
+            "Bridge",
+            equals("name", json!(self.bridge.as_str())),
+            &["_uuid", "ports"],
+        )])?;
+        let row = rows(&results[0]).into_iter().next().ok_or_else(|| Error::OvsNoBridge(self.bridge.to_string()))?;
+        let id = row_uuid(&row).ok_or_else(|| anyhow!("OVSDB sent a Bridge without a UUID"))?;
+        Ok((id, set_members(&row["ports"])))
+    }
+
+    fn external_ids(&self, tap: &str) -> Value {
+        let iface_id = self.settings.iface_id_of(tap);
+        map(&[("iface-id", &iface_id), ("iface-status", "active"), (NETWORK_KEY, &self.network)])
+    }
+
+    fn tag(&self) -> Value {
+        self.settings.vlan.map_or_else(|| json!(["set", []]), |vlan| json!(vlan))
+    }
+
+    /// `--may-exist add-port` with kvm-net's external ids; returns the
+    /// configuration number to wait for, and whether the port is new.
+    fn add(&mut self, tap: &str) -> Result<(i64, bool)> {
+        let mut last = None;
+        for _ in 0..3 {
+            let (bridge, ports) = self.bridge_row()?;
+            let found = self.db.transact(vec![select("Port", equals("name", json!(tap)), &["_uuid"])])?;
+            let port = rows(&found[0]).first().and_then(row_uuid);
+            let mut operations = match &port {
+                Some(port) if !ports.contains(&uuid(port)) => {
+                    let other = self.db.transact(vec![select(
+                        "Bridge",
+                        json!(["ports", "includes", uuid(port)]),
+                        &["name"],
+                    )])?;
+                    let name =
+                        rows(&other[0]).first().and_then(|r| r["name"].as_str().map(str::to_owned)).unwrap_or_default();
+                    return Err(anyhow!("{tap} is a port of Open vSwitch bridge {name}, not {}", self.bridge));
+                }
+                Some(port) => vec![
+                    json!({ "op": "mutate", "table": "Interface", "where": [equals("name", json!(tap))],
+                            "mutations": [["external_ids", "delete", ["set", ["iface-id", "iface-status", NETWORK_KEY]]]] }),
+                    json!({ "op": "mutate", "table": "Interface", "where": [equals("name", json!(tap))],
+                            "mutations": [["external_ids", "insert", self.external_ids(tap)]] }),
+                    json!({ "op": "update", "table": "Port", "where": [equals("_uuid", uuid(port))], "row": { "tag": self.tag() } }),
+                ],
+                None => vec![
+                    json!({ "op": "insert", "table": "Interface", "uuid-name": "iface",
+                            "row": { "name": tap, "external_ids": self.external_ids(tap) } }),
+                    json!({ "op": "insert", "table": "Port", "uuid-name": "port",
+                            "row": { "name": tap, "interfaces": ["named-uuid", "iface"], "tag": self.tag() } }),
+                    json!({ "op": "mutate", "table": "Bridge", "where": [equals("_uuid", uuid(&bridge))],
+                            "mutations": [["ports", "insert", ["set", [["named-uuid", "port"]]]]] }),
+                ],
+            };
+            operations.extend(bump());
+            match self.db.transact(operations) {
+                Ok(results) => {
+                    let cfg = next_cfg(&results).ok_or_else(|| anyhow!("OVSDB did not say its next_cfg"))?;
+                    return Ok((cfg, port.is_none()));
+                }
+                // Someone added a port of that name meanwhile: look again.
+                Err(err) if err.to_string().contains("constraint violation") => last = Some(err),
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("adding {tap} to Open vSwitch kept failing")))
+    }
+
+    /// `--if-exists del-port`; returns the configuration number to wait
+    /// for, if there was a port.
+    fn remove(&mut self, tap: &str) -> Result<Option<i64>> {
+        let found = self.db.transact(vec![select("Port", equals("name", json!(tap)), &["_uuid"])])?;
+        let Some(port) = rows(&found[0]).first().and_then(row_uuid) else { return Ok(None) };
+        let mut operations =
+            vec![json!({ "op": "mutate", "table": "Bridge", "where": [["ports", "includes", uuid(&port)]],
+                                          "mutations": [["ports", "delete", ["set", [uuid(&port)]]]] })];
+        operations.extend(bump());
+        let results = self.db.transact(operations)?;
+        Ok(next_cfg(&results))
+    }
+
+    /// Waits (bounded) until vswitchd has applied configuration `cfg`.
+    fn wait_applied(&mut self, cfg: i64, what: &str) -> Result<()> {
+        let deadline = Instant::now() + APPLY_WAIT;
+        loop {
+            let results = self.db.transact(vec![
+                json!({ "op": "select", "table": "Open_vSwitch", "where": [], "columns": ["cur_cfg"] }),
+            ])?;
+            let current = rows(&results[0]).first().and_then(|r| r["cur_cfg"].as_i64()).unwrap_or(0);
+            if current >= cfg {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::OvsNotApplied { what: what.to_owned(), seconds: APPLY_WAIT.as_secs() }.into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The Interface `tap` as vswitchd left it: its OpenFlow port and error.
+    fn opened(&mut self, tap: &str) -> Result<(Option<i64>, Option<String>)> {
+        let results = self.db.transact(vec![select("Interface", equals("name", json!(tap)), &["ofport", "error"])])?;
+        let row = rows(&results[0]).into_iter().next().unwrap_or(Value::Null);
+        let ofport = set_members(&row["ofport"]).first().and_then(Value::as_i64);
+        let error = set_members(&row["error"]).first().and_then(|e| e.as_str().map(str::to_owned));
+        Ok((ofport, error))
+    }
+
+    /// Adds `tap` as a port and waits until vswitchd has it; a port this
+    /// call added that vswitchd does not take is removed again.
+    fn add_applied(&mut self, tap: &str) -> Result<()> {
+        let (cfg, added) = self.add(tap)?;
+        trace(format_args!("Open vSwitch bridge {}: port {tap} in the database (next_cfg {cfg})", self.bridge));
+        let applied =
+            self.wait_applied(cfg, &format!("port {tap} of bridge {}", self.bridge)).and_then(|()| {
+                match self.opened(tap)? {
+                    (Some(ofport), None) if ofport > 0 => Ok(()),
+                    (_, error) => Err(anyhow!(
+                        "Open vSwitch could not use {tap}: {}",
+                        error.unwrap_or_else(|| "it has no OpenFlow port".to_owned())
+                    )),
+                }
+            });
+        if applied.is_err() && added {
+            trace(format_args!("taking {tap} out of Open vSwitch again"));
+            // Best effort: the first error is the one worth reporting.
+            let _ = self.remove(tap);
+        }
+        applied
+    }
+
+    /// The ports kvm-net added for the network, as the database has them.
+    pub fn our_ports(&mut self) -> Result<Vec<OvsPort>> {
+        let ours = json!(["external_ids", "includes", map(&[(NETWORK_KEY, &self.network)])]);
+        let results =
+            self.db.transact(vec![select("Interface", ours, &["name", "external_ids", "ofport", "error"])])?;
+        Ok(rows(&results[0])
+            .iter()
+            .filter_map(|row| {
+                let ids = map_pairs(&row["external_ids"]);
+                let id = |key: &str| ids.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+                Some(OvsPort {
+                    name: row["name"].as_str()?.to_owned(),
+                    iface_id: id("iface-id"),
+                    ovn_installed: id("ovn-installed").as_deref() == Some("true"),
+                    ofport: set_members(&row["ofport"]).first().and_then(Value::as_i64),
+                    error: set_members(&row["error"]).first().and_then(|e| e.as_str().map(str::to_owned)),
+                })
+            })
+            .collect())
+    }
+
+    /// The ports kvm-net added for the network, split into those whose tap
+    /// is still there and those whose tap is gone (its VM went without its
+    /// downscript, or the watcher has not got to it yet).
+    pub fn ports_by_presence(&mut self, netlink: &mut Netlink) -> Result<(Vec<OvsPort>, Vec<OvsPort>)> {
+        let mut present = Vec::new();
+        let mut gone = Vec::new();
+        for port in self.our_ports()? {
+            if netlink.link_by_name(&port.name)?.is_some() {
+                present.push(port);
+            } else {
+                gone.push(port);
+            }
+        }
+        Ok((present, gone))
+    }
+
+    /// Removes the port `tap` (of kvm-net's, whose tap is gone) without
+    /// waiting for vswitchd: what the watcher and `kvm-net gc` do.
+    pub fn forget(&mut self, tap: &str) -> Result<()> {
+        self.remove(tap)
+            .map(drop)
+            .with_context(|| format!("removing port {tap} from Open vSwitch bridge {}", self.bridge))
+    }
+}
+
+impl Switch for OvsBridge {
+    fn describe(&self) -> String {
+        format!("Open vSwitch bridge {}", self.bridge)
+    }
+
+    fn attach(&mut self, netlink: &mut Netlink, port: &Link, tap: Tap) -> Result<()> {
+        let what = format!("adding {} to Open vSwitch bridge {}", port.name, self.bridge);
+        self.add_applied(&port.name).context(what.clone())?;
+        let alias = format!("{ALIAS_PREFIX}{}", self.network);
+        let up = netlink.set_alias(port, &alias).and_then(|()| match tap {
+            Tap::Qemu => netlink.set_up(port),
+            Tap::Made => netlink.bring_up_made_tap(port),
+        });
+        if up.is_err() {
+            let _ = self.remove(&port.name);
+        }
+        up.context(what)
+    }
+
+    fn detach(&mut self, netlink: &mut Netlink, port: &Link) -> Result<()> {
+        let what = format!("port {} of bridge {}", port.name, self.bridge);
+        let removed = self.remove(&port.name).with_context(|| format!("removing {what} from Open vSwitch"))?;
+        // Set down once vswitchd has let go of it: closing a port, it writes
+        // back the tap's flags as it last saw them (up).
+        let applied = match removed {
+            Some(cfg) => self.wait_applied(cfg, &format!("the removal of {what}")),
+            None => Ok(()),
+        };
+        netlink.clear_alias(port)?;
+        netlink.detach_and_down(port)?;
+        applied
+    }
+
+    fn forwards_unfinished_checksums(&mut self) -> Result<bool> {
+        Ok(self.datapath_type()? == "netdev")
+    }
+
+    fn ports(&mut self, netlink: &mut Netlink) -> Result<Vec<Link>> {
+        let mut links = Vec::new();
+        for port in self.our_ports()? {
+            links.extend(netlink.link_by_name(&port.name)?);
+        }
+        Ok(links)
+    }
+}

@@ -66,7 +66,7 @@ run-demo: build guest
 bench:
 	@tests/setup.sh --bench
 	@$(MAKE) --no-print-directory build >/dev/null
-	@$(CARGO) build --quiet --release --locked -p kvm-net-tests --bin bridge-helper-driver
+	@$(CARGO) build --quiet --release --locked -p kvm-net-tests --bin bridge-helper-driver --bin attach-driver --bin conn-rate
 	KVM_NET_BIN_DIR=$(CURDIR)/$(BIN_DIR) benches/run.sh
 
 # Runs setup first, then re-enters make so that TARGET sees what setup installed.

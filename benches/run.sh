@@ -50,6 +50,51 @@ unshare --net -- bash -ec "ip link set lo up; $driver --repeat $runs --use-vnet 
     > "$out/bridge-helper-nat.txt"
 helper_us() { awk -v h="$2" '$1 == h { printf "%.2f", $2 / 1000 }' "$out/$1.txt"; }
 
+# The kernel's floor for a warm start: the least program that attaches a tap
+# (benches/attach-floor.c), without a C library and with one, against warm
+# helpers, taking turns (attach-driver: medians of paired ratios).
+floor=$out/attach-floor
+floor_libc=$out/attach-floor-libc
+gcc -O2 -static -nostdlib -fno-builtin -fno-stack-protector -s -o "$floor" "$top/benches/attach-floor.c"
+gcc -O2 -static -s -DWITH_LIBC -o "$floor_libc" "$top/benches/attach-floor.c"
+attach_driver=$top/target/release/attach-driver
+echo "bench: floor" >&2
+KVM_NET_FIREWALL=nftables unshare --net -- bash -ec "
+    ip link set lo up; ip tuntap add dev t0 mode tap; ip tuntap add dev t1 mode tap; $bin/kvm-natup t0
+    $attach_driver --repeat $runs --tap t1 -- $floor t1 br0 ';;' $floor_libc t1 br0 ';;' $bin/kvm-natup t1 ';;' $bin/kvm-ifup t1" \
+    > "$out/floor.txt"
+# The same with 1000 other ports on the bridge: starts, and stops that are not the last.
+for n in 1 1000; do
+    echo "bench: floor-ports-$n" >&2
+    KVM_NET_FIREWALL=nftables unshare --net -- bash -ec "
+        ip link set lo up
+        (for i in \$(seq 1 $n); do echo \"tuntap add dev p\$i mode tap\"; done; echo 'tuntap add dev probe mode tap') | ip -batch -
+        $bin/kvm-natup p1
+        (for i in \$(seq 2 $n); do echo \"link set dev p\$i master br0\"; done) | ip -batch - 2>/dev/null || true
+        $attach_driver --repeat $runs --tap probe -- $floor probe br0 ';;' $bin/kvm-natup probe
+        $attach_driver --repeat $runs --prepare '$bin/kvm-natup probe' -- $floor -d probe ';;' $bin/kvm-natdown probe" \
+        > "$out/floor-ports-$n.txt"
+done
+# floor_us GROUP LINE: the median of line LINE; floor_ratio: its paired ratio.
+floor_us() { sed -n "${2}p" "$out/$1.txt" | awk '{ print $1 }'; }
+floor_ratio() { sed -n "${2}p" "$out/$1.txt" | awk '{ printf "%.2fx", $2 }'; }
+
+# System calls and nf_tables requests of one warm call (strace).
+count_calls() {
+    local name=$1 setup=$2 command=$3
+    KVM_NET_FIREWALL=nftables unshare --net -- bash -ec "ip link set lo up; $setup; strace -f -qq -o $out/$name.strace $command >/dev/null"
+    local netfilter
+    netfilter=$(awk '/^[0-9]+ +socket\(AF_NETLINK.*NETLINK_NETFILTER/ { print $NF; exit }' "$out/$name.strace")
+    echo "$(grep -cv '^[0-9]* *+++' "$out/$name.strace") $(grep -c "sendto($netfilter," "$out/$name.strace" 2>/dev/null || true)" > "$out/$name.calls"
+}
+echo "bench: system calls" >&2
+warm_setup="ip tuntap add dev t0 mode tap; ip tuntap add dev t1 mode tap; $bin/kvm-natup t0; $bin/kvm-natup t1; ip link set dev t1 nomaster"
+count_calls calls-natup "$warm_setup" "$bin/kvm-natup t1"
+count_calls calls-natdown "$warm_setup; $bin/kvm-natup t1" "$bin/kvm-natdown t1"
+count_calls calls-ifup "$warm_setup" "$bin/kvm-ifup t1"
+count_calls calls-floor "$warm_setup" "$floor t1 br0"
+calls() { cut -d' ' -f"$2" "$out/$1.calls"; }
+
 measure attach "ip link add br0 type bridge; ip link set br0 up; ip tuntap add dev t0 mode tap" \
     -N --warmup 5 --runs "$runs" --prepare "ip link set dev t0 nomaster" \
     "ip link set dev t0 master br0" "$bin/kvm-ifup t0"
@@ -130,6 +175,16 @@ row() { echo "| $1 | $2 ms | $3 ms | $(ratio "$2" "$3") | $4 |"; }
         "$(helper_us bridge-helper "$bin/kvm-net-bridge-helper")" "$(helper_us bridge-helper "$qemu_helper")" "≤ 1.0x"
     row "bridge helper, NAT network with a VM running, vs \`qemu-bridge-helper\` attaching" \
         "$(helper_us bridge-helper-nat "$bin/kvm-net-bridge-helper")" "$(helper_us bridge-helper "$qemu_helper")" ""
+    echo "| **against the kernel's floor** (\`benches/attach-floor.c\`: 2 RTM_GETLINK in one send, 1 RTM_NEWLINK; medians of paired ratios) | | | | |"
+    echo "| warm \`kvm-natup\` vs the floor without a C library | $(floor_us floor 3) µs | $(floor_us floor 1) µs | $(floor_ratio floor 3) | ≤ 1.5x |"
+    echo "| \`kvm-ifup\` vs the floor without a C library | $(floor_us floor 4) µs | $(floor_us floor 1) µs | $(floor_ratio floor 4) | ≤ 1.2x |"
+    echo "| warm \`kvm-natup\` vs the floor on glibc (\`gcc -static\`) | $(floor_us floor 3) µs | $(floor_us floor 2) µs | $(awk -v a="$(floor_ratio floor 3)" -v b="$(floor_ratio floor 2)" 'BEGIN { printf "%.2fx", a / b }') | ≤ 1.5x |"
+    echo "| \`kvm-ifup\` vs the floor on glibc | $(floor_us floor 4) µs | $(floor_us floor 2) µs | $(awk -v a="$(floor_ratio floor 4)" -v b="$(floor_ratio floor 2)" 'BEGIN { printf "%.2fx", a / b }') | ≤ 1.2x |"
+    echo "| bridge helper (attach to a bridge) vs the floor without a C library | $(helper_us bridge-helper "$bin/kvm-net-bridge-helper") ms | $(awk -v f="$(floor_us floor 1)" 'BEGIN { printf "%.2f", f / 1000 }') ms | $(awk -v a="$(helper_us bridge-helper "$bin/kvm-net-bridge-helper")" -v f="$(floor_us floor 1)" 'BEGIN { printf "%.2fx", a * 1000 / f }') | |"
+    echo "| warm \`kvm-natup\` with 1000 other ports vs 1 (the floor: $(awk -v a="$(floor_us floor-ports-1000 1)" -v b="$(floor_us floor-ports-1 1)" 'BEGIN { printf "%.2fx", a / b }')) | $(floor_us floor-ports-1000 2) µs | $(floor_us floor-ports-1 2) µs | $(awk -v a="$(floor_us floor-ports-1000 2)" -v b="$(floor_us floor-ports-1 2)" 'BEGIN { printf "%.2fx", a / b }') | ≤ 1.2x |"
+    echo "| non-last \`kvm-natdown\` with 1000 other ports vs 1 (the floor: $(awk -v a="$(floor_us floor-ports-1000 3)" -v b="$(floor_us floor-ports-1 3)" 'BEGIN { printf "%.2fx", a / b }')) | $(floor_us floor-ports-1000 4) µs | $(floor_us floor-ports-1 4) µs | $(awk -v a="$(floor_us floor-ports-1000 4)" -v b="$(floor_us floor-ports-1 4)" 'BEGIN { printf "%.2fx", a / b }') | ≤ 1.2x |"
+    echo "| system calls / nf_tables requests: warm \`kvm-natup\` | $(calls calls-natup 1) / $(calls calls-natup 2) | floor: $(calls calls-floor 1) / 0 | | |"
+    echo "| system calls / nf_tables requests: non-last \`kvm-natdown\`, \`kvm-ifup\` | $(calls calls-natdown 1) / $(calls calls-natdown 2), $(calls calls-ifup 1) / $(calls calls-ifup 2) | | | |"
     for p in nft- ipt-; do
         name=nftables
         [ "$p" = ipt- ] && name=iptables
@@ -146,6 +201,8 @@ row() { echo "| $1 | $2 ms | $3 ms | $(ratio "$2" "$3") | $4 |"; }
         row "non-last \`kvm-natdown\` with 50 networks alive vs 1" "$(median "${p}networks-50" 2)" "$(median "${p}networks-1" 2)" ""
         row "warm \`kvm-natup\`, file of 50 networks vs no file" "$(median "${p}networks-1" 1)" "$(median "${p}ports-1" 1)" ""
     done
+    echo
+    KVM_NET_BIN_DIR=$bin CONN_RATE=$top/target/release/conn-rate "$top/benches/datapath.sh"
     echo
     echo "| binary (static, stripped) | size | target |"
     echo "|---|---|---|"

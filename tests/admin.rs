@@ -129,7 +129,17 @@ fn check_finds_a_drop_ahead_of_kvm_nets_accepts() {
             "iptables drops forwarded traffic here (a DROP policy) and kvm-net's accepts in FORWARD are missing",
         ),
     };
-    host.ok(&["iptables", "-D", "FORWARD", "-m", "comment", "--comment", "kvm-net:br0", "-j", target]);
+    // The iptables backend jumps once per direction; the nftables backend's accepts once.
+    let ways: &[&[&str]] = match backend() {
+        Backend::Iptables => &[&["-i", "br0"], &["-o", "br0"]],
+        Backend::Nftables => &[&[]],
+    };
+    for way in ways {
+        let mut delete = vec!["iptables", "-D", "FORWARD"];
+        delete.extend_from_slice(way);
+        delete.extend_from_slice(&["-m", "comment", "--comment", "kvm-net:br0", "-j", target]);
+        host.ok(&delete);
+    }
     assert_finding(
         &host,
         &config,

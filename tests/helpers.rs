@@ -9,7 +9,7 @@ use kvm_net_tests::inspect::{
     nft_chain, Backend,
 };
 use kvm_net_tests::lab::{connect_from, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
-use kvm_net_tests::run::{add_tap, assert_refused, ok, ok_with, run, ConfigFile};
+use kvm_net_tests::run::{add_tap, assert_refused, ok, ok_with, run, traced, ConfigFile};
 use kvm_net_tests::{helper, Netns};
 
 fn expected_nat_lines(bridge: &str, subnet: &str) -> Vec<String> {
@@ -17,7 +17,8 @@ fn expected_nat_lines(bridge: &str, subnet: &str) -> Vec<String> {
     let chain = format!("KVMNET-NAT-{bridge}");
     vec![
         format!("-N {chain}"),
-        format!("-A POSTROUTING {tag} -j {chain}"),
+        // Only the subnet's packets enter the chain.
+        format!("-A POSTROUTING -s {subnet} {tag} -j {chain}"),
         format!("-A {chain} -s {subnet} -d 224.0.0.0/24 {tag} -j RETURN"),
         format!("-A {chain} -s {subnet} -d 255.255.255.255/32 {tag} -j RETURN"),
         format!("-A {chain} -s {subnet} ! -d {subnet} -p tcp {tag} -j MASQUERADE --to-ports 1024-65535"),
@@ -31,7 +32,9 @@ fn expected_filter_lines(bridge: &str, subnet: &str) -> Vec<String> {
     let chain = format!("KVMNET-FWD-{bridge}");
     vec![
         format!("-N {chain}"),
-        format!("-A FORWARD {tag} -j {chain}"),
+        // One jump per direction: other networks' packets do not enter the chain.
+        format!("-A FORWARD -i {bridge} {tag} -j {chain}"),
+        format!("-A FORWARD -o {bridge} {tag} -j {chain}"),
         format!("-A {chain} -s {subnet} -i {bridge} {tag} -j ACCEPT"),
         format!("-A {chain} -d {subnet} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {tag} -j ACCEPT"),
         format!("-A {chain} -i {bridge} -o {bridge} {tag} -j ACCEPT"),
@@ -168,7 +171,7 @@ fn removal_is_exact_and_foreign_rules_survive() {
     assert_nat_network(&host, "br0", "192.168.100.1/24", "192.168.100.0/24");
     let (chain, first) = match backend() {
         // The jump comes first, ahead of anything that could drop guest traffic.
-        Backend::Iptables => ("FORWARD", "-A FORWARD -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0"),
+        Backend::Iptables => ("FORWARD", "-A FORWARD -i br0 -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0"),
         // Docker's FORWARD drops what no accept in iptables takes: kvm-net's accepts go where Docker says.
         Backend::Nftables => ("DOCKER-USER", "-A DOCKER-USER -m comment --comment \"kvm-net:br0\" -j KVMNET-ACC-br0"),
     };
@@ -556,25 +559,11 @@ fn with_nftables_no_other_process_runs_on_a_vm_start_or_stop() {
     let host = Netns::new();
     add_tap(&host, "tap0");
     add_tap(&host, "tap1");
-    let trace = ConfigFile::scratch_dir().join(format!("execve-{}.trace", std::process::id()));
     for (bin, tap) in [("kvm-natup", "tap0"), ("kvm-natup", "tap1"), ("kvm-natdown", "tap1"), ("kvm-natdown", "tap0")] {
-        let out = host
-            .cmd("strace")
-            .args(["-f", "-qq", "-e", "trace=execve", "-o"])
-            .arg(&trace)
-            .arg(helper(bin))
-            .arg(tap)
-            .env("KVM_NET_FIREWALL", "nftables")
-            .env_remove("KVM_NET_CONFIG")
-            .stdin(Stdio::null())
-            .output()
-            .expect("strace (apt-get install strace)");
-        assert!(out.status.success(), "{bin} {tap}: {}", String::from_utf8_lossy(&out.stderr));
-        let calls = std::fs::read_to_string(&trace).expect("the trace");
+        let calls = traced(&host, &["-f", "-qq", "-e", "trace=execve"], bin, tap);
         let execs: Vec<&str> = calls.lines().filter(|l| l.contains("execve(")).collect();
         assert_eq!(execs.len(), 1, "{bin} {tap} started a process: {execs:#?}");
     }
-    let _ = std::fs::remove_file(&trace);
     assert_no_nat_network(&host, "br0");
 }
 

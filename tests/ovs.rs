@@ -209,9 +209,20 @@ fn ovs_not_running_is_one_line_within_seconds_and_changes_nothing() {
     lab.tap("ovn-a");
     lab.ovs.signal(&lab.ns, "ovs-vswitchd", Signal::SIGTERM);
     lab.ovs.signal(&lab.ns, "ovsdb-server", Signal::SIGTERM);
+    // Gone when their processes and the socket are (vswitchd puts its
+    // ports' flags back on its way out).
     let deadline = Instant::now() + BOUND;
-    while lab.ovs.exists(&lab.ns, Path::new("/run/openvswitch/db.sock")) {
-        assert!(Instant::now() < deadline, "ovsdb-server did not stop");
+    let running = |daemon: &str| {
+        lab.ns
+            .processes()
+            .iter()
+            .any(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == daemon))
+    };
+    while lab.ovs.exists(&lab.ns, Path::new("/run/openvswitch/db.sock"))
+        || running("ovs-vswitchd")
+        || running("ovsdb-server")
+    {
+        assert!(Instant::now() < deadline, "Open vSwitch did not stop");
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = lab.ns.snapshot();

@@ -4,7 +4,7 @@
 # QEMU and busybox for the end-to-end guest, setcap and useradd for the
 # install-mode tests, nft, firewalld and dbus for the firewall tests, Open
 # vSwitch, OVN and ethtool for the multi-host tests, and the musl target for static binaries; with --bench also hyperfine,
-# bridge-utils and qemu-bridge-helper. Idempotent: it installs only what is missing.
+# bridge-utils, qemu-bridge-helper, gcc and iperf3. Idempotent: it installs only what is missing.
 set -euo pipefail
 
 need=()
@@ -32,6 +32,11 @@ if [ "${1:-}" = --bench ]; then
     command -v brctl >/dev/null || need+=(bridge-utils)
     # QEMU's own bridge helper, which the bridge helper is measured against.
     [ -x /usr/lib/qemu/qemu-bridge-helper ] || need+=(qemu-system-common)
+    # The kernel's floor (benches/attach-floor.c, built static) and the data path's traffic.
+    command -v gcc >/dev/null || need+=(gcc)
+    [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+    command -v iperf3 >/dev/null || need+=(iperf3)
+    command -v python3 >/dev/null || need+=(python3)
 fi
 
 # Daemons the tests start inside namespaces of their own (firewalld with its

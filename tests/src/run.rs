@@ -51,6 +51,34 @@ pub fn assert_refused(ns: &Netns, bin: &str, args: &[&str], env: &[(&str, &str)]
     stderr
 }
 
+/// Runs `bin tap` in `ns` under `strace STRACE_ARGS`, with the firewall
+/// backend under test and no config file; it must succeed. The system
+/// calls, as strace wrote them.
+pub fn traced(ns: &Netns, strace_args: &[&str], bin: &str, tap: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let trace = ConfigFile::scratch_dir().join(format!(
+        "strace-{}-{}.trace",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let out = ns
+        .cmd("strace")
+        .args(strace_args)
+        .arg("-o")
+        .arg(&trace)
+        .arg(helper(bin))
+        .arg(tap)
+        .env("KVM_NET_FIREWALL", backend().as_str())
+        .env_remove("KVM_NET_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace (apt-get install strace)");
+    assert!(out.status.success(), "{bin} {tap}: {}", String::from_utf8_lossy(&out.stderr));
+    let calls = std::fs::read_to_string(&trace).expect("the trace");
+    let _ = std::fs::remove_file(&trace);
+    calls
+}
+
 /// Creates a persistent tap, as QEMU would before running the script.
 pub fn add_tap(ns: &Netns, name: &str) {
     ns.ok(&["ip", "tuntap", "add", "dev", name, "mode", "tap"]);

@@ -137,6 +137,7 @@ mod tests {
             mac: None,
             tun,
             isolated: false,
+            accept_ra: None,
         }
     }
 

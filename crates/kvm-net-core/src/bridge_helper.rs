@@ -213,11 +213,11 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
         netlink.link_by_name(tap.name().as_str())?.ok_or_else(|| Error::NoSuchInterface(tap.name().to_string()))?;
     match target {
         Target::Managed(bringup) => {
-            let _lock = BridgeLock::acquire(&network.bridge)?;
+            let lock = BridgeLock::acquire(&network.bridge)?;
             // The watcher is started last, inside the bring-up: if it cannot
             // be, a network created here is removed again, as after any
             // failed start.
-            bringup.run(&mut netlink, |netlink, bridge| {
+            bringup.run(&mut netlink, &lock, |netlink, bridge| {
                 if network.guest_spoofing == Spoofing::Deny {
                     antispoof::admit(&network.bridge, &port.name)?;
                 }

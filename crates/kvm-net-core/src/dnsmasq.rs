@@ -83,7 +83,11 @@ impl Dnsmasq {
     /// creates it before starting the dnsmasq and removes it only once the
     /// dnsmasq has stopped.
     pub fn running_pid(&self) -> Option<Pid> {
-        let dir = self.existing_dir().ok().flatten()?;
+        self.pid_in(&self.existing_dir().ok().flatten()?)
+    }
+
+    /// [`Dnsmasq::running_pid`], its directory opened already.
+    fn pid_in(&self, dir: &SafeDir) -> Option<Pid> {
         let from_pidfile = dir
             .read_hint("dnsmasq.pid", 32)
             .ok()
@@ -151,14 +155,22 @@ impl Dnsmasq {
 
     /// Stops this bridge's dnsmasq, if one of ours runs, and removes its files.
     pub fn stop(&self) -> Result<()> {
-        if let Some(pid) = self.running_pid() {
+        // The common case, a network without DHCP, in one system call: only
+        // root can make entries under /run/kvm-net, so "not there" cannot
+        // be faked. Whatever is there is opened and verified below.
+        let path = self.dir_path();
+        if matches!(nix::sys::stat::lstat(&path), Err(nix::errno::Errno::ENOENT)) {
+            return Ok(());
+        }
+        let Some(area) = SafeDir::existing(Area::Dnsmasq)? else { return Ok(()) };
+        // Without its directory there is no dnsmasq of ours (see running_pid).
+        let Some(dir) = area.existing_subdir(&self.tag, 0o755)? else { return Ok(()) };
+        if let Some(pid) = self.pid_in(&dir) {
             trace(format_args!("stopping dnsmasq {pid}"));
             self.stop_process(pid)?;
         }
-        match SafeDir::existing(Area::Dnsmasq)? {
-            Some(area) => area.remove_tree(&self.tag),
-            None => Ok(()),
-        }
+        drop(dir);
+        area.remove_tree(&self.tag)
     }
 
     fn stop_process(&self, pid: Pid) -> Result<Stopped> {

@@ -103,9 +103,9 @@ pub fn natup(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
     let mut netlink = Netlink::connect()?;
     // Checked first: nothing is created for a tap that is not there, or not the caller's.
     let checked = require_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))?;
-    let _lock = BridgeLock::acquire(&network.bridge)?;
+    let lock = BridgeLock::acquire(&network.bridge)?;
     let port = checked_tap_now(&mut netlink, &checked)?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
-    bringup.run(&mut netlink, |netlink, bridge| {
+    bringup.run(&mut netlink, &lock, |netlink, bridge| {
         if network.guest_spoofing == Spoofing::Deny {
             antispoof::admit(&network.bridge, &port.name)?;
         }

@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -77,6 +78,21 @@ impl BridgeLock {
                 return Ok(Self { file, dir, name });
             }
         }
+    }
+
+    /// What an earlier holder left in the lock file (a [`crate::warm`]
+    /// record), if anything readable; the file is root's alone.
+    pub fn note(&self) -> Option<String> {
+        let mut buffer = [0u8; 128];
+        let length = self.file.read_at(&mut buffer, 0).ok()?;
+        String::from_utf8(buffer[..length].to_vec()).ok()
+    }
+
+    /// Leaves `text` in the lock file for the next holder.
+    pub fn set_note(&self, text: &str) -> Result<()> {
+        let path = || self.dir.path().join(&self.name).display().to_string();
+        self.file.write_all_at(text.as_bytes(), 0).with_context(|| format!("writing {}", path()))?;
+        self.file.set_len(text.len() as u64).with_context(|| format!("writing {}", path()))
     }
 
     /// Removes the lock file while still holding it, once the bridge is gone,

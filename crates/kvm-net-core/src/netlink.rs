@@ -10,8 +10,8 @@ use ipnetwork::IpNetwork;
 use crate::error::Error;
 
 use crate::wire::{
-    attribute, attributes, string, u32_at, Channel, Object, Received, Request, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL,
+    attribute, attributes, string, u32_at, word, Channel, Object, Received, Request, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL,
 };
 
 /// `NETLINK_ROUTE`.
@@ -41,6 +41,12 @@ const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
 const IFLA_EXT_MASK: u16 = 29;
+const IFLA_AF_SPEC: u16 = 26;
+/// The family of `IFLA_AF_SPEC`'s IPv6 part.
+const AF_INET6: u16 = 10;
+const IFLA_INET6_CONF: u16 = 2;
+/// `accept_ra`'s place in `IFLA_INET6_CONF`.
+const DEVCONF_ACCEPT_RA: usize = 3;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const IFLA_INFO_SLAVE_KIND: u16 = 4;
@@ -101,6 +107,9 @@ pub struct Link {
     /// Whether it is a bridge port isolated from the bridge's other
     /// isolated ports (`IFLA_BRPORT_ISOLATED`).
     pub isolated: bool,
+    /// Its IPv6 `accept_ra` setting, as the link's own answer carries it
+    /// (`None` without IPv6): no read of /proc/sys needed to know it is off.
+    pub accept_ra: Option<i32>,
 }
 
 /// Whether a port kvm-net attaches may reach the bridge's other ports.
@@ -162,6 +171,7 @@ impl Link {
             mac: None,
             tun: None,
             isolated: false,
+            accept_ra: None,
         };
         for (kind, value) in attributes(body.get(IFINFOMSG..).unwrap_or_default()) {
             match kind {
@@ -170,6 +180,13 @@ impl Link {
                 IFLA_MASTER => link.controller = Some(u32_at(value, 0)).filter(|index| *index != 0),
                 IFLA_IFALIAS => link.alias = string(value).map(str::to_owned),
                 IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(value).ok(),
+                IFLA_AF_SPEC => {
+                    // IPv6's per-link settings: an array of i32 indexed by DEVCONF_*.
+                    let settings = attribute(value, AF_INET6).and_then(|inet6| attribute(inet6, IFLA_INET6_CONF));
+                    link.accept_ra = settings
+                        .and_then(|conf| conf.get(DEVCONF_ACCEPT_RA * 4..DEVCONF_ACCEPT_RA * 4 + 4))
+                        .map(|bytes| i32::from_ne_bytes(word(bytes)));
+                }
                 IFLA_LINKINFO => {
                     link.kind = attribute(value, IFLA_INFO_KIND).and_then(string).map(str::to_owned);
                     if attribute(value, IFLA_INFO_SLAVE_KIND).and_then(string) == Some("bridge") {
@@ -278,7 +295,9 @@ pub struct Netlink {
 impl Netlink {
     /// Opens the socket.
     pub fn connect() -> Result<Self> {
-        Ok(Self { channel: Channel::open(NETLINK_ROUTE).context("opening a netlink socket")? })
+        let channel = Channel::open(NETLINK_ROUTE).context("opening a netlink socket")?;
+        channel.check_strictly()?;
+        Ok(Self { channel })
     }
 
     /// A request's answer; errors in `absent` (no such link) mean none.
@@ -295,12 +314,6 @@ impl Netlink {
     fn links(&mut self, request: Request, dump: bool, what: impl FnOnce() -> String) -> Result<Vec<Link>> {
         let objects = self.ask(request, dump, &[libc::ENODEV], what)?;
         Ok(objects.into_iter().filter(|o| o.kind == RTM_NEWLINK).map(|o| Link::from_object(&o.body)).collect())
-    }
-
-    /// Every address of every link, with its link's index.
-    fn addresses(&mut self, what: impl FnOnce() -> String) -> Result<Vec<(u32, IpNetwork)>> {
-        let objects = self.ask(Request::new(RTM_GETADDR, NLM_F_DUMP, &[0; IFADDRMSG]), true, &[], what)?;
-        Ok(objects.iter().filter_map(address_of).collect())
     }
 
     /// Looks a link up by name; `None` when there is no such link.
@@ -326,8 +339,18 @@ impl Netlink {
 
     /// The addresses on a link, with their prefixes.
     pub fn addresses_of(&mut self, link: &Link) -> Result<Vec<IpNetwork>> {
-        let all = self.addresses(|| format!("listing the addresses of {}", link.name))?;
+        let all = self.addresses(link.index, || format!("listing the addresses of {}", link.name))?;
         Ok(all.into_iter().filter(|(index, _)| *index == link.index).map(|(_, net)| net).collect())
+    }
+
+    /// The addresses of the link with index `only` (0: of every link), with
+    /// their link's index. Filtered by the kernel (the socket checks
+    /// strictly): one link's answer does not grow with the namespace.
+    fn addresses(&mut self, only: u32, what: impl FnOnce() -> String) -> Result<Vec<(u32, IpNetwork)>> {
+        let mut header = [0; IFADDRMSG];
+        header[4..8].copy_from_slice(&only.to_ne_bytes());
+        let objects = self.ask(Request::new(RTM_GETADDR, NLM_F_DUMP, &header), true, &[], what)?;
+        Ok(objects.iter().filter_map(address_of).collect())
     }
 
     /// The MAC addresses `bridge` has learned (its forwarding database, not
@@ -380,13 +403,22 @@ impl Netlink {
         Ok(Some(Link { alias: Some(MANAGED_ALIAS.to_owned()), ..bridge }))
     }
 
-    /// Adds the address to the link unless it is already there. IPv6
-    /// addresses skip duplicate address detection: the bridge's address is
-    /// the guests' gateway and must work at once.
-    pub fn ensure_address(&mut self, link: &Link, address: IpNetwork) -> Result<()> {
-        if self.addresses_of(link)?.contains(&address) {
+    /// Adds each of `addresses` the link lacks (one dump of its addresses).
+    pub fn ensure_addresses(&mut self, link: &Link, addresses: &[IpNetwork]) -> Result<()> {
+        if addresses.is_empty() {
             return Ok(());
         }
+        let present = self.addresses_of(link)?;
+        for address in addresses.iter().filter(|address| !present.contains(address)) {
+            self.add_address(link, *address)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the address to the link. IPv6 addresses skip duplicate address
+    /// detection: the bridge's address is the guests' gateway and must work
+    /// at once.
+    fn add_address(&mut self, link: &Link, address: IpNetwork) -> Result<()> {
         let mut header = [0; IFADDRMSG];
         header[0] = family(&address);
         header[1] = address.prefix();
@@ -415,7 +447,7 @@ impl Netlink {
     pub fn subnet_users(&mut self, subnet: IpNetwork, except: Option<u32>) -> Result<Vec<String>> {
         let overlaps = |other: IpNetwork| other.contains(subnet.network()) || subnet.contains(other.network());
         let mut users: Vec<(u32, String)> = Vec::new();
-        for (index, net) in self.addresses(|| "listing addresses".to_owned())? {
+        for (index, net) in self.addresses(0, || "listing addresses".to_owned())? {
             if Some(index) != except && net.is_ipv4() == subnet.is_ipv4() && overlaps(net) {
                 users.push((index, format!("address {net}")));
             }
@@ -592,7 +624,7 @@ pub struct LinkEvents {
 impl LinkEvents {
     /// Subscribes; notifications from now on are kept until read.
     pub fn subscribe() -> Result<Self> {
-        let channel = Channel::open(NETLINK_ROUTE).context("listening to link notifications")?;
+        let mut channel = Channel::open(NETLINK_ROUTE).context("listening to link notifications")?;
         channel.subscribe(RTNLGRP_LINK)?;
         Ok(Self { channel })
     }

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use crate::config::{Config, Network, OvsPorts, Spoofing};
 use crate::dnsmasq::{self, Dnsmasq};
 use crate::error::Error;
-use crate::firewall::{self, antispoof, firewalld, plan, Firewall};
+use crate::firewall::{self, antispoof, firewalld, plan, Backend, Firewall};
 use crate::ifname::IfName;
 use crate::lease;
 use crate::lock::BridgeLock;
@@ -17,6 +17,7 @@ use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP
 use crate::switch::OvsBridge;
 use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
 use crate::trace::{trace, warn};
+use crate::warm::{fingerprint, Record};
 
 /// A link named `bridge`, if there is one, refusing a link of another kind.
 pub fn find_bridge(netlink: &mut Netlink, bridge: &IfName) -> Result<Option<Link>> {
@@ -128,8 +129,13 @@ impl<'a> Bringup<'a> {
     /// Makes the network whole, then runs `and_then` on its bridge (attaching a
     /// tap). If the bridge was created here and anything fails, everything is
     /// removed again: QEMU does not run the downscript after a failed up-script.
-    /// The caller holds the bridge's lock.
-    pub fn run(&self, netlink: &mut Netlink, and_then: impl FnOnce(&mut Netlink, Link) -> Result<()>) -> Result<()> {
+    /// `lock` is the bridge's, which the caller holds.
+    pub fn run(
+        &self,
+        netlink: &mut Netlink,
+        lock: &BridgeLock,
+        and_then: impl FnOnce(&mut Netlink, Link) -> Result<()>,
+    ) -> Result<()> {
         let network = self.network;
         let existing =
             find_bridge(netlink, &network.bridge).with_context(|| format!("checking bridge {}", network.bridge))?;
@@ -143,7 +149,7 @@ impl<'a> Bringup<'a> {
             }
             None => (create_bridge(netlink, network)?, true),
         };
-        let result = match self.complete(netlink, &bridge) {
+        let result = match self.complete(netlink, lock, &bridge) {
             Ok(bridge) => and_then(netlink, bridge),
             Err(err) => Err(err),
         };
@@ -155,12 +161,11 @@ impl<'a> Bringup<'a> {
         result
     }
 
-    fn complete(&self, netlink: &mut Netlink, bridge: &Link) -> Result<Link> {
+    fn complete(&self, netlink: &mut Netlink, lock: &BridgeLock, bridge: &Link) -> Result<Link> {
         let network = self.network;
         let name = &network.bridge;
-        for address in network.addresses() {
-            netlink.ensure_address(bridge, address)?;
-        }
+        let addresses: Vec<_> = network.addresses().collect();
+        netlink.ensure_addresses(bridge, &addresses)?;
         let bridge = match network.mtu {
             Some(mtu) if mtu != bridge.mtu => {
                 netlink.set_mtu(bridge, mtu)?;
@@ -168,24 +173,13 @@ impl<'a> Bringup<'a> {
             }
             _ => bridge.clone(),
         };
-        disable_accept_ra(name)?;
+        if bridge.accept_ra != Some(0) {
+            disable_accept_ra(name)?;
+        }
         if !bridge.up {
             netlink.set_up(&bridge)?;
         }
-        Firewall::choose(network.firewall)
-            .ensure(&plan(network), self.jumps_ahead)
-            .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
-        firewalld::ensure(name, self.jumps_ahead)
-            .with_context(|| format!("putting bridge {name} in firewalld's {} zone", firewalld::ZONE))?;
-        match network.guest_spoofing {
-            Spoofing::Deny => {
-                let ports: Vec<String> = netlink.ports_of(&bridge)?.into_iter().map(|port| port.name).collect();
-                antispoof::ensure(name, &ports, || lease::known_bindings(netlink, &bridge, name))?;
-            }
-            // guest_spoofing switched back to allow since the filter was made.
-            Spoofing::Allow if firewall::guest_filter_left(name)? => antispoof::remove(name)?,
-            Spoofing::Allow => {}
-        }
+        self.rules_whole(netlink, lock, &bridge)?;
         match (&network.dhcp, &self.dnsmasq_binary) {
             (Some(dhcp), Some(binary)) => self
                 .services
@@ -210,6 +204,57 @@ impl<'a> Bringup<'a> {
             }
         }
         Ok(bridge)
+    }
+}
+
+impl Bringup<'_> {
+    /// Everything of the network's in nf_tables and firewalld: kvm-net's
+    /// rules, the accepts beside other firewalls' drops, firewalld's zone,
+    /// the guest filter. Skipped when the lock file proves it all unchanged
+    /// since a check found it whole ([`crate::warm`]); recorded again after
+    /// a check that found it whole and changed nothing.
+    fn rules_whole(&self, netlink: &mut Netlink, lock: &BridgeLock, bridge: &Link) -> Result<()> {
+        let network = self.network;
+        let name = &network.bridge;
+        let firewall = Firewall::choose(network.firewall);
+        let plan = plan(network);
+        // Only for what nf_tables holds whole: the nftables backend, no guest
+        // filter (its bindings also come from dnsmasq's leases), no repair.
+        let provable =
+            firewall.backend() == Backend::Nftables && network.guest_spoofing == Spoofing::Allow && !self.jumps_ahead;
+        let before = if provable { firewall::generation() } else { None };
+        let record = before.map(|generation| Record {
+            generation,
+            bridge: bridge.index,
+            fingerprint: fingerprint(&plan, firewall.backend()),
+        });
+        if let Some(record) = record {
+            if lock.note().as_deref().and_then(Record::parse) == Some(record) {
+                trace(format_args!("rules of {name} unchanged since generation {}: not read again", record.generation));
+                return Ok(());
+            }
+        }
+        firewall
+            .ensure(&plan, self.jumps_ahead)
+            .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
+        firewalld::ensure(name, self.jumps_ahead)
+            .with_context(|| format!("putting bridge {name} in firewalld's {} zone", firewalld::ZONE))?;
+        match network.guest_spoofing {
+            Spoofing::Deny => {
+                let ports: Vec<String> = netlink.ports_of(bridge)?.into_iter().map(|port| port.name).collect();
+                antispoof::ensure(name, &ports, || lease::known_bindings(netlink, bridge, name))?;
+            }
+            // guest_spoofing switched back to allow since the filter was made.
+            Spoofing::Allow if firewall::guest_filter_left(name)? => antispoof::remove(name)?,
+            Spoofing::Allow => {}
+        }
+        if let Some(record) = record {
+            if firewall::generation() == Some(record.generation) {
+                trace(format_args!("rules of {name} whole at generation {}", record.generation));
+                lock.set_note(&record.text())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -239,9 +284,9 @@ fn create_bridge(netlink: &mut Netlink, network: &Network) -> Result<Link> {
 /// downscript and `kvm-net gc` leave it alone.
 pub fn up(network: &Network) -> Result<()> {
     let bringup = Bringup::prepare(network, "kvm-net up")?;
-    let _lock = BridgeLock::acquire(&network.bridge)?;
     let mut netlink = Netlink::connect()?;
-    bringup.run(&mut netlink, |netlink, bridge| {
+    let lock = BridgeLock::acquire(&network.bridge)?;
+    bringup.run(&mut netlink, &lock, |netlink, bridge| {
         // A bridge of the system's stays unmarked: its owner decides when it goes.
         if bridge.is_managed() {
             netlink.set_alias(&bridge, KEPT_UP_ALIAS)?;
@@ -259,11 +304,11 @@ pub fn repair(network: &Network) -> Result<bool> {
     let mut bringup = Bringup::prepare(network, "kvm-net repair")?;
     bringup.jumps_ahead = true;
     let mut netlink = Netlink::connect()?;
-    let _lock = BridgeLock::acquire(&network.bridge)?;
+    let lock = BridgeLock::acquire(&network.bridge)?;
     if find_bridge(&mut netlink, &network.bridge)?.is_none() {
         return Ok(false);
     }
-    bringup.run(&mut netlink, |_, _| Ok(()))?;
+    bringup.run(&mut netlink, &lock, |_, _| Ok(()))?;
     Ok(true)
 }
 

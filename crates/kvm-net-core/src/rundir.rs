@@ -152,6 +152,10 @@ impl SafeDir {
     /// `mode`. Created as 0700 and widened afterwards, so that it is never
     /// more open than meant, whatever the umask.
     pub fn subdir(&self, name: &str, mode: u32) -> Result<Self> {
+        // Nearly always there already: opened first, created only if missing.
+        if let Some(dir) = self.existing_subdir(name, mode)? {
+            return Ok(dir);
+        }
         match mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(err) => return Err(err).with_context(|| format!("creating {}", self.child(name).display())),

@@ -5,6 +5,8 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use crate::ifname::IfName;
 
@@ -12,10 +14,19 @@ const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 const IPV6_CONF: &str = "/proc/sys/net/ipv6/conf";
 
+/// A small /proc file's text (a sysctl's value), trimmed: one read into
+/// the stack, no more system calls than open, read and close.
+pub fn read_small(path: &str) -> Result<String> {
+    let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("reading {path}"))?;
+    let mut buffer = [0u8; 64];
+    let length = nix::unistd::read(&fd, &mut buffer).with_context(|| format!("reading {path}"))?;
+    Ok(String::from_utf8_lossy(&buffer[..length]).trim().to_owned())
+}
+
 /// Writes `value` to a sysctl file unless it already holds it; says whether it wrote.
 fn ensure(path: &str, value: &str, what: &str) -> Result<bool> {
-    let current = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    if current.trim() == value {
+    if read_small(path)? == value {
         return Ok(false);
     }
     fs::write(path, value).with_context(|| format!("{what} ({path})"))?;

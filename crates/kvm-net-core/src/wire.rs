@@ -8,7 +8,7 @@
 use std::io;
 
 use anyhow::{Context, Result};
-use netlink_sys::{Socket, SocketAddr};
+use netlink_sys::Socket;
 
 /// `struct nlmsghdr`.
 const NLMSG_HEADER: usize = 16;
@@ -198,16 +198,25 @@ pub struct Channel {
 impl Channel {
     /// Opens a socket of `protocol` in this process's network namespace.
     pub fn open(protocol: isize) -> Result<Self> {
-        let context = "opening a netlink socket";
-        let mut socket = Socket::new(protocol).context(context)?;
-        socket.bind_auto().context(context)?;
-        socket.connect(&SocketAddr::new(0, 0)).context(context)?;
+        // Neither bound nor connected: the kernel binds it on the first send,
+        // and unaddressed messages go to the kernel.
+        let socket = Socket::new(protocol).context("opening a netlink socket")?;
         Ok(Self { socket, buffer: Vec::with_capacity(64 * 1024), sequence: 0 })
+    }
+
+    /// Asks the kernel to check requests strictly, and so to honour the
+    /// filters of dumps (an address dump then answers one link's addresses,
+    /// not every one of the namespace).
+    pub fn check_strictly(&self) -> Result<()> {
+        self.socket.set_netlink_get_strict_chk(true).context("asking netlink for strict checking")
     }
 
     /// Joins the multicast group `group`: the kernel's notifications of its
     /// kind arrive on this socket from now on.
-    pub fn subscribe(&self, group: u32) -> Result<()> {
+    pub fn subscribe(&mut self, group: u32) -> Result<()> {
+        // Bound first: the kernel skips a socket whose port id is still 0
+        // (its own) when it sends a notification.
+        self.socket.bind_auto().context("binding a netlink socket")?;
         self.socket.add_membership(group).context("subscribing to netlink notifications")
     }
 

@@ -151,12 +151,23 @@ fn ensure_edits(table: &Listing, chain: &OwnChain) -> Vec<String> {
         lines.push(format!(":{} - [0:0]", chain.name));
         lines.extend(chain.rules.iter().map(|rule| format!("-A {} {rule}", chain.name)));
     }
-    let jumps = table.jumps_to(chain.hook, &chain.name);
-    match jumps.split_first() {
-        None => lines.push(format!("-I {} 1 {}", chain.hook, chain.jump)),
-        Some((_, duplicates)) => lines.extend(duplicates.iter().map(|jump| format!("-D {} {jump}", chain.hook))),
+    let present = table.jumps_to(chain.hook, &chain.name);
+    if !jumps_as_planned(&present, chain) {
+        // Jumps of another shape (an older kvm-net's, duplicates): replaced whole.
+        lines.extend(present.iter().map(|jump| format!("-D {} {jump}", chain.hook)));
+        lines.extend(insert_jumps(chain));
     }
     lines
+}
+
+/// Whether the hook's jumps to `chain` are exactly the planned ones.
+fn jumps_as_planned(present: &[&str], chain: &OwnChain) -> bool {
+    present.len() == chain.jumps.len() && chain.jumps.iter().all(|jump| present.contains(&jump.as_str()))
+}
+
+/// The lines that put the chain's jumps at the top of its hook, in order.
+fn insert_jumps(chain: &OwnChain) -> impl Iterator<Item = String> + '_ {
+    chain.jumps.iter().rev().map(|jump| format!("-I {} 1 {jump}", chain.hook))
 }
 
 /// As [`ensure_edits`], moving the jump to the top of its hook if a DROP or
@@ -166,9 +177,10 @@ fn ensure_ahead_edits(table: &Listing, chain: &OwnChain) -> Vec<String> {
     if jumps.is_empty() || table.drops_ahead_of(chain.hook, &chain.name).is_empty() {
         return ensure_edits(table, chain);
     }
-    let mut lines: Vec<String> = ensure_edits(table, chain).into_iter().filter(|l| !l.starts_with("-D ")).collect();
+    let mut lines: Vec<String> =
+        ensure_edits(table, chain).into_iter().filter(|l| !l.starts_with("-D ") && !l.starts_with("-I ")).collect();
     lines.extend(jumps.iter().map(|jump| format!("-D {} {jump}", chain.hook)));
-    lines.push(format!("-I {} 1 {}", chain.hook, chain.jump));
+    lines.extend(insert_jumps(chain));
     lines
 }
 
@@ -309,8 +321,10 @@ impl IptablesFirewall {
                     RuleState::Missing
                 } else if table.rules_of(&chain.name) != chain.rules {
                     RuleState::Differs
-                } else if table.jumps_to(chain.hook, &chain.name).len() != 1 {
+                } else if table.jumps_to(chain.hook, &chain.name).is_empty() {
                     RuleState::NoJump
+                } else if !jumps_as_planned(&table.jumps_to(chain.hook, &chain.name), chain) {
+                    RuleState::Differs
                 } else {
                     RuleState::Ok
                 };
@@ -465,13 +479,24 @@ COMMIT
         let nat = chains.iter().find(|c| c.table == "nat").expect("nat chain");
         let edits = ensure_edits(&saved.listing("nat"), nat);
         assert_eq!(edits[0], ":KVMNET-NAT-br0 - [0:0]");
-        assert_eq!(edits.len(), 1 + nat.rules.len() + 1);
-        assert_eq!(edits.last().map(String::as_str), Some("-D POSTROUTING -j KVMNET-NAT-br0"));
+        // An older kvm-net's unconditional jump and a duplicate: replaced by the planned one.
+        assert_eq!(
+            edits[1 + nat.rules.len()..],
+            [
+                "-D POSTROUTING -m comment --comment \"kvm-net:br0\" -j KVMNET-NAT-br0",
+                "-D POSTROUTING -j KVMNET-NAT-br0",
+                "-I POSTROUTING 1 -s 10.0.0.0/8 -m comment --comment \"kvm-net:br0\" -j KVMNET-NAT-br0",
+            ]
+        );
         let forward = chains.iter().find(|c| c.table == "filter").expect("filter chain");
         let edits = ensure_edits(&saved.listing("filter"), forward);
         assert_eq!(
-            edits.last().map(String::as_str),
-            Some("-I FORWARD 1 -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0")
+            edits[edits.len() - 2..],
+            [
+                "-I FORWARD 1 -o br0 -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0",
+                "-I FORWARD 1 -i br0 -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0",
+            ],
+            "one jump per direction, in order at the top"
         );
         assert_eq!(
             remove_edits(&saved.listing("nat"), nat),

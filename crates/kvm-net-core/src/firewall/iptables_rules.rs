@@ -24,8 +24,9 @@ pub struct OwnChain {
     pub hook: &'static str,
     /// Name of kvm-net's chain.
     pub name: String,
-    /// The jump's rule spec, as `iptables -S` prints it after `-A HOOK`.
-    pub jump: String,
+    /// The jumps' rule specs, as `iptables -S` prints them after `-A HOOK`:
+    /// one, or one per direction (see [`render`]).
+    pub jumps: Vec<String>,
     /// The chain's rule specs in order, as `iptables -S` prints them after `-A NAME`.
     pub rules: Vec<String>,
     /// The comment match on every rule of kvm-net's for the bridge.
@@ -83,8 +84,8 @@ fn named_chain(
     rules: Vec<String>,
 ) -> OwnChain {
     let tag = comment(bridge);
-    let jump = format!("{tag} -j {name}");
-    OwnChain { family, kind, table, hook, name: name.to_owned(), jump, rules, tag }
+    let jumps = vec![format!("{tag} -j {name}")];
+    OwnChain { family, kind, table, hook, name: name.to_owned(), jumps, rules, tag }
 }
 
 /// The accepts of a network whose rules live in nf_tables, copied into
@@ -133,16 +134,54 @@ pub fn all_chains(bridge: &IfName) -> Vec<OwnChain> {
         .collect()
 }
 
-/// The plan's chains in iptables' form.
+/// The plan's chains in iptables' form. iptables walks a hook's rules one
+/// by one, so every packet would enter every network's chain; each jump
+/// carries instead what all its chain's rules require (the bridge as the
+/// way in, or out, or the subnet as the source), so that another network's
+/// packet costs one comparison. A chain whose rules go both ways gets one
+/// jump per direction: a packet that takes both is judged the same twice.
 pub fn render(plan: &Plan) -> Vec<OwnChain> {
     let tag = comment(&plan.bridge);
     plan.chains
         .iter()
         .map(|chain| {
             let rules = chain.rules.iter().map(|rule| rule_text(rule, &tag)).collect();
-            own_chain(chain.family, chain.kind, &plan.bridge, rules)
+            let mut own = own_chain(chain.family, chain.kind, &plan.bridge, rules);
+            let unconditional = own.jumps.remove(0);
+            own.jumps = jump_conditions(chain, &plan.bridge)
+                .iter()
+                .map(|condition| format!("{} {unconditional}", match_text(condition)))
+                .collect();
+            if own.jumps.is_empty() {
+                own.jumps.push(unconditional);
+            }
+            own
         })
         .collect()
+}
+
+/// What the jumps to `chain` can require: a condition every rule has, or
+/// else the bridge in and the bridge out where every rule has one of them;
+/// none (one jump for every packet) otherwise.
+fn jump_conditions(chain: &Chain, bridge: &IfName) -> Vec<Match> {
+    let Some(first) = chain.rules.first() else { return Vec::new() };
+    let shared = first.matches.iter().find(|candidate| {
+        matches!(
+            candidate,
+            Match::InIface { negate: false, .. }
+                | Match::OutIface { negate: false, .. }
+                | Match::Source { negate: false, .. }
+        ) && chain.rules.iter().all(|rule| rule.matches.contains(candidate))
+    });
+    if let Some(shared) = shared {
+        return vec![shared.clone()];
+    }
+    let way_in = Match::InIface { name: bridge.clone(), negate: false };
+    let way_out = Match::OutIface { name: bridge.clone(), negate: false };
+    if chain.rules.iter().all(|rule| rule.matches.contains(&way_in) || rule.matches.contains(&way_out)) {
+        return vec![way_in, way_out];
+    }
+    Vec::new()
 }
 
 /// Where `iptables -S` prints a match: addresses, interfaces and protocol
@@ -240,7 +279,7 @@ mod tests {
         let chains = network_chains(&Network::classic());
         let nat = &chains[0];
         assert_eq!((nat.table, nat.hook, nat.name.as_str()), ("nat", "POSTROUTING", "KVMNET-NAT-br0"));
-        assert_eq!(nat.jump, "-m comment --comment \"kvm-net:br0\" -j KVMNET-NAT-br0");
+        assert_eq!(nat.jumps, ["-s 192.168.100.0/24 -m comment --comment \"kvm-net:br0\" -j KVMNET-NAT-br0"]);
         assert_eq!(
             nat.rules,
             [
@@ -261,6 +300,15 @@ mod tests {
                 "-i br0 -o br0 -m comment --comment \"kvm-net:br0\" -j ACCEPT",
             ]
         );
+        assert_eq!(
+            forward.jumps,
+            [
+                "-i br0 -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0",
+                "-o br0 -m comment --comment \"kvm-net:br0\" -j KVMNET-FWD-br0"
+            ],
+            "its rules go both ways"
+        );
+        assert_eq!(chains[2].jumps, ["-o br0 -m comment --comment \"kvm-net:br0\" -j KVMNET-GRD-br0"]);
         assert_eq!(chains.len(), 3, "NAT, FWD and the guard that keeps new connections out");
     }
 

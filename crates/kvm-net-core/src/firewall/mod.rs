@@ -28,7 +28,7 @@ use crate::ifname::IfName;
 use crate::trace::trace;
 
 /// The two ways kvm-net can write rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// kvm-net's own nf_tables tables, over netlink.
     Nftables,
@@ -139,7 +139,7 @@ pub struct DropsBefore {
 fn legacy_iptables_in_use() -> bool {
     ["/proc/self/net/ip_tables_names", "/proc/self/net/ip6_tables_names"]
         .iter()
-        .any(|path| std::fs::read_to_string(path).is_ok_and(|names| !names.trim().is_empty()))
+        .any(|path| crate::sysctl::read_small(path).is_ok_and(|names| !names.is_empty()))
 }
 
 /// kvm-net's firewall in this network namespace, with its backend chosen.
@@ -256,6 +256,12 @@ pub fn forget_inherited_sockets() {
 /// where nf_tables runs at all.
 pub fn guest_filter_left(bridge: &IfName) -> Result<bool> {
     Ok(NftablesFirewall::available() && antispoof::present(bridge)?)
+}
+
+/// nf_tables' generation in this network namespace, which every change
+/// moves; `None` where the kernel has no nf_tables.
+pub fn generation() -> Option<u32> {
+    nftables::generation()
 }
 
 /// Whether any rule of kvm-net's for `bridge` is left, in either backend.

@@ -142,7 +142,7 @@ pub struct Rule {
 }
 
 /// One chain of kvm-net's for a bridge.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Chain {
     /// Its family.
     pub family: Family,
@@ -153,7 +153,7 @@ pub struct Chain {
 }
 
 /// Everything kvm-net's firewall holds for one bridge.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Plan {
     /// The bridge the rules are for (and named after).
     pub bridge: IfName,

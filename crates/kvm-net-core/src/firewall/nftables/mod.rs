@@ -450,6 +450,11 @@ fn planned(plan: &Plan) -> impl Iterator<Item = (Family, Hooked)> + '_ {
     plan.chains.iter().filter_map(|chain| hooked(chain.kind).map(|hooked| (chain.family, hooked)))
 }
 
+/// The ruleset's generation; `None` where the kernel has no nf_tables.
+pub fn generation() -> Option<u32> {
+    with_nft(Nft::generation).ok()
+}
+
 /// Runs `attempt` (read, then commit computed changes) until the ruleset
 /// did not change under it.
 pub(super) fn with_retries(what: &str, mut attempt: impl FnMut(&mut Nft) -> Result<Committed>) -> Result<()> {
@@ -471,7 +476,7 @@ pub struct NftablesFirewall;
 impl NftablesFirewall {
     /// Whether nf_tables answers in this network namespace.
     pub fn available() -> bool {
-        with_nft(Nft::generation).is_ok()
+        generation().is_some()
     }
 
     /// Makes the bridge's chains exactly the plan, with one map element

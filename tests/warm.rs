@@ -1,0 +1,180 @@
+//! A warm VM start at the kernel's floor without giving up a guarantee: on a
+//! network whose rules were found whole, nothing in nf_tables changed since
+//! (its generation says so), and the same plan, a VM start asks nf_tables
+//! one question; any change by anyone (another table, a flushed chain, a
+//! forged record) means the full check, which heals. Requests that grow
+//! with the bridge's ports or the namespace's links are filtered by the
+//! kernel. Counted with strace, never timed.
+
+use std::path::PathBuf;
+
+use kvm_net_tests::inspect::{backend, has_chain, Backend};
+use kvm_net_tests::run::{add_tap, ok, ok_with, traced, ConfigFile};
+use kvm_net_tests::Netns;
+
+/// The system calls of `kvm-natup TAP` in `ns`, as strace writes them.
+fn traced_natup(ns: &Netns, tap: &str) -> String {
+    traced(ns, &["-qq", "-s", "0"], "kvm-natup", tap)
+}
+
+/// How many requests went to nf_tables: sends on the NETLINK_NETFILTER socket.
+fn nf_tables_requests(calls: &str) -> usize {
+    let socket = calls
+        .lines()
+        .find(|l| l.starts_with("socket(AF_NETLINK") && l.contains("NETLINK_NETFILTER"))
+        .and_then(|l| l.rsplit("= ").next())
+        .map(str::trim);
+    let Some(socket) = socket else { return 0 };
+    let send = format!("sendto({socket},");
+    calls.lines().filter(|l| l.starts_with(&send) || l.starts_with(&format!("sendmsg({socket},"))).count()
+}
+
+fn lock_file(ns: &Netns) -> PathBuf {
+    PathBuf::from(format!("/run/kvm-net/lock/{}-br0.lock", ns.id()))
+}
+
+#[test]
+fn a_warm_start_asks_nf_tables_once_and_any_change_means_a_full_check_that_heals() {
+    let ns = Netns::new();
+    for tap in ["t0", "t1", "t2", "t3", "t4", "t5"] {
+        add_tap(&ns, tap);
+    }
+    ok(&ns, "kvm-natup", "t0");
+    // The first warm start checks everything, finds it whole and says so.
+    let first = traced_natup(&ns, "t1");
+    let warm = traced_natup(&ns, "t2");
+    if backend() == Backend::Iptables {
+        // The proof is nf_tables': the iptables backend checks in full every time.
+        assert!(nf_tables_requests(&warm) > 1, "{warm}");
+        return;
+    }
+    assert!(nf_tables_requests(&first) > 1, "the first warm start checks in full: {first}");
+    assert_eq!(nf_tables_requests(&warm), 1, "one generation read, nothing else: {warm}");
+    assert!(!warm.contains("/proc/self/"), "no /proc/self lookup on a warm start: {warm}");
+    assert!(!warm.contains("mkdir"), "the run directory exists: {warm}");
+    assert!(!warm.contains("munmap(") || warm.matches("munmap(").count() <= 1, "buffers are reused: {warm}");
+
+    // Someone else's change anywhere in nf_tables: checked in full again.
+    ns.ok(&["nft", "add", "table", "ip", "someone_else"]);
+    let after_other = traced_natup(&ns, "t3");
+    assert!(nf_tables_requests(&after_other) > 1, "{after_other}");
+
+    // A flushed chain of kvm-net's is healed by the next start.
+    ns.ok(&["nft", "flush", "table", "ip", "kvm_net"]);
+    ok(&ns, "kvm-natup", "t4");
+    assert!(has_chain(&ns, "NAT", "br0") && has_chain(&ns, "FWD", "br0"));
+    let rules = ns.ok(&["nft", "list", "table", "ip", "kvm_net"]);
+    assert!(rules.contains("masquerade"), "{rules}");
+
+    // A record that does not match (another plan) is not taken for a proof.
+    let record = std::fs::read_to_string(lock_file(&ns)).expect("the record in the lock file");
+    let mut words: Vec<&str> = record.split_whitespace().collect();
+    assert_eq!(words.len(), 4, "{record}");
+    words[3] = "0";
+    std::fs::write(lock_file(&ns), format!("{}\n", words.join(" "))).expect("forging the record");
+    let stderr = ok_with(&ns, "kvm-natup", "t5", &[("KVM_NET_DEBUG", "1")]);
+    assert!(stderr.contains("rules of br0 whole at generation"), "{stderr}");
+}
+
+#[test]
+fn a_start_on_a_bridge_with_many_ports_asks_only_for_its_own_addresses() {
+    let ns = Netns::new();
+    add_tap(&ns, "t0");
+    ok(&ns, "kvm-natup", "t0");
+    // 200 more links, each with addresses of its own.
+    let lines: String = (1..=200)
+        .map(|i| {
+            format!(
+                "link add d{i} type veth peer name e{i}\naddress add 10.200.{}.{}/32 dev d{i}\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    let batch = ConfigFile::scratch_dir().join(format!("links-{}.ip", std::process::id()));
+    std::fs::write(&batch, lines).expect("writing the batch");
+    ns.ok(&["ip", "-batch", batch.to_str().expect("UTF-8 path")]);
+    let _ = std::fs::remove_file(&batch);
+    add_tap(&ns, "t1");
+    let calls = traced(&ns, &["-qq", "-v", "-s", "64", "-e", "trace=recvfrom"], "kvm-natup", "t1");
+    assert!(!calls.contains("10.200."), "a start read other links' addresses: {calls}");
+    assert!(calls.contains("NLM_F_DUMP_FILTERED"), "the address dump is the kernel's filtered one: {calls}");
+}
+
+/// Ten networks up in iptables: every forwarded packet is compared with
+/// each of them, which `kvm-net check` says, with the way out; in nftables
+/// it says nothing. Each network's jumps carry the condition all its
+/// chain's rules share, so that another network's packet costs one
+/// comparison, not a walk through its chain.
+#[test]
+fn check_warns_when_many_networks_walk_iptables_and_jumps_carry_their_condition() {
+    let ns = Netns::new();
+    let networks: String = (0..10)
+        .map(|i| {
+            format!(
+                "[network.n{i}]\nmode = \"nat\"\nbridge = \"nbr{i}\"\nipv4 = \"10.{}.0.1/24\"\ntaps = [\"n{i}-*\"]\ndhcp = {{ enabled = false }}\n",
+                i + 1
+            )
+        })
+        .collect();
+    let config = ConfigFile::new(&networks);
+    for i in 0..10 {
+        let tap = format!("n{i}-0");
+        add_tap(&ns, &tap);
+        ok_with(&ns, "kvm-natup", &tap, &[("KVM_NET_CONFIG", config.path())]);
+    }
+    let out = kvm_net_tests::run::run(&ns, "kvm-net", &["check"], &[("KVM_NET_CONFIG", config.path())]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match backend() {
+        Backend::Iptables => {
+            assert!(
+                text.contains("warning [iptables-scaling]: 10 networks are up with their rules in iptables"),
+                "{text}"
+            );
+            assert!(text.contains("firewall = \"nftables\""), "{text}");
+            assert_eq!(out.status.code(), Some(1), "{text}");
+            let mangle = ns.ok(&["iptables", "-t", "mangle", "-S", "FORWARD"]);
+            assert!(
+                mangle.contains("-A FORWARD -o nbr3 -m comment --comment \"kvm-net:nbr3\" -j KVMNET-GRD-nbr3"),
+                "{mangle}"
+            );
+            let nat = ns.ok(&["iptables", "-t", "nat", "-S", "POSTROUTING"]);
+            assert!(
+                nat.contains("-A POSTROUTING -s 10.4.0.0/24 -m comment --comment \"kvm-net:nbr3\" -j KVMNET-NAT-nbr3"),
+                "{nat}"
+            );
+            // One of a chain's two jumps lost (replies would go unaccepted): found, and healed.
+            ns.ok(&[
+                "iptables",
+                "-D",
+                "FORWARD",
+                "-o",
+                "nbr3",
+                "-m",
+                "comment",
+                "--comment",
+                "kvm-net:nbr3",
+                "-j",
+                "KVMNET-FWD-nbr3",
+            ]);
+            let out = kvm_net_tests::run::run(&ns, "kvm-net", &["check"], &[("KVM_NET_CONFIG", config.path())]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                text.contains("error [rules-missing]: network n3 is up on nbr3")
+                    && text.contains("KVMNET-FWD-nbr3 (differs)"),
+                "{text}"
+            );
+            add_tap(&ns, "n3-1");
+            ok_with(&ns, "kvm-natup", "n3-1", &[("KVM_NET_CONFIG", config.path())]);
+            let forward = ns.ok(&["iptables", "-S", "FORWARD"]);
+            assert!(
+                forward.contains("-A FORWARD -o nbr3 -m comment --comment \"kvm-net:nbr3\" -j KVMNET-FWD-nbr3"),
+                "{forward}"
+            );
+        }
+        Backend::Nftables => {
+            assert!(!text.contains("iptables-scaling"), "{text}");
+            assert_eq!(out.status.code(), Some(0), "{text}");
+        }
+    }
+}

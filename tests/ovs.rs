@@ -270,6 +270,45 @@ fn a_frozen_ovsdb_server_is_never_sent_a_change() {
 }
 
 #[test]
+fn a_stopped_ovsdb_server_whose_queue_is_full_is_one_line_within_seconds() {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let lab = Lab::new();
+    lab.tap("ovn-a");
+    lab.ovs.signal(&lab.ns, "ovsdb-server", Signal::SIGSTOP);
+    // Connections nobody takes, until the kernel's queue for the socket is full.
+    let address = UnixAddr::new(&lab.ovs.socket()).expect("the socket's address");
+    let mut queued = Vec::new();
+    loop {
+        let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK, None).expect("a socket");
+        match connect(fd.as_raw_fd(), &address) {
+            Ok(()) => queued.push(fd),
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(err) => panic!("connecting to ovsdb-server: {err}"),
+        }
+        assert!(queued.len() < 10_000, "the queue never filled");
+    }
+    let before = lab.ns.snapshot();
+    // Killed past the bound, so that a helper that waits forever fails the test instead of hanging it.
+    let mut command = lab.ovs.command(&lab.ns, helper("kvm-ifup"));
+    command.arg("ovn-a").env("KVM_NET_CONFIG", lab.config.path()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("kvm-ifup");
+    let started = Instant::now();
+    while child.try_wait().expect("waiting for kvm-ifup").is_none() && started.elapsed() < BOUND {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("kvm-ifup's output");
+    let elapsed = started.elapsed();
+    lab.ovs.signal(&lab.ns, "ovsdb-server", Signal::SIGCONT);
+    assert!(elapsed < BOUND, "kvm-ifup waited {elapsed:?} on a full queue");
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("ovsdb-server took no connection from its full queue within 3 s"), "{text}");
+    assert_eq!(lab.ns.snapshot(), before);
+}
+
+#[test]
 fn status_check_and_gc_see_ports_that_vanished() {
     let lab = Lab::new();
     for tap in ["ovn-a", "ovn-b", "ovn-c"] {

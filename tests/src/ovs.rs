@@ -121,6 +121,12 @@ impl Ovs {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// The database socket, as this process (outside the instance's mount
+    /// namespace) reaches it.
+    pub fn socket(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/proc/{}/root/run/openvswitch/db.sock", self.holder.id()))
+    }
+
     /// The PID one of the daemons wrote to its pidfile.
     pub fn pid(&self, ns: &Netns, daemon: &str) -> Pid {
         let out = self.run(ns, "cat", &[&format!("/run/openvswitch/{daemon}.pid")], &[]);

@@ -6,11 +6,13 @@
 //! answered.
 
 use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use nix::errno::Errno;
 use serde_json::{json, Deserializer, Value};
 
 use crate::error::Error;
@@ -34,16 +36,7 @@ impl Ovsdb {
     /// Connects to the server at `socket` and makes sure it answers
     /// (`list_dbs`, which must name the Open_vSwitch database).
     pub fn connect(socket: &Path) -> Result<Self> {
-        let stream = UnixStream::connect(socket).map_err(|err| {
-            let why = match err.kind() {
-                ErrorKind::NotFound => "it is not there (ovsdb-server is not running)".to_owned(),
-                ErrorKind::ConnectionRefused => {
-                    "nothing accepts connections on it (ovsdb-server is not running)".to_owned()
-                }
-                _ => err.to_string(),
-            };
-            anyhow::Error::new(Error::OvsUnreachable { socket: socket.display().to_string(), why })
-        })?;
+        let stream = connect_within(socket, Instant::now() + ANSWER_WAIT)?;
         let mut ovsdb = Self { stream, socket: socket.to_owned(), next_id: 0, pending: Vec::new() };
         let databases = ovsdb.call("list_dbs", json!([]))?;
         if !databases.as_array().is_some_and(|names| names.iter().any(|n| n == DATABASE)) {
@@ -149,6 +142,39 @@ impl Ovsdb {
         }
         Ok(results)
     }
+}
+
+/// A connection to the server's socket, made by `deadline`. A server that
+/// takes no connections from its queue (stopped) fills it, and a plain
+/// connect would then wait for as long as it stays stopped: the socket is
+/// non-blocking until connected, and a full queue is tried again.
+fn connect_within(socket: &Path, deadline: Instant) -> Result<UnixStream> {
+    use nix::sys::socket::{connect, socket as new_socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let unreachable =
+        |why: String| anyhow::Error::new(Error::OvsUnreachable { socket: socket.display().to_string(), why });
+    let address = UnixAddr::new(socket).map_err(|err| unreachable(err.to_string()))?;
+    let fd = new_socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+        .context("making a Unix socket")?;
+    loop {
+        match connect(fd.as_raw_fd(), &address) {
+            Ok(()) => break,
+            Err(Errno::ENOENT) => return Err(unreachable("it is not there (ovsdb-server is not running)".to_owned())),
+            Err(Errno::ECONNREFUSED) => {
+                return Err(unreachable("nothing accepts connections on it (ovsdb-server is not running)".to_owned()))
+            }
+            Err(Errno::EAGAIN) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(Errno::EAGAIN) => {
+                return Err(unreachable(format!(
+                    "ovsdb-server took no connection from its full queue within {} s (stopped or stuck?)",
+                    ANSWER_WAIT.as_secs()
+                )))
+            }
+            Err(err) => return Err(unreachable(err.to_string())),
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false).context("making the OVSDB connection blocking")?;
+    Ok(stream)
 }
 
 /// `["uuid", ID]`.

@@ -560,7 +560,7 @@ fn with_nftables_no_other_process_runs_on_a_vm_start_or_stop() {
     add_tap(&host, "tap0");
     add_tap(&host, "tap1");
     for (bin, tap) in [("kvm-natup", "tap0"), ("kvm-natup", "tap1"), ("kvm-natdown", "tap1"), ("kvm-natdown", "tap0")] {
-        let calls = traced(&host, &["-f", "-qq", "-e", "trace=execve"], bin, tap);
+        let calls = traced(host.cmd("strace"), &["-f", "-qq", "-e", "trace=execve"], bin, tap);
         let execs: Vec<&str> = calls.lines().filter(|l| l.contains("execve(")).collect();
         assert_eq!(execs.len(), 1, "{bin} {tap} started a process: {execs:#?}");
     }

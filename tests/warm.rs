@@ -4,17 +4,54 @@
 //! one question; any change by anyone (another table, a flushed chain, a
 //! forged record) means the full check, which heals. Requests that grow
 //! with the bridge's ports or the namespace's links are filtered by the
-//! kernel. Counted with strace, never timed.
+//! kernel. Counted with strace, never timed. Each test's helpers run in a
+//! sandbox: its /run/kvm-net (where the record lives) is the test's own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
+use kvm_net_tests::host::{assert_ok, stderr};
 use kvm_net_tests::inspect::{backend, has_chain, Backend};
-use kvm_net_tests::run::{add_tap, ok, ok_with, traced, ConfigFile};
-use kvm_net_tests::Netns;
+use kvm_net_tests::run::{add_tap, traced, ConfigFile};
+use kvm_net_tests::sandbox::Sandbox;
+use kvm_net_tests::{helper, Netns};
 
-/// The system calls of `kvm-natup TAP` in `ns`, as strace writes them.
-fn traced_natup(ns: &Netns, tap: &str) -> String {
-    traced(ns, &["-qq", "-s", "0"], "kvm-natup", tap)
+/// A namespace whose helpers run as root in a sandbox.
+struct Host {
+    sandbox: Sandbox,
+    ns: Netns,
+}
+
+impl Host {
+    fn new() -> Self {
+        Self { sandbox: Sandbox::new(), ns: Netns::new() }
+    }
+
+    /// `bin tap` (with `env`), which must succeed; its stderr.
+    fn ok(&self, bin: &str, tap: &str, env: &[(&str, &str)]) -> String {
+        let out = self.run(bin, &[tap], env);
+        assert_ok(&out);
+        stderr(&out)
+    }
+
+    fn run(&self, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = self.sandbox.command(&self.ns, None, &helper(bin), args);
+        command.envs(env.iter().copied()).output().expect("a helper")
+    }
+
+    /// The system calls of `kvm-natup TAP`, as strace writes them.
+    fn traced(&self, strace_args: &[&str], tap: &str) -> String {
+        traced(self.sandbox.command(&self.ns, None, Path::new("strace"), &[]), strace_args, "kvm-natup", tap)
+    }
+
+    fn traced_natup(&self, tap: &str) -> String {
+        self.traced(&["-qq", "-s", "0"], tap)
+    }
+
+    /// The bridge's lock file, which holds the record.
+    fn lock_file(&self, bridge: &str) -> PathBuf {
+        self.sandbox.run_dir().join(format!("kvm-net/lock/{}-{bridge}.lock", self.ns.id()))
+    }
 }
 
 /// How many requests went to nf_tables: sends on the NETLINK_NETFILTER socket.
@@ -29,20 +66,17 @@ fn nf_tables_requests(calls: &str) -> usize {
     calls.lines().filter(|l| l.starts_with(&send) || l.starts_with(&format!("sendmsg({socket},"))).count()
 }
 
-fn lock_file(ns: &Netns) -> PathBuf {
-    PathBuf::from(format!("/run/kvm-net/lock/{}-br0.lock", ns.id()))
-}
-
 #[test]
 fn a_warm_start_asks_nf_tables_once_and_any_change_means_a_full_check_that_heals() {
-    let ns = Netns::new();
+    let host = Host::new();
+    let ns = &host.ns;
     for tap in ["t0", "t1", "t2", "t3", "t4", "t5"] {
-        add_tap(&ns, tap);
+        add_tap(ns, tap);
     }
-    ok(&ns, "kvm-natup", "t0");
+    host.ok("kvm-natup", "t0", &[]);
     // The first warm start checks everything, finds it whole and says so.
-    let first = traced_natup(&ns, "t1");
-    let warm = traced_natup(&ns, "t2");
+    let first = host.traced_natup("t1");
+    let warm = host.traced_natup("t2");
     if backend() == Backend::Iptables {
         // The proof is nf_tables': the iptables backend checks in full every time.
         assert!(nf_tables_requests(&warm) > 1, "{warm}");
@@ -56,31 +90,32 @@ fn a_warm_start_asks_nf_tables_once_and_any_change_means_a_full_check_that_heals
 
     // Someone else's change anywhere in nf_tables: checked in full again.
     ns.ok(&["nft", "add", "table", "ip", "someone_else"]);
-    let after_other = traced_natup(&ns, "t3");
+    let after_other = host.traced_natup("t3");
     assert!(nf_tables_requests(&after_other) > 1, "{after_other}");
 
     // A flushed chain of kvm-net's is healed by the next start.
     ns.ok(&["nft", "flush", "table", "ip", "kvm_net"]);
-    ok(&ns, "kvm-natup", "t4");
-    assert!(has_chain(&ns, "NAT", "br0") && has_chain(&ns, "FWD", "br0"));
+    host.ok("kvm-natup", "t4", &[]);
+    assert!(has_chain(ns, "NAT", "br0") && has_chain(ns, "FWD", "br0"));
     let rules = ns.ok(&["nft", "list", "table", "ip", "kvm_net"]);
     assert!(rules.contains("masquerade"), "{rules}");
 
     // A record that does not match (another plan) is not taken for a proof.
-    let record = std::fs::read_to_string(lock_file(&ns)).expect("the record in the lock file");
+    let record = std::fs::read_to_string(host.lock_file("br0")).expect("the record in the lock file");
     let mut words: Vec<&str> = record.split_whitespace().collect();
     assert_eq!(words.len(), 4, "{record}");
     words[3] = "0";
-    std::fs::write(lock_file(&ns), format!("{}\n", words.join(" "))).expect("forging the record");
-    let stderr = ok_with(&ns, "kvm-natup", "t5", &[("KVM_NET_DEBUG", "1")]);
-    assert!(stderr.contains("rules of br0 whole at generation"), "{stderr}");
+    std::fs::write(host.lock_file("br0"), format!("{}\n", words.join(" "))).expect("forging the record");
+    let said = host.ok("kvm-natup", "t5", &[("KVM_NET_DEBUG", "1")]);
+    assert!(said.contains("rules of br0 whole at generation"), "{said}");
 }
 
 #[test]
 fn a_start_on_a_bridge_with_many_ports_asks_only_for_its_own_addresses() {
-    let ns = Netns::new();
-    add_tap(&ns, "t0");
-    ok(&ns, "kvm-natup", "t0");
+    let host = Host::new();
+    let ns = &host.ns;
+    add_tap(ns, "t0");
+    host.ok("kvm-natup", "t0", &[]);
     // 200 more links, each with addresses of its own.
     let lines: String = (1..=200)
         .map(|i| {
@@ -95,8 +130,8 @@ fn a_start_on_a_bridge_with_many_ports_asks_only_for_its_own_addresses() {
     std::fs::write(&batch, lines).expect("writing the batch");
     ns.ok(&["ip", "-batch", batch.to_str().expect("UTF-8 path")]);
     let _ = std::fs::remove_file(&batch);
-    add_tap(&ns, "t1");
-    let calls = traced(&ns, &["-qq", "-v", "-s", "64", "-e", "trace=recvfrom"], "kvm-natup", "t1");
+    add_tap(ns, "t1");
+    let calls = host.traced(&["-qq", "-v", "-s", "64", "-e", "trace=recvfrom"], "t1");
     assert!(!calls.contains("10.200."), "a start read other links' addresses: {calls}");
     assert!(calls.contains("NLM_F_DUMP_FILTERED"), "the address dump is the kernel's filtered one: {calls}");
 }
@@ -108,7 +143,8 @@ fn a_start_on_a_bridge_with_many_ports_asks_only_for_its_own_addresses() {
 /// comparison, not a walk through its chain.
 #[test]
 fn check_warns_when_many_networks_walk_iptables_and_jumps_carry_their_condition() {
-    let ns = Netns::new();
+    let host = Host::new();
+    let ns = &host.ns;
     let networks: String = (0..10)
         .map(|i| {
             format!(
@@ -117,13 +153,13 @@ fn check_warns_when_many_networks_walk_iptables_and_jumps_carry_their_condition(
             )
         })
         .collect();
-    let config = ConfigFile::new(&networks);
+    host.sandbox.config(&networks);
     for i in 0..10 {
         let tap = format!("n{i}-0");
-        add_tap(&ns, &tap);
-        ok_with(&ns, "kvm-natup", &tap, &[("KVM_NET_CONFIG", config.path())]);
+        add_tap(ns, &tap);
+        host.ok("kvm-natup", &tap, &[]);
     }
-    let out = kvm_net_tests::run::run(&ns, "kvm-net", &["check"], &[("KVM_NET_CONFIG", config.path())]);
+    let out = host.run("kvm-net", &["check"], &[]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     match backend() {
         Backend::Iptables => {
@@ -157,15 +193,15 @@ fn check_warns_when_many_networks_walk_iptables_and_jumps_carry_their_condition(
                 "-j",
                 "KVMNET-FWD-nbr3",
             ]);
-            let out = kvm_net_tests::run::run(&ns, "kvm-net", &["check"], &[("KVM_NET_CONFIG", config.path())]);
+            let out = host.run("kvm-net", &["check"], &[]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             assert!(
                 text.contains("error [rules-missing]: network n3 is up on nbr3")
                     && text.contains("KVMNET-FWD-nbr3 (differs)"),
                 "{text}"
             );
-            add_tap(&ns, "n3-1");
-            ok_with(&ns, "kvm-natup", "n3-1", &[("KVM_NET_CONFIG", config.path())]);
+            add_tap(ns, "n3-1");
+            host.ok("kvm-natup", "n3-1", &[]);
             let forward = ns.ok(&["iptables", "-S", "FORWARD"]);
             assert!(
                 forward.contains("-A FORWARD -o nbr3 -m comment --comment \"kvm-net:nbr3\" -j KVMNET-FWD-nbr3"),

@@ -3,8 +3,8 @@
 //! namespace of its own whose tmpfs `/run/openvswitch`, `/etc/openvswitch`,
 //! `/var/lib/openvswitch` and `/var/log/openvswitch` keep the packages'
 //! default paths valid without touching the machine's own. Commands run
-//! through [`Ovs::command`] see those directories; the daemons go with the
-//! network namespace.
+//! through [`Ovs::command`] see those directories, and a `/run/kvm-net` of
+//! their own; the daemons go with the network namespace.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -67,8 +67,10 @@ impl Ovs {
     /// of [`STATE_DIRS`]; the namespace is held until this is dropped. For
     /// OVN's central databases too.
     pub fn hold(mut command: Command, script: &str) -> Self {
-        let mounts: String =
+        let mut mounts: String =
             STATE_DIRS.iter().map(|d| format!("mkdir -p {d}; mount -n -t tmpfs tmpfs {d}\n")).collect();
+        // kvm-net's own run directory (locks, watchers) is the test's too, never the machine's.
+        mounts.push_str("mkdir -p /run/kvm-net; mount -n -t tmpfs -o mode=0755 tmpfs /run/kvm-net\n");
         let script = format!("{mounts}\n{script}\necho ready\nexec sleep 2147483647");
         command.args(["--mount", "--propagation", "private", "--", "sh", "-ec", &script]);
         command.stdin(Stdio::null()).stdout(Stdio::piped());

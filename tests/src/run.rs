@@ -1,7 +1,7 @@
 //! Running the helpers as QEMU does, and the inputs they read.
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::inspect::backend;
@@ -51,18 +51,18 @@ pub fn assert_refused(ns: &Netns, bin: &str, args: &[&str], env: &[(&str, &str)]
     stderr
 }
 
-/// Runs `bin tap` in `ns` under `strace STRACE_ARGS`, with the firewall
-/// backend under test and no config file; it must succeed. The system
-/// calls, as strace wrote them.
-pub fn traced(ns: &Netns, strace_args: &[&str], bin: &str, tap: &str) -> String {
+/// Runs `bin tap` under `strace` (the command given, with its namespaces
+/// and environment: `ns.cmd("strace")`, a sandbox's) with `strace_args`,
+/// the firewall backend under test and no config file of the caller's; it
+/// must succeed. The system calls, as strace wrote them.
+pub fn traced(mut strace: Command, strace_args: &[&str], bin: &str, tap: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let trace = ConfigFile::scratch_dir().join(format!(
         "strace-{}-{}.trace",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let out = ns
-        .cmd("strace")
+    let out = strace
         .args(strace_args)
         .arg("-o")
         .arg(&trace)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use kvm_net_tests::frames::{arp_reply, ethernet, icmp_echo, mac, mac_of, router_advertisement, send, tcp_syn, Mac};
 use kvm_net_tests::inspect::assert_no_nat_network;
-use kvm_net_tests::lab::{connect_from, connect_within, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
+use kvm_net_tests::lab::{connect_from, connect_within, udhcpc, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
 use kvm_net_tests::run::{ok_with, run, ConfigFile};
 use kvm_net_tests::Netns;
 
@@ -42,39 +42,15 @@ hosts = [
     )
 }
 
-/// A udhcpc script that applies the lease and says which server gave it.
-fn lease_script() -> String {
-    let path = ConfigFile::scratch_dir().join("udhcpc-apply4.sh");
-    if !path.exists() {
-        std::fs::write(
-            &path,
-            "#!/bin/sh\ncase \"$1\" in bound|renew)\n  ip -4 addr flush dev \"$interface\"\n  ip addr add \"$ip/24\" dev \"$interface\"\n  ip route replace default via \"$router\"\n  echo \"lease $ip server $serverid\";;\nesac\nexit 0\n",
-        )
-        .expect("script");
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    }
-    path.display().to_string()
-}
-
-/// Asks for a lease from inside `guest` and applies it; returns the server and address.
+/// Asks for a lease from inside `guest` and applies it (a script that says
+/// which server gave it); returns the server and address.
 fn take_lease(guest: &Netns) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    let out = guest.output(&[
-        "busybox",
-        "udhcpc",
-        "-i",
-        "eth0",
-        "-n",
-        "-q",
-        "-f",
-        "-t",
-        "5",
-        "-T",
-        "1",
-        "-s",
-        &lease_script(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find_map(|l| l.strip_prefix("lease "))?;
+    let said = udhcpc(
+        guest,
+        "udhcpc-apply4.sh",
+        "#!/bin/sh\ncase \"$1\" in bound|renew)\n  ip -4 addr flush dev \"$interface\"\n  ip addr add \"$ip/24\" dev \"$interface\"\n  ip route replace default via \"$router\"\n  echo \"lease $ip server $serverid\";;\nesac\nexit 0\n",
+    );
+    let line = said.lines().find_map(|l| l.strip_prefix("lease "))?;
     let words: Vec<&str> = line.split_whitespace().collect();
     Some((words.get(2)?.parse().ok()?, words.first()?.parse().ok()?))
 }

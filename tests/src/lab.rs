@@ -245,32 +245,26 @@ pub fn connect_to(
 
 /// Asks for a lease from inside `guest`; returns the address offered.
 pub fn lease(guest: &Netns) -> Option<String> {
-    let script = crate::run::ConfigFile::scratch_dir().join("udhcpc-print.sh");
-    if !script.exists() {
-        std::fs::write(
-            &script,
-            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease $ip router $router dns $dns\"\nexit 0\n",
-        )
-        .expect("script");
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    }
-    let out = guest.output(&[
-        "busybox",
-        "udhcpc",
-        "-i",
-        "eth0",
-        "-n",
-        "-q",
-        "-f",
-        "-t",
-        "5",
-        "-T",
-        "1",
-        "-s",
-        script.to_str()?,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let said = udhcpc(
+        guest,
+        "udhcpc-print.sh",
+        "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease $ip router $router dns $dns\"\nexit 0\n",
+    );
+    said.lines()
         .find_map(|l| l.strip_prefix("lease "))
         .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+}
+
+/// Runs busybox's DHCP client once (5 tries, 1 s apart) inside `guest` on
+/// eth0, with the udhcpc script `script` (kept in the scratch directory as
+/// `name`); what the script printed.
+pub fn udhcpc(guest: &Netns, name: &str, script: &str) -> String {
+    let path = crate::run::ConfigFile::scratch_dir().join(name);
+    if !path.exists() {
+        std::fs::write(&path, script).expect("script");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    let path = path.to_str().expect("UTF-8 path");
+    let out = guest.output(&["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", path]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -97,14 +97,15 @@ impl Ovs {
     /// `program args` run as `user` (all their groups), or as root, in `ns`
     /// and this instance's mount namespace.
     pub fn command_as(&self, ns: &Netns, user: Option<&User>, program: &Path, args: &[&str]) -> Command {
-        let mut command = self.command(ns, "setpriv");
-        match user {
+        let mut command = match user {
             Some(user) => {
-                command.args([&format!("--reuid={}", user.uid), &format!("--regid={}", user.gid), "--init-groups"])
+                let mut command = self.command(ns, "setpriv");
+                command.args(user.setpriv_options()).arg("--").arg(program);
+                command
             }
-            None => command.arg("--reuid=0"),
+            None => self.command(ns, program),
         };
-        command.arg("--").arg(program).args(args);
+        command.args(args);
         command
     }
 

@@ -70,6 +70,12 @@ impl User {
         User::ensure("kvmnet-alice", &[TEST_GROUP])
     }
 
+    /// `setpriv`'s options that make a command run as this user, with all
+    /// their groups (the command follows `--`).
+    pub fn setpriv_options(&self) -> [String; 3] {
+        [format!("--reuid={}", self.uid), format!("--regid={}", self.gid), "--init-groups".to_owned()]
+    }
+
     /// bob: in no group but his own.
     pub fn bob() -> User {
         User::ensure("kvmnet-bob", &[])
@@ -203,13 +209,7 @@ impl Sandbox {
         let mut command = ns.cmd("nsenter");
         command.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id())).arg("--");
         if let Some(user) = user {
-            command.args([
-                "setpriv",
-                &format!("--reuid={}", user.uid),
-                &format!("--regid={}", user.gid),
-                "--init-groups",
-                "--",
-            ]);
+            command.arg("setpriv").args(user.setpriv_options()).arg("--");
         }
         command.arg(program).args(args).stdin(Stdio::null());
         command.env("KVM_NET_FIREWALL", backend().as_str());

@@ -241,7 +241,7 @@ fn check_ovs(
             "run `kvm-net gc` to remove it".to_owned(),
         ));
     }
-    for port in present.iter().filter(|p| p.error.is_some() || p.ofport.is_some_and(|o| o < 1)) {
+    for (port, _) in present.iter().filter(|(p, _)| p.error.is_some() || p.ofport.is_some_and(|o| o < 1)) {
         findings.push(Finding::new(
             Severity::Error,
             "ovs-port-error",
@@ -256,7 +256,7 @@ fn check_ovs(
     }
     let alias = format!("{ALIAS_PREFIX}{name}");
     for tap in links.iter().filter(|l| l.alias.as_deref() == Some(&alias)) {
-        if !present.iter().any(|p| p.name == tap.name) {
+        if !present.iter().any(|(p, _)| p.name == tap.name) {
             findings.push(Finding::new(
                 Severity::Error,
                 "ovs-port-missing",

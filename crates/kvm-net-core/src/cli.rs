@@ -88,10 +88,14 @@ impl Helper {
             }
             Ok(())
         };
-        // kvm-ifdown reads no config: it acts on what the tap is attached to.
-        let chosen = || -> anyhow::Result<(Network, Source)> {
+        let load = || -> anyhow::Result<(Environment, Config)> {
             let env = Environment::from_process()?;
             let config = Config::load(&env.config_path(), start.install != Install::Plain)?;
+            Ok((env, config))
+        };
+        // kvm-ifdown reads no config: it acts on what the tap is attached to.
+        let chosen = || -> anyhow::Result<(Network, Source)> {
+            let (env, config) = load()?;
             let chosen = config::choose(&config, invoked_as, tap, &env)?;
             access.check_network(&chosen.network, &chosen.how)?;
             let network = chosen.network;
@@ -105,8 +109,7 @@ impl Helper {
         // kvm-ifdown reads the config only for a tap of an ovs network (its
         // database socket): the network its alias names, if granted.
         let ovs_network = |name: &str| -> anyhow::Result<Network> {
-            let env = Environment::from_process()?;
-            let config = Config::load(&env.config_path(), start.install != Install::Plain)?;
+            let (_, config) = load()?;
             let network = config.network(name).cloned().ok_or_else(|| Error::UnknownNetwork {
                 name: name.to_owned(),
                 how: format!("the alias of {tap} names it"),

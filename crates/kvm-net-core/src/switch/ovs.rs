@@ -48,6 +48,9 @@ pub struct OvsPort {
     pub error: Option<String>,
 }
 
+/// Ports of kvm-net's whose tap is there, each with its tap.
+pub type PresentPorts = Vec<(OvsPort, Link)>;
+
 /// An Open vSwitch bridge, through a connection to its database.
 pub struct OvsBridge {
     db: Ovsdb,
@@ -258,16 +261,15 @@ impl OvsBridge {
     }
 
     /// The ports kvm-net added for the network, split into those whose tap
-    /// is still there and those whose tap is gone (its VM went without its
+    /// is still there (with the tap) and those whose tap is gone (its VM went without its
     /// downscript, or the watcher has not got to it yet).
-    pub fn ports_by_presence(&mut self, netlink: &mut Netlink) -> Result<(Vec<OvsPort>, Vec<OvsPort>)> {
+    pub fn ports_by_presence(&mut self, netlink: &mut Netlink) -> Result<(PresentPorts, Vec<OvsPort>)> {
         let mut present = Vec::new();
         let mut gone = Vec::new();
         for port in self.our_ports()? {
-            if netlink.link_by_name(&port.name)?.is_some() {
-                present.push(port);
-            } else {
-                gone.push(port);
+            match netlink.link_by_name(&port.name)? {
+                Some(link) => present.push((port, link)),
+                None => gone.push(port),
             }
         }
         Ok((present, gone))
@@ -320,10 +322,6 @@ impl Switch for OvsBridge {
     }
 
     fn ports(&mut self, netlink: &mut Netlink) -> Result<Vec<Link>> {
-        let mut links = Vec::new();
-        for port in self.our_ports()? {
-            links.extend(netlink.link_by_name(&port.name)?);
-        }
-        Ok(links)
+        Ok(self.ports_by_presence(netlink)?.0.into_iter().map(|(_, link)| link).collect())
     }
 }

@@ -172,8 +172,9 @@ fn watch(network: &Network, lock: WatchLock) -> Result<()> {
 
 /// What a look at the bridge decided.
 enum Look {
-    /// Ports remain: keep watching the bridge with this index (0: any link's change).
-    Keep(WatchLock, u32),
+    /// Ports remain: keep watching the Linux bridge with this index (`None`:
+    /// an Open vSwitch bridge, whose ports only a deletion takes away).
+    Keep(WatchLock, Option<u32>),
     /// The network is gone (removed here, or by someone else), or kept up
     /// until `kvm-net down`: the watcher has let go of its lock.
     Done,
@@ -197,7 +198,7 @@ fn look_at_ovs(network: &Network, settings: &OvsPorts, lock: WatchLock) -> Resul
     let mut ovs = OvsBridge::connect(&network.name, &network.bridge, settings)?;
     let (present, gone) = ovs.ports_by_presence(&mut netlink)?;
     if gone.is_empty() && !present.is_empty() {
-        return Ok(Look::Keep(lock, 0));
+        return Ok(Look::Keep(lock, None));
     }
     let _bridge_lock = BridgeLock::acquire(&network.bridge)?;
     let (present, gone) = ovs.ports_by_presence(&mut netlink)?;
@@ -206,7 +207,7 @@ fn look_at_ovs(network: &Network, settings: &OvsPorts, lock: WatchLock) -> Resul
         ovs.forget(&port.name)?;
     }
     if !present.is_empty() {
-        return Ok(Look::Keep(lock, 0));
+        return Ok(Look::Keep(lock, None));
     }
     lock.release()?;
     Ok(Look::Done)
@@ -225,7 +226,7 @@ fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
         }
     };
     if has_port_besides(&bridge, None)? {
-        return Ok(Look::Keep(lock, bridge.index));
+        return Ok(Look::Keep(lock, Some(bridge.index)));
     }
     let bridge_lock = BridgeLock::acquire(&network.bridge)?;
     // Declared after the bridge's lock, so dropped before it (on an error
@@ -241,7 +242,7 @@ fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
         }
     };
     if has_port_besides(&bridge, None)? {
-        return Ok(Look::Keep(lock, bridge.index));
+        return Ok(Look::Keep(lock, Some(bridge.index)));
     }
     if bridge.is_kept_up() {
         trace(format_args!("bridge {} stays: kvm-net up keeps it until kvm-net down", bridge.name));

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::firewall::{self, antispoof, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
 use crate::listeners::listeners;
 use crate::netlink::{abandoned_bridges, Link, Netlink};
-use crate::switch::ovs::ALIAS_PREFIX;
+use crate::switch::ovs::alias_of;
 use crate::switch::OvsBridge;
 
 /// How bad a finding is; the exit status is the worst one's.
@@ -254,7 +254,7 @@ fn check_ovs(
             format!("see ovs-vswitchd's log, then restart the VM's network (kvm-ifdown {0}; kvm-ifup {0})", port.name),
         ));
     }
-    let alias = format!("{ALIAS_PREFIX}{name}");
+    let alias = alias_of(name);
     for tap in links.iter().filter(|l| l.alias.as_deref() == Some(&alias)) {
         if !present.iter().any(|(p, _)| p.name == tap.name) {
             findings.push(Finding::new(

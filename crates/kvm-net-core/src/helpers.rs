@@ -11,7 +11,7 @@ use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{has_port_besides, Link, Netlink, PortIsolation};
 use crate::network::{Bringup, Services};
-use crate::switch::{self, ovs::ALIAS_PREFIX, LinuxBridge, Switch, Tap};
+use crate::switch::{self, ovs, LinuxBridge, Switch, Tap};
 use crate::trace::{trace, warn};
 
 /// The tap QEMU named, if it exists: it must not be a bridge, and a caller
@@ -87,7 +87,7 @@ pub fn ifdown(tap: &IfName, access: &Access, ovs_network: impl FnOnce(&str) -> R
                 bridge.name
             ));
         }
-    } else if let Some(name) = link.alias.as_deref().and_then(|alias| alias.strip_prefix(ALIAS_PREFIX)) {
+    } else if let Some(name) = link.alias.as_deref().and_then(ovs::network_in_alias) {
         let network = ovs_network(name)?;
         let mut switch = switch::existing(&network, &mut netlink)
             .with_context(|| format!("detaching {tap} from Open vSwitch bridge {}", network.bridge))?;

@@ -29,7 +29,17 @@ use crate::trace::trace;
 /// The external id that marks a port as kvm-net's, with its network's name.
 pub const NETWORK_KEY: &str = "kvm-net-network";
 /// The alias kvm-net gives a tap it made a port of an OVS network.
-pub const ALIAS_PREFIX: &str = "kvm-net port of ovs network ";
+const ALIAS_PREFIX: &str = "kvm-net port of ovs network ";
+/// The alias of a tap kvm-net made a port of ovs network `network`.
+pub fn alias_of(network: &str) -> String {
+    format!("{ALIAS_PREFIX}{network}")
+}
+
+/// The ovs network a tap's alias names, if kvm-net made it a port of one.
+pub fn network_in_alias(alias: &str) -> Option<&str> {
+    alias.strip_prefix(ALIAS_PREFIX)
+}
+
 /// How long ovs-vswitchd gets to apply a change.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
@@ -292,7 +302,7 @@ impl Switch for OvsBridge {
     fn attach(&mut self, netlink: &mut Netlink, port: &Link, tap: Tap) -> Result<()> {
         let what = format!("adding {} to Open vSwitch bridge {}", port.name, self.bridge);
         self.add_applied(&port.name).context(what.clone())?;
-        let alias = format!("{ALIAS_PREFIX}{}", self.network);
+        let alias = alias_of(&self.network);
         let up = netlink.set_alias(port, &alias).and_then(|()| match tap {
             Tap::Qemu => netlink.set_up(port),
             Tap::Made => netlink.bring_up_made_tap(port),

@@ -214,3 +214,68 @@ fn check_warns_when_many_networks_walk_iptables_and_jumps_carry_their_condition(
         }
     }
 }
+
+/// The record some lock file of the sandbox holds, whatever its name: its
+/// generation.
+fn recorded_generation(host: &Host) -> u32 {
+    let dir = host.sandbox.run_dir().join("kvm-net/lock");
+    let records: Vec<String> = std::fs::read_dir(&dir)
+        .expect("the lock directory")
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter(|text| text.starts_with("kvm-net-rules-whole "))
+        .collect();
+    assert_eq!(records.len(), 1, "one record: {records:?}");
+    records[0].split_whitespace().nth(1).and_then(|g| g.parse().ok()).expect("a generation")
+}
+
+/// A namespace's identity as the kernel's file system has it (device and
+/// inode), which a new namespace takes over as soon as the old one is gone.
+fn inode_of(ns: &Netns) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(ns.path()).expect("the namespace");
+    (meta.dev(), meta.ino())
+}
+
+/// An isolated network is up in a namespace that is then deleted with it;
+/// a new namespace (which the kernel gives the same inode number) with the
+/// same bridge index and nf_tables generation must still get its rules: the
+/// record of the first is not the second's.
+#[test]
+fn a_record_dies_with_its_namespace_even_when_a_new_one_reuses_its_inode() {
+    if backend() == Backend::Iptables {
+        return;
+    }
+    let config = "[network.lab]\nmode = \"isolated\"\nbridge = \"br0\"\ntaps = [\"t*\"]\n";
+    let first = Host::new();
+    first.sandbox.config(config);
+    for tap in ["t0", "t1"] {
+        add_tap(&first.ns, tap);
+        first.ok("kvm-natup", tap, &[]);
+    }
+    let generation = recorded_generation(&first);
+    let old_inode = inode_of(&first.ns);
+    let Host { sandbox, ns } = first;
+    drop(ns);
+    // The kernel hands out the lowest free inode number: wait for the
+    // deleted namespace's to be free, then take it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let ns = loop {
+        let ns = Netns::new();
+        if inode_of(&ns) == old_inode || std::time::Instant::now() > deadline {
+            break ns;
+        }
+        drop(ns);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let second = Host { sandbox, ns };
+    add_tap(&second.ns, "t0");
+    // Other changes bring nf_tables to the recorded generation (a fresh
+    // namespace starts at 1; each change adds one).
+    for i in 1..generation {
+        second.ns.ok(&["nft", &format!("add table ip bump{i}")]);
+    }
+    let said = second.ok("kvm-natup", "t0", &[("KVM_NET_DEBUG", "1")]);
+    assert!(!said.contains("not read again"), "the old namespace's record was taken: {said}");
+    assert!(has_chain(&second.ns, "GRD", "br0"), "an isolated network without its guard: {said}");
+}

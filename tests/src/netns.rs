@@ -34,12 +34,32 @@ impl Netns {
         ns
     }
 
-    /// `netns-DEV-INO`, the identity kvm-net puts in the names of its files
-    /// under `/run` for bridges in this namespace.
+    /// `netns-COOKIE`, the identity kvm-net puts in the names of its files
+    /// under `/run` for bridges in this namespace (`SO_NETNS_COOKIE`).
     pub fn id(&self) -> String {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(self.path()).expect("stat of the namespace");
-        format!("netns-{}-{}", meta.dev(), meta.ino())
+        format!("netns-{}", self.cookie())
+    }
+
+    /// The namespace's cookie, which the kernel never reuses.
+    pub fn cookie(&self) -> u64 {
+        self.enter(|| {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a socket");
+            let mut cookie: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `cookie`,
+            // which outlives the call; the socket is open.
+            let result = unsafe {
+                libc::getsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    libc::SOL_SOCKET,
+                    71, // SO_NETNS_COOKIE
+                    std::ptr::addr_of_mut!(cookie).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(result, 0, "SO_NETNS_COOKIE: {}", std::io::Error::last_os_error());
+            cookie
+        })
     }
 
     /// A path naming this namespace for `ip link set DEV netns PATH`.

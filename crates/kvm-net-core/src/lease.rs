@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::firewall::antispoof::{self, Binding, Mac};
 use crate::ifname::IfName;
 use crate::netlink::{Link, Netlink};
-use crate::runtime::bridge_tag;
+use crate::runtime::bridge_of_tag;
 
 /// The binary's name, installed beside the tap helpers.
 pub const NAME: &str = "kvm-net-lease";
@@ -115,7 +115,7 @@ fn parse(args: &[String]) -> Result<Event> {
 }
 
 /// The bridge of the dnsmasq that ran this process: its `--conf-file` is
-/// `/run/kvm-net/dnsmasq/netns-DEV-INO-BRIDGE/dnsmasq.conf`, and the
+/// `/run/kvm-net/dnsmasq/netns-COOKIE-BRIDGE/dnsmasq.conf`, and the
 /// namespace in it must be this one.
 fn bridge_of_parent() -> Result<IfName> {
     let parent = nix::unistd::getppid();
@@ -126,15 +126,7 @@ fn bridge_of_parent() -> Result<IfName> {
         .filter_map(|arg| std::str::from_utf8(arg).ok())
         .find_map(|arg| arg.strip_prefix(&prefix)?.strip_suffix("/dnsmasq.conf").map(str::to_owned))
         .ok_or_else(|| anyhow!("{NAME} is run by the dnsmasq of a kvm-net network, and process {parent} is none"))?;
-    let bridge = tag
-        .strip_prefix("netns-")
-        .and_then(|rest| rest.splitn(3, '-').nth(2))
-        .and_then(|name| IfName::parse_bridge(name).ok())
-        .ok_or_else(|| anyhow!("dnsmasq's config {tag:?} names no bridge"))?;
-    if bridge_tag(&bridge)? != tag {
-        return Err(anyhow!("dnsmasq's config {tag:?} is for another network namespace"));
-    }
-    Ok(bridge)
+    bridge_of_tag(&tag)?.ok_or_else(|| anyhow!("dnsmasq's config {tag:?} is not for a bridge of this network namespace"))
 }
 
 fn run(args: &[String]) -> Result<()> {

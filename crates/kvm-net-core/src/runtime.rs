@@ -1,7 +1,10 @@
 //! Files kvm-net keeps under `/run` (a tmpfs: gone at reboot, like the
 //! kernel state they go with). `/run` is shared by every network namespace,
 //! so each name carries the namespace's identity: two `br0` in two
-//! namespaces are two bridges.
+//! namespaces are two bridges. That identity is the namespace's cookie,
+//! which the kernel never gives to another namespace while it runs (an
+//! inode number is reused as soon as a namespace is gone): a file of a
+//! namespace that was deleted is never taken for one of a new namespace.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -11,53 +14,64 @@ use anyhow::{Context, Result};
 
 use crate::ifname::IfName;
 
-/// `netns-DEV-INO-BRIDGE`: one bridge in this process's network namespace.
+/// `netns-COOKIE-BRIDGE`: one bridge in this process's network namespace.
 pub fn bridge_tag(bridge: &IfName) -> Result<String> {
-    let (dev, ino) = namespace_identity()?;
-    Ok(format!("netns-{dev}-{ino}-{bridge}"))
+    Ok(format!("{}-{bridge}", namespace_tag()?))
 }
 
-/// This process's network namespace (device and inode of
-/// `/proc/self/ns/net`), looked up once: a kvm-net process never changes
-/// namespace.
-fn namespace_identity() -> Result<(u64, u64)> {
-    static IDENTITY: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
-    if let Some(identity) = IDENTITY.get() {
-        return Ok(*identity);
+/// `netns-COOKIE`: this process's network namespace, as the names of
+/// kvm-net's files under `/run` start.
+pub fn namespace_tag() -> Result<String> {
+    Ok(format!("netns-{}", namespace_cookie()?))
+}
+
+/// The bridge a tag names, if it is a tag of this namespace's.
+pub fn bridge_of_tag(tag: &str) -> Result<Option<IfName>> {
+    let ours = format!("{}-", namespace_tag()?);
+    Ok(tag.strip_prefix(&ours).and_then(|name| IfName::parse_bridge(name).ok()))
+}
+
+/// This process's network namespace's cookie (`SO_NETNS_COOKIE` of a fresh
+/// socket), looked up once: a kvm-net process never changes namespace.
+fn namespace_cookie() -> Result<u64> {
+    static COOKIE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(cookie) = COOKIE.get() {
+        return Ok(*cookie);
     }
-    let identity = match namespace_of_a_socket() {
-        Some(identity) => identity,
-        None => {
-            let netns =
-                fs::metadata("/proc/self/ns/net").context("identifying the network namespace (/proc/self/ns/net)")?;
-            (netns.dev(), netns.ino())
-        }
-    };
-    Ok(*IDENTITY.get_or_init(|| identity))
+    let cookie = cookie_of_a_socket().context("identifying the network namespace (SO_NETNS_COOKIE)")?;
+    Ok(*COOKIE.get_or_init(|| cookie))
 }
 
-/// The namespace a fresh socket is in (`SIOCGSKNS`, which needs
-/// CAP_NET_ADMIN), as `/proc/self/ns/net` names it: far cheaper than that
-/// path, whose every lookup makes /proc entries for a process seen for the
-/// first time. `None` where it is refused.
-fn namespace_of_a_socket() -> Option<(u64, u64)> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+/// `SO_NETNS_COOKIE` (Linux 5.14): not yet in every libc crate's list.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the namespace a fresh socket is in: no privilege needed.
+fn cookie_of_a_socket() -> Result<u64> {
+    use std::os::fd::AsRawFd;
     let socket = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Unix,
         nix::sys::socket::SockType::Datagram,
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         None,
-    )
-    .ok()?;
-    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor, or -1.
-    let raw = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGSKNS as _) };
-    if raw < 0 {
-        return None;
+    )?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a u64
+    // that outlives the call, and updates `len`; the socket is open.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::addr_of_mut!(cookie).cast(),
+            &mut len,
+        )
+    };
+    nix::errno::Errno::result(result)?;
+    if len as usize != std::mem::size_of::<u64>() {
+        anyhow::bail!("the kernel answered {len} bytes for a network namespace cookie");
     }
-    // SAFETY: the kernel just made this descriptor for this process; nothing else owns it.
-    let namespace = unsafe { OwnedFd::from_raw_fd(raw) };
-    let stat = nix::sys::stat::fstat(&namespace).ok()?;
-    Some((stat.st_dev, stat.st_ino))
+    Ok(cookie)
 }
 
 /// The PID of every process.

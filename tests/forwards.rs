@@ -309,3 +309,28 @@ fn status_lists_forwards_and_leases_and_check_finds_a_forward_going_nowhere() {
     assert!(found && said.contains("a local process listens on tcp 0.0.0.0:2222 too"), "{said}");
     ok_with(&lab.host, "kvm-natdown", "vm0", &env);
 }
+
+/// A guest that sends one datagram from a forwarded host port (5353) to a
+/// client must not receive what that client sends to the forward: the
+/// guest's connection leaves with another port, and the client's datagrams
+/// reach the forward's target (web1) alone.
+#[test]
+fn no_guest_shadows_a_forwarded_port_by_sending_from_it() {
+    use std::net::{SocketAddr, UdpSocket};
+    let f = Forwards::new();
+    let client = f.lab.upstream.enter(|| UdpSocket::bind((UPSTREAM, 40001))).expect("the client's socket");
+    let shadow = f.neighbour.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353))).expect("the guest's socket");
+    for socket in [&client, &shadow] {
+        socket.set_read_timeout(Some(WAIT)).expect("timeout");
+    }
+    shadow.send_to(b"from the neighbour", (UPSTREAM, 40001)).expect("the guest's datagram");
+    let mut buffer = [0u8; 512];
+    let (_, from) = client.recv_from(&mut buffer).expect("the guest's datagram reaches the client");
+    assert_eq!(from.ip(), std::net::IpAddr::from(HOST_UPLINK), "masqueraded");
+    client.send_to(b"hello", SocketAddr::from((HOST_UPLINK, 5353))).expect("the client's datagram");
+    let stolen = shadow.recv_from(&mut buffer);
+    assert!(stolen.is_err(), "the guest received the forward's datagram: {stolen:?}");
+    assert_ne!(from.port(), 5353, "the guest's connection kept the forwarded port");
+    let (len, _) = client.recv_from(&mut buffer).expect("web1's answer");
+    assert_eq!(String::from_utf8_lossy(&buffer[..len]), format!("seen {UPSTREAM}"));
+}

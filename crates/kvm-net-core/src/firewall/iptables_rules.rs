@@ -193,7 +193,7 @@ fn position(condition: &Match) -> u8 {
         Match::Destination { .. } => 1,
         Match::InIface { .. } => 2,
         Match::OutIface { .. } => 3,
-        Match::Protocol { .. } => 4,
+        Match::Protocol { .. } | Match::SourcePort { .. } => 4,
         Match::LocalDestination => 5,
         Match::EstablishedOrRelated { .. } | Match::Dnat { .. } => 6,
     }
@@ -212,6 +212,13 @@ fn match_text(condition: &Match) -> String {
                 Some(ports) if ports.is_single() => format!("-p {name} -m {name} --dport {}", ports.first),
                 Some(ports) => format!("-p {name} -m {name} --dport {}:{}", ports.first, ports.last),
                 None => format!("-p {name}"),
+            }
+        }
+        Match::SourcePort { protocol, ports } => {
+            let name = protocol.as_str();
+            match ports.is_single() {
+                true => format!("-p {name} -m {name} --sport {}", ports.first),
+                false => format!("-p {name} -m {name} --sport {}:{}", ports.first, ports.last),
             }
         }
         Match::EstablishedOrRelated { negate } => format!("-m conntrack {}--ctstate RELATED,ESTABLISHED", not(*negate)),

@@ -81,6 +81,8 @@ pub enum Match {
     Destination { net: IpNetwork, negate: bool },
     /// Its transport protocol, and destination port (or ports) if given.
     Protocol { protocol: Protocol, destination_port: Option<PortRange> },
+    /// Its transport protocol, and a source port in this range.
+    SourcePort { protocol: Protocol, ports: PortRange },
     /// Its connection is established or related (a reply, not a new connection).
     EstablishedOrRelated { negate: bool },
     /// It is addressed to one of the host's own addresses (the kernel's
@@ -221,7 +223,7 @@ pub fn plan(network: &Network) -> Plan {
                 let forwards = if family == Family::V4 { &network.forwards[..] } else { &[] };
                 let mut masquerade: Vec<Rule> = forwards.first().map(|_| hairpin(subnet, bridge)).into_iter().collect();
                 if network.mode == Mode::Nat {
-                    masquerade.extend(masquerade_rules(subnet));
+                    masquerade.extend(masquerade_rules(subnet, forwards));
                 }
                 add(family, Kind::Masquerade, masquerade);
                 let mut inward = vec![destination(subnet), out_iface(bridge)];
@@ -356,23 +358,68 @@ fn hairpin(subnet: IpNetwork, bridge: &IfName) -> Rule {
 }
 
 /// Multicast and broadcast stay as they are; TCP and UDP get source ports
-/// 1024-65535 so that no guest connection takes a privileged port of the host.
-fn masquerade_rules(subnet: IpNetwork) -> Vec<Rule> {
+/// 1024-65535 so that no guest connection takes a privileged port of the host,
+/// nor a port a forward of that protocol listens on ([`masquerade_ports`]).
+fn masquerade_rules(subnet: IpNetwork, forwards: &[Forward]) -> Vec<Rule> {
     let keep: Vec<IpNetwork> = match subnet {
         IpNetwork::V4(_) => ["224.0.0.0/24", "255.255.255.255/32"].iter().filter_map(|n| n.parse().ok()).collect(),
         IpNetwork::V6(_) => ["ff00::/8"].iter().filter_map(|n| n.parse().ok()).collect(),
     };
     let leaving = || vec![source(subnet), Match::Destination { net: subnet, negate: true }];
-    let ports = Some((1024, 65535));
-    keep.into_iter()
-        .map(|group| rule(vec![source(subnet), destination(group)], Action::Return))
-        .chain([Protocol::Tcp, Protocol::Udp].map(|protocol| {
+    let mut rules: Vec<Rule> =
+        keep.into_iter().map(|group| rule(vec![source(subnet), destination(group)], Action::Return)).collect();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let forwarded: Vec<PortRange> =
+            forwards.iter().filter(|f| f.protocol == protocol).map(|f| f.host_ports).collect();
+        for (sources, ports) in masquerade_ports(&forwarded) {
             let mut matches = leaving();
-            matches.push(Match::Protocol { protocol, destination_port: None });
-            rule(matches, Action::Masquerade { ports })
-        }))
-        .chain([rule(leaving(), Action::Masquerade { ports: None })])
-        .collect()
+            matches.push(match sources {
+                Some(ports) => Match::SourcePort { protocol, ports },
+                None => Match::Protocol { protocol, destination_port: None },
+            });
+            rules.push(rule(matches, Action::Masquerade { ports: Some((ports.first, ports.last)) }));
+        }
+    }
+    rules.push(rule(leaving(), Action::Masquerade { ports: None }));
+    rules
+}
+
+/// The source ports masqueraded connections get, as (guest source ports,
+/// host ports) pairs in rule order (`None`: any other source port). The
+/// kernel keeps a connection's own port when it is in the rule's range,
+/// and picks another of the range when it is taken; so a range must hold
+/// no port a forward listens on, or a guest that sends from (or is given)
+/// that port would receive what clients send to the forward (a UDP client's
+/// next datagram matches the guest's connection before the forward's).
+/// Without forwards: 1024-65535, one rule. With them: each stretch between
+/// forwarded ports keeps its own ports, and anything else (a privileged or
+/// a forwarded source port) gets one of the widest stretch.
+pub fn masquerade_ports(forwarded: &[PortRange]) -> Vec<(Option<PortRange>, PortRange)> {
+    const ALL: PortRange = PortRange { first: 1024, last: 65535 };
+    let mut taken: Vec<PortRange> = forwarded.iter().copied().filter(|r| r.last >= ALL.first).collect();
+    if taken.is_empty() {
+        return vec![(None, ALL)];
+    }
+    taken.sort_by_key(|r| r.first);
+    let mut free = Vec::new();
+    let mut next = u32::from(ALL.first);
+    for range in taken {
+        if u32::from(range.first) > next {
+            free.push((next, u32::from(range.first) - 1));
+        }
+        next = next.max(u32::from(range.last) + 1);
+    }
+    if next <= u32::from(ALL.last) {
+        free.push((next, u32::from(ALL.last)));
+    }
+    let free: Vec<PortRange> = free
+        .into_iter()
+        .filter_map(|(first, last)| Some(PortRange { first: u16::try_from(first).ok()?, last: u16::try_from(last).ok()? }))
+        .collect();
+    // Every port 1024-65535 forwarded: nothing left to give (the config
+    // could say so; the kernel would then pick among them).
+    let Some(widest) = free.iter().copied().max_by_key(|r| r.last - r.first) else { return vec![(None, ALL)] };
+    free.into_iter().map(|range| (Some(range), range)).chain([(None, widest)]).collect()
 }
 
 #[cfg(test)]
@@ -449,6 +496,38 @@ mod tests {
         let isolated = plan(&network(Mode::Isolated, true, Vec::new()));
         assert!(isolated.chain(Family::V4, Kind::Forward).is_none());
         assert_eq!(isolated.chain(Family::V6, Kind::Guard).map(|c| c.rules.len()), Some(3));
+    }
+
+    #[test]
+    fn masquerading_never_gives_a_guest_a_forwarded_port() {
+        assert_eq!(masquerade_ports(&[]), [(None, PortRange { first: 1024, last: 65535 })]);
+        let low = PortRange::single(80);
+        assert_eq!(masquerade_ports(&[low]), [(None, PortRange { first: 1024, last: 65535 })]);
+        let pairs = masquerade_ports(&[PortRange::single(6000), PortRange::parse("8000-8010").expect("range")]);
+        let stretches = [
+            PortRange { first: 1024, last: 5999 },
+            PortRange { first: 6001, last: 7999 },
+            PortRange { first: 8011, last: 65535 },
+        ];
+        let expected: Vec<_> =
+            stretches.iter().map(|r| (Some(*r), *r)).chain([(None, stretches[2])]).collect();
+        assert_eq!(pairs, expected);
+        for (_, ports) in pairs {
+            assert!(!(ports.first..=ports.last).contains(&6000) && !(ports.first..=ports.last).contains(&8005));
+        }
+        let udp = Forward { protocol: Protocol::Udp, host_ports: PortRange::single(6000), ..ssh() };
+        let plan = plan(&network(Mode::Nat, false, vec![udp]));
+        let masquerade = plan.chain(Family::V4, Kind::Masquerade).expect("masquerade");
+        let given: Vec<_> = masquerade
+            .rules
+            .iter()
+            .filter(|r| r.matches.iter().any(|m| matches!(m, Match::SourcePort { protocol: Protocol::Udp, .. })))
+            .map(|r| r.action.clone())
+            .collect();
+        assert_eq!(
+            given,
+            [Action::Masquerade { ports: Some((1024, 5999)) }, Action::Masquerade { ports: Some((6001, 65535)) }]
+        );
     }
 
     #[test]

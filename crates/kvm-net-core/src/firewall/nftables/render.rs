@@ -159,6 +159,14 @@ fn match_expressions(condition: &Match) -> Vec<Expression> {
             }
             expressions
         }
+        Match::SourcePort { protocol, ports } => vec![
+            meta(MetaKey::L4Proto),
+            cmp(Operator::Equal, vec![protocol.number()]),
+            payload(TRANSPORT_HEADER, 0, 2),
+            // Big-endian bytes compare as the numbers do.
+            cmp(Operator::GreatherThanEqual, ports.first.to_be_bytes().to_vec()),
+            cmp(Operator::LessThanEqual, ports.last.to_be_bytes().to_vec()),
+        ],
         Match::LocalDestination => vec![
             raw(
                 "fib",

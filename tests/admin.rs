@@ -326,3 +326,81 @@ fn status_shows_each_port_and_the_qemu_holding_it() {
     vm.wait(Duration::from_secs(60));
     assert_no_nat_network(&lab.host, "br0");
 }
+
+/// `kvm-net status` run by a user other than root: the network, its ports,
+/// addresses, dnsmasq and leases, with the firewall's part (which answers
+/// only root) marked as such rather than failing; root sees it all.
+#[test]
+fn status_for_a_user_other_than_root_shows_what_it_can_and_marks_the_rest() {
+    use kvm_net_tests::sandbox::{Sandbox, User};
+    use kvm_net_tests::helper;
+    let sandbox = Sandbox::new();
+    let ns = Netns::new();
+    sandbox.config(
+        "[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\nguest_spoofing = \"deny\"\n",
+    );
+    add_tap(&ns, "tap0");
+    let up = sandbox.run(&ns, None, &helper("kvm-natup"), &["tap0"]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let alice = User::alice();
+    for json in [false, true] {
+        let args: &[&str] = if json { &["status", "--json"] } else { &["status"] };
+        let out = sandbox.run(&ns, Some(&alice), &helper("kvm-net"), args);
+        let (text, errors) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "status as alice failed: {errors}");
+        assert!(text.contains("br0") && text.contains("tap0"), "{text}");
+        if json {
+            let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            let network = &status["networks"][0];
+            assert_eq!(network["state"], "up");
+            assert_eq!(network["needs_root"], serde_json::json!(["rules", "guest filter"]), "{text}");
+            assert!(network["dnsmasq"]["pid"].is_number(), "{text}");
+        } else {
+            assert!(text.contains("(needs root)") && text.contains("run kvm-net status as root"), "{text}");
+        }
+    }
+    let root = sandbox.run(&ns, None, &helper("kvm-net"), &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&root.stdout).expect("JSON");
+    assert_eq!(status["networks"][0]["needs_root"], serde_json::json!([]));
+    assert!(status["networks"][0]["rules"].as_array().is_some_and(|r| !r.is_empty()));
+}
+
+#[test]
+fn check_warns_of_a_forward_to_an_unreserved_guest_on_a_shared_network() {
+    let shared = |users: &str| {
+        format!(
+            r#"
+[network.default]
+mode = "nat"
+bridge = "br0"
+ipv4 = "192.168.100.1/24"
+allow_users = [{users}]
+guest_spoofing = "deny"
+[network.default.dhcp]
+hosts = [
+  {{ mac = "52:54:00:00:00:10", ip = "192.168.100.10", name = "web1" }},
+  {{ mac = "52:54:00:00:00:20", ip = "192.168.100.20", name = "db", tap = "db-*" }},
+]
+[[network.default.forwards]]
+host_port = 8080
+guest = "web1"
+guest_port = 80
+[[network.default.forwards]]
+host_port = 5432
+guest = "db"
+"#
+        )
+    };
+    let host = Netns::new();
+    let config = ConfigFile::new(&shared("\"kvmnet-alice\", \"kvmnet-bob\""));
+    let out = run(&host, "kvm-net", &["check"], &[("KVM_NET_CONFIG", config.path())]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("warning [forward-unreserved]: forward tcp 8080 of network default goes to web1"), "{text}");
+    assert!(text.contains("add tap = \"PATTERN\" to the dhcp.hosts entry of web1"), "{text}");
+    assert!(!text.contains("forward tcp 5432 of network default goes to db"), "db is reserved: {text}");
+    // One user only: nobody else's guest could take web1's place.
+    let single = ConfigFile::new(&shared("\"kvmnet-alice\""));
+    let out = run(&host, "kvm-net", &["check"], &[("KVM_NET_CONFIG", single.path())]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains("forward-unreserved"), "{text}");
+}

@@ -10,9 +10,14 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use kvm_net_tests::frames::{arp_reply, ethernet, icmp_echo, mac, mac_of, router_advertisement, send, tcp_syn, Mac};
+use kvm_net_tests::frames::{
+    arp_reply, client_id_of, ethernet, fragments, icmp_echo, mac, mac_of, router_advertisement, send, tcp_syn, DhcpMessage, Mac,
+    DHCPDECLINE, DHCPRELEASE, DHCPREQUEST,
+};
 use kvm_net_tests::inspect::assert_no_nat_network;
-use kvm_net_tests::lab::{connect_from, connect_within, udhcpc, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
+use kvm_net_tests::lab::{
+    connect_from, connect_within, lease, lease_named, resolve, udhcpc, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM,
+};
 use kvm_net_tests::run::{ok_with, run, ConfigFile};
 use kvm_net_tests::Netns;
 
@@ -62,15 +67,23 @@ struct Shared {
     b: Netns,
     gateway_mac: Mac,
     upstream: UpstreamServer,
+    /// The addresses a and b leased.
+    a_ip: Ipv4Addr,
+    b_ip: Ipv4Addr,
 }
 
 impl Shared {
     /// The network up with guests a (the attacker) and b (the victim), each
     /// with its fixed lease, bridged frames through the firewall or not.
     fn new(spoofing: &str, bridge_netfilter: bool) -> Self {
+        Self::with_config(&config(spoofing), bridge_netfilter)
+    }
+
+    /// As [`Shared::new`], with a config of the test's own.
+    fn with_config(text: &str, bridge_netfilter: bool) -> Self {
         let lab = Lab::new();
         lab.host.sh(&format!("echo {} > /proc/sys/net/bridge/bridge-nf-call-iptables", u8::from(bridge_netfilter)));
-        let config = ConfigFile::new(&config(spoofing));
+        let config = ConfigFile::new(text);
         let upstream = UpstreamServer::start(&lab.upstream, UPSTREAM);
         lab.upstream.sh(&format!(
             "nft add table ip watch; nft add chain ip watch in '{{ type filter hook input priority 0; }}'; \
@@ -79,12 +92,12 @@ impl Shared {
         let a = Self::guest(&lab, &config, "vm-a", A_MAC);
         let b = Self::guest(&lab, &config, "vm-b", B_MAC);
         let gateway_mac = mac_of(&lab.host, "br0");
-        let shared = Self { lab, config, a, b, gateway_mac, upstream };
-        for guest in [&shared.a, &shared.b] {
-            let (server, _) = take_lease(guest).expect("a first lease");
+        let [a_ip, b_ip] = [&a, &b].map(|guest| {
+            let (server, address) = take_lease(guest).expect("a first lease");
             assert_eq!(server, GATEWAY, "the first lease is kvm-net's");
-        }
-        shared
+            address
+        });
+        Self { lab, config, a, b, gateway_mac, upstream, a_ip, b_ip }
     }
 
     /// A guest namespace on tap `tap` with NIC MAC `mac`, not yet addressed.
@@ -367,4 +380,234 @@ fn deny_without_dhcp_is_refused_with_the_reason() {
         &[("KVM_NET_CONFIG", config.path())],
         "field guest_spoofing: \"deny\" needs DHCP on the network",
     );
+}
+
+/// A "deny" network whose guests lease dynamically from `range`, and whose
+/// dnsmasq publishes guests' names (the barrier below uses one).
+fn dynamic_config(range: &str) -> String {
+    format!(
+        "[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\nguest_spoofing = \"deny\"\n[network.default.dhcp]\nrange = {range}\n"
+    )
+}
+
+impl Shared {
+    /// Waits until the network's dnsmasq and its lease hook have handled
+    /// everything guests sent so far: guest a asks for its own lease under
+    /// a new host name, and the name is answered once the hook published it
+    /// (dnsmasq answers requests, and its hook runs, in order). Bounded:
+    /// a build that publishes no names ends the wait after 3 s.
+    fn barrier(&self, round: u32) {
+        let name = format!("sync{round}");
+        assert!(lease_named(&self.a, &name).is_some(), "a's own lease");
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while resolve(&self.lab.host, &name, GATEWAY).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address the guest filter binds to `port`, as `kvm-net status` says.
+    fn bound_to(&self, port: &str) -> Option<Ipv4Addr> {
+        let out = run(&self.lab.host, "kvm-net", &["status", "--json"], &self.env());
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+        let ports = status["networks"][0]["ports"].as_array().cloned().unwrap_or_default();
+        let entry = ports.iter().find(|p| p["name"] == port)?;
+        entry["bound_address"].as_str()?.parse().ok()
+    }
+
+    /// The leases dnsmasq holds, as `(MAC, address)`.
+    fn leases(&self) -> Vec<(String, String)> {
+        let out = run(&self.lab.host, "kvm-net", &["status", "--json"], &self.env());
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+        status["networks"][0]["leases"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|l| (l["mac"].as_str().unwrap_or("").to_owned(), l["address"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    }
+
+    /// Panics unless b still holds its address and reaches upstream with it.
+    fn victim_unharmed(&self, attack: &str) {
+        assert_eq!(self.bound_to("vm-b"), Some(self.b_ip), "{attack}: b's binding changed");
+        assert_eq!(
+            self.leases().iter().filter(|(mac, _)| mac == B_MAC).map(|(_, ip)| ip.clone()).collect::<Vec<_>>(),
+            [self.b_ip.to_string()],
+            "{attack}: b's leases changed"
+        );
+        assert_eq!(
+            connect_from(&self.b, UPSTREAM, &self.upstream, "b").ok(),
+            Some(format!("seen {HOST_UPLINK}")),
+            "{attack}: b was cut off"
+        );
+    }
+}
+
+#[test]
+fn no_guest_releases_or_declines_another_guests_lease() {
+    let shared = Shared::with_config(&dynamic_config("[\"192.168.100.100\", \"192.168.100.150\"]"), true);
+    let (a, b) = (mac(A_MAC), mac(B_MAC));
+    let release = |chaddr, client_id| DhcpMessage {
+        ciaddr: shared.b_ip,
+        server: Some(GATEWAY),
+        client_id,
+        ..DhcpMessage::new(DHCPRELEASE, chaddr)
+    };
+    let decline = |chaddr, client_id| DhcpMessage {
+        requested: Some(shared.b_ip),
+        server: Some(GATEWAY),
+        client_id,
+        ..DhcpMessage::new(DHCPDECLINE, chaddr)
+    };
+    // b's MAC from a's port; a's own MAC with b's client id; each from 0.0.0.0.
+    for message in [release(b, None), release(a, Some(client_id_of(b))), decline(b, None), decline(a, Some(client_id_of(b)))]
+    {
+        send(&shared.a, "eth0", &message.broadcast_from(a));
+    }
+    shared.barrier(1);
+    shared.victim_unharmed("a release or decline naming b");
+}
+
+#[test]
+fn no_guest_rebinds_another_guests_mac_to_an_address_of_its_choosing() {
+    let shared = Shared::with_config(&dynamic_config("[\"192.168.100.100\", \"192.168.100.150\"]"), true);
+    let (a, b) = (mac(A_MAC), mac(B_MAC));
+    let stolen = Ipv4Addr::new(192, 168, 100, 140);
+    // A client id of a's making: dnsmasq keys leases by client id first.
+    let request = DhcpMessage {
+        requested: Some(stolen),
+        client_id: Some(b"attacker".to_vec()),
+        ..DhcpMessage::new(DHCPREQUEST, b)
+    };
+    send(&shared.a, "eth0", &request.broadcast_from(a));
+    shared.barrier(1);
+    shared.victim_unharmed("a request for b's MAC under a's client id");
+    // The same request cut in two, b's MAC in the second fragment, from
+    // 0.0.0.0 and from a's own address (unicast to the server, as a renewal).
+    for (source, destination) in [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST), (shared.a_ip, GATEWAY)] {
+        let destination_mac = if destination == GATEWAY { shared.gateway_mac } else { [0xff; 6] };
+        for fragment in fragments(&request.packet(source, destination), 16) {
+            send(&shared.a, "eth0", &ethernet(destination_mac, a, 0x0800, &fragment));
+        }
+    }
+    shared.barrier(2);
+    shared.victim_unharmed("a fragmented request for b's MAC");
+}
+
+#[test]
+fn no_guest_exhausts_the_pool_and_each_port_holds_one_lease() {
+    // Four dynamic addresses: a and b hold two.
+    let shared = Shared::with_config(&dynamic_config("[\"192.168.100.200\", \"192.168.100.203\"]"), true);
+    let a = mac(A_MAC);
+    for (index, last) in (200..=203u8).enumerate() {
+        let requested = Some(Ipv4Addr::new(192, 168, 100, last));
+        // Made-up client hardware addresses, from a's own frames.
+        let made_up = [0x52, 0x54, 0, 0xee, 0, u8::try_from(index).expect("small")];
+        send(&shared.a, "eth0", &DhcpMessage { requested, ..DhcpMessage::new(DHCPREQUEST, made_up) }.broadcast_from(a));
+        // a's own MAC under client ids of its choosing.
+        let client_id = Some(vec![0, 0x6b, 0x76, u8::try_from(index).expect("small")]);
+        send(&shared.a, "eth0", &DhcpMessage { requested, client_id, ..DhcpMessage::new(DHCPREQUEST, a) }.broadcast_from(a));
+    }
+    shared.barrier(1);
+    let leases = shared.leases();
+    assert_eq!(leases.iter().filter(|(mac, _)| mac == A_MAC).count(), 1, "a holds more than one lease: {leases:?}");
+    assert!(leases.iter().all(|(mac, _)| mac == A_MAC || mac == B_MAC), "leases of made-up MACs: {leases:?}");
+    // A guest started afterwards gets a lease.
+    let c = Shared::guest(&shared.lab, &shared.config, "vm-c", "52:54:00:00:00:0c");
+    assert!(lease(&c).is_some(), "the pool is exhausted: {:?}", shared.leases());
+}
+
+#[test]
+fn a_rebuilt_filter_restores_the_bindings_in_force_not_what_the_bridge_learned() {
+    let shared = Shared::new("deny", true);
+    shared.lab.host.ok(&["nft", "flush", "ruleset"]);
+    // Unfiltered meanwhile, a sends from b's MAC: the bridge now has b's MAC behind a's port.
+    let b = mac(B_MAC);
+    for _ in 0..3 {
+        send(&shared.a, "eth0", &ethernet(shared.gateway_mac, b, 0x0800, &icmp_echo(B_IP, UPSTREAM, 1)));
+    }
+    assert_eq!(shared.port_of(B_MAC).as_deref(), Some("vm-a"), "the bridge learned b's MAC on a's port");
+    // The next VM start rebuilds the filter.
+    let _c = Shared::guest(&shared.lab, &shared.config, "vm-c", "52:54:00:00:00:0c");
+    assert_eq!(shared.bound_to("vm-b"), Some(B_IP), "b's binding");
+    assert_eq!(shared.bound_to("vm-a"), Some(shared.a_ip), "a's binding");
+    let bound = shared.lab.host.ok(&["nft", "list", "set", "bridge", "kvm_net", "portmac-br0"]);
+    assert!(bound.contains(&format!("\"vm-b\" . {B_MAC}")), "{bound}");
+    assert!(!bound.contains(&format!("\"vm-a\" . {B_MAC}")), "{bound}");
+    // b works (and so the bridge learns its MAC back), and a cannot send as b.
+    assert!(connect_from(&shared.b, UPSTREAM, &shared.upstream, "b").is_ok());
+    assert_eq!(attack(&shared), Got::default());
+}
+
+const WEB1_MAC: &str = "52:54:00:00:00:10";
+const WEB1_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 10);
+
+/// web1 is reserved for taps `web1-*`, and a forward goes to it.
+fn reserved_config(spoofing: &str) -> String {
+    format!(
+        r#"
+[network.default]
+mode = "nat"
+bridge = "br0"
+ipv4 = "192.168.100.1/24"
+guest_spoofing = "{spoofing}"
+[network.default.dhcp]
+hosts = [{{ mac = "{WEB1_MAC}", ip = "{WEB1_IP}", name = "web1", tap = "web1-*" }}]
+[[network.default.forwards]]
+host_port = 2222
+guest = "web1"
+guest_port = 22
+"#
+    )
+}
+
+/// While web1 is stopped, guest a takes web1's MAC on its own tap and asks
+/// for web1's lease: it gets nothing, and web1, started afterwards on a tap
+/// its reservation names, gets its address and the forward's connections.
+fn reserved_for_its_taps(spoofing: &str) {
+    let lab = Lab::new();
+    let config = ConfigFile::new(&reserved_config(spoofing));
+    let thief = Shared::guest(&lab, &config, "vm-a", WEB1_MAC);
+    assert_eq!(lease(&thief), None, "{spoofing}: another tap got web1's lease");
+    // No address of web1's for the thief (it took none), and nothing bound to it.
+    let web1 = Shared::guest(&lab, &config, "web1-0", WEB1_MAC);
+    assert_eq!(lease(&web1).as_deref(), Some("192.168.100.10"), "{spoofing}: web1's own lease");
+    web1.sh(&format!("ip addr add {WEB1_IP}/24 dev eth0; ip route add default via {GATEWAY}"));
+    let ssh = UpstreamServer::start_on(&web1, WEB1_IP, 22);
+    let reached = kvm_net_tests::lab::connect_to(&lab.upstream, HOST_UPLINK, 2222, "hello", Duration::from_secs(2));
+    assert_eq!(reached.ok(), Some(format!("seen {UPSTREAM}")), "{spoofing}: the forward");
+    assert_eq!(ssh.seen().len(), 1, "{spoofing}: web1 took the forward's connection");
+    for tap in ["vm-a", "web1-0"] {
+        ok_with(&lab.host, "kvm-natdown", tap, &[("KVM_NET_CONFIG", config.path())]);
+    }
+    assert_no_nat_network(&lab.host, "br0");
+}
+
+#[test]
+fn a_reserved_hosts_mac_and_address_are_its_taps_alone_under_deny() {
+    reserved_for_its_taps("deny");
+}
+
+#[test]
+fn a_reservation_decides_who_gets_the_lease_without_deny_too() {
+    reserved_for_its_taps("allow");
+}
+
+#[test]
+fn gc_releases_everything_a_killed_vms_tap_held() {
+    let shared = Shared::new("deny", true);
+    // a's VM is killed: no downscript, its tap vanishes.
+    shared.lab.host.ok(&["ip", "link", "del", "vm-a"]);
+    let dry = run(&shared.lab.host, "kvm-net", &["gc", "--dry-run"], &shared.env());
+    let said = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(said.contains("would release port vm-a from the guest filter of br0"), "{said}");
+    let out = run(&shared.lab.host, "kvm-net", &["gc"], &shared.env());
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && said.contains("released port vm-a from the guest filter of br0"), "{said}");
+    for set in ["taken-br0", "portmac-br0", "bound-br0"] {
+        let listing = shared.lab.host.ok(&["nft", "list", "set", "bridge", "kvm_net", set]);
+        assert!(!listing.contains(A_MAC) && !listing.contains("vm-a"), "{set}: {listing}");
+        assert!(listing.contains(B_MAC) || set == "bound-br0" && listing.contains(&B_IP.to_string()), "{set}: {listing}");
+    }
+    assert_eq!(shared.bound_to("vm-b"), Some(B_IP));
 }

@@ -289,3 +289,45 @@ fn taps_on_a_network_with_guest_spoofing_denied_go_through_the_guest_filter() {
     assert_gone_within_teardown(&ns, "lab0");
     assert!(!ns.output(&["nft", "list", "table", "bridge", "kvm_net"]).status.success());
 }
+
+/// Polls `ns`'s bridge filter until `check` holds of `nft list set bridge
+/// kvm_net SET`, for at most `within`; the listing.
+fn filter_set_until(ns: &Netns, set: &str, within: Duration, check: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let listing = ns.ok(&["nft", "list", "set", "bridge", "kvm_net", set]);
+        if check(&listing) || Instant::now() > deadline {
+            return listing;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_guest_whose_qemu_exited_leaves_nothing_bound_to_its_tap() {
+    let ns = Netns::new();
+    let config = ConfigFile::new(
+        "[network.lab]\nmode = \"nat\"\nbridge = \"lab0\"\nipv4 = \"10.66.0.1/24\"\nguest_spoofing = \"deny\"\n",
+    );
+    // Another VM keeps the network up.
+    let _other = tap(root_call(&ns, "lab", false, Some(&config)));
+    let vm = tap(root_call(&ns, "lab", false, Some(&config)));
+    let (name, _) = tap_of(&vm);
+    // The guest's first frame (an ARP probe) locks its port to its MAC.
+    let guest_mac = kvm_net_tests::frames::mac("52:54:00:66:00:01");
+    let probe = kvm_net_tests::frames::ethernet(
+        kvm_net_tests::frames::BROADCAST,
+        guest_mac,
+        0x0806,
+        &kvm_net_tests::frames::arp_reply(guest_mac, std::net::Ipv4Addr::UNSPECIFIED, [0; 6], "10.66.0.50".parse().expect("ip")),
+    );
+    nix::unistd::write(&vm, &probe).expect("a frame from the guest");
+    let locked = filter_set_until(&ns, "portmac-lab0", TEARDOWN, |l| l.contains(&name));
+    assert!(locked.contains(&format!("\"{name}\" . 52:54:00:66:00:01")), "{locked}");
+    // QEMU exits: its tap goes, and with it everything bound to it.
+    drop(vm);
+    let taken = filter_set_until(&ns, "taken-lab0", TEARDOWN, |l| !l.contains("52:54:00:66:00:01"));
+    assert!(!taken.contains("52:54:00:66:00:01"), "the departed guest's MAC is still held: {taken}");
+    let ports = ns.ok(&["nft", "list", "map", "bridge", "kvm_net", "ports"]);
+    assert!(!ports.contains(&format!("\"{name}\"")), "{ports}");
+}

@@ -209,10 +209,11 @@ fn dnsmasq_does_not_inherit_the_tap_descriptor() {
     ok_with(&host, "kvm-natdown", "tap0", &[("KVM_NET_CONFIG", config.path())]);
 }
 
-/// The processes running dnsmasq with the config file of `bridge` in `ns`.
+/// The dnsmasq daemons running with the config file of `bridge` in `ns`
+/// (not their script helpers: children with the same command line).
 fn dnsmasq_with_conf(ns: &Netns, bridge: &str) -> Vec<i32> {
     let conf = format!("--conf-file={}", run_dir(ns, bridge).join("dnsmasq.conf").display());
-    std::fs::read_dir("/proc")
+    let with_conf: Vec<i32> = std::fs::read_dir("/proc")
         .expect("/proc")
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -221,7 +222,8 @@ fn dnsmasq_with_conf(ns: &Netns, bridge: &str) -> Vec<i32> {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             cmdline.split(|b| *b == 0).any(|arg| arg == conf.as_bytes())
         })
-        .collect()
+        .collect();
+    kvm_net_tests::netns::without_children(&with_conf)
 }
 
 #[test]
@@ -242,4 +244,63 @@ fn a_dnsmasq_whose_pidfile_was_lost_is_found_and_stopped() {
     ok_with(&host, "kvm-natdown", "tap1", &env);
     assert_eq!(dnsmasq_with_conf(&host, "br0"), Vec::<i32>::new(), "dnsmasq outlived its network");
     assert_no_nat_network(&host, "br0");
+}
+
+/// Guests named by their own DHCP requests: first come, first served, never
+/// a name the config gives, never a service's name, and only DNS labels.
+#[test]
+fn a_guests_host_name_never_takes_anothers_or_a_reserved_one() {
+    use kvm_net_tests::lab::{lease_named, resolve};
+    let config = ConfigFile::new(DHCP_NETWORK);
+    let env = [("KVM_NET_CONFIG", config.path())];
+    let lab = Lab::new();
+    let [first, second, late] = ["vm1", "vm2", "vm3"].map(|tap| {
+        let guest = lab.guest(tap, "0.0.0.0/32", None);
+        ok_with(&lab.host, "kvm-natup", tap, &env);
+        guest
+    });
+    let gateway: std::net::Ipv4Addr = "192.168.100.1".parse().expect("ip");
+    // A name is answered once the lease hook has published it, within moments.
+    let answer_for = |name: &str, expected: Option<&str>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let got = resolve(&lab.host, name, gateway).map(|a| a.to_string());
+            if got.as_deref() == expected || std::time::Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let first_ip = lease_named(&first, "dbserver").expect("a lease");
+    assert_eq!(answer_for("dbserver", Some(&first_ip)).as_deref(), Some(first_ip.as_str()));
+    // The second guest asks for the same name, and for a service's, and a name the config gives.
+    let second_ip = lease_named(&second, "DBServer").expect("a lease");
+    let _ = lease_named(&second, "wpad");
+    let _ = lease_named(&second, "fixed");
+    // Its own request for a name of its own comes last: once answered, the others were handled.
+    let _ = lease_named(&second, "second");
+    assert_eq!(answer_for("second", Some(&second_ip)).as_deref(), Some(second_ip.as_str()));
+    assert_eq!(resolve(&lab.host, "dbserver", gateway).map(|a| a.to_string()), Some(first_ip.clone()));
+    assert_eq!(resolve(&lab.host, "wpad", gateway), None, "wpad was taken from a guest");
+    assert_eq!(resolve(&lab.host, "fixed", gateway), None, "a dhcp.hosts name was taken before its host leased");
+    // A name that is no DNS label is not published.
+    let late_ip = lease_named(&late, "bad_name").expect("a lease");
+    let _ = lease_named(&late, "late");
+    assert_eq!(answer_for("late", Some(&late_ip)).as_deref(), Some(late_ip.as_str()));
+    assert_eq!(resolve(&lab.host, "bad_name", gateway), None);
+    // The first guest releases its lease: its name is free again.
+    use kvm_net_tests::frames::{mac_of, send, DhcpMessage, DHCPRELEASE};
+    let first_mac = mac_of(&first, "eth0");
+    let release = DhcpMessage {
+        ciaddr: first_ip.parse().expect("an address"),
+        server: Some(gateway),
+        ..DhcpMessage::new(DHCPRELEASE, first_mac)
+    };
+    send(&first, "eth0", &release.broadcast_from(first_mac));
+    let _ = lease_named(&second, "dbserver");
+    assert_eq!(answer_for("dbserver", Some(&second_ip)).as_deref(), Some(second_ip.as_str()));
+    for tap in ["vm1", "vm2", "vm3"] {
+        ok_with(&lab.host, "kvm-natdown", tap, &env);
+    }
+    assert!(!run_dir(&lab.host, "br0").exists(), "run directory left behind");
 }

@@ -55,6 +55,24 @@ pub fn ipv4(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, payload: &[u8
     [header, payload.to_vec()].concat()
 }
 
+/// The IPv4 packet `packet` (as [`ipv4`] makes it, no options) cut into
+/// fragments whose payloads are `first` bytes, then the rest.
+pub fn fragments(packet: &[u8], first: usize) -> [Vec<u8>; 2] {
+    assert!(first % 8 == 0 && first + 20 < packet.len(), "a fragment boundary");
+    let (header, payload) = packet.split_at(20);
+    let piece = |data: &[u8], offset: usize, more: bool| {
+        let mut head = header.to_vec();
+        head[2..4].copy_from_slice(&u16::try_from(20 + data.len()).expect("small").to_be_bytes());
+        let field = u16::try_from(offset / 8).expect("small") | if more { 0x2000 } else { 0 };
+        head[6..8].copy_from_slice(&field.to_be_bytes());
+        head[10..12].copy_from_slice(&[0, 0]);
+        let sum = checksum(&head);
+        head[10..12].copy_from_slice(&sum.to_be_bytes());
+        [head, data.to_vec()].concat()
+    };
+    [piece(&payload[..first], 0, true), piece(&payload[first..], first, false)]
+}
+
 fn pseudo_header_v4(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, length: usize) -> Vec<u8> {
     let mut pseudo = [source.octets(), destination.octets()].concat();
     pseudo.extend([0, protocol]);
@@ -159,4 +177,92 @@ pub fn send(ns: &Netns, ifname: &str, frame: &[u8]) {
         };
         assert_eq!(sent, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
     });
+}
+
+/// A UDP datagram in an IPv4 packet (checksum 0: none, which IPv4 allows).
+pub fn udp(source: Ipv4Addr, destination: Ipv4Addr, source_port: u16, destination_port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut datagram = Vec::new();
+    datagram.extend(source_port.to_be_bytes());
+    datagram.extend(destination_port.to_be_bytes());
+    datagram.extend(u16::try_from(8 + payload.len()).expect("a small datagram").to_be_bytes());
+    datagram.extend([0, 0]);
+    datagram.extend(payload);
+    ipv4(source, destination, 17, &datagram)
+}
+
+/// DHCP message types.
+pub const DHCPREQUEST: u8 = 3;
+/// DHCPDECLINE.
+pub const DHCPDECLINE: u8 = 4;
+/// DHCPRELEASE.
+pub const DHCPRELEASE: u8 = 7;
+
+/// A DHCP client message, as a hostile guest may write it.
+#[derive(Clone, Debug)]
+pub struct DhcpMessage {
+    /// The message type (option 53).
+    pub kind: u8,
+    /// The client hardware address it claims.
+    pub chaddr: Mac,
+    /// `ciaddr`: the client's address (releases, renewals).
+    pub ciaddr: Ipv4Addr,
+    /// Option 61, the client identifier, if any.
+    pub client_id: Option<Vec<u8>>,
+    /// Option 50, the address asked for, if any.
+    pub requested: Option<Ipv4Addr>,
+    /// Option 54, the server it is for, if any.
+    pub server: Option<Ipv4Addr>,
+    /// A transaction id.
+    pub xid: u32,
+}
+
+impl DhcpMessage {
+    /// A message of `kind` about `chaddr`, with nothing else set.
+    pub fn new(kind: u8, chaddr: Mac) -> Self {
+        Self { kind, chaddr, ciaddr: Ipv4Addr::UNSPECIFIED, client_id: None, requested: None, server: None, xid: 0x4b56_4e00 }
+    }
+
+    /// The BOOTP payload.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut message = vec![1, 1, 6, 0];
+        message.extend(self.xid.to_be_bytes());
+        message.extend([0, 0, 0x80, 0]);
+        message.extend(self.ciaddr.octets());
+        message.extend([0u8; 12]);
+        message.extend(self.chaddr);
+        message.extend([0u8; 10 + 64 + 128]);
+        message.extend([99, 130, 83, 99]);
+        message.extend([53, 1, self.kind]);
+        if let Some(id) = &self.client_id {
+            message.extend([61, u8::try_from(id.len()).expect("a short id")]);
+            message.extend(id);
+        }
+        if let Some(address) = self.requested {
+            message.extend([50, 4]);
+            message.extend(address.octets());
+        }
+        if let Some(address) = self.server {
+            message.extend([54, 4]);
+            message.extend(address.octets());
+        }
+        message.push(255);
+        message.resize(message.len().max(300), 0);
+        message
+    }
+
+    /// The whole frame, broadcast from `source_mac` with source address
+    /// 0.0.0.0 (as a client without an address sends it).
+    pub fn broadcast_from(&self, source_mac: Mac) -> Vec<u8> {
+        ethernet(BROADCAST, source_mac, 0x0800, &self.packet(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST))
+    }
+
+    /// The IPv4 packet from `source` to `destination`, port 68 to 67.
+    pub fn packet(&self, source: Ipv4Addr, destination: Ipv4Addr) -> Vec<u8> {
+        udp(source, destination, 68, 67, &self.bytes())
+    }
+}
+
+/// A client identifier as DHCP clients make them from a MAC (`01:MAC`).
+pub fn client_id_of(mac: Mac) -> Vec<u8> {
+    [&[1u8][..], &mac[..]].concat()
 }

@@ -259,12 +259,43 @@ pub fn lease(guest: &Netns) -> Option<String> {
 /// eth0, with the udhcpc script `script` (kept in the scratch directory as
 /// `name`); what the script printed.
 pub fn udhcpc(guest: &Netns, name: &str, script: &str) -> String {
+    udhcpc_with(guest, name, script, &[])
+}
+
+/// As [`udhcpc`], with more of udhcpc's options (`-x hostname:NAME`, ...).
+pub fn udhcpc_with(guest: &Netns, name: &str, script: &str, options: &[&str]) -> String {
     let path = crate::run::ConfigFile::scratch_dir().join(name);
     if !path.exists() {
         std::fs::write(&path, script).expect("script");
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     }
     let path = path.to_str().expect("UTF-8 path");
-    let out = guest.output(&["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", path]);
+    let mut args = vec!["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", path];
+    args.extend(options);
+    let out = guest.output(&args);
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asks for a lease from inside `guest` with the host name `hostname`;
+/// returns the address offered.
+pub fn lease_named(guest: &Netns, hostname: &str) -> Option<String> {
+    let option = format!("hostname:{hostname}");
+    let said = udhcpc_with(
+        guest,
+        "udhcpc-print.sh",
+        "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease $ip router $router dns $dns\"\nexit 0\n",
+        &["-x", &option],
+    );
+    said.lines()
+        .find_map(|l| l.strip_prefix("lease "))
+        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_owned())
+}
+
+/// The IPv4 address the DNS server at `server` answers for `name`, asked
+/// from inside `ns` (busybox nslookup; `None`: no such name).
+pub fn resolve(ns: &Netns, name: &str, server: Ipv4Addr) -> Option<Ipv4Addr> {
+    let out = ns.output(&["busybox", "nslookup", "-type=a", name, &server.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let answer = text.split_once(&format!("Name:\t{name}"))?.1;
+    answer.lines().find_map(|l| l.strip_prefix("Address: ")).and_then(|a| a.trim().parse().ok())
 }

@@ -160,6 +160,19 @@ impl Netns {
     }
 }
 
+/// The parent of process `pid`, from `/proc/PID/stat` (the field after the
+/// command name, which may hold spaces and parentheses itself).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Of `pids`, those whose parent is not among them: the dnsmasq daemons,
+/// not their script helpers (children with the same command line).
+pub fn without_children(pids: &[i32]) -> Vec<i32> {
+    pids.iter().copied().filter(|pid| parent_of(*pid).is_none_or(|parent| !pids.contains(&parent))).collect()
+}
+
 impl Drop for Netns {
     /// What kvm-net left for this namespace (a test that ends with a network
     /// up): every process still inside it (dnsmasq, a bridge helper's
@@ -171,7 +184,7 @@ impl Drop for Netns {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
         let prefix = format!("{id}-");
-        for kind in ["dnsmasq", "lock"] {
+        for kind in ["dnsmasq", "lock", "guests", "watch"] {
             let Ok(entries) = std::fs::read_dir(format!("/run/kvm-net/{kind}")) else { continue };
             for entry in entries.flatten() {
                 if !entry.file_name().to_string_lossy().starts_with(&prefix) {

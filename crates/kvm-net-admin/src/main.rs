@@ -190,7 +190,9 @@ fn print_status(status: &Status) {
                 _ => p.name.clone(),
             })
             .collect();
-        let rules = if n.rules.is_empty() {
+        let rules = if n.needs_root.contains(&"rules") {
+            "(needs root)".to_owned()
+        } else if n.rules.is_empty() {
             "-".to_owned()
         } else {
             let bad: Vec<String> =
@@ -249,6 +251,9 @@ fn print_status(status: &Status) {
     }
     if !status.unconfigured_bridges.is_empty() {
         println!("bridges made by kvm-net that no network names: {}", status.unconfigured_bridges.join(", "));
+    }
+    if status.networks.iter().any(|n| !n.needs_root.is_empty()) {
+        println!("the firewall answers only root: run kvm-net status as root for rules and guest bindings");
     }
 }
 

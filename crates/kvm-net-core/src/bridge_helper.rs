@@ -20,9 +20,9 @@ use nix::sys::socket::{
 use nix::sys::stat::{fstat, SFlag};
 
 use crate::access::Access;
-use crate::config::{self, Config, Environment, Mode, Network, Spoofing};
+use crate::config::{self, Config, Environment, Mode, Network};
 use crate::error::Error;
-use crate::firewall::antispoof;
+use crate::firewall::antispoof::{self, Policy};
 use crate::lock::BridgeLock;
 use crate::netlink::{Link, Netlink, PortIsolation};
 use crate::network::Bringup;
@@ -218,8 +218,8 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
             // be, a network created here is removed again, as after any
             // failed start.
             bringup.run(&mut netlink, &lock, |netlink, bridge| {
-                if network.guest_spoofing == Spoofing::Deny {
-                    antispoof::admit(&network.bridge, &port.name)?;
+                if let Some(policy) = Policy::of(&network) {
+                    antispoof::admit(&network.bridge, &policy, &port.name)?;
                 }
                 let mut switch = LinuxBridge::new(bridge, PortIsolation::of(network.isolate_guests));
                 switch.attach(netlink, &port, switch::Tap::Made)?;

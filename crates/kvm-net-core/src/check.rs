@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::config::{Config, Mode, Network, OvsPorts, Spoofing};
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
-use crate::firewall::{self, antispoof, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
+use crate::firewall::antispoof::{self, Policy};
+use crate::firewall::{self, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
 use crate::listeners::listeners;
 use crate::netlink::{abandoned_bridges, Link, Netlink};
 use crate::switch::ovs::alias_of;
@@ -104,12 +105,15 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
 
 /// A network several users' guests share, whose guests may impersonate
 /// each other.
-fn check_spoofing(network: &Network, findings: &mut Vec<Finding>) {
+/// Whether more than one user may start guests on the network: two
+/// granted users, or any group.
+fn shared(network: &Network) -> bool {
     let grants = network.grants.users.len() + network.grants.groups.len();
-    if network.mode.is_managed()
-        && network.guest_spoofing == Spoofing::Allow
-        && (grants > 1 || !network.grants.groups.is_empty())
-    {
+    grants > 1 || !network.grants.groups.is_empty()
+}
+
+fn check_spoofing(network: &Network, findings: &mut Vec<Finding>) {
+    if network.mode.is_managed() && network.guest_spoofing == Spoofing::Allow && shared(network) {
         findings.push(Finding::new(
             Severity::Warning,
             "guest-spoofing",
@@ -119,6 +123,47 @@ fn check_spoofing(network: &Network, findings: &mut Vec<Finding>) {
                 network.name
             ),
             format!("set guest_spoofing = \"deny\" for network {} (it needs DHCP on the network)", network.name),
+        ));
+    }
+}
+
+/// A forward to a guest that no reservation ties to its taps, on a network
+/// several users start guests on: while the forward's guest is stopped,
+/// another user's guest can take its MAC and address first, and with them
+/// the connections the forward sends.
+fn check_reservations(network: &Network, findings: &mut Vec<Finding>) {
+    if !shared(network) {
+        return;
+    }
+    let hosts = network.dhcp.as_ref().map_or(&[][..], |d| &d.hosts[..]);
+    for forward in &network.forwards {
+        let reserved = hosts.iter().any(|h| h.ip == forward.guest && h.tap.is_some());
+        if reserved {
+            continue;
+        }
+        let entry = hosts.iter().find(|h| h.ip == forward.guest);
+        let fix = match entry {
+            Some(host) => format!(
+                "add tap = \"PATTERN\" to the dhcp.hosts entry of {} ({}), matching the taps its VM starts on (guest_spoofing = \"deny\" then keeps every other tap from its MAC and address)",
+                host.name.as_deref().unwrap_or("that guest"),
+                host.mac
+            ),
+            None => format!(
+                "give the forward's guest a dhcp.hosts entry with its MAC, ip = \"{}\" and tap = \"PATTERN\" (its VM's taps)",
+                forward.guest
+            ),
+        };
+        findings.push(Finding::new(
+            Severity::Warning,
+            "forward-unreserved",
+            Some(network),
+            format!(
+                "forward {} of network {} goes to {}, which no reservation ties to its taps, and the network is granted to more than one user or group: another user's guest can take that address while it is stopped, and receive the forward's connections",
+                forward.listens(),
+                network.name,
+                forward.target()
+            ),
+            fix,
         ));
     }
 }
@@ -135,6 +180,7 @@ fn check_network(
     let name = &network.name;
     let bridge = network.bridge.as_str();
     check_spoofing(network, findings);
+    check_reservations(network, findings);
     if let Some(settings) = &network.ovs {
         return check_ovs(netlink, links, network, settings, findings).map(|()| None);
     }
@@ -329,8 +375,8 @@ fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Fin
         .filter(|c| c.state != RuleState::Ok)
         .map(|c| format!("{} ({})", c.shown, c.state.as_str()))
         .collect();
-    if network.guest_spoofing == Spoofing::Deny {
-        match antispoof::state(bridge)? {
+    if let Some(policy) = Policy::of(network) {
+        match antispoof::state(bridge, &policy)? {
             Some(true) => {}
             Some(false) => broken.push(format!("bridge kvm_net spoof-{bridge} (differs)")),
             None => broken.push(format!("bridge kvm_net spoof-{bridge} (missing)")),

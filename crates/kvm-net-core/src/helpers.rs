@@ -4,9 +4,9 @@
 use anyhow::{Context, Result};
 
 use crate::access::Access;
-use crate::config::{Mode, Network, Source, Spoofing};
+use crate::config::{Mode, Network, Source};
 use crate::error::Error;
-use crate::firewall::antispoof;
+use crate::firewall::antispoof::{self, Policy};
 use crate::ifname::IfName;
 use crate::lock::BridgeLock;
 use crate::netlink::{has_port_besides, Link, Netlink, PortIsolation};
@@ -106,8 +106,8 @@ pub fn natup(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
     let lock = BridgeLock::acquire(&network.bridge)?;
     let port = checked_tap_now(&mut netlink, &checked)?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
     bringup.run(&mut netlink, &lock, |netlink, bridge| {
-        if network.guest_spoofing == Spoofing::Deny {
-            antispoof::admit(&network.bridge, &port.name)?;
+        if let Some(policy) = Policy::of(network) {
+            antispoof::admit(&network.bridge, &policy, &port.name)?;
         }
         LinuxBridge::new(bridge, PortIsolation::of(network.isolate_guests)).attach(netlink, &port, Tap::Qemu)
     })
@@ -139,7 +139,7 @@ fn natdown_locked(netlink: &mut Netlink, network: &Network, services: &Services,
     if let Some(port) = &port {
         netlink.detach_and_down(port)?;
         // Tap names are reused: nothing of this guest's stays bound to it.
-        if network.guest_spoofing == Spoofing::Deny {
+        if Policy::of(network).is_some() {
             antispoof::release(&network.bridge, &port.name)?;
         }
     }

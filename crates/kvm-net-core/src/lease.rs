@@ -1,16 +1,16 @@
-//! `kvm-net-lease`: the script the dnsmasq of a network with `guest_spoofing
-//! = "deny"` runs for each lease (`--dhcp-script`: `add|old|del MAC IP
-//! [NAME]`), binding the leased address to the port the guest sends from, or
-//! unbinding it. A program of kvm-net's, not a shell script: it keeps only
-//! CAP_NET_ADMIN, reads no config and no environment, takes its bridge from
-//! the dnsmasq that ran it (whose config file names the bridge and the network
-//! namespace), and believes nothing a guest said: the MAC must be the one the
-//! bridge filter locked to one of the network's ports, and the guest's host
-//! name is not read at all.
+//! `kvm-net-lease`: the script the dnsmasq of a kvm-net network runs for
+//! each lease (`--dhcp-script`: `add|old|del MAC IP [NAME]`). It binds the
+//! leased address to the port the guest sends from, or unbinds it, where
+//! the network has a guest filter (`guest_spoofing = "deny"`); and it
+//! publishes the host name the guest sent, where the network may have it
+//! ([`crate::names`]). A program of kvm-net's, not a shell script: it keeps
+//! only CAP_NET_ADMIN, reads no config, takes its bridge from the dnsmasq
+//! that ran it (whose config file names the bridge and the network
+//! namespace), works under the bridge's lock, and believes nothing a guest
+//! said: the MAC must be the one the guest filter locked to one of the
+//! network's ports, and the name is checked before it is published.
 //!
-//! Also here: where that program is installed ([`hook_path`]), and the
-//! bindings that can be rebuilt from the lease file and the bridge's
-//! forwarding database, for a filter made anew while guests run ([`known_bindings`]).
+//! Also here: where that program is installed ([`hook_path`]).
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
@@ -21,9 +21,11 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
-use crate::firewall::antispoof::{self, Binding, Mac};
+use crate::firewall::antispoof;
 use crate::ifname::IfName;
-use crate::netlink::{Link, Netlink};
+use crate::lock::BridgeLock;
+use crate::mac::{self, Mac};
+use crate::names::{self, Outcome};
 use crate::runtime::bridge_of_tag;
 
 /// The binary's name, installed beside the tap helpers.
@@ -59,36 +61,6 @@ pub fn hook_path() -> Result<PathBuf> {
     Ok(hook)
 }
 
-/// A MAC as dnsmasq writes it, `52:54:00:00:00:10`.
-pub fn parse_mac(text: &str) -> Option<Mac> {
-    let octets: Vec<u8> = text
-        .split(':')
-        .map(|octet| (octet.len() == 2).then(|| u8::from_str_radix(octet, 16).ok()).flatten())
-        .collect::<Option<_>>()?;
-    <Mac>::try_from(octets).ok()
-}
-
-/// The port each of the network's current leases is behind, as the bridge
-/// learned it: what a filter made anew (after `nft flush ruleset`) needs to
-/// bind the running guests again.
-pub fn known_bindings(netlink: &mut Netlink, bridge: &Link, name: &IfName) -> Result<Vec<Binding>> {
-    let leases = Dnsmasq::for_bridge(name)?.leases()?;
-    if leases.is_empty() {
-        return Ok(Vec::new());
-    }
-    let learned = netlink.learned_macs(bridge)?;
-    let ports = netlink.ports_of(bridge)?;
-    Ok(leases
-        .into_iter()
-        .filter_map(|lease| {
-            let mac = parse_mac(&lease.mac)?;
-            let (index, _) = learned.iter().find(|(_, learned)| *learned == mac)?;
-            let port = ports.iter().find(|p| p.index == *index)?;
-            Some(Binding { port: port.name.clone(), mac, ip: Some(lease.ip) })
-        })
-        .collect())
-}
-
 /// What dnsmasq says happened to a lease.
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
@@ -108,7 +80,7 @@ fn parse(args: &[String]) -> Result<Event> {
     if !matches!(action, "add" | "old" | "del") {
         return Ok(Event::Other);
     }
-    let mac = parse_mac(mac).ok_or_else(|| anyhow!("{mac:?} is not a MAC address"))?;
+    let mac = mac::parse(mac).ok_or_else(|| anyhow!("{mac:?} is not a MAC address"))?;
     // An IPv6 lease (DHCPv6) is no business of the IPv4 binding.
     let Ok(ip) = ip.parse::<Ipv4Addr>() else { return Ok(Event::Other) };
     Ok(if action == "del" { Event::Gone { mac, ip } } else { Event::Bound { mac, ip } })
@@ -129,50 +101,60 @@ fn bridge_of_parent() -> Result<IfName> {
     bridge_of_tag(&tag)?.ok_or_else(|| anyhow!("dnsmasq's config {tag:?} is not for a bridge of this network namespace"))
 }
 
-fn run(args: &[String]) -> Result<()> {
+fn run(args: &[String], supplied_name: Option<&str>) -> Result<()> {
     crate::privilege::keep_only_network_admin()?;
     let event = parse(args)?;
     if event == Event::Other {
         return Ok(());
     }
     let bridge = bridge_of_parent()?;
-    if !antispoof::present(&bridge)? {
-        return Ok(());
-    }
+    let _lock = BridgeLock::acquire(&bridge)?;
+    let filtered = antispoof::present(&bridge)?;
+    let dir = Dnsmasq::for_bridge(&bridge)?.dir()?;
     match event {
         Event::Bound { mac, ip } => {
-            let port = match antispoof::port_holding(&bridge, &mac)? {
-                Some(port) => Some(port),
-                None => learned_port(&bridge, &mac)?,
-            };
-            match port {
-                // Only a port of the network's filter: never one the lease's words point at.
-                Some(port) if antispoof::admits(&bridge, &port)? => antispoof::bind(&bridge, &port, &mac, ip),
-                _ => Err(anyhow!(
-                    "no port of bridge {bridge} sends from {}: {ip} stays unbound",
-                    antispoof::show_mac(&mac)
-                )),
+            if filtered {
+                bind(&bridge, &mac, ip)?;
             }
+            if let Some(dir) = &dir {
+                match names::on_lease(dir, &mac, ip, supplied_name)? {
+                    Outcome::Refused(why) => {
+                        crate::trace::warn(format_args!("{NAME}: {}'s host name is not published: {why}", mac::show(&mac)))
+                    }
+                    Outcome::Published(_) | Outcome::Nothing => {}
+                }
+            }
+            Ok(())
         }
-        Event::Gone { mac, ip } => antispoof::unbind(&bridge, &mac, ip),
+        Event::Gone { mac, ip } => {
+            if let Some(dir) = &dir {
+                names::on_release(dir, &mac, ip)?;
+            }
+            if filtered {
+                antispoof::unbind(&bridge, &mac, ip)?;
+            }
+            Ok(())
+        }
         Event::Other => Ok(()),
     }
 }
 
-/// The port of `bridge` its forwarding database has `mac` behind.
-fn learned_port(bridge: &IfName, mac: &Mac) -> Result<Option<String>> {
-    let mut netlink = Netlink::connect()?;
-    let Some(link) = netlink.link_by_name(bridge.as_str())?.filter(Link::is_bridge) else { return Ok(None) };
-    let Some((index, _)) = netlink.learned_macs(&link)?.into_iter().find(|(_, learned)| learned == mac) else {
-        return Ok(None);
-    };
-    Ok(netlink.link_by_index(index)?.map(|port| port.name))
+/// Binds a lease to the port the guest filter locked its MAC to: never
+/// one the lease's words point at, nor one the bridge merely learned it
+/// behind (any frame teaches the bridge).
+fn bind(bridge: &IfName, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
+    match antispoof::port_holding(bridge, mac)? {
+        Some(port) if antispoof::admits(bridge, &port)? => antispoof::bind(bridge, &port, mac, ip),
+        _ => Err(anyhow!("no port of bridge {bridge} sends from {}: {ip} stays unbound", mac::show(mac))),
+    }
 }
 
 /// The whole of `kvm-net-lease`'s `main`: dnsmasq logs what it prints.
 pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    // The name the guest sent, as dnsmasq (run as root, our parent) passes it.
+    let supplied_name = std::env::var("DNSMASQ_SUPPLIED_HOSTNAME").ok();
+    match run(&args, supplied_name.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             crate::trace::warn(format_args!("{NAME}: {err:#}"));

@@ -21,6 +21,8 @@ pub mod ifname;
 pub mod lease;
 pub mod listeners;
 pub mod lock;
+pub mod mac;
+pub mod names;
 pub mod netlink;
 pub mod network;
 pub mod ovsdb;

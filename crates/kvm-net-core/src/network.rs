@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context, Result};
 
 use crate::config::{Config, Network, OvsPorts, Spoofing};
-use crate::dnsmasq::{self, Dnsmasq};
+use crate::dnsmasq::{self, Dnsmasq, Hooks};
 use crate::error::Error;
-use crate::firewall::{self, antispoof, firewalld, plan, Backend, Firewall};
+use crate::firewall::antispoof::{self, Policy};
+use crate::firewall::{self, firewalld, plan, Backend, Firewall};
 use crate::ifname::IfName;
 use crate::lease;
 use crate::lock::BridgeLock;
@@ -94,7 +95,8 @@ fn all_of(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
 pub struct Bringup<'a> {
     network: &'a Network,
     dnsmasq_binary: Option<PathBuf>,
-    /// The lease hook dnsmasq runs, for `guest_spoofing = "deny"`.
+    /// The lease hook dnsmasq runs: for `guest_spoofing = "deny"` (which
+    /// needs it), and to publish guests' names where it is installed.
     lease_hook: Option<PathBuf>,
     services: Services,
     jumps_ahead: bool,
@@ -111,11 +113,13 @@ impl<'a> Bringup<'a> {
             Some(_) => Some(dnsmasq::find_binary().ok_or_else(|| Error::MissingDnsmasq(network.name.clone()))?),
             None => None,
         };
-        let lease_hook = match network.guest_spoofing {
-            Spoofing::Deny => Some(lease::hook_path().with_context(|| {
+        let lease_hook = match (network.guest_spoofing, &network.dhcp) {
+            (Spoofing::Deny, _) => Some(lease::hook_path().with_context(|| {
                 format!("network {} has guest_spoofing = \"deny\", which needs {}", network.name, lease::NAME)
             })?),
-            Spoofing::Allow => None,
+            // Without the hook guests' names are not published; nothing else is lost.
+            (Spoofing::Allow, Some(dhcp)) if dhcp.dns => lease::hook_path().ok(),
+            (Spoofing::Allow, _) => None,
         };
         Ok(Self {
             network,
@@ -184,7 +188,12 @@ impl<'a> Bringup<'a> {
             (Some(dhcp), Some(binary)) => self
                 .services
                 .dhcp_server
-                .ensure(binary, network, dhcp, self.lease_hook.as_deref())
+                .ensure(
+                    binary,
+                    network,
+                    dhcp,
+                    &Hooks { lease_hook: self.lease_hook.as_deref(), mac_only: network.guest_spoofing == Spoofing::Deny },
+                )
                 .with_context(|| format!("starting DHCP for network {} on {name}", network.name))?,
             // DHCP turned off in the config since the server was started.
             _ => self.services.dhcp_server.stop()?,
@@ -220,8 +229,8 @@ impl Bringup<'_> {
         let plan = plan(network);
         // Only for what nf_tables holds whole: the nftables backend, no guest
         // filter (its bindings also come from dnsmasq's leases), no repair.
-        let provable =
-            firewall.backend() == Backend::Nftables && network.guest_spoofing == Spoofing::Allow && !self.jumps_ahead;
+        let guest_filter = Policy::of(network);
+        let provable = firewall.backend() == Backend::Nftables && guest_filter.is_none() && !self.jumps_ahead;
         let before = if provable { firewall::generation() } else { None };
         let record = before.map(|generation| Record {
             generation,
@@ -239,14 +248,14 @@ impl Bringup<'_> {
             .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
         firewalld::ensure(name, self.jumps_ahead)
             .with_context(|| format!("putting bridge {name} in firewalld's {} zone", firewalld::ZONE))?;
-        match network.guest_spoofing {
-            Spoofing::Deny => {
+        match &guest_filter {
+            Some(policy) => {
                 let ports: Vec<String> = netlink.ports_of(bridge)?.into_iter().map(|port| port.name).collect();
-                antispoof::ensure(name, &ports, || lease::known_bindings(netlink, bridge, name))?;
+                antispoof::ensure(name, policy, &ports)?;
             }
-            // guest_spoofing switched back to allow since the filter was made.
-            Spoofing::Allow if firewall::guest_filter_left(name)? => antispoof::remove(name)?,
-            Spoofing::Allow => {}
+            // The config dropped what needed a filter since it was made.
+            None if firewall::guest_filter_left(name)? => antispoof::remove(name)?,
+            None => {}
         }
         if let Some(record) = record {
             if firewall::generation() == Some(record.generation) {
@@ -384,8 +393,35 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
         if let Some(settings) = &network.ovs {
             report.extend(gc_ovs(&mut netlink, network, settings, dry_run)?);
         }
+        if network.mode.is_managed() && Policy::of(network).is_some() {
+            report.extend(gc_guest_filter(&mut netlink, network, dry_run)?);
+        }
     }
     Ok(report)
+}
+
+/// The guest filter's ports whose tap is gone (its VM was killed: no
+/// downscript ran), released with everything bound to them, under the
+/// bridge's lock.
+fn gc_guest_filter(netlink: &mut Netlink, network: &Network, dry_run: bool) -> Result<Vec<String>> {
+    let bridge = &network.bridge;
+    let _lock = BridgeLock::acquire(bridge)?;
+    let Some(link) = find_bridge(netlink, bridge)? else { return Ok(Vec::new()) };
+    if !firewall::guest_filter_left(bridge)? {
+        return Ok(Vec::new());
+    }
+    let present: Vec<String> = netlink.ports_of(&link)?.into_iter().map(|port| port.name).collect();
+    let (done, gone) = if dry_run {
+        ("would release", antispoof::departed(bridge, &present)?)
+    } else {
+        ("released", antispoof::release_departed(bridge, &present)?)
+    };
+    Ok(gone
+        .iter()
+        .map(|port| {
+            format!("{done} port {port} from the guest filter of {bridge} (network {}): its tap is gone", network.name)
+        })
+        .collect())
 }
 
 /// The ports of an ovs network whose tap is gone, removed under the

@@ -157,6 +157,13 @@ impl Start {
     }
 }
 
+/// Whether this process may read the firewall (nf_tables and iptables
+/// answer only a process with CAP_NET_ADMIN in effect): `kvm-net status`
+/// run by anyone else shows what it can and says what needs root.
+pub fn can_read_firewall() -> bool {
+    caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN).unwrap_or(false)
+}
+
 /// For a program root runs on kvm-net's behalf (the lease hook, which
 /// dnsmasq runs as root): CAP_NET_ADMIN and nothing else, for it and for
 /// anything it could run (bounding set, where it may still be cut; no_new_privs).

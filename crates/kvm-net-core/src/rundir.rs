@@ -39,6 +39,10 @@ pub enum Area {
     /// One lock file per network with a watcher (see [`crate::watch`]),
     /// held by that watcher: root's alone (0700), like [`Area::Lock`].
     Watch,
+    /// The guest filter's bindings of each network, as they were last in
+    /// force (which port holds which MAC and address): what a filter made
+    /// anew restores. Root's alone (0700): guests' MACs.
+    Guests,
 }
 
 impl Area {
@@ -48,12 +52,13 @@ impl Area {
             Area::Dnsmasq => "dnsmasq",
             Area::Firewalld => "firewalld",
             Area::Watch => "watch",
+            Area::Guests => "guests",
         }
     }
 
     fn mode(self) -> u32 {
         match self {
-            Area::Lock | Area::Watch => 0o700,
+            Area::Lock | Area::Watch | Area::Guests => 0o700,
             Area::Dnsmasq | Area::Firewalld => 0o755,
         }
     }
@@ -287,9 +292,14 @@ impl SafeDir {
         }
     }
 
-    /// Removes the directory `name` and the files in it (kvm-net's
-    /// directories hold no subdirectories); one already gone counts as removed.
+    /// Removes the directory `name` and what is in it (kvm-net's
+    /// directories hold files, and at most one level of directories of
+    /// files); one already gone counts as removed.
     pub fn remove_tree(&self, name: &str) -> Result<()> {
+        self.remove_tree_within(name, 1)
+    }
+
+    fn remove_tree_within(&self, name: &str, depth: u32) -> Result<()> {
         let path = self.child(name);
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = match openat(&self.fd, name, flags, Mode::empty()) {
@@ -309,7 +319,12 @@ impl SafeDir {
             let Some(entry) = OsStr::from_bytes(&entry).to_str() else {
                 return Err(unsafe_path(&path, "it holds a file whose name is not UTF-8".to_owned()));
             };
-            inner.remove(entry)?;
+            match unlinkat(&inner.fd, entry, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => {}
+                Err(err) if is_not_found(&err) => {}
+                Err(Errno::EISDIR) if depth > 0 => inner.remove_tree_within(entry, depth - 1)?,
+                Err(err) => return Err(err).with_context(|| format!("removing {}", inner.child(entry).display())),
+            }
         }
         match unlinkat(&self.fd, name, UnlinkatFlags::RemoveDir) {
             Ok(()) => Ok(()),

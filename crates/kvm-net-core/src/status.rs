@@ -8,12 +8,16 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, Network, OvsPorts, Spoofing};
+use crate::config::{Config, Network, OvsPorts};
 use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
-use crate::firewall::{self, antispoof, plan};
+use crate::firewall::antispoof::{self, Policy};
+use crate::firewall::{self, plan};
 use crate::ifname::IfName;
 use crate::netlink::{Link, Netlink};
+use crate::mac;
+use crate::names;
+use crate::privilege;
 use crate::runtime::processes_here;
 use crate::switch::OvsBridge;
 
@@ -73,6 +77,9 @@ pub struct NetworkStatus {
     pub leases: Vec<LeaseStatus>,
     /// Where its Open vSwitch is (`null` for Linux bridges).
     pub ovs: Option<OvsStatus>,
+    /// What could not be read without root (`rules`, `guest filter`): the
+    /// firewall answers only a process with CAP_NET_ADMIN.
+    pub needs_root: Vec<&'static str>,
 }
 
 /// An ovs network's database.
@@ -108,7 +115,8 @@ pub struct LeaseStatus {
     pub mac: String,
     /// The address leased.
     pub address: String,
-    /// The host name the guest gave, if any.
+    /// Its name in the network's DNS: a `dhcp.hosts` name, or the host name
+    /// the guest gave where kvm-net published it.
     pub name: Option<String>,
     /// The port the bridge last saw that MAC on, if it has seen it.
     pub tap: Option<String>,
@@ -163,9 +171,10 @@ pub fn collect(config: &Config, only: Option<&str>) -> Result<Status> {
     let holders = tap_holders();
     let mut netlink = Netlink::connect()?;
     let links = netlink.all_links()?;
+    let firewall_readable = privilege::can_read_firewall();
     let mut networks = Vec::new();
     for network in config.networks.iter().filter(|n| only.is_none_or(|name| n.name == name)) {
-        networks.push(network_status(&mut netlink, &links, &holders, network)?);
+        networks.push(network_status(&mut netlink, &links, &holders, network, firewall_readable)?);
     }
     let unconfigured_bridges = links
         .iter()
@@ -180,9 +189,18 @@ fn network_status(
     links: &[Link],
     holders: &HashMap<String, (u32, String)>,
     network: &Network,
+    firewall_readable: bool,
 ) -> Result<NetworkStatus> {
     if let Some(settings) = &network.ovs {
         return Ok(ovs_network_status(holders, network, settings));
+    }
+    let mut needs_root = Vec::new();
+    let guest_filter = Policy::of(network).filter(|_| network.mode.is_managed());
+    if !firewall_readable && network.mode.is_managed() {
+        needs_root.push("rules");
+        if guest_filter.is_some() {
+            needs_root.push("guest filter");
+        }
     }
     let link = links.iter().find(|l| l.name == network.bridge.as_str());
     let (state, addresses, ports) = match link {
@@ -190,8 +208,8 @@ fn network_status(
         Some(link) if !link.is_bridge() => ("not-a-bridge", Vec::new(), Vec::new()),
         Some(link) => {
             let addresses = netlink.addresses_of(link)?.iter().map(ToString::to_string).collect();
-            let bound = match network.guest_spoofing {
-                Spoofing::Deny if firewall::guest_filter_left(&network.bridge)? => {
+            let bound = match guest_filter {
+                Some(_) if firewall_readable && firewall::guest_filter_left(&network.bridge)? => {
                     antispoof::bindings(&network.bridge)?
                 }
                 _ => Vec::new(),
@@ -210,7 +228,7 @@ fn network_status(
                         pid: holder.map(|h| h.0),
                         process: holder.map(|h| h.1.clone()),
                         isolated: p.isolated,
-                        bound_mac: binding.map(|b| antispoof::show_mac(&b.mac)),
+                        bound_mac: binding.map(|b| mac::show(&b.mac)),
                         bound_address: binding.and_then(|b| b.ip).map(|ip| ip.to_string()),
                         iface_id: None,
                         ovn_installed: None,
@@ -220,7 +238,7 @@ fn network_status(
             ("up", addresses, ports)
         }
     };
-    let (backend, rules) = if network.mode.is_managed() {
+    let (backend, rules) = if network.mode.is_managed() && firewall_readable {
         let (backend, chains) = firewall::state(&plan(network), network.firewall)?;
         let rules = chains
             .into_iter()
@@ -267,6 +285,7 @@ fn network_status(
         forwards,
         leases,
         ovs: None,
+        needs_root,
     })
 }
 
@@ -316,35 +335,34 @@ fn ovs_network_status(
         forwards: Vec::new(),
         leases: Vec::new(),
         ovs: Some(OvsStatus { socket: settings.ovsdb.display().to_string(), error }),
+        needs_root: Vec::new(),
     }
 }
 
-/// The bridge's dnsmasq's leases, each with the port the bridge learned its MAC on.
+/// The bridge's dnsmasq's leases, each with its name in the network's DNS
+/// and the port the bridge learned its MAC on.
 fn leases_on(netlink: &mut Netlink, links: &[Link], bridge: &Link, name: &IfName) -> Result<Vec<LeaseStatus>> {
-    let leases = Dnsmasq::for_bridge(name)?.leases()?;
+    let dnsmasq = Dnsmasq::for_bridge(name)?;
+    let leases = dnsmasq.leases()?;
     if leases.is_empty() {
         return Ok(Vec::new());
     }
+    let published = dnsmasq.dir()?.map(|dir| names::published(&dir)).unwrap_or_default();
     let learned = netlink.learned_macs(bridge)?;
     let port_of = |mac: &str| {
-        let (index, _) = learned.iter().find(|(_, learned)| format_mac(learned) == mac)?;
+        let (index, _) = learned.iter().find(|(_, learned)| mac::show(learned) == mac)?;
         links.iter().find(|l| l.index == *index).map(|l| l.name.clone())
     };
     Ok(leases
         .into_iter()
         .map(|lease| LeaseStatus {
             tap: port_of(&lease.mac),
+            name: lease.name.or_else(|| published.iter().find(|(ip, _)| *ip == lease.ip).map(|(_, n)| n.clone())),
             mac: lease.mac,
             address: lease.ip.to_string(),
-            name: lease.name,
             expires: lease.expires,
         })
         .collect())
-}
-
-/// A MAC address as dnsmasq writes it (`52:54:00:00:00:10`).
-fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Which process holds each tap open, for processes in this network

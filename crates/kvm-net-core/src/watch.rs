@@ -20,7 +20,7 @@ use nix::errno::Errno;
 use nix::unistd::{fork, setsid, ForkResult};
 
 use crate::config::{Mode, Network, OvsPorts};
-use crate::firewall;
+use crate::firewall::{self, antispoof::{self, Policy}};
 use crate::lock::BridgeLock;
 use crate::netlink::{has_port_besides, LinkEvents, Netlink};
 use crate::network::{find_bridge, Services};
@@ -214,9 +214,13 @@ fn look_at_ovs(network: &Network, settings: &OvsPorts, lock: WatchLock) -> Resul
 }
 
 /// A managed Linux bridge: with no port left, the watcher removes the
-/// network under the bridge's lock, as the last `kvm-natdown` would.
+/// network under the bridge's lock, as the last `kvm-natdown` would. Where
+/// the network has a guest filter, a port that went (its QEMU exited: a
+/// helper's tap goes with it) takes everything bound to it along at once,
+/// so that its guest, started again on another tap, is that guest again.
 fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
     let mut netlink = Netlink::connect()?;
+    let filtered = Policy::of(network).is_some();
     let bridge = match find_bridge(&mut netlink, &network.bridge)? {
         Some(bridge) if bridge.is_managed() => bridge,
         _ => {
@@ -225,7 +229,7 @@ fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
             return Ok(Look::Done);
         }
     };
-    if has_port_besides(&bridge, None)? {
+    if !filtered && has_port_besides(&bridge, None)? {
         return Ok(Look::Keep(lock, Some(bridge.index)));
     }
     let bridge_lock = BridgeLock::acquire(&network.bridge)?;
@@ -241,7 +245,12 @@ fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
             return Ok(Look::Done);
         }
     };
-    if has_port_besides(&bridge, None)? {
+    let ports = netlink.ports_of(&bridge)?;
+    if filtered && firewall::guest_filter_left(&network.bridge)? {
+        let present: Vec<String> = ports.iter().map(|port| port.name.clone()).collect();
+        antispoof::release_departed(&network.bridge, &present)?;
+    }
+    if !ports.is_empty() {
         return Ok(Look::Keep(lock, Some(bridge.index)));
     }
     if bridge.is_kept_up() {

@@ -105,6 +105,7 @@ struct RawLease {
     mac: String,
     ip: String,
     name: Option<String>,
+    tap: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -457,7 +458,17 @@ impl RawDhcp {
             if dhcp.hosts.iter().any(|h: &StaticLease| h.mac == mac || h.ip == ip) {
                 return Err(("dhcp.hosts", format!("{mac} or {ip} is given twice")));
             }
-            dhcp.hosts.push(StaticLease { mac, ip, name: lease.name });
+            let tap = match &lease.tap {
+                None => None,
+                Some(pattern) if pattern.is_empty() || pattern.len() > 64 => {
+                    return Err(("dhcp.hosts", format!("tap {pattern:?} must be a tap name pattern of 1-64 bytes")))
+                }
+                Some(pattern) => Some(
+                    glob::Pattern::new(pattern)
+                        .map_err(|err| ("dhcp.hosts", format!("tap {pattern:?} is not a pattern: {err}")))?,
+                ),
+            };
+            dhcp.hosts.push(StaticLease { mac, ip, name: lease.name, tap });
         }
         for record in self.records {
             if !is_hostname(&record.name) {
@@ -744,7 +755,8 @@ mod tests {
             [StaticLease {
                 mac: "52:54:00:aa:bb:01".into(),
                 ip: Ipv4Addr::new(10, 0, 0, 50),
-                name: Some("fixed".into())
+                name: Some("fixed".into()),
+                tap: None,
             }]
         );
         assert_eq!(lab.records[0].ip.to_string(), "203.0.113.2");

@@ -267,6 +267,10 @@ pub struct StaticLease {
     pub ip: Ipv4Addr,
     /// Host name handed to the guest and resolvable through the bridge's DNS.
     pub name: Option<String>,
+    /// The taps that alone may use this MAC and take this address (`tap`,
+    /// a pattern): a reservation, so that no other guest can claim a
+    /// forward's target while it is stopped.
+    pub tap: Option<glob::Pattern>,
 }
 
 /// An extra name in the bridge's DNS, as `host-record=`.

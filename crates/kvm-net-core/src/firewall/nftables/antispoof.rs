@@ -1,14 +1,21 @@
-//! `guest_spoofing = "deny"`: guests that cannot impersonate each other, in
-//! nf_tables' bridge family (`table bridge kvm_net`), whichever backend
-//! writes the network's other rules. One base chain at bridge prerouting,
-//! priority -300, sees every frame a port sends before the bridge learns its
-//! source (a dropped frame never moves the forwarding database), bridged or
-//! bound for the host alike, with or without br_netfilter. It dispatches by
-//! port name (`iifname vmap @ports`: only ports kvm-net attached) to the
-//! network's chain `spoof-BRIDGE`, which
+//! The guest filter, in nf_tables' bridge family (`table bridge kvm_net`),
+//! whichever backend writes the network's other rules. One base chain at
+//! bridge prerouting, priority -300, sees every frame a port sends before
+//! the bridge learns its source (a dropped frame never moves the forwarding
+//! database), bridged or bound for the host alike, with or without
+//! br_netfilter. It dispatches by port name (`iifname vmap @ports`: only
+//! ports kvm-net attached) to the network's chain `spoof-BRIDGE`.
+//!
+//! With `guest_spoofing = "deny"` that chain
 //!
 //! - locks each port to the first MAC it sends from (a set filled from the
-//!   packet path: no daemon), unless another port holds that MAC already;
+//!   packet path: no daemon), unless another port holds that MAC already,
+//!   or the MAC is a `dhcp.hosts` reservation whose `tap` pattern the port's
+//!   name does not match;
+//! - lets DHCP through only when its client hardware address (`chaddr`) is
+//!   the port's own MAC: dnsmasq keys its leases by it (client ids are
+//!   ignored: `dhcp-ignore-clid`), so no guest can take, renew, release or
+//!   decline another's lease, and each port holds at most one IPv4 lease;
 //! - lets IPv4 and ARP through only from the address the network's DHCP
 //!   server leased to that MAC on that port (`bound-BRIDGE`, filled by the
 //!   lease hook, [`crate::lease`]), plus what a client needs before it has a
@@ -18,13 +25,20 @@
 //!   and neighbour discovery keep working) and RARP (QEMU's announcement after
 //!   a migration).
 //!
-//! A port's elements go when it is detached, and before a port of the same
-//! name is admitted (tap names are reused).
+//! Without "deny", a network with reservations gets a chain that only keeps
+//! DHCP for a reserved MAC to the taps its pattern matches: the reservation
+//! still decides which guest gets the lease.
+//!
+//! A port's elements go when it is detached, when it is seen gone (the
+//! watcher, `kvm-net gc`, the next VM start), and before a port of the same
+//! name is admitted (tap names are reused). The bindings in force are
+//! recorded by kvm-net ([`super::bindings`]) so that a filter made anew
+//! restores exactly them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use netlink_packet_core::DefaultNla;
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, DataAttribute, Expressions, Hook, InetHookNumber, ListAttribute, Lookup, MetaKey,
@@ -33,13 +47,17 @@ use netlink_packet_netfilter::nftables::{
 };
 use netlink_packet_netfilter::NetfilterProtoFamily;
 
+use super::bindings;
 use super::render::{
     cmp, comment, expression, meta, payload_into, raw, set_verdict, u32_attribute, verdict, Expression, NETWORK_HEADER,
     NF_ACCEPT, NF_DROP, TRANSPORT_HEADER,
 };
 use super::socket::{with_nft, Change, Committed, Nft, Owned};
 use super::{key_in_host_order, with_retries, TABLE};
+use crate::config::{Network, Spoofing};
 use crate::ifname::IfName;
+use crate::mac;
+pub use crate::mac::Mac;
 use crate::trace::trace;
 use crate::wire::{self, NLM_F_APPEND, NLM_F_CREATE};
 
@@ -49,7 +67,7 @@ const BRIDGE: NetfilterProtoFamily = NetfilterProtoFamily::Bridge;
 const BASE: &str = "prerouting";
 const PORTS: &str = "ports";
 /// Bumped whenever the chain's rules change, so that an older kvm-net's are rewritten.
-const RULES_VERSION: u32 = 1;
+const RULES_VERSION: u32 = 2;
 
 /// nft's data types (for `nft list`): interface names, MAC and IPv4 addresses.
 const TYPE_IFNAME: u32 = 41;
@@ -92,9 +110,14 @@ const DHCP_CLIENT: u16 = 68;
 const DHCPV6_SERVER: u16 = 547;
 const ROUTER_ADVERTISEMENT: u8 = 134;
 const REDIRECT: u8 = 137;
+/// Where a DHCP message's fields are, counted from the UDP header: `op`,
+/// `htype` and `hlen` (a request, Ethernet, 6-byte addresses), and `chaddr`.
+const BOOTP_KIND_AT: u32 = 8;
+const BOOTP_REQUEST_ETHERNET: [u8; 3] = [1, 1, 6];
+const BOOTP_CHADDR_AT: u32 = 36;
 
 /// The per-network sets.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Set {
     /// Ports whose MAC is locked (`ifname`).
     Locked,
@@ -104,10 +127,14 @@ enum Set {
     Taken,
     /// Addresses leased to a MAC on a port (`ifname . ether_addr . ipv4_addr`).
     Bound,
+    /// MACs `dhcp.hosts` reserves for some taps (`ether_addr`).
+    Reserved,
+    /// The ports that may use a reserved MAC (`ifname . ether_addr`).
+    Allowed,
 }
 
 impl Set {
-    const ALL: [Set; 4] = [Set::Locked, Set::PortMac, Set::Taken, Set::Bound];
+    const ALL: [Set; 6] = [Set::Locked, Set::PortMac, Set::Taken, Set::Bound, Set::Reserved, Set::Allowed];
 
     fn name(self, bridge: &IfName) -> String {
         let prefix = match self {
@@ -115,6 +142,8 @@ impl Set {
             Set::PortMac => "portmac",
             Set::Taken => "taken",
             Set::Bound => "bound",
+            Set::Reserved => "reserved",
+            Set::Allowed => "allowed",
         };
         format!("{prefix}-{bridge}")
     }
@@ -124,8 +153,8 @@ impl Set {
         let concat = |types: &[u32]| types.iter().fold(0, |all, t| (all << TYPE_BITS) | t);
         match self {
             Set::Locked => (TYPE_IFNAME, IFNAME_LEN),
-            Set::PortMac => (concat(&[TYPE_IFNAME, TYPE_ETHERADDR]), IFNAME_LEN + MAC_LEN),
-            Set::Taken => (TYPE_ETHERADDR, 6),
+            Set::PortMac | Set::Allowed => (concat(&[TYPE_IFNAME, TYPE_ETHERADDR]), IFNAME_LEN + MAC_LEN),
+            Set::Taken | Set::Reserved => (TYPE_ETHERADDR, 6),
             Set::Bound => (concat(&[TYPE_IFNAME, TYPE_ETHERADDR, TYPE_IPADDR]), IFNAME_LEN + MAC_LEN + IPV4_LEN),
         }
     }
@@ -133,14 +162,59 @@ impl Set {
     /// Filled from the packet path (`flags dynamic`), or only by kvm-net.
     fn flags(self) -> SetFlags {
         match self {
-            Set::Bound => SetFlags::empty(),
-            _ => SetFlags::Eval,
+            Set::Bound | Set::Reserved | Set::Allowed => SetFlags::empty(),
+            Set::Locked | Set::PortMac | Set::Taken => SetFlags::Eval,
         }
+    }
+
+    /// Whether it holds what guests did (locks, leases), which a set made
+    /// anew loses; the others come from the config.
+    fn holds_guest_state(self) -> bool {
+        matches!(self, Set::Locked | Set::PortMac | Set::Taken | Set::Bound)
     }
 }
 
-/// A MAC address.
-pub type Mac = [u8; 6];
+/// A `dhcp.hosts` entry with `tap`: its MAC, and the taps that may use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The reserved MAC.
+    pub mac: Mac,
+    /// The tap names that may send from it and take its address.
+    pub taps: glob::Pattern,
+}
+
+/// What a network's guest filter enforces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// `guest_spoofing = "deny"`: the whole filter; otherwise only the reservations.
+    pub deny: bool,
+    /// The network's reservations.
+    pub reservations: Vec<Reservation>,
+}
+
+impl Policy {
+    /// The filter `network` needs, if any: with `guest_spoofing = "deny"`,
+    /// or with a `dhcp.hosts` entry reserved for some taps.
+    pub fn of(network: &Network) -> Option<Self> {
+        let reservations: Vec<Reservation> = network
+            .dhcp
+            .iter()
+            .flat_map(|dhcp| &dhcp.hosts)
+            .filter_map(|host| Some(Reservation { mac: mac::parse(&host.mac)?, taps: host.tap.clone()? }))
+            .collect();
+        let deny = network.guest_spoofing == Spoofing::Deny;
+        (deny || !reservations.is_empty()).then_some(Self { deny, reservations })
+    }
+
+    /// The reserved MACs `port` may use.
+    fn allowed_for<'a>(&'a self, port: &'a str) -> impl Iterator<Item = Mac> + 'a {
+        self.reservations.iter().filter(move |r| r.taps.matches(port)).map(|r| r.mac)
+    }
+
+    fn is_reserved(&self, mac: &Mac) -> bool {
+        self.reservations.iter().any(|r| r.mac == *mac)
+    }
+}
 
 /// What binds a guest to its port, as the sets have it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,21 +245,18 @@ fn mac_bytes(mac: &Mac) -> Vec<u8> {
 }
 
 /// A set's key for these fields, each padded to whole registers.
-fn key_of(set: Set, port: &str, mac: Option<&Mac>, ip: Option<Ipv4Addr>) -> Vec<u8> {
+fn key_of(set: Set, port: &str, mac: &Mac, ip: Option<Ipv4Addr>) -> Vec<u8> {
     match set {
         Set::Locked => ifname_bytes(port),
-        Set::Taken => mac.map_or_else(Vec::new, |m| m.to_vec()),
-        Set::PortMac => [ifname_bytes(port), mac.map_or_else(Vec::new, mac_bytes)].concat(),
-        Set::Bound => [
-            ifname_bytes(port),
-            mac.map_or_else(Vec::new, mac_bytes),
-            ip.map_or_else(Vec::new, |ip| ip.octets().to_vec()),
-        ]
-        .concat(),
+        Set::Taken | Set::Reserved => mac.to_vec(),
+        Set::PortMac | Set::Allowed => [ifname_bytes(port), mac_bytes(mac)].concat(),
+        Set::Bound => {
+            [ifname_bytes(port), mac_bytes(mac), ip.map_or_else(Vec::new, |ip| ip.octets().to_vec())].concat()
+        }
     }
 }
 
-/// The name a key starts with (`Locked`, `PortMac`, `Bound`).
+/// The name a key starts with (`Locked`, `PortMac`, `Bound`, `Allowed`).
 fn port_of_key(key: &[u8]) -> Option<String> {
     let name = key.get(..IFNAME_LEN)?;
     let end = name.iter().position(|b| *b == 0).unwrap_or(IFNAME_LEN);
@@ -194,6 +265,10 @@ fn port_of_key(key: &[u8]) -> Option<String> {
 
 fn mac_of_key(key: &[u8], at: usize) -> Option<Mac> {
     key.get(at..at + 6).and_then(|m| <Mac>::try_from(m).ok())
+}
+
+fn ip_of_key(key: &[u8]) -> Option<Ipv4Addr> {
+    key.get(IFNAME_LEN + MAC_LEN..).and_then(|o| <[u8; 4]>::try_from(o).ok()).map(Ipv4Addr::from)
 }
 
 // The chain's rules, one expression builder each.
@@ -247,35 +322,73 @@ fn drop_it() -> Expression {
     set_verdict(Verdict::Other(NF_DROP))
 }
 
-/// `spoof-BRIDGE`, in order.
-fn chain_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
-    let [locked, portmac, taken, bound] = Set::ALL.map(|set| set.name(bridge));
-    // A concatenation's second field starts at register 2 (after the 16-byte
-    // name), its third at 32-bit register 6 (after the 8-byte MAC).
-    let (second, third) = (Register::Reg2, Register::Reg32_06);
+/// A concatenation's second field starts at register 2 (after the 16-byte
+/// name), its third at 32-bit register 6 (after the 8-byte MAC).
+const SECOND: Register = Register::Reg2;
+const THIRD: Register = Register::Reg32_06;
+
+/// IPv4 UDP to the DHCP server's port. What follows may read the
+/// transport header: a packet that has none (a later fragment) never
+/// matches, and so falls to the rule that drops what did not pass.
+fn dhcp_request() -> Vec<Expression> {
+    [
+        ether_type(ETH_IP),
+        l4proto(UDP),
+        vec![payload_into(Register::Reg1, TRANSPORT_HEADER, 2, 2), cmp(Operator::Equal, DHCP_SERVER.to_be_bytes().to_vec())],
+    ]
+    .concat()
+}
+
+/// A BOOTP request from an Ethernet client: `op`, `htype` and `hlen` (a
+/// first fragment too short to hold them does not match).
+fn bootp_from_ethernet() -> Vec<Expression> {
+    vec![
+        payload_into(Register::Reg1, TRANSPORT_HEADER, BOOTP_KIND_AT, 3),
+        cmp(Operator::Equal, BOOTP_REQUEST_ETHERNET.to_vec()),
+    ]
+}
+
+/// The port's name and the message's `chaddr`, looked up in `set`.
+fn port_and_chaddr_in(set: &str, inverted: bool) -> Vec<Expression> {
+    vec![port_name(), payload_into(SECOND, TRANSPORT_HEADER, BOOTP_CHADDR_AT, 6), lookup(set, Register::Reg1, inverted)]
+}
+
+/// The chain of a network with `guest_spoofing = "deny"`, in order.
+fn deny_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
+    let [locked, portmac, taken, bound, reserved, allowed] = Set::ALL.map(|set| set.name(bridge));
+    let unlocked = || vec![port_name(), lookup(&locked, Register::Reg1, true)];
     let mut rules = vec![
+        // A port's first frame, from a MAC reserved for other taps.
+        [
+            unlocked(),
+            vec![
+                source_mac(Register::Reg1),
+                lookup(&reserved, Register::Reg1, false),
+                port_name(),
+                source_mac(SECOND),
+                lookup(&allowed, Register::Reg1, true),
+                drop_it(),
+            ],
+        ]
+        .concat(),
         // A port's first frame, from a MAC another port holds.
-        vec![
-            port_name(),
-            lookup(&locked, Register::Reg1, true),
-            source_mac(Register::Reg1),
-            lookup(&taken, Register::Reg1, false),
-            drop_it(),
-        ],
+        [unlocked(), vec![source_mac(Register::Reg1), lookup(&taken, Register::Reg1, false), drop_it()]].concat(),
         // A port's first frame: lock the port to its MAC.
-        vec![
-            port_name(),
-            lookup(&locked, Register::Reg1, true),
-            port_name(),
-            add_to(&locked, Register::Reg1),
-            port_name(),
-            source_mac(second),
-            add_to(&portmac, Register::Reg1),
-            source_mac(Register::Reg1),
-            add_to(&taken, Register::Reg1),
-        ],
+        [
+            unlocked(),
+            vec![
+                port_name(),
+                add_to(&locked, Register::Reg1),
+                port_name(),
+                source_mac(SECOND),
+                add_to(&portmac, Register::Reg1),
+                source_mac(Register::Reg1),
+                add_to(&taken, Register::Reg1),
+            ],
+        ]
+        .concat(),
         // Any other MAC than the port's.
-        vec![port_name(), source_mac(second), lookup(&portmac, Register::Reg1, true), drop_it()],
+        vec![port_name(), source_mac(SECOND), lookup(&portmac, Register::Reg1, true), drop_it()],
     ];
     // Servers no guest may be: DHCP, DHCPv6, router advertisements, redirects.
     let source_port = |port: u16| {
@@ -288,7 +401,8 @@ fn chain_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
     for kind in [ROUTER_ADVERTISEMENT, REDIRECT] {
         rules.push([ether_type(ETH_IPV6), l4proto(ICMPV6), icmpv6_type(kind), vec![drop_it()]].concat());
     }
-    // IPv4: a DHCP client without an address yet, or from the leased address.
+    // DHCP: a client without an address yet, or renewing from its leased
+    // one, always about the port's own MAC; nothing else to the server's port.
     let ports = [DHCP_CLIENT.to_be_bytes(), DHCP_SERVER.to_be_bytes()].concat();
     rules.push(
         [
@@ -300,23 +414,28 @@ fn chain_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
                 cmp(Operator::Equal, vec![0xff; 4]),
             ],
             l4proto(UDP),
-            vec![payload_into(Register::Reg1, TRANSPORT_HEADER, 0, 4), cmp(Operator::Equal, ports), accept()],
+            vec![payload_into(Register::Reg1, TRANSPORT_HEADER, 0, 4), cmp(Operator::Equal, ports)],
+            bootp_from_ethernet(),
+            port_and_chaddr_in(&portmac, false),
+            vec![accept()],
         ]
         .concat(),
     );
+    let from_bound = || {
+        vec![
+            port_name(),
+            source_mac(SECOND),
+            payload_into(THIRD, NETWORK_HEADER, 12, 4),
+            lookup(&bound, Register::Reg1, false),
+        ]
+    };
     rules.push(
-        [
-            ether_type(ETH_IP),
-            vec![
-                port_name(),
-                source_mac(second),
-                payload_into(third, NETWORK_HEADER, 12, 4),
-                lookup(&bound, Register::Reg1, false),
-                accept(),
-            ],
-        ]
-        .concat(),
+        [dhcp_request(), bootp_from_ethernet(), port_and_chaddr_in(&portmac, false), from_bound(), vec![accept()]]
+            .concat(),
     );
+    rules.push([dhcp_request(), vec![drop_it()]].concat());
+    // IPv4 from the leased address.
+    rules.push([ether_type(ETH_IP), from_bound(), vec![accept()]].concat());
     rules.push([ether_type(ETH_IP), vec![drop_it()]].concat());
     // ARP: a probe (sender address 0.0.0.0) from the port's MAC, or from the leased address.
     let sender_mac = |register| payload_into(register, NETWORK_HEADER, 8, 6);
@@ -327,7 +446,7 @@ fn chain_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
                 payload_into(Register::Reg1, NETWORK_HEADER, 14, 4),
                 cmp(Operator::Equal, vec![0; 4]),
                 port_name(),
-                sender_mac(second),
+                sender_mac(SECOND),
                 lookup(&portmac, Register::Reg1, false),
                 accept(),
             ],
@@ -339,8 +458,8 @@ fn chain_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
             ether_type(ETH_ARP),
             vec![
                 port_name(),
-                sender_mac(second),
-                payload_into(third, NETWORK_HEADER, 14, 4),
+                sender_mac(SECOND),
+                payload_into(THIRD, NETWORK_HEADER, 14, 4),
                 lookup(&bound, Register::Reg1, false),
                 accept(),
             ],
@@ -355,10 +474,40 @@ fn chain_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
     rules
 }
 
+/// The chain of a network that only reserves: DHCP about a reserved MAC
+/// passes from the taps it is reserved for; the rest returns to the base
+/// chain, which accepts.
+fn reservation_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
+    let [_, _, _, _, reserved, allowed] = Set::ALL.map(|set| set.name(bridge));
+    vec![
+        [
+            dhcp_request(),
+            bootp_from_ethernet(),
+            vec![
+                payload_into(Register::Reg1, TRANSPORT_HEADER, BOOTP_CHADDR_AT, 6),
+                lookup(&reserved, Register::Reg1, true),
+                accept(),
+            ],
+        ]
+        .concat(),
+        [dhcp_request(), bootp_from_ethernet(), port_and_chaddr_in(&allowed, false), vec![accept()]].concat(),
+        [dhcp_request(), vec![drop_it()]].concat(),
+    ]
+}
+
+fn chain_rules(bridge: &IfName, deny: bool) -> Vec<Vec<Expression>> {
+    if deny {
+        deny_rules(bridge)
+    } else {
+        reservation_rules(bridge)
+    }
+}
+
 /// The comment each rule of the chain carries: the bridge, and which rule.
-fn rule_comments(bridge: &IfName) -> Vec<Vec<u8>> {
+fn rule_comments(bridge: &IfName, deny: bool) -> Vec<Vec<u8>> {
     let tag = format!("kvm-net:{bridge}");
-    (0..chain_rules(bridge).len()).map(|index| comment(&tag, &("antispoof", RULES_VERSION, index))).collect()
+    let kind = if deny { "antispoof" } else { "reservations" };
+    (0..chain_rules(bridge, deny).len()).map(|index| comment(&tag, &(kind, RULES_VERSION, index))).collect()
 }
 
 fn dispatch_comment() -> Vec<u8> {
@@ -410,7 +559,8 @@ fn key(value: Vec<u8>) -> SetElementAttribute {
     SetElementAttribute::Key(DataAttribute::Value(value))
 }
 
-fn add_elements(set: &str, keys: Vec<Vec<u8>>) -> Option<Change> {
+fn add_elements(set: &str, keys: impl IntoIterator<Item = Vec<u8>>) -> Option<Change> {
+    let keys: Vec<Vec<u8>> = keys.into_iter().collect();
     if keys.is_empty() {
         return None;
     }
@@ -418,7 +568,8 @@ fn add_elements(set: &str, keys: Vec<Vec<u8>>) -> Option<Change> {
     Some(change(message, NLM_F_CREATE, format!("adding to set {} {set}", table_name())))
 }
 
-fn delete_elements(set: &str, keys: Vec<Vec<u8>>) -> Option<Change> {
+fn delete_elements(set: &str, keys: impl IntoIterator<Item = Vec<u8>>) -> Option<Change> {
+    let keys: Vec<Vec<u8>> = keys.into_iter().collect();
     if keys.is_empty() {
         return None;
     }
@@ -433,6 +584,26 @@ fn port_element(port: &str, chain: Option<&str>) -> SetElementMessage {
         element.push(SetElementAttribute::Data(verdict(Verdict::Jump, Some(chain))));
     }
     elements(PORTS, vec![element])
+}
+
+fn admit_port(port: &str, chain: &str) -> Change {
+    change(
+        NfTablesMessage::NewSetElement(port_element(port, Some(chain))),
+        NLM_F_CREATE,
+        format!("adding {port} to map {} {PORTS}", table_name()),
+    )
+}
+
+fn drop_ports<'a>(ports: impl IntoIterator<Item = &'a String>) -> Option<Change> {
+    let keys: Vec<Vec<SetElementAttribute>> = ports.into_iter().map(|port| vec![key(ifname_bytes(port))]).collect();
+    if keys.is_empty() {
+        return None;
+    }
+    Some(change(
+        NfTablesMessage::DeleteSetElement(elements(PORTS, keys)),
+        0,
+        format!("deleting ports from map {} {PORTS}", table_name()),
+    ))
 }
 
 /// The keys (and data) of every element of `set`.
@@ -461,6 +632,20 @@ fn set_elements(nft: &mut Nft, set: &str) -> Result<Vec<(Vec<u8>, Option<String>
     Ok(found)
 }
 
+fn keys_of(nft: &mut Nft, set: &str) -> Result<Vec<Vec<u8>>> {
+    Ok(set_elements(nft, set)?.into_iter().map(|(key, _)| key).collect())
+}
+
+/// The ports the map sends to the network's chain.
+fn admitted(nft: &mut Nft, bridge: &IfName) -> Result<BTreeSet<String>> {
+    let chain = chain_name(bridge);
+    Ok(set_elements(nft, PORTS)?
+        .into_iter()
+        .filter(|(_, target)| target.as_deref() == Some(chain.as_str()))
+        .filter_map(|(key, _)| port_of_key(&key))
+        .collect())
+}
+
 fn exists(nft: &mut Nft, message: NfTablesMessage) -> Result<bool> {
     Ok(nft.get(BRIDGE, message)?.is_some())
 }
@@ -480,32 +665,58 @@ fn comments_of(nft: &mut Nft, chain: &str) -> Result<Vec<Vec<u8>>> {
     Ok(rules.iter().map(|rule| rule.attribute(NFTA_RULE_USERDATA).unwrap_or_default().to_vec()).collect())
 }
 
-/// The changes that take away everything bound to `port` (its lock, its
-/// MAC's claim, its addresses), from what the sets hold now.
-fn forget_port(nft: &mut Nft, bridge: &IfName, port: &str, changes: &mut Vec<Change>) -> Result<()> {
-    let [locked, portmac, taken, bound] = Set::ALL.map(|set| set.name(bridge));
-    let ours = |entries: Vec<(Vec<u8>, Option<String>)>| -> Vec<Vec<u8>> {
-        entries.into_iter().map(|(key, _)| key).filter(|key| port_of_key(key).as_deref() == Some(port)).collect()
+/// The changes that take away everything bound to `ports` (their locks,
+/// their MACs' claims, their addresses), from what the sets hold now.
+/// Returns whether an address binding goes.
+fn forget_ports(nft: &mut Nft, bridge: &IfName, ports: &BTreeSet<String>, changes: &mut Vec<Change>) -> Result<bool> {
+    if ports.is_empty() {
+        return Ok(false);
+    }
+    let [locked, portmac, taken, bound, _, _] = Set::ALL.map(|set| set.name(bridge));
+    let theirs = |keys: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+        keys.into_iter().filter(|key| port_of_key(key).is_some_and(|port| ports.contains(&port))).collect()
     };
-    let macs = ours(set_elements(nft, &portmac)?);
-    let held: Vec<Vec<u8>> =
+    let macs = theirs(keys_of(nft, &portmac)?);
+    let held: HashSet<Vec<u8>> =
         macs.iter().filter_map(|key| mac_of_key(key, IFNAME_LEN)).map(|mac| mac.to_vec()).collect();
-    let locks = ours(set_elements(nft, &locked)?);
-    let bindings = ours(set_elements(nft, &bound)?);
-    changes.extend(delete_elements(&bound, bindings));
+    let locks = theirs(keys_of(nft, &locked)?);
+    let addresses = theirs(keys_of(nft, &bound)?);
+    let unbinds = !addresses.is_empty();
+    changes.extend(delete_elements(&bound, addresses));
     changes.extend(delete_elements(&portmac, macs));
     changes.extend(delete_elements(&locked, locks));
-    let still_taken: HashSet<Vec<u8>> = set_elements(nft, &taken)?.into_iter().map(|(key, _)| key).collect();
-    changes.extend(delete_elements(&taken, held.into_iter().filter(|mac| still_taken.contains(mac)).collect()));
+    let still_taken: Vec<Vec<u8>> = keys_of(nft, &taken)?.into_iter().filter(|mac| held.contains(mac)).collect();
+    changes.extend(delete_elements(&taken, still_taken));
+    Ok(unbinds)
+}
+
+/// The changes that make `set` hold exactly `wanted`.
+fn sync_set(nft: &mut Nft, set: &str, wanted: &BTreeSet<Vec<u8>>, changes: &mut Vec<Change>) -> Result<()> {
+    let present: BTreeSet<Vec<u8>> = keys_of(nft, set)?.into_iter().collect();
+    changes.extend(delete_elements(set, present.difference(wanted).cloned()));
+    changes.extend(add_elements(set, wanted.difference(&present).cloned()));
     Ok(())
 }
 
-/// Makes the network's filter whole: table, base chain and map, its sets
-/// and chain, and a map element for each of `ports` (the bridge's ports
-/// now). Where the sets had to be made anew (the ruleset was flushed),
-/// what `known` says is put back: each leased guest's lock and address.
-pub fn ensure(bridge: &IfName, ports: &[String], mut known: impl FnMut() -> Result<Vec<Binding>>) -> Result<()> {
+/// The `(port . MAC)` keys of every reserved MAC each of `ports` may use.
+fn allowed_keys<'a>(policy: &Policy, ports: impl IntoIterator<Item = &'a String>) -> BTreeSet<Vec<u8>> {
+    ports
+        .into_iter()
+        .flat_map(|port| policy.allowed_for(port).map(move |mac| key_of(Set::Allowed, port, &mac, None)))
+        .collect()
+}
+
+/// Makes the network's filter whole for `policy`: table, base chain and
+/// map, its sets and chain, a map element for each of `ports` (the
+/// bridge's ports now) and none for a port that is gone (with everything
+/// bound to it), the reservations as configured (a port locked to a MAC
+/// reserved for other taps loses its lock). Where the sets of guests'
+/// state had to be made anew (the ruleset was flushed), the bindings last
+/// in force are restored from kvm-net's record, for the ports still there.
+pub fn ensure(bridge: &IfName, policy: &Policy, ports: &[String]) -> Result<()> {
     let chain = chain_name(bridge);
+    let ports: BTreeSet<String> = ports.iter().cloned().collect();
+    let mut unbinds = false;
     with_retries("installing kvm-net's bridge filter", |nft| {
         let generation = nft.generation()?;
         let mut changes = Vec::new();
@@ -518,53 +729,17 @@ pub fn ensure(bridge: &IfName, ports: &[String], mut known: impl FnMut() -> Resu
             changes.push(change(message, NLM_F_CREATE, format!("creating table {}", table_name())));
         }
         if comments_of(nft, BASE)? != [dispatch_comment()] {
-            let attributes = vec![
-                SetAttribute::Table(TABLE.to_owned()),
-                SetAttribute::Name(PORTS.to_owned()),
-                SetAttribute::Flags(SetFlags::Map),
-                SetAttribute::KeyType(TYPE_IFNAME),
-                SetAttribute::KeyLen(IFNAME_LEN as u32),
-                SetAttribute::DataType(NFT_DATA_VERDICT),
-                SetAttribute::Id(1),
-                SetAttribute::UserData(key_in_host_order()),
-            ];
-            changes.push(change(
-                NfTablesMessage::NewSet(SetMessage { attributes }),
-                NLM_F_CREATE,
-                format!("creating map {} {PORTS}", table_name()),
-            ));
-            let mut attributes = chain_message(BASE).attributes;
-            attributes.push(ChainAttribute::Hook(vec![
-                Hook::Number(InetHookNumber::PreRouting.into()),
-                Hook::Priority(u32::from_ne_bytes((-300i32).to_ne_bytes())),
-            ]));
-            attributes.push(ChainAttribute::Type("filter".to_owned()));
-            attributes.push(ChainAttribute::Policy(1));
-            changes.push(change(
-                NfTablesMessage::NewChain(ChainMessage { attributes }),
-                NLM_F_CREATE,
-                format!("creating base chain {} {BASE}", table_name()),
-            ));
-            if !comments_of(nft, BASE)?.is_empty() {
-                changes.push(flush(BASE));
-            }
-            let dispatch = vec![
-                meta(MetaKey::Iifname),
-                expression(Expressions::Lookup(vec![
-                    Lookup::Set(PORTS.to_owned()),
-                    Lookup::SourceRegister(Register::Reg1),
-                    Lookup::DestinationRegister(Register::Verdict),
-                ])),
-            ];
-            changes.push(new_rule(BASE, dispatch, dispatch_comment()));
+            base_chain(nft, &mut changes)?;
         }
         let mut made_anew = false;
+        let mut missing = BTreeSet::new();
         for set in Set::ALL {
             let name = set.name(bridge);
             if set_exists(nft, &name)? {
                 continue;
             }
-            made_anew = true;
+            made_anew |= set.holds_guest_state();
+            missing.insert(set);
             let (key_type, key_len) = set.key();
             let attributes = vec![
                 SetAttribute::Table(TABLE.to_owned()),
@@ -580,7 +755,15 @@ pub fn ensure(bridge: &IfName, ports: &[String], mut known: impl FnMut() -> Resu
                 format!("creating set {} {name}", table_name()),
             ));
         }
-        let wanted = rule_comments(bridge);
+        // A set just made has nothing in it yet (and cannot be dumped).
+        let contents = |nft: &mut Nft, set: Set| -> Result<Vec<Vec<u8>>> {
+            if missing.contains(&set) {
+                Ok(Vec::new())
+            } else {
+                keys_of(nft, &set.name(bridge))
+            }
+        };
+        let wanted = rule_comments(bridge, policy.deny);
         let present = comments_of(nft, &chain)?;
         if present != wanted {
             trace(format_args!("{} {chain}: write {} rules", table_name(), wanted.len()));
@@ -592,159 +775,275 @@ pub fn ensure(bridge: &IfName, ports: &[String], mut known: impl FnMut() -> Resu
             if !present.is_empty() {
                 changes.push(flush(&chain));
             }
-            for (expressions, userdata) in chain_rules(bridge).into_iter().zip(wanted) {
+            for (expressions, userdata) in chain_rules(bridge, policy.deny).into_iter().zip(wanted) {
                 changes.push(new_rule(&chain, expressions, userdata));
             }
         }
-        let admitted: HashSet<String> = set_elements(nft, PORTS)?
-            .into_iter()
-            .filter(|(_, target)| target.as_deref() == Some(chain.as_str()))
-            .filter_map(|(key, _)| port_of_key(&key))
-            .collect();
-        for port in ports.iter().filter(|port| !admitted.contains(*port)) {
+        let admitted = admitted(nft, bridge)?;
+        for port in ports.difference(&admitted) {
             trace(format_args!("{} map {PORTS}: {port} jumps to {chain}", table_name()));
-            changes.push(change(
-                NfTablesMessage::NewSetElement(port_element(port, Some(&chain))),
-                NLM_F_CREATE,
-                format!("adding {port} to map {} {PORTS}", table_name()),
-            ));
+            changes.push(admit_port(port, &chain));
         }
-        if made_anew {
-            let [locked, portmac, taken, bound] = Set::ALL.map(|set| set.name(bridge));
-            let bindings = known()?;
-            let key = |set, b: &Binding| key_of(set, &b.port, Some(&b.mac), b.ip);
-            changes.extend(add_elements(&locked, bindings.iter().map(|b| key(Set::Locked, b)).collect()));
-            changes.extend(add_elements(&portmac, bindings.iter().map(|b| key(Set::PortMac, b)).collect()));
-            changes.extend(add_elements(&taken, bindings.iter().map(|b| key(Set::Taken, b)).collect()));
-            changes.extend(add_elements(
-                &bound,
-                bindings.iter().filter(|b| b.ip.is_some()).map(|b| key(Set::Bound, b)).collect(),
-            ));
+        // Ports gone without a downscript (a VM killed, a helper's tap),
+        // and ports locked to a MAC reserved for other taps.
+        let allowed = allowed_keys(policy, &ports);
+        let mut forgotten: BTreeSet<String> = admitted.difference(&ports).cloned().collect();
+        for key in contents(nft, Set::PortMac)? {
+            let (Some(port), Some(mac)) = (port_of_key(&key), mac_of_key(&key, IFNAME_LEN)) else { continue };
+            if policy.is_reserved(&mac) && !allowed.contains(&key_of(Set::Allowed, &port, &mac, None)) {
+                forgotten.insert(port);
+            }
+        }
+        if !forgotten.is_empty() {
+            trace(format_args!("{}: forgetting ports {forgotten:?}", table_name()));
+            unbinds |= forget_ports(nft, bridge, &forgotten, &mut changes)?;
+            changes.extend(drop_ports(forgotten.iter().filter(|port| admitted.contains(*port))));
+        }
+        let reserved: BTreeSet<Vec<u8>> = policy.reservations.iter().map(|r| r.mac.to_vec()).collect();
+        if missing.contains(&Set::Reserved) {
+            changes.extend(add_elements(&Set::Reserved.name(bridge), reserved));
+        } else {
+            sync_set(nft, &Set::Reserved.name(bridge), &reserved, &mut changes)?;
+        }
+        if missing.contains(&Set::Allowed) {
+            changes.extend(add_elements(&Set::Allowed.name(bridge), allowed.clone()));
+        } else {
+            sync_set(nft, &Set::Allowed.name(bridge), &allowed, &mut changes)?;
+        }
+        if made_anew && policy.deny {
+            restore(bridge, policy, &ports, &mut changes)?;
         }
         nft.commit(generation, changes)
     })
-    .with_context(|| format!("installing the guest filter of bridge {bridge}"))
+    .with_context(|| format!("installing the guest filter of bridge {bridge}"))?;
+    if unbinds {
+        save_record(bridge)?;
+    }
+    Ok(())
+}
+
+/// The base chain and its map of ports, made anew.
+fn base_chain(nft: &mut Nft, changes: &mut Vec<Change>) -> Result<()> {
+    let attributes = vec![
+        SetAttribute::Table(TABLE.to_owned()),
+        SetAttribute::Name(PORTS.to_owned()),
+        SetAttribute::Flags(SetFlags::Map),
+        SetAttribute::KeyType(TYPE_IFNAME),
+        SetAttribute::KeyLen(IFNAME_LEN as u32),
+        SetAttribute::DataType(NFT_DATA_VERDICT),
+        SetAttribute::Id(1),
+        SetAttribute::UserData(key_in_host_order()),
+    ];
+    changes.push(change(
+        NfTablesMessage::NewSet(SetMessage { attributes }),
+        NLM_F_CREATE,
+        format!("creating map {} {PORTS}", table_name()),
+    ));
+    let mut attributes = chain_message(BASE).attributes;
+    attributes.push(ChainAttribute::Hook(vec![
+        Hook::Number(InetHookNumber::PreRouting.into()),
+        Hook::Priority(u32::from_ne_bytes((-300i32).to_ne_bytes())),
+    ]));
+    attributes.push(ChainAttribute::Type("filter".to_owned()));
+    attributes.push(ChainAttribute::Policy(1));
+    changes.push(change(
+        NfTablesMessage::NewChain(ChainMessage { attributes }),
+        NLM_F_CREATE,
+        format!("creating base chain {} {BASE}", table_name()),
+    ));
+    if !comments_of(nft, BASE)?.is_empty() {
+        changes.push(flush(BASE));
+    }
+    let dispatch = vec![
+        meta(MetaKey::Iifname),
+        expression(Expressions::Lookup(vec![
+            Lookup::Set(PORTS.to_owned()),
+            Lookup::SourceRegister(Register::Reg1),
+            Lookup::DestinationRegister(Register::Verdict),
+        ])),
+    ];
+    changes.push(new_rule(BASE, dispatch, dispatch_comment()));
+    Ok(())
+}
+
+/// The recorded bindings of ports still there (and not of a MAC reserved
+/// for other taps), put back into sets made anew: each guest's lock and address.
+fn restore(bridge: &IfName, policy: &Policy, ports: &BTreeSet<String>, changes: &mut Vec<Change>) -> Result<()> {
+    let recorded: Vec<Binding> = bindings::load(bridge)?
+        .into_iter()
+        .filter(|b| ports.contains(&b.port))
+        .filter(|b| !policy.is_reserved(&b.mac) || policy.allowed_for(&b.port).any(|mac| mac == b.mac))
+        .collect();
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    trace(format_args!("{}: restoring {} recorded bindings", table_name(), recorded.len()));
+    let keys = |set: Set| -> BTreeSet<Vec<u8>> { recorded.iter().map(|b| key_of(set, &b.port, &b.mac, b.ip)).collect() };
+    for set in [Set::Locked, Set::PortMac, Set::Taken, Set::Bound] {
+        changes.extend(add_elements(&set.name(bridge), keys(set)));
+    }
+    Ok(())
+}
+
+/// Records the bindings now in force (the bridge's lock is held).
+fn save_record(bridge: &IfName) -> Result<()> {
+    let bound = bindings(bridge)?.into_iter().filter(|b| b.ip.is_some()).collect::<Vec<_>>();
+    bindings::save(bridge, &bound).with_context(|| format!("recording the guest bindings of bridge {bridge}"))
 }
 
 /// Lets `port` on (before it comes up), with nothing of an earlier port of
-/// the same name bound to it.
-pub fn admit(bridge: &IfName, port: &str) -> Result<()> {
+/// the same name bound to it, and the reserved MACs its name may use.
+pub fn admit(bridge: &IfName, policy: &Policy, port: &str) -> Result<()> {
     let chain = chain_name(bridge);
+    let allowed_set = Set::Allowed.name(bridge);
+    let mut unbinds = false;
     with_retries("admitting a port to kvm-net's bridge filter", |nft| {
         let generation = nft.generation()?;
         let mut changes = Vec::new();
-        forget_port(nft, bridge, port, &mut changes)?;
-        changes.push(change(
-            NfTablesMessage::NewSetElement(port_element(port, Some(&chain))),
-            NLM_F_CREATE,
-            format!("adding {port} to map {} {PORTS}", table_name()),
-        ));
+        unbinds = forget_ports(nft, bridge, &BTreeSet::from([port.to_owned()]), &mut changes)?;
+        changes.push(admit_port(port, &chain));
+        let stale: Vec<Vec<u8>> =
+            keys_of(nft, &allowed_set)?.into_iter().filter(|key| port_of_key(key).as_deref() == Some(port)).collect();
+        let wanted = allowed_keys(policy, [&port.to_owned()]);
+        changes.extend(delete_elements(&allowed_set, stale.into_iter().filter(|key| !wanted.contains(key))));
+        changes.extend(add_elements(&allowed_set, wanted));
         nft.commit(generation, changes)
     })
-    .with_context(|| format!("admitting {port} to the guest filter of bridge {bridge}"))
+    .with_context(|| format!("admitting {port} to the guest filter of bridge {bridge}"))?;
+    if unbinds {
+        save_record(bridge)?;
+    }
+    Ok(())
 }
 
-/// Takes `port` out, with everything bound to it.
-pub fn release(bridge: &IfName, port: &str) -> Result<()> {
-    with_retries("releasing a port from kvm-net's bridge filter", |nft| {
+/// Takes `ports` out, with everything bound to them.
+fn release_all(bridge: &IfName, ports: &BTreeSet<String>) -> Result<()> {
+    let allowed_set = Set::Allowed.name(bridge);
+    with_retries("releasing ports from kvm-net's bridge filter", |nft| {
         let generation = nft.generation()?;
         let mut changes = Vec::new();
-        forget_port(nft, bridge, port, &mut changes)?;
-        if set_elements(nft, PORTS)?.iter().any(|(key, _)| port_of_key(key).as_deref() == Some(port)) {
-            changes.push(change(
-                NfTablesMessage::DeleteSetElement(port_element(port, None)),
-                0,
-                format!("deleting {port} from map {} {PORTS}", table_name()),
-            ));
-        }
+        forget_ports(nft, bridge, ports, &mut changes)?;
+        let admitted = admitted(nft, bridge)?;
+        changes.extend(drop_ports(ports.iter().filter(|port| admitted.contains(*port))));
+        let theirs: Vec<Vec<u8>> = keys_of(nft, &allowed_set)?
+            .into_iter()
+            .filter(|key| port_of_key(key).is_some_and(|port| ports.contains(&port)))
+            .collect();
+        changes.extend(delete_elements(&allowed_set, theirs));
         nft.commit(generation, changes)
-    })
-    .with_context(|| format!("releasing {port} from the guest filter of bridge {bridge}"))
+    })?;
+    save_record(bridge)
 }
 
-/// Binds `ip` to `mac` on `port` (a lease given or renewed): no other port
-/// or MAC keeps that address, and the MAC keeps no other.
+/// Takes `port` out, with everything bound to it (its downscript).
+pub fn release(bridge: &IfName, port: &str) -> Result<()> {
+    release_all(bridge, &BTreeSet::from([port.to_owned()]))
+        .with_context(|| format!("releasing {port} from the guest filter of bridge {bridge}"))
+}
+
+/// The admitted ports that are not among `present` (the bridge's ports
+/// now): taps gone without a downscript.
+pub fn departed(bridge: &IfName, present: &[String]) -> Result<Vec<String>> {
+    let present: BTreeSet<&String> = present.iter().collect();
+    Ok(with_nft(|nft| admitted(nft, bridge))?.into_iter().filter(|port| !present.contains(port)).collect())
+}
+
+/// Takes out every [`departed`] port, with everything bound to it.
+/// Returns their names.
+pub fn release_departed(bridge: &IfName, present: &[String]) -> Result<Vec<String>> {
+    let gone = departed(bridge, present)?;
+    if !gone.is_empty() {
+        trace(format_args!("{}: ports gone without a downscript: {gone:?}", table_name()));
+        release_all(bridge, &gone.iter().cloned().collect())
+            .with_context(|| format!("releasing departed ports from the guest filter of bridge {bridge}"))?;
+    }
+    Ok(gone)
+}
+
+/// Binds `ip` to `mac` on `port` (a lease given or renewed): the MAC keeps
+/// no other address. Refused while another port kvm-net admitted holds
+/// that address: an address is never bound to two ports.
 pub fn bind(bridge: &IfName, port: &str, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
     let bound = Set::Bound.name(bridge);
+    let mut changed = false;
     with_retries("binding a lease in kvm-net's bridge filter", |nft| {
         let generation = nft.generation()?;
-        let wanted = key_of(Set::Bound, port, Some(mac), Some(ip));
-        let present: Vec<Vec<u8>> = set_elements(nft, &bound)?.into_iter().map(|(key, _)| key).collect();
-        if present.contains(&wanted) && present.iter().filter(|key| same_ip(key, ip) || same_mac(key, mac)).count() == 1
-        {
+        let wanted = key_of(Set::Bound, port, mac, Some(ip));
+        let present = keys_of(nft, &bound)?;
+        let same_ip_or_mac: Vec<Vec<u8>> =
+            present.iter().filter(|key| same_ip(key, ip) || same_mac(key, mac)).cloned().collect();
+        if same_ip_or_mac == [wanted.clone()] {
             return Ok(Committed::Done);
         }
-        let stale = present.into_iter().filter(|key| same_ip(key, ip) || same_mac(key, mac)).collect();
-        let mut changes: Vec<Change> = delete_elements(&bound, stale).into_iter().collect();
-        changes.extend(add_elements(&bound, vec![wanted.clone()]));
+        let admitted = admitted(nft, bridge)?;
+        if let Some(holder) = same_ip_or_mac
+            .iter()
+            .filter(|key| same_ip(key, ip) && !same_mac(key, mac))
+            .filter_map(|key| port_of_key(key))
+            .find(|holder| holder != port && admitted.contains(holder))
+        {
+            return Err(anyhow!("{ip} is bound to port {holder}, which is still attached"));
+        }
+        let mut changes: Vec<Change> = delete_elements(&bound, same_ip_or_mac).into_iter().collect();
+        changes.extend(add_elements(&bound, [wanted.clone()]));
+        changed = true;
         nft.commit(generation, changes)
     })
-    .with_context(|| format!("binding {ip} to {} on {port} (bridge {bridge})", show_mac(mac)))
+    .with_context(|| format!("binding {ip} to {} on {port} (bridge {bridge})", mac::show(mac)))?;
+    if changed {
+        save_record(bridge)?;
+    }
+    Ok(())
 }
 
 /// Unbinds `ip` from `mac` (a lease released or expired), wherever it is bound.
 pub fn unbind(bridge: &IfName, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
     let bound = Set::Bound.name(bridge);
+    let mut changed = false;
     with_retries("unbinding a lease in kvm-net's bridge filter", |nft| {
         let generation = nft.generation()?;
-        let stale = set_elements(nft, &bound)?
-            .into_iter()
-            .map(|(key, _)| key)
-            .filter(|key| same_ip(key, ip) && same_mac(key, mac))
-            .collect();
+        let stale: Vec<Vec<u8>> =
+            keys_of(nft, &bound)?.into_iter().filter(|key| same_ip(key, ip) && same_mac(key, mac)).collect();
+        changed = !stale.is_empty();
         nft.commit(generation, delete_elements(&bound, stale).into_iter().collect())
     })
-    .with_context(|| format!("unbinding {ip} from {} (bridge {bridge})", show_mac(mac)))
+    .with_context(|| format!("unbinding {ip} from {} (bridge {bridge})", mac::show(mac)))?;
+    if changed {
+        save_record(bridge)?;
+    }
+    Ok(())
 }
 
 fn same_ip(key: &[u8], ip: Ipv4Addr) -> bool {
-    key.get(IFNAME_LEN + MAC_LEN..) == Some(&ip.octets()[..])
+    ip_of_key(key) == Some(ip)
 }
 
 fn same_mac(key: &[u8], mac: &Mac) -> bool {
     mac_of_key(key, IFNAME_LEN).as_ref() == Some(mac)
 }
 
-/// A MAC as people write it.
-pub fn show_mac(mac: &Mac) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 /// The port `mac` is locked to, if any port holds it.
 pub fn port_holding(bridge: &IfName, mac: &Mac) -> Result<Option<String>> {
     let portmac = Set::PortMac.name(bridge);
-    with_nft(|nft| {
-        Ok(set_elements(nft, &portmac)?
-            .into_iter()
-            .map(|(key, _)| key)
-            .find(|key| same_mac(key, mac))
-            .and_then(|key| port_of_key(&key)))
-    })
+    with_nft(|nft| Ok(keys_of(nft, &portmac)?.into_iter().find(|key| same_mac(key, mac)).and_then(|k| port_of_key(&k))))
 }
 
 /// Whether the network's filter is there, and admits `port`.
 pub fn admits(bridge: &IfName, port: &str) -> Result<bool> {
-    let chain = chain_name(bridge);
-    with_nft(|nft| {
-        Ok(set_elements(nft, PORTS)?.into_iter().any(|(key, target)| {
-            target.as_deref() == Some(chain.as_str()) && port_of_key(&key).as_deref() == Some(port)
-        }))
-    })
+    with_nft(|nft| Ok(admitted(nft, bridge)?.contains(port)))
 }
 
 /// Each locked port's MAC and its bound addresses, for `kvm-net status`.
 pub fn bindings(bridge: &IfName) -> Result<Vec<Binding>> {
-    let [_, portmac, _, bound] = Set::ALL.map(|set| set.name(bridge));
+    let [_, portmac, _, bound, _, _] = Set::ALL.map(|set| set.name(bridge));
     with_nft(|nft| {
-        let mut found: Vec<Binding> = set_elements(nft, &portmac)?
+        let mut found: Vec<Binding> = keys_of(nft, &portmac)?
             .into_iter()
-            .filter_map(|(key, _)| {
-                Some(Binding { port: port_of_key(&key)?, mac: mac_of_key(&key, IFNAME_LEN)?, ip: None })
-            })
+            .filter_map(|key| Some(Binding { port: port_of_key(&key)?, mac: mac_of_key(&key, IFNAME_LEN)?, ip: None }))
             .collect();
-        for (key, _) in set_elements(nft, &bound)? {
+        for key in keys_of(nft, &bound)? {
             let (Some(port), Some(mac)) = (port_of_key(&key), mac_of_key(&key, IFNAME_LEN)) else { continue };
-            let ip = key.get(IFNAME_LEN + MAC_LEN..).and_then(|o| <[u8; 4]>::try_from(o).ok()).map(Ipv4Addr::from);
+            let ip = ip_of_key(&key);
             match found.iter_mut().find(|b| b.port == port && b.mac == mac && b.ip.is_none()) {
                 Some(binding) => binding.ip = ip,
                 None => found.push(Binding { port, mac, ip }),
@@ -754,8 +1053,9 @@ pub fn bindings(bridge: &IfName) -> Result<Vec<Binding>> {
     })
 }
 
-/// Whether the network's chain is there with exactly its rules (`None`: no chain at all).
-pub fn state(bridge: &IfName) -> Result<Option<bool>> {
+/// Whether the network's chain is there with exactly the rules `policy`
+/// calls for (`None`: no chain at all).
+pub fn state(bridge: &IfName, policy: &Policy) -> Result<Option<bool>> {
     let chain = chain_name(bridge);
     with_nft(|nft| {
         let present = comments_of(nft, &chain)?;
@@ -765,12 +1065,14 @@ pub fn state(bridge: &IfName) -> Result<Option<bool>> {
         let sets = Set::ALL
             .iter()
             .try_fold(true, |all, set| Ok::<_, anyhow::Error>(all && set_exists(nft, &set.name(bridge))?))?;
-        Ok(Some(sets && present == rule_comments(bridge) && comments_of(nft, BASE)? == [dispatch_comment()]))
+        Ok(Some(
+            sets && present == rule_comments(bridge, policy.deny) && comments_of(nft, BASE)? == [dispatch_comment()],
+        ))
     })
 }
 
-/// Removes the network's chain, sets and map elements; the table goes with
-/// the last network that has a filter.
+/// Removes the network's chain, sets and map elements, and its record; the
+/// table goes with the last network that has a filter.
 pub fn remove(bridge: &IfName) -> Result<()> {
     let chain = chain_name(bridge);
     with_retries("removing kvm-net's bridge filter", |nft| {
@@ -800,16 +1102,8 @@ pub fn remove(bridge: &IfName) -> Result<()> {
             }
             return nft.commit(generation, changes);
         }
-        let ours: Vec<Vec<u8>> = set_elements(nft, PORTS)?
-            .into_iter()
-            .filter(|(_, target)| target.as_deref() == Some(chain.as_str()))
-            .map(|(key, _)| key)
-            .collect();
-        if !ours.is_empty() {
-            let message =
-                NfTablesMessage::DeleteSetElement(elements(PORTS, ours.into_iter().map(|k| vec![key(k)]).collect()));
-            changes.push(change(message, 0, format!("deleting {bridge}'s ports from map {} {PORTS}", table_name())));
-        }
+        let ours = admitted(nft, bridge)?;
+        changes.extend(drop_ports(&ours));
         if chains.contains(&chain) {
             changes.push(flush(&chain));
             changes.push(change(
@@ -829,7 +1123,8 @@ pub fn remove(bridge: &IfName) -> Result<()> {
         }
         nft.commit(generation, changes)
     })
-    .with_context(|| format!("removing the guest filter of bridge {bridge}"))
+    .with_context(|| format!("removing the guest filter of bridge {bridge}"))?;
+    bindings::forget(bridge)
 }
 
 /// Whether the bridge has a filter (its chain exists): one request.
@@ -839,7 +1134,7 @@ pub fn present(bridge: &IfName) -> Result<bool> {
 
 /// Whether anything of the bridge's filter is left.
 pub fn leftover(bridge: &IfName) -> Result<bool> {
-    Ok(state(bridge)?.is_some() || with_nft(|nft| set_exists(nft, &Set::Bound.name(bridge)))?)
+    Ok(present(bridge)? || with_nft(|nft| set_exists(nft, &Set::Bound.name(bridge)))?)
 }
 
 #[cfg(test)]
@@ -849,7 +1144,7 @@ mod tests {
     #[test]
     fn keys_are_padded_fields_in_register_order() {
         let mac = [0x52, 0x54, 0, 0, 0, 1];
-        let key = key_of(Set::Bound, "tap0", Some(&mac), Some(Ipv4Addr::new(192, 168, 100, 10)));
+        let key = key_of(Set::Bound, "tap0", &mac, Some(Ipv4Addr::new(192, 168, 100, 10)));
         assert_eq!(key.len(), 28);
         assert_eq!(&key[..5], b"tap0\0");
         assert_eq!(&key[16..24], &[0x52, 0x54, 0, 0, 0, 1, 0, 0]);
@@ -858,5 +1153,35 @@ mod tests {
         assert!(same_mac(&key, &mac) && same_ip(&key, Ipv4Addr::new(192, 168, 100, 10)));
         // nft's own numbers for `ifname . ether_addr . ipv4_addr`.
         assert_eq!(Set::Bound.key(), (0x0002_9247, 28));
+        assert_eq!(key_of(Set::Allowed, "web1-0", &mac, None).len(), Set::Allowed.key().1);
+    }
+
+    #[test]
+    fn a_reservation_names_the_taps_that_may_use_its_mac() {
+        let mut network = Network::classic();
+        let mut dhcp = crate::config::Dhcp::defaults_for(network.ipv4.expect("an address"));
+        dhcp.hosts.push(crate::config::StaticLease {
+            mac: "52:54:00:00:00:10".into(),
+            ip: Ipv4Addr::new(192, 168, 100, 10),
+            name: Some("web1".into()),
+            tap: glob::Pattern::new("web1-*").ok(),
+        });
+        network.dhcp = Some(dhcp);
+        let policy = Policy::of(&network).expect("a reservation needs a filter");
+        assert!(!policy.deny);
+        let web1 = [0x52, 0x54, 0, 0, 0, 0x10];
+        assert_eq!(policy.allowed_for("web1-0").collect::<Vec<_>>(), [web1]);
+        assert_eq!(policy.allowed_for("vm-a").count(), 0);
+        assert!(policy.is_reserved(&web1));
+        assert!(Policy::of(&Network::classic()).is_none(), "allow without reservations: no filter");
+    }
+
+    #[test]
+    fn each_kind_of_chain_has_a_comment_per_rule_and_they_differ() {
+        let bridge = IfName::parse("br0").expect("a name");
+        for deny in [true, false] {
+            assert_eq!(rule_comments(&bridge, deny).len(), chain_rules(&bridge, deny).len());
+        }
+        assert_ne!(rule_comments(&bridge, true)[0], rule_comments(&bridge, false)[0]);
     }
 }

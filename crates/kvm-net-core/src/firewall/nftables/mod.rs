@@ -16,6 +16,7 @@
 //! ```
 
 pub mod antispoof;
+mod bindings;
 pub mod foreign;
 mod render;
 mod socket;

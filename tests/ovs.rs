@@ -327,7 +327,9 @@ fn status_check_and_gc_see_ports_that_vanished() {
         "{status}"
     );
 
-    // ovn-b's VM went without its downscript; ovn-c's port was removed by someone else.
+    // ovn-b's VM went without its downscript, and its watcher with the host
+    // (a crash); ovn-c's port was removed by someone else.
+    kill_watchers(&lab);
     lab.ns.ok(&["ip", "link", "del", "ovn-b"]);
     lab.ovs.vsctl(&lab.ns, &["del-port", "ovn-c"]);
     let (check, code) = lab.admin(&["check", "--json"]);
@@ -347,6 +349,73 @@ fn status_check_and_gc_see_ports_that_vanished() {
     lab.ok("kvm-ifup", "ovn-c");
     let (check, _) = lab.admin(&["check", "--json"]);
     assert_eq!(codes(&check), ["ovs-no-bridge"], "only network nowhere's bridge is missing now: {check}");
+}
+
+/// Kills every watcher in the lab's namespace (as a crash or a reboot
+/// would), and waits until they are gone.
+fn kill_watchers(lab: &Lab) {
+    let watchers = || -> Vec<i32> {
+        lab.ns
+            .processes()
+            .into_iter()
+            .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kvm-net-watch"))
+            .filter(|pid| kvm_net_tests::inspect::alive(*pid))
+            .collect()
+    };
+    for pid in watchers() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    wait_for("the watchers die", || watchers().is_empty());
+}
+
+/// `kvm-ifup`'s port goes with its tap when its VM goes without its
+/// downscript (a watcher takes it away); and a stale port left while no
+/// watcher ran (a crash, a reboot) never takes a tap of its name into its
+/// network: not the bridge helper's tap of another user's VM on a NAT
+/// network, and `kvm-net gc` removes it although a tap of that name exists.
+#[test]
+fn a_stale_port_never_takes_a_tap_of_its_name_into_its_network() {
+    let ns = Netns::new();
+    let ovs = Ovs::start(&ns, &["br-int", "br-vlan"]);
+    let config = ConfigFile::new(&format!(
+        "{CONFIG}\n[network.plain]\nmode = \"nat\"\nbridge = \"plainbr\"\nipv4 = \"10.70.0.1/24\"\ndhcp = {{ enabled = false }}\n"
+    ));
+    let lab = Lab { ovs, ns, config };
+    // A script tap whose VM is killed: the watcher kvm-ifup left takes its port away.
+    lab.tap("ovn-w");
+    lab.ok("kvm-ifup", "ovn-w");
+    lab.ns.ok(&["ip", "link", "del", "ovn-w"]);
+    wait_for("the watcher removes the port of a killed VM's script tap", || lab.ports("br-int").is_empty());
+
+    // A bridge helper's VM on network ovn; the host crashes (no watcher) and the tap goes.
+    let received = root_call(&lab, "ovn");
+    assert!(received.succeeded(), "{}", received.stderr());
+    let fd = received.tap.expect("a tap");
+    let (name, _) = tap_of(&fd);
+    assert_eq!(lab.ports("br-int"), [name.as_str()]);
+    kill_watchers(&lab);
+    drop(fd);
+    wait_for("the tap goes with its VM", || !lab.ns.output(&["ip", "link", "show", &name]).status.success());
+    assert_eq!(lab.ports("br-int"), [name.as_str()], "the stale port stays while nothing watches");
+    // Another VM, on the NAT network, gets a tap of the same name from the kernel.
+    let received = root_call(&lab, "plain");
+    assert!(received.succeeded(), "{}", received.stderr());
+    let other = received.tap.expect("a tap");
+    assert_eq!(tap_of(&other).0, name, "the kernel reuses the lowest free name");
+    assert!(lab.ports("br-int").is_empty(), "a tap of the NAT network joined Open vSwitch network ovn");
+    assert!(lab.external_id(&name, "iface-id").is_none(), "the stale Interface row is still there");
+    drop(other);
+
+    // A script tap's stale port, and a tap of that name kvm-net never attached.
+    lab.tap("ovn-z");
+    lab.ok("kvm-ifup", "ovn-z");
+    kill_watchers(&lab);
+    lab.ns.ok(&["ip", "link", "del", "ovn-z"]);
+    lab.tap("ovn-z");
+    let (gc, code) = lab.admin(&["gc"]);
+    assert_eq!(code, Some(0), "{gc}");
+    assert!(gc.contains("removed port ovn-z of Open vSwitch bridge br-int (network ovn)"), "{gc}");
+    assert!(lab.ports("br-int").is_empty(), "{gc}");
 }
 
 /// The codes of `kvm-net check --json`'s findings, sorted.

@@ -166,6 +166,7 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
     let env = Environment::from_process()?;
     let config = Config::load(&env.config_path(), start.install != Install::Plain)?;
     let chosen = config::choose_by_bridge_argument(&config, &request.bridge, &env)?;
+    let ovs_networks: Vec<Network> = config.networks.iter().filter(|n| n.mode == Mode::Ovs).cloned().collect();
     let access = start.access();
     access.check_network(&chosen.network, &chosen.how)?;
     let network = chosen.network;
@@ -211,6 +212,11 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
     trace(format_args!("made tap {} (vnet header: {})", tap.name(), tap.has_vnet_hdr()));
     let port =
         netlink.link_by_name(tap.name().as_str())?.ok_or_else(|| Error::NoSuchInterface(tap.name().to_string()))?;
+    // A tap the kernel just named may share its name with a stale port of
+    // kvm-net's in Open vSwitch, which vswitchd takes whatever the tap is for.
+    if network.mode != Mode::Ovs {
+        crate::helpers::release_stale_ovs_ports(&ovs_networks, &port.name)?;
+    }
     match target {
         Target::Managed(bringup) => {
             let lock = BridgeLock::acquire(&network.bridge)?;

@@ -281,7 +281,7 @@ fn check_ovs(
             "ovs-stale-port",
             Some(network),
             format!(
-                "port {} of Open vSwitch bridge {bridge} was added by kvm-net and its tap is gone (a VM killed without its downscript?)",
+                "port {} of Open vSwitch bridge {bridge} was added by kvm-net and its tap is gone, or is another tap of that name (a VM killed without its downscript and no watcher left, a reboot?): Open vSwitch takes any tap of that name into the network",
                 port.name
             ),
             "run `kvm-net gc` to remove it".to_owned(),

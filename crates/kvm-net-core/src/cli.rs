@@ -94,7 +94,9 @@ impl Helper {
             Ok((env, config))
         };
         // kvm-ifdown reads no config: it acts on what the tap is attached to.
-        let chosen = || -> anyhow::Result<(Network, Source)> {
+        // With the network: the config's ovs networks, whose databases may
+        // hold a stale port of the tap's name.
+        let chosen = || -> anyhow::Result<(Network, Source, Vec<Network>)> {
             let (env, config) = load()?;
             let chosen = config::choose(&config, invoked_as, tap, &env)?;
             access.check_network(&chosen.network, &chosen.how)?;
@@ -104,7 +106,8 @@ impl Helper {
                 "{tap}: network {} ({}, bridge {}) from {} ({})",
                 network.name, network.mode, network.bridge, config.source, chosen.how
             ));
-            Ok((network, config.source))
+            let ovs = config.networks.into_iter().filter(|n| n.mode == config::Mode::Ovs).collect();
+            Ok((network, config.source, ovs))
         };
         // kvm-ifdown reads the config only for a tap of an ovs network (its
         // database socket): the network its alias names, if granted.
@@ -122,10 +125,13 @@ impl Helper {
         match self {
             Helper::IfDown => helpers::ifdown(tap, &access, ovs_network),
             Helper::IfUp => {
-                let (network, source) = chosen()?;
-                helpers::ifup(tap, &network, &source, &access)
+                let (network, source, ovs) = chosen()?;
+                helpers::ifup(tap, &network, &source, &access, &ovs)
             }
-            Helper::NatUp => helpers::natup(tap, &chosen()?.0, &access),
+            Helper::NatUp => {
+                let (network, _, ovs) = chosen()?;
+                helpers::natup(tap, &network, &access, &ovs)
+            }
             Helper::NatDown => helpers::natdown(tap, &chosen()?.0, &access),
         }
     }

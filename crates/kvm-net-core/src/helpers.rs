@@ -13,6 +13,7 @@ use crate::netlink::{has_port_besides, Link, Netlink, PortIsolation};
 use crate::network::{Bringup, Services};
 use crate::switch::{self, ovs, LinuxBridge, Switch, Tap};
 use crate::trace::{trace, warn};
+use crate::watch;
 
 /// The tap QEMU named, if it exists: it must not be a bridge, and a caller
 /// other than root must own it.
@@ -41,8 +42,11 @@ fn checked_tap_now(netlink: &mut Netlink, checked: &Link) -> Result<Option<Link>
 
 /// `kvm-ifup`: puts the tap on an existing switch: a Linux bridge (bridged
 /// networks, and the built-in default's `br0` exactly as `/etc/qemu-ifup`
-/// did) or an Open vSwitch bridge (ovs networks).
-pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access) -> Result<()> {
+/// did) or an Open vSwitch bridge (ovs networks, whose port goes with its
+/// tap: a watcher removes it if the VM goes without its downscript).
+/// `ovs_networks` are the config's, whose databases may hold a stale port
+/// of the tap's name.
+pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access, ovs_networks: &[Network]) -> Result<()> {
     if network.mode.is_managed() && *source != Source::Builtin {
         return Err(Error::wrong_helper(network, "kvm-ifup/kvm-ifdown"));
     }
@@ -59,7 +63,24 @@ pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access) -
             switch.describe()
         ));
     }
-    switch.attach(&mut netlink, &port, Tap::Qemu)
+    if network.mode != Mode::Ovs {
+        release_stale_ovs_ports(ovs_networks, tap.as_str())?;
+    }
+    switch.attach(&mut netlink, &port, Tap::Qemu)?;
+    if network.mode == Mode::Ovs {
+        watch::ensure_watcher(network)?;
+    }
+    Ok(())
+}
+
+/// Takes away kvm-net's stale Open vSwitch ports named `tap`, if the
+/// config has ovs networks at all ([`ovs::release_stale_named`]).
+pub fn release_stale_ovs_ports(ovs_networks: &[Network], tap: &str) -> Result<()> {
+    if ovs_networks.is_empty() {
+        return Ok(());
+    }
+    let networks: Vec<&Network> = ovs_networks.iter().collect();
+    ovs::release_stale_named(&networks, tap).with_context(|| format!("checking Open vSwitch for a stale port {tap}"))
 }
 
 /// What a network's switch is called in messages.
@@ -97,8 +118,9 @@ pub fn ifdown(tap: &IfName, access: &Access, ovs_network: impl FnOnce(&str) -> R
 }
 
 /// `kvm-natup`: makes a managed network whole (bridge, addresses,
-/// forwarding, rules, DHCP), then attaches the tap.
-pub fn natup(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
+/// forwarding, rules, DHCP), then attaches the tap (after taking away any
+/// stale Open vSwitch port of its name in `ovs_networks`' databases).
+pub fn natup(tap: &IfName, network: &Network, access: &Access, ovs_networks: &[Network]) -> Result<()> {
     let bringup = Bringup::prepare(network, "kvm-natup/kvm-natdown")?;
     let mut netlink = Netlink::connect()?;
     // Checked first: nothing is created for a tap that is not there, or not the caller's.
@@ -106,6 +128,7 @@ pub fn natup(tap: &IfName, network: &Network, access: &Access) -> Result<()> {
     let lock = BridgeLock::acquire(&network.bridge)?;
     let port = checked_tap_now(&mut netlink, &checked)?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
     bringup.run(&mut netlink, &lock, |netlink, bridge| {
+        release_stale_ovs_ports(ovs_networks, &port.name)?;
         if let Some(policy) = Policy::of(network) {
             antispoof::admit(&network.bridge, &policy, &port.name)?;
         }

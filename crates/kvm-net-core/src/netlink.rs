@@ -631,17 +631,24 @@ impl LinkEvents {
 
     /// Waits until a link is deleted, or a link other than `bridge` changes
     /// without being `bridge`'s port (a port taken off it): after either,
-    /// `bridge` may have no ports left. Without a bridge (a switch the
-    /// kernel does not know the ports of: Open vSwitch), only a deletion
-    /// takes a port away. Notifications lost because too many came at once
-    /// (`ENOBUFS`) count as such a change.
-    pub fn wait_for_departure(&mut self, bridge: Option<u32>) -> Result<()> {
-        let waiting = self.channel.receive(|received| match (received, bridge) {
-            (Received::Object { kind: RTM_DELLINK, .. }, _) => Ok(true),
-            (Received::Object { kind: RTM_NEWLINK, body, .. }, Some(bridge)) => {
-                let link = Link::from_object(body);
-                Ok(link.index != bridge && link.controller != Some(bridge))
-            }
+    /// `bridge` may have no ports left. Notifications lost because too many
+    /// came at once (`ENOBUFS`) count as such a change.
+    pub fn wait_for_departure(&mut self, bridge: u32) -> Result<()> {
+        self.wait_for(|link| link.index != bridge && link.controller != Some(bridge))
+    }
+
+    /// Waits until a link is deleted, or one of `ports` (taps of a switch
+    /// the kernel does not know the ports of: Open vSwitch) changes without
+    /// carrying `alias` (taken off the switch: its alias cleared).
+    pub fn wait_for_port_departure(&mut self, ports: &[String], alias: &str) -> Result<()> {
+        self.wait_for(|link| ports.contains(&link.name) && link.alias.as_deref() != Some(alias))
+    }
+
+    /// Waits for a deletion, or a change `departed` says is one.
+    fn wait_for(&mut self, mut departed: impl FnMut(Link) -> bool) -> Result<()> {
+        let waiting = self.channel.receive(|received| match received {
+            Received::Object { kind: RTM_DELLINK, .. } => Ok(true),
+            Received::Object { kind: RTM_NEWLINK, body, .. } => Ok(departed(Link::from_object(body))),
             _ => Ok(false),
         });
         match waiting {

@@ -31,6 +31,23 @@ pub fn bridge_of_tag(tag: &str) -> Result<Option<IfName>> {
     Ok(tag.strip_prefix(&ours).and_then(|name| IfName::parse_bridge(name).ok()))
 }
 
+/// One link as it is now and never again: the boot, the network
+/// namespace's cookie and the link's index (`BOOT-ID/COOKIE/INDEX`). A
+/// link of the same name made later (another VM's tap, after a reboot, in
+/// another namespace) has another identity: what kvm-net records beside a
+/// port it adds to a database that outlives links (OVSDB).
+pub fn link_identity(index: u32) -> Result<String> {
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let boot = match BOOT.get() {
+        Some(boot) => boot.clone(),
+        None => {
+            let text = crate::sysctl::read_small("/proc/sys/kernel/random/boot_id")?;
+            BOOT.get_or_init(|| text.trim().to_owned()).clone()
+        }
+    };
+    Ok(format!("{boot}/{}/{index}", namespace_cookie()?))
+}
+
 /// This process's network namespace's cookie (`SO_NETNS_COOKIE` of a fresh
 /// socket), looked up once: a kvm-net process never changes namespace.
 fn namespace_cookie() -> Result<u64> {

@@ -26,6 +26,7 @@ use crate::netlink::{has_port_besides, LinkEvents, Netlink};
 use crate::network::{find_bridge, Services};
 use crate::rundir::{Area, SafeDir};
 use crate::runtime::bridge_tag;
+use crate::switch::ovs::{alias_of, PresentPorts};
 use crate::switch::{OvsBridge, Switch};
 use crate::trace::trace;
 
@@ -159,22 +160,33 @@ fn watch(network: &Network, lock: WatchLock) -> Result<()> {
     let mut events = LinkEvents::subscribe()?;
     let mut lock = lock;
     loop {
-        let bridge = match look(network, lock)? {
-            Look::Keep(kept, bridge) => {
+        match look(network, lock)? {
+            Look::Keep(kept, Watched::Bridge(index)) => {
                 lock = kept;
-                bridge
+                events.wait_for_departure(index)?;
+            }
+            Look::Keep(kept, Watched::Taps(taps)) => {
+                lock = kept;
+                events.wait_for_port_departure(&taps, &alias_of(&network.name))?;
             }
             Look::Done => return Ok(()),
-        };
-        events.wait_for_departure(bridge)?;
+        }
     }
+}
+
+/// What a watcher watches for a departure.
+enum Watched {
+    /// The Linux bridge with this index.
+    Bridge(u32),
+    /// These taps, ports of an Open vSwitch bridge (whose ports the kernel
+    /// does not know): one goes when it is deleted, or loses kvm-net's alias.
+    Taps(Vec<String>),
 }
 
 /// What a look at the bridge decided.
 enum Look {
-    /// Ports remain: keep watching the Linux bridge with this index (`None`:
-    /// an Open vSwitch bridge, whose ports only a deletion takes away).
-    Keep(WatchLock, Option<u32>),
+    /// Ports remain: keep watching.
+    Keep(WatchLock, Watched),
     /// The network is gone (removed here, or by someone else), or kept up
     /// until `kvm-net down`: the watcher has let go of its lock.
     Done,
@@ -197,8 +209,9 @@ fn look_at_ovs(network: &Network, settings: &OvsPorts, lock: WatchLock) -> Resul
     let mut netlink = Netlink::connect()?;
     let mut ovs = OvsBridge::connect(&network.name, &network.bridge, settings)?;
     let (present, gone) = ovs.ports_by_presence(&mut netlink)?;
+    let taps = |present: &PresentPorts| Watched::Taps(present.iter().map(|(port, _)| port.name.clone()).collect());
     if gone.is_empty() && !present.is_empty() {
-        return Ok(Look::Keep(lock, None));
+        return Ok(Look::Keep(lock, taps(&present)));
     }
     let _bridge_lock = BridgeLock::acquire(&network.bridge)?;
     let (present, gone) = ovs.ports_by_presence(&mut netlink)?;
@@ -207,7 +220,7 @@ fn look_at_ovs(network: &Network, settings: &OvsPorts, lock: WatchLock) -> Resul
         ovs.forget(&port.name)?;
     }
     if !present.is_empty() {
-        return Ok(Look::Keep(lock, None));
+        return Ok(Look::Keep(lock, taps(&present)));
     }
     lock.release()?;
     Ok(Look::Done)
@@ -230,7 +243,7 @@ fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
         }
     };
     if !filtered && has_port_besides(&bridge, None)? {
-        return Ok(Look::Keep(lock, Some(bridge.index)));
+        return Ok(Look::Keep(lock, Watched::Bridge(bridge.index)));
     }
     let bridge_lock = BridgeLock::acquire(&network.bridge)?;
     // Declared after the bridge's lock, so dropped before it (on an error
@@ -251,7 +264,7 @@ fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
         antispoof::release_departed(&network.bridge, &present)?;
     }
     if !ports.is_empty() {
-        return Ok(Look::Keep(lock, Some(bridge.index)));
+        return Ok(Look::Keep(lock, Watched::Bridge(bridge.index)));
     }
     if bridge.is_kept_up() {
         trace(format_args!("bridge {} stays: kvm-net up keeps it until kvm-net down", bridge.name));

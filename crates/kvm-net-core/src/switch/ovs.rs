@@ -10,7 +10,13 @@
 //! Its ports are marked twice: `external_ids:kvm-net-network=NETWORK` on the
 //! Interface row (what `status`, `check` and the watcher list), and the
 //! tap's alias in the kernel (what `check` uses to find a tap whose port
-//! vanished from the bridge).
+//! vanished from the bridge). The row also records which tap it was made
+//! for (`external_ids:kvm-net-tap`: boot, network namespace and interface
+//! index, [`crate::runtime::link_identity`]): OVSDB keeps rows across
+//! reboots and ovs-vswitchd takes any link of the row's name, so a row
+//! whose tap is gone, or is another tap of that name, is stale, and goes
+//! (the watcher, `kvm-net gc`, and any kvm-net helper about to attach a tap
+//! of that name elsewhere).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -24,10 +30,13 @@ use crate::error::Error;
 use crate::ifname::IfName;
 use crate::netlink::{Link, Netlink};
 use crate::ovsdb::{map, map_pairs, row_uuid, rows, set_members, uuid, Ovsdb};
+use crate::runtime::link_identity;
 use crate::trace::trace;
 
 /// The external id that marks a port as kvm-net's, with its network's name.
 pub const NETWORK_KEY: &str = "kvm-net-network";
+/// The external id that names the tap the port was made for.
+const TAP_KEY: &str = "kvm-net-tap";
 /// The alias kvm-net gives a tap it made a port of an OVS network.
 const ALIAS_PREFIX: &str = "kvm-net port of ovs network ";
 /// The alias of a tap kvm-net made a port of ovs network `network`.
@@ -56,6 +65,22 @@ pub struct OvsPort {
     pub ofport: Option<i64>,
     /// What vswitchd said went wrong with it.
     pub error: Option<String>,
+    /// The tap it was made for (`external_ids:kvm-net-tap`; none from
+    /// kvm-net releases before it was recorded).
+    pub tap: Option<String>,
+}
+
+impl OvsPort {
+    /// Whether `link` is the tap this port was made for: the same one, not
+    /// another of that name (made after a reboot, by another user's VM).
+    /// A port recorded without its tap is taken for it if the tap carries
+    /// kvm-net's alias for the network (set as the port was made).
+    fn made_for(&self, link: &Link, network: &str) -> bool {
+        match &self.tap {
+            Some(recorded) => link_identity(link.index).is_ok_and(|identity| identity == *recorded),
+            None => link.alias.as_deref() == Some(alias_of(network).as_str()),
+        }
+    }
 }
 
 /// Ports of kvm-net's whose tap is there, each with its tap.
@@ -93,10 +118,15 @@ fn next_cfg(results: &[Value]) -> Option<i64> {
 impl OvsBridge {
     /// Connects to the network's OVSDB server and finds its bridge.
     pub fn connect(network: &str, bridge: &IfName, settings: &OvsPorts) -> Result<Self> {
-        let db = Ovsdb::connect(&settings.ovsdb)?;
-        let mut ovs = Self { db, bridge: bridge.clone(), network: network.to_owned(), settings: settings.clone() };
+        let mut ovs = Self::open(network, bridge, settings)?;
         ovs.bridge_row()?;
         Ok(ovs)
+    }
+
+    /// Connects to the network's OVSDB server, whether its bridge exists or not.
+    fn open(network: &str, bridge: &IfName, settings: &OvsPorts) -> Result<Self> {
+        let db = Ovsdb::connect(&settings.ovsdb)?;
+        Ok(Self { db, bridge: bridge.clone(), network: network.to_owned(), settings: settings.clone() })
     }
 
     /// The database socket, for messages.
@@ -128,9 +158,9 @@ impl OvsBridge {
         Ok((id, set_members(&row["ports"])))
     }
 
-    fn external_ids(&self, tap: &str) -> Value {
+    fn external_ids(&self, tap: &str, identity: &str) -> Value {
         let iface_id = self.settings.iface_id_of(tap);
-        map(&[("iface-id", &iface_id), ("iface-status", "active"), (NETWORK_KEY, &self.network)])
+        map(&[("iface-id", &iface_id), ("iface-status", "active"), (NETWORK_KEY, &self.network), (TAP_KEY, identity)])
     }
 
     fn tag(&self) -> Value {
@@ -138,8 +168,12 @@ impl OvsBridge {
     }
 
     /// `--may-exist add-port` with kvm-net's external ids; returns the
-    /// configuration number to wait for, and whether the port is new.
-    fn add(&mut self, tap: &str) -> Result<(i64, bool)> {
+    /// configuration number to wait for, and whether the port is new. A
+    /// stale port of kvm-net's of that name on another bridge (its tap went
+    /// without its downscript) is taken away first.
+    fn add(&mut self, tap: &Link) -> Result<(i64, bool)> {
+        let identity = link_identity(tap.index)?;
+        let tap = tap.name.as_str();
         let mut last = None;
         for _ in 0..3 {
             let (bridge, ports) = self.bridge_row()?;
@@ -147,6 +181,13 @@ impl OvsBridge {
             let port = rows(&found[0]).first().and_then(row_uuid);
             let mut operations = match &port {
                 Some(port) if !ports.contains(&uuid(port)) => {
+                    if self.ours_elsewhere(tap)? {
+                        trace(format_args!("{tap}: a stale port of kvm-net's on another bridge; taking it away"));
+                        if let Some(cfg) = self.remove(tap)? {
+                            self.wait_applied(cfg, &format!("the removal of stale port {tap}"))?;
+                        }
+                        continue;
+                    }
                     let other = self.db.transact(vec![select(
                         "Bridge",
                         json!(["ports", "includes", uuid(port)]),
@@ -158,14 +199,14 @@ impl OvsBridge {
                 }
                 Some(port) => vec![
                     json!({ "op": "mutate", "table": "Interface", "where": [equals("name", json!(tap))],
-                            "mutations": [["external_ids", "delete", ["set", ["iface-id", "iface-status", NETWORK_KEY]]]] }),
+                            "mutations": [["external_ids", "delete", ["set", ["iface-id", "iface-status", NETWORK_KEY, TAP_KEY]]]] }),
                     json!({ "op": "mutate", "table": "Interface", "where": [equals("name", json!(tap))],
-                            "mutations": [["external_ids", "insert", self.external_ids(tap)]] }),
+                            "mutations": [["external_ids", "insert", self.external_ids(tap, &identity)]] }),
                     json!({ "op": "update", "table": "Port", "where": [equals("_uuid", uuid(port))], "row": { "tag": self.tag() } }),
                 ],
                 None => vec![
                     json!({ "op": "insert", "table": "Interface", "uuid-name": "iface",
-                            "row": { "name": tap, "external_ids": self.external_ids(tap) } }),
+                            "row": { "name": tap, "external_ids": self.external_ids(tap, &identity) } }),
                     json!({ "op": "insert", "table": "Port", "uuid-name": "port",
                             "row": { "name": tap, "interfaces": ["named-uuid", "iface"], "tag": self.tag() } }),
                     json!({ "op": "mutate", "table": "Bridge", "where": [equals("_uuid", uuid(&bridge))],
@@ -184,6 +225,15 @@ impl OvsBridge {
             }
         }
         Err(last.unwrap_or_else(|| anyhow!("adding {tap} to Open vSwitch kept failing")))
+    }
+
+    /// Whether the Interface `tap` carries kvm-net's mark (of any network):
+    /// a port kvm-net made, which kvm-net may take away once it is stale.
+    fn ours_elsewhere(&mut self, tap: &str) -> Result<bool> {
+        let results = self.db.transact(vec![select("Interface", equals("name", json!(tap)), &["external_ids"])])?;
+        Ok(rows(&results[0]).first().is_some_and(|row| {
+            map_pairs(&row["external_ids"]).iter().any(|(key, _)| key == NETWORK_KEY)
+        }))
     }
 
     /// `--if-exists del-port`; returns the configuration number to wait
@@ -228,8 +278,9 @@ impl OvsBridge {
 
     /// Adds `tap` as a port and waits until vswitchd has it; a port this
     /// call added that vswitchd does not take is removed again.
-    fn add_applied(&mut self, tap: &str) -> Result<()> {
-        let (cfg, added) = self.add(tap)?;
+    fn add_applied(&mut self, link: &Link) -> Result<()> {
+        let tap = link.name.as_str();
+        let (cfg, added) = self.add(link)?;
         trace(format_args!("Open vSwitch bridge {}: port {tap} in the database (next_cfg {cfg})", self.bridge));
         let applied =
             self.wait_applied(cfg, &format!("port {tap} of bridge {}", self.bridge)).and_then(|()| {
@@ -265,6 +316,7 @@ impl OvsBridge {
                     ovn_installed: id("ovn-installed").as_deref() == Some("true"),
                     ofport: set_members(&row["ofport"]).first().and_then(Value::as_i64),
                     error: set_members(&row["error"]).first().and_then(|e| e.as_str().map(str::to_owned)),
+                    tap: id(TAP_KEY),
                 })
             })
             .collect())
@@ -272,14 +324,15 @@ impl OvsBridge {
 
     /// The ports kvm-net added for the network, split into those whose tap
     /// is still there (with the tap) and those whose tap is gone (its VM went without its
-    /// downscript, or the watcher has not got to it yet).
+    /// downscript, or the watcher has not got to it yet) or is another tap
+    /// of that name (made after a reboot, or by another VM since).
     pub fn ports_by_presence(&mut self, netlink: &mut Netlink) -> Result<(PresentPorts, Vec<OvsPort>)> {
         let mut present = Vec::new();
         let mut gone = Vec::new();
         for port in self.our_ports()? {
             match netlink.link_by_name(&port.name)? {
-                Some(link) => present.push((port, link)),
-                None => gone.push(port),
+                Some(link) if port.made_for(&link, &self.network) => present.push((port, link)),
+                _ => gone.push(port),
             }
         }
         Ok((present, gone))
@@ -294,6 +347,37 @@ impl OvsBridge {
     }
 }
 
+/// Before kvm-net attaches `tap` to a switch that is not Open vSwitch:
+/// takes away any port of kvm-net's of that name in the databases of the
+/// `ovs` networks given (stale: its tap went, in a crash or at a reboot,
+/// with no watcher left), and waits until ovs-vswitchd let go of the tap,
+/// so that the tap never also joins a network it was not attached to. A
+/// database that cannot be reached is skipped: it has no vswitchd applying it.
+pub fn release_stale_named(ovs_networks: &[&crate::config::Network], tap: &str) -> Result<()> {
+    let mut done: Vec<&Path> = Vec::new();
+    for network in ovs_networks {
+        let Some(settings) = &network.ovs else { continue };
+        if done.contains(&settings.ovsdb.as_path()) {
+            continue;
+        }
+        done.push(&settings.ovsdb);
+        let mut ovs = match OvsBridge::open(&network.name, &network.bridge, settings) {
+            Ok(ovs) => ovs,
+            Err(err) => {
+                trace(format_args!("not looking for stale ports named {tap} at {}: {err:#}", settings.ovsdb.display()));
+                continue;
+            }
+        };
+        if ovs.ours_elsewhere(tap)? {
+            trace(format_args!("{tap}: taking kvm-net's stale Open vSwitch port of that name away"));
+            if let Some(cfg) = ovs.remove(tap)? {
+                ovs.wait_applied(cfg, &format!("the removal of stale port {tap}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Switch for OvsBridge {
     fn describe(&self) -> String {
         format!("Open vSwitch bridge {}", self.bridge)
@@ -301,7 +385,7 @@ impl Switch for OvsBridge {
 
     fn attach(&mut self, netlink: &mut Netlink, port: &Link, tap: Tap) -> Result<()> {
         let what = format!("adding {} to Open vSwitch bridge {}", port.name, self.bridge);
-        self.add_applied(&port.name).context(what.clone())?;
+        self.add_applied(port).context(what.clone())?;
         let alias = alias_of(&self.network);
         let up = netlink.set_alias(port, &alias).and_then(|()| match tap {
             Tap::Qemu => netlink.set_up(port),

@@ -332,8 +332,8 @@ fn status_shows_each_port_and_the_qemu_holding_it() {
 /// only root) marked as such rather than failing; root sees it all.
 #[test]
 fn status_for_a_user_other_than_root_shows_what_it_can_and_marks_the_rest() {
-    use kvm_net_tests::sandbox::{Sandbox, User};
     use kvm_net_tests::helper;
+    use kvm_net_tests::sandbox::{Sandbox, User};
     let sandbox = Sandbox::new();
     let ns = Netns::new();
     sandbox.config(

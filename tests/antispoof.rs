@@ -11,8 +11,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use kvm_net_tests::frames::{
-    arp_reply, client_id_of, ethernet, fragments, icmp_echo, mac, mac_of, router_advertisement, send, tcp_syn, DhcpMessage, Mac,
-    DHCPDECLINE, DHCPRELEASE, DHCPREQUEST,
+    arp_reply, client_id_of, ethernet, fragments, icmp_echo, mac, mac_of, router_advertisement, send, tcp_syn,
+    DhcpMessage, Mac, DHCPDECLINE, DHCPRELEASE, DHCPREQUEST,
 };
 use kvm_net_tests::inspect::assert_no_nat_network;
 use kvm_net_tests::lab::{
@@ -460,7 +460,8 @@ fn no_guest_releases_or_declines_another_guests_lease() {
         ..DhcpMessage::new(DHCPDECLINE, chaddr)
     };
     // b's MAC from a's port; a's own MAC with b's client id; each from 0.0.0.0.
-    for message in [release(b, None), release(a, Some(client_id_of(b))), decline(b, None), decline(a, Some(client_id_of(b)))]
+    for message in
+        [release(b, None), release(a, Some(client_id_of(b))), decline(b, None), decline(a, Some(client_id_of(b)))]
     {
         send(&shared.a, "eth0", &message.broadcast_from(a));
     }
@@ -506,7 +507,11 @@ fn no_guest_exhausts_the_pool_and_each_port_holds_one_lease() {
         send(&shared.a, "eth0", &DhcpMessage { requested, ..DhcpMessage::new(DHCPREQUEST, made_up) }.broadcast_from(a));
         // a's own MAC under client ids of its choosing.
         let client_id = Some(vec![0, 0x6b, 0x76, u8::try_from(index).expect("small")]);
-        send(&shared.a, "eth0", &DhcpMessage { requested, client_id, ..DhcpMessage::new(DHCPREQUEST, a) }.broadcast_from(a));
+        send(
+            &shared.a,
+            "eth0",
+            &DhcpMessage { requested, client_id, ..DhcpMessage::new(DHCPREQUEST, a) }.broadcast_from(a),
+        );
     }
     shared.barrier(1);
     let leases = shared.leases();
@@ -607,7 +612,10 @@ fn gc_releases_everything_a_killed_vms_tap_held() {
     for set in ["taken-br0", "portmac-br0", "bound-br0"] {
         let listing = shared.lab.host.ok(&["nft", "list", "set", "bridge", "kvm_net", set]);
         assert!(!listing.contains(A_MAC) && !listing.contains("vm-a"), "{set}: {listing}");
-        assert!(listing.contains(B_MAC) || set == "bound-br0" && listing.contains(&B_IP.to_string()), "{set}: {listing}");
+        assert!(
+            listing.contains(B_MAC) || set == "bound-br0" && listing.contains(&B_IP.to_string()),
+            "{set}: {listing}"
+        );
     }
     assert_eq!(shared.bound_to("vm-b"), Some(B_IP));
 }

@@ -319,7 +319,12 @@ fn a_guest_whose_qemu_exited_leaves_nothing_bound_to_its_tap() {
         kvm_net_tests::frames::BROADCAST,
         guest_mac,
         0x0806,
-        &kvm_net_tests::frames::arp_reply(guest_mac, std::net::Ipv4Addr::UNSPECIFIED, [0; 6], "10.66.0.50".parse().expect("ip")),
+        &kvm_net_tests::frames::arp_reply(
+            guest_mac,
+            std::net::Ipv4Addr::UNSPECIFIED,
+            [0; 6],
+            "10.66.0.50".parse().expect("ip"),
+        ),
     );
     nix::unistd::write(&vm, &probe).expect("a frame from the guest");
     let locked = filter_set_until(&ns, "portmac-lab0", TEARDOWN, |l| l.contains(&name));

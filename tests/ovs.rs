@@ -358,7 +358,9 @@ fn kill_watchers(lab: &Lab) {
         lab.ns
             .processes()
             .into_iter()
-            .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kvm-net-watch"))
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kvm-net-watch")
+            })
             .filter(|pid| kvm_net_tests::inspect::alive(*pid))
             .collect()
     };

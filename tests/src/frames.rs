@@ -180,7 +180,13 @@ pub fn send(ns: &Netns, ifname: &str, frame: &[u8]) {
 }
 
 /// A UDP datagram in an IPv4 packet (checksum 0: none, which IPv4 allows).
-pub fn udp(source: Ipv4Addr, destination: Ipv4Addr, source_port: u16, destination_port: u16, payload: &[u8]) -> Vec<u8> {
+pub fn udp(
+    source: Ipv4Addr,
+    destination: Ipv4Addr,
+    source_port: u16,
+    destination_port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut datagram = Vec::new();
     datagram.extend(source_port.to_be_bytes());
     datagram.extend(destination_port.to_be_bytes());
@@ -219,7 +225,15 @@ pub struct DhcpMessage {
 impl DhcpMessage {
     /// A message of `kind` about `chaddr`, with nothing else set.
     pub fn new(kind: u8, chaddr: Mac) -> Self {
-        Self { kind, chaddr, ciaddr: Ipv4Addr::UNSPECIFIED, client_id: None, requested: None, server: None, xid: 0x4b56_4e00 }
+        Self {
+            kind,
+            chaddr,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            client_id: None,
+            requested: None,
+            server: None,
+            xid: 0x4b56_4e00,
+        }
     }
 
     /// The BOOTP payload.

@@ -8,14 +8,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use kvm_net_core::check::{self, Finding};
 use kvm_net_core::cli::one_line;
-use kvm_net_core::config::{Config, Environment};
+use kvm_net_core::config::model::Config;
+use kvm_net_core::config::Environment;
 use kvm_net_core::error::Error;
 use kvm_net_core::ifname::IfName;
-use kvm_net_core::network::{self, Down};
-use kvm_net_core::privilege::privileged_beyond_caller;
-use kvm_net_core::status::{self, Status};
+use kvm_net_core::ops::network::{self, Down};
+use kvm_net_core::report::check::{self, Finding};
+use kvm_net_core::report::status::{self, Status};
+use kvm_net_core::security::privilege::privileged_beyond_caller;
 
 /// Status, diagnosis and clean-up of the networks kvm-net's tap helpers
 /// (kvm-natup, kvm-natdown, kvm-ifup, kvm-ifdown) manage.
@@ -165,7 +166,7 @@ fn run(args: Args) -> Result<u8> {
     }
 }
 
-fn managed<'a>(config: &'a Config, name: &str) -> Result<&'a kvm_net_core::config::Network> {
+fn managed<'a>(config: &'a Config, name: &str) -> Result<&'a kvm_net_core::config::model::Network> {
     let network = config.network(name).with_context(|| format!("no network named {name} in {}", config.source))?;
     if !network.mode.is_managed() {
         anyhow::bail!(

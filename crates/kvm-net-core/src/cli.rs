@@ -8,12 +8,13 @@ use std::process::ExitCode;
 
 use nix::sys::stat::Mode;
 
-use crate::bridge_helper;
-use crate::config::{self, Config, Environment, Network, Source, SYSTEM_CONFIG};
+use crate::config::model::{Config, Network, Source};
+use crate::config::{self, Environment, SYSTEM_CONFIG};
 use crate::error::Error;
-use crate::helpers;
 use crate::ifname::IfName;
-use crate::privilege::{self, Install, Needs, Start};
+use crate::ops::bridge_helper;
+use crate::ops::tap_scripts;
+use crate::security::privilege::{self, Install, Needs, Start};
 use crate::trace::trace;
 
 /// The four helpers, one per binary.
@@ -83,7 +84,7 @@ impl Helper {
         // The OVSDB socket is root's: an install with file capabilities
         // cannot reach it (a setuid one keeps root's ids).
         let ovs_needs_root = |network: &Network| -> anyhow::Result<()> {
-            if network.mode == config::Mode::Ovs && start.install == Install::Capabilities {
+            if network.mode == config::model::Mode::Ovs && start.install == Install::Capabilities {
                 return Err(Error::NeedsRoot { helper: self.name(), job: crate::error::NEEDS_ROOT_OVS }.into());
             }
             Ok(())
@@ -106,7 +107,7 @@ impl Helper {
                 "{tap}: network {} ({}, bridge {}) from {} ({})",
                 network.name, network.mode, network.bridge, config.source, chosen.how
             ));
-            let ovs = config.networks.into_iter().filter(|n| n.mode == config::Mode::Ovs).collect();
+            let ovs = config.networks.into_iter().filter(|n| n.mode == config::model::Mode::Ovs).collect();
             Ok((network, config.source, ovs))
         };
         // kvm-ifdown reads the config only for a tap of an ovs network (its
@@ -123,16 +124,16 @@ impl Helper {
             Ok(network)
         };
         match self {
-            Helper::IfDown => helpers::ifdown(tap, &access, ovs_network),
+            Helper::IfDown => tap_scripts::ifdown(tap, &access, ovs_network),
             Helper::IfUp => {
                 let (network, source, ovs) = chosen()?;
-                helpers::ifup(tap, &network, &source, &access, &ovs)
+                tap_scripts::ifup(tap, &network, &source, &access, &ovs)
             }
             Helper::NatUp => {
                 let (network, _, ovs) = chosen()?;
-                helpers::natup(tap, &network, &access, &ovs)
+                tap_scripts::natup(tap, &network, &access, &ovs)
             }
-            Helper::NatDown => helpers::natdown(tap, &chosen()?.0, &access),
+            Helper::NatDown => tap_scripts::natdown(tap, &chosen()?.0, &access),
         }
     }
 }

@@ -40,7 +40,7 @@ pub enum Error {
     UnknownNetwork { name: String, how: String, origin: String },
     /// A managed network given to kvm-ifup, or a bridged one to kvm-natup.
     #[error("network {network} is {mode}, which {helpers} do not serve")]
-    WrongHelper { network: String, mode: crate::config::Mode, helpers: &'static str },
+    WrongHelper { network: String, mode: crate::config::model::Mode, helpers: &'static str },
     /// A new managed network's subnet is already on another interface.
     #[error("subnet {subnet} of network {network} is in use by {user}")]
     SubnetInUse { subnet: String, network: String, user: String },
@@ -102,7 +102,7 @@ pub enum Error {
 
 impl Error {
     /// Refuses `network` to helpers that do not serve its mode.
-    pub fn wrong_helper(network: &crate::config::Network, helpers: &'static str) -> anyhow::Error {
+    pub fn wrong_helper(network: &crate::config::model::Network, helpers: &'static str) -> anyhow::Error {
         anyhow::Error::new(Error::WrongHelper { network: network.name.clone(), mode: network.mode, helpers })
             .context(format!("choosing network {}", network.name))
     }

@@ -8,33 +8,17 @@
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
-pub mod access;
-pub mod bridge_helper;
-pub mod check;
 pub mod cli;
 pub mod config;
-pub mod dnsmasq;
 pub mod error;
 pub mod firewall;
-pub mod helpers;
 pub mod ifname;
-pub mod lease;
-pub mod listeners;
-pub mod lock;
+pub mod kernel;
 pub mod mac;
-pub mod names;
-pub mod netlink;
-pub mod network;
-pub mod ovsdb;
+pub mod ops;
 pub mod ports;
-pub mod privilege;
-pub mod rundir;
-pub mod runtime;
-pub mod status;
+pub mod report;
+pub mod security;
+pub mod services;
 pub mod switch;
-pub mod sysctl;
-pub mod tap;
 pub mod trace;
-pub mod warm;
-pub mod watch;
-pub mod wire;

@@ -4,9 +4,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::config::model::Choice;
 use crate::error::Error;
-use crate::firewall::Choice;
-use crate::privilege::privileged_beyond_caller;
+use crate::security::privilege::privileged_beyond_caller;
 
 /// Environment variable naming the config file.
 pub const ENV_CONFIG: &str = "KVM_NET_CONFIG";
@@ -38,7 +38,7 @@ impl Environment {
     /// Reads the process environment, or nothing at all when the process runs
     /// with more privilege than its caller (setuid or file capabilities): the
     /// caller must not steer it to another config file or bridge
-    /// ([`crate::privilege::Start::detect`] has replaced that environment).
+    /// ([`crate::security::privilege::Start::detect`] has replaced that environment).
     pub fn from_process() -> Result<Self, Error> {
         if privileged_beyond_caller() {
             return Ok(Self::default());

@@ -8,15 +8,13 @@ use indexmap::IndexMap;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
-use super::{
-    Config, Dhcp, Forward, HostRecord, Mode, Network, OvsPorts, Source, Spoofing, StaticLease, DEFAULT_IFACE_ID,
-    DEFAULT_MAX_TAPS_PER_USER, DEFAULT_OVSDB,
+use super::model::{
+    Choice, Config, Dhcp, Forward, Grants, HostRecord, Mode, Network, OvsPorts, Source, Spoofing, StaticLease,
+    DEFAULT_IFACE_ID, DEFAULT_MAX_TAPS_PER_USER, DEFAULT_OVSDB,
 };
-use crate::access::Grants;
 use crate::error::Error;
-use crate::firewall::Choice;
 use crate::ifname::IfName;
-use crate::netlink::MAX_BRIDGE_PORTS;
+use crate::kernel::netlink::MAX_BRIDGE_PORTS;
 use crate::ports::{PortRange, Protocol};
 
 /// The file as written: strings, checked field by field afterwards so that

@@ -10,7 +10,8 @@
 //! bridge and IPv4 address, and the result is validated again as a whole.
 
 use super::file::{check_unique, parse_ipv4};
-use super::{Config, Environment, Network, DEFAULT_NETWORK, ENV_ADDRESS, ENV_BRIDGE, ENV_NETWORK};
+use super::model::{Config, Network, DEFAULT_NETWORK};
+use super::{Environment, ENV_ADDRESS, ENV_BRIDGE, ENV_NETWORK};
 use crate::error::Error;
 use crate::ifname::IfName;
 
@@ -97,7 +98,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::{file, Mode};
+    use crate::config::file;
+    use crate::config::model::Mode;
 
     fn config() -> Config {
         file::parse(

@@ -17,9 +17,9 @@ use anyhow::{anyhow, Context, Result};
 use super::nftables;
 use crate::error::Error;
 use crate::ifname::IfName;
-use crate::privilege;
-use crate::rundir::{Area, SafeDir};
-use crate::runtime::bridge_tag;
+use crate::kernel::netns::bridge_tag;
+use crate::security::privilege;
+use crate::security::rundir::{Area, SafeDir};
 use crate::trace::trace;
 
 /// The zone kvm-net puts its bridges in.

@@ -261,7 +261,7 @@ fn rule_text(rule: &Rule, tag: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Mode, Network};
+    use crate::config::model::{Mode, Network};
     use crate::firewall::plan::plan;
 
     fn network_chains(network: &Network) -> Vec<OwnChain> {
@@ -362,7 +362,7 @@ mod tests {
         assert!(network_chains(&network(Mode::Bridged, None, None)).is_empty());
         assert_eq!(all_chains(&Network::classic().bridge).len(), 13);
         let with_dhcp = Network {
-            dhcp: Some(crate::config::Dhcp::defaults_for("10.0.0.1/24".parse().expect("net"))),
+            dhcp: Some(crate::config::model::Dhcp::defaults_for("10.0.0.1/24".parse().expect("net"))),
             ..Network::classic()
         };
         let chains = network_chains(&with_dhcp);

@@ -12,8 +12,6 @@ mod iptables_rules;
 mod nftables;
 pub mod plan;
 
-use std::fmt;
-
 use anyhow::{Context, Result};
 
 pub use self::foreign::{foreign_drops, ForeignDrop};
@@ -21,59 +19,12 @@ pub use self::nftables::antispoof;
 pub use self::nftables::foreign::Hook;
 pub use self::nftables::TABLE as NFTABLES_TABLE;
 pub use self::plan::{plan, Family, Kind, Plan};
+pub use crate::config::model::{Backend, Choice};
 
 use self::iptables::IptablesFirewall;
 use self::nftables::NftablesFirewall;
 use crate::ifname::IfName;
 use crate::trace::trace;
-
-/// The two ways kvm-net can write rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// kvm-net's own nf_tables tables, over netlink.
-    Nftables,
-    /// Chains of its own in iptables' tables, through `iptables-restore`.
-    Iptables,
-}
-
-impl Backend {
-    /// `nftables` or `iptables`, as the config and status say it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Nftables => "nftables",
-            Backend::Iptables => "iptables",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What the config asks for (`firewall = "auto" | "nftables" | "iptables"`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Choice {
-    /// nftables where the kernel has nf_tables and no legacy iptables tables
-    /// are in use; iptables otherwise.
-    #[default]
-    Auto,
-    /// This backend, whatever the host.
-    Only(Backend),
-}
-
-impl Choice {
-    /// Reads `auto`, `nftables` or `iptables`.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "auto" => Some(Choice::Auto),
-            "nftables" => Some(Choice::Only(Backend::Nftables)),
-            "iptables" => Some(Choice::Only(Backend::Iptables)),
-            _ => None,
-        }
-    }
-}
 
 /// One chain of kvm-net's as the firewall has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,7 +90,7 @@ pub struct DropsBefore {
 fn legacy_iptables_in_use() -> bool {
     ["/proc/self/net/ip_tables_names", "/proc/self/net/ip6_tables_names"]
         .iter()
-        .any(|path| crate::sysctl::read_small(path).is_ok_and(|names| !names.is_empty()))
+        .any(|path| crate::kernel::sysctl::read_small(path).is_ok_and(|names| !names.is_empty()))
 }
 
 /// kvm-net's firewall in this network namespace, with its backend chosen.

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::IpNetwork;
 
-use crate::config::{Forward, Mode, Network};
+use crate::config::model::{Forward, Mode, Network};
 use crate::ifname::IfName;
 pub use crate::ports::{PortRange, Protocol};
 
@@ -414,7 +414,9 @@ pub fn masquerade_ports(forwarded: &[PortRange]) -> Vec<(Option<PortRange>, Port
     }
     let free: Vec<PortRange> = free
         .into_iter()
-        .filter_map(|(first, last)| Some(PortRange { first: u16::try_from(first).ok()?, last: u16::try_from(last).ok()? }))
+        .filter_map(|(first, last)| {
+            Some(PortRange { first: u16::try_from(first).ok()?, last: u16::try_from(last).ok()? })
+        })
         .collect();
     // Every port 1024-65535 forwarded: nothing left to give (the config
     // could say so; the kernel would then pick among them).
@@ -425,7 +427,7 @@ pub fn masquerade_ports(forwarded: &[PortRange]) -> Vec<(Option<PortRange>, Port
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Dhcp, Forward};
+    use crate::config::model::{Dhcp, Forward};
 
     fn network(mode: Mode, isolate_guests: bool, forwards: Vec<Forward>) -> Network {
         Network {
@@ -509,8 +511,7 @@ mod tests {
             PortRange { first: 6001, last: 7999 },
             PortRange { first: 8011, last: 65535 },
         ];
-        let expected: Vec<_> =
-            stretches.iter().map(|r| (Some(*r), *r)).chain([(None, stretches[2])]).collect();
+        let expected: Vec<_> = stretches.iter().map(|r| (Some(*r), *r)).chain([(None, stretches[2])]).collect();
         assert_eq!(pairs, expected);
         for (_, ports) in pairs {
             assert!(!(ports.first..=ports.last).contains(&6000) && !(ports.first..=ports.last).contains(&8005));

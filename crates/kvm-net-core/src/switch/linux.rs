@@ -5,11 +5,22 @@
 use anyhow::Result;
 
 use super::{Switch, Tap};
-use crate::config::Network;
+use crate::config::model::Network;
 use crate::error::Error;
-use crate::netlink::{Link, Netlink, PortIsolation};
-use crate::network::find_bridge;
+use crate::ifname::IfName;
+use crate::kernel::netlink::{Link, Netlink, PortIsolation};
 use crate::trace::trace;
+
+/// A link named `bridge`, if there is one, refusing a link of another kind.
+pub fn find_bridge(netlink: &mut Netlink, bridge: &IfName) -> Result<Option<Link>> {
+    match netlink.link_by_name(bridge.as_str())? {
+        Some(link) if !link.is_bridge() => {
+            Err(Error::NotABridge { name: bridge.to_string(), kind: link.kind.unwrap_or_else(|| "device".to_owned()) }
+                .into())
+        }
+        found => Ok(found),
+    }
+}
 
 /// A Linux bridge, as the kernel has it now.
 pub struct LinuxBridge {

@@ -4,15 +4,16 @@
 //! `status`, `check` and `gc` do with either: plug a port in, take it out,
 //! list the ports kvm-net put there. A third kind is one more module here.
 //! What only a managed Linux bridge has (kvm-net creates and deletes it,
-//! with its addresses, rules and dnsmasq) stays in [`crate::network`].
+//! with its addresses, rules and dnsmasq) stays in [`crate::ops::network`].
 
 pub mod linux;
 pub mod ovs;
+pub mod ovsdb;
 
 use anyhow::Result;
 
-use crate::config::{Mode, Network};
-use crate::netlink::{Link, Netlink};
+use crate::config::model::{Mode, Network};
+use crate::kernel::netlink::{Link, Netlink};
 
 pub use self::linux::LinuxBridge;
 pub use self::ovs::OvsBridge;
@@ -51,7 +52,7 @@ pub trait Switch {
 }
 
 /// The switch of a network that kvm-net does not create (bridged, ovs): it
-/// must exist. Managed networks' bridges come from [`crate::network::Bringup`].
+/// must exist. Managed networks' bridges come from [`crate::ops::network::Bringup`].
 pub fn existing(network: &Network, netlink: &mut Netlink) -> Result<Box<dyn Switch>> {
     match (network.mode, &network.ovs) {
         (Mode::Ovs, Some(ports)) => Ok(Box::new(OvsBridge::connect(&network.name, &network.bridge, ports)?)),

@@ -1,5 +1,5 @@
 //! An Open vSwitch bridge as a network's switch, spoken to through its
-//! database ([`crate::ovsdb`]), as `ovs-vsctl --may-exist add-port BRIDGE TAP
+//! database ([`crate::switch::ovsdb`]), as `ovs-vsctl --may-exist add-port BRIDGE TAP
 //! -- set Interface TAP external-ids:...` and `--if-exists del-port` would,
 //! with no process: one transaction for the change (with the `next_cfg` bump
 //! that asks ovs-vswitchd to apply it), then a bounded wait until it has
@@ -12,7 +12,7 @@
 //! tap's alias in the kernel (what `check` uses to find a tap whose port
 //! vanished from the bridge). The row also records which tap it was made
 //! for (`external_ids:kvm-net-tap`: boot, network namespace and interface
-//! index, [`crate::runtime::link_identity`]): OVSDB keeps rows across
+//! index, [`crate::kernel::netns::link_identity`]): OVSDB keeps rows across
 //! reboots and ovs-vswitchd takes any link of the row's name, so a row
 //! whose tap is gone, or is another tap of that name, is stale, and goes
 //! (the watcher, `kvm-net gc`, and any kvm-net helper about to attach a tap
@@ -25,12 +25,12 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 
 use super::{Switch, Tap};
-use crate::config::OvsPorts;
+use crate::config::model::OvsPorts;
 use crate::error::Error;
 use crate::ifname::IfName;
-use crate::netlink::{Link, Netlink};
-use crate::ovsdb::{map, map_pairs, row_uuid, rows, set_members, uuid, Ovsdb};
-use crate::runtime::link_identity;
+use crate::kernel::netlink::{Link, Netlink};
+use crate::kernel::netns::link_identity;
+use crate::switch::ovsdb::{map, map_pairs, row_uuid, rows, set_members, uuid, Ovsdb};
 use crate::trace::trace;
 
 /// The external id that marks a port as kvm-net's, with its network's name.
@@ -231,9 +231,9 @@ impl OvsBridge {
     /// a port kvm-net made, which kvm-net may take away once it is stale.
     fn ours_elsewhere(&mut self, tap: &str) -> Result<bool> {
         let results = self.db.transact(vec![select("Interface", equals("name", json!(tap)), &["external_ids"])])?;
-        Ok(rows(&results[0]).first().is_some_and(|row| {
-            map_pairs(&row["external_ids"]).iter().any(|(key, _)| key == NETWORK_KEY)
-        }))
+        Ok(rows(&results[0])
+            .first()
+            .is_some_and(|row| map_pairs(&row["external_ids"]).iter().any(|(key, _)| key == NETWORK_KEY)))
     }
 
     /// `--if-exists del-port`; returns the configuration number to wait
@@ -353,7 +353,7 @@ impl OvsBridge {
 /// with no watcher left), and waits until ovs-vswitchd let go of the tap,
 /// so that the tap never also joins a network it was not attached to. A
 /// database that cannot be reached is skipped: it has no vswitchd applying it.
-pub fn release_stale_named(ovs_networks: &[&crate::config::Network], tap: &str) -> Result<()> {
+pub fn release_stale_named(ovs_networks: &[&crate::config::model::Network], tap: &str) -> Result<()> {
     let mut done: Vec<&Path> = Vec::new();
     for network in ovs_networks {
         let Some(settings) = &network.ovs else { continue };

@@ -4,5 +4,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    kvm_net_core::lease::main()
+    kvm_net_core::ops::lease_hook::main()
 }

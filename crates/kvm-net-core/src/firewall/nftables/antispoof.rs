@@ -18,7 +18,7 @@
 //!   decline another's lease, and each port holds at most one IPv4 lease;
 //! - lets IPv4 and ARP through only from the address the network's DHCP
 //!   server leased to that MAC on that port (`bound-BRIDGE`, filled by the
-//!   lease hook, [`crate::lease`]), plus what a client needs before it has a
+//!   lease hook, [`crate::ops::lease_hook`]), plus what a client needs before it has a
 //!   lease (DHCP from 0.0.0.0, RFC 5227 ARP probes);
 //! - drops DHCP and DHCPv6 server replies, router advertisements and
 //!   redirects from guests, and every other kind of frame but IPv6 (link-local
@@ -54,12 +54,12 @@ use super::render::{
 };
 use super::socket::{with_nft, Change, Committed, Nft, Owned};
 use super::{key_in_host_order, with_retries, TABLE};
-use crate::config::{Network, Spoofing};
+use crate::config::model::{Network, Spoofing};
 use crate::ifname::IfName;
+use crate::kernel::wire::{self, NLM_F_APPEND, NLM_F_CREATE};
 use crate::mac;
 pub use crate::mac::Mac;
 use crate::trace::trace;
-use crate::wire::{self, NLM_F_APPEND, NLM_F_CREATE};
 
 /// nf_tables' bridge family.
 const BRIDGE: NetfilterProtoFamily = NetfilterProtoFamily::Bridge;
@@ -334,7 +334,10 @@ fn dhcp_request() -> Vec<Expression> {
     [
         ether_type(ETH_IP),
         l4proto(UDP),
-        vec![payload_into(Register::Reg1, TRANSPORT_HEADER, 2, 2), cmp(Operator::Equal, DHCP_SERVER.to_be_bytes().to_vec())],
+        vec![
+            payload_into(Register::Reg1, TRANSPORT_HEADER, 2, 2),
+            cmp(Operator::Equal, DHCP_SERVER.to_be_bytes().to_vec()),
+        ],
     ]
     .concat()
 }
@@ -878,7 +881,8 @@ fn restore(bridge: &IfName, policy: &Policy, ports: &BTreeSet<String>, changes: 
         return Ok(());
     }
     trace(format_args!("{}: restoring {} recorded bindings", table_name(), recorded.len()));
-    let keys = |set: Set| -> BTreeSet<Vec<u8>> { recorded.iter().map(|b| key_of(set, &b.port, &b.mac, b.ip)).collect() };
+    let keys =
+        |set: Set| -> BTreeSet<Vec<u8>> { recorded.iter().map(|b| key_of(set, &b.port, &b.mac, b.ip)).collect() };
     for set in [Set::Locked, Set::PortMac, Set::Taken, Set::Bound] {
         changes.extend(add_elements(&set.name(bridge), keys(set)));
     }
@@ -1159,8 +1163,8 @@ mod tests {
     #[test]
     fn a_reservation_names_the_taps_that_may_use_its_mac() {
         let mut network = Network::classic();
-        let mut dhcp = crate::config::Dhcp::defaults_for(network.ipv4.expect("an address"));
-        dhcp.hosts.push(crate::config::StaticLease {
+        let mut dhcp = crate::config::model::Dhcp::defaults_for(network.ipv4.expect("an address"));
+        dhcp.hosts.push(crate::config::model::StaticLease {
             mac: "52:54:00:00:00:10".into(),
             ip: Ipv4Addr::new(192, 168, 100, 10),
             name: Some("web1".into()),

@@ -14,9 +14,9 @@ use anyhow::Result;
 
 use super::antispoof::Binding;
 use crate::ifname::IfName;
+use crate::kernel::netns::bridge_tag;
 use crate::mac;
-use crate::rundir::{Area, SafeDir};
-use crate::runtime::bridge_tag;
+use crate::security::rundir::{Area, SafeDir};
 
 /// The most of a record read back: far more than a bridge's 1024 ports hold.
 const MAX_RECORD: u64 = 1 << 20;
@@ -27,10 +27,7 @@ fn file_name(bridge: &IfName) -> Result<String> {
 
 /// One line per bound address: `PORT MAC IP`.
 fn text(bindings: &[Binding]) -> String {
-    bindings
-        .iter()
-        .filter_map(|b| Some(format!("{} {} {}\n", b.port, mac::show(&b.mac), b.ip?)))
-        .collect()
+    bindings.iter().filter_map(|b| Some(format!("{} {} {}\n", b.port, mac::show(&b.mac), b.ip?))).collect()
 }
 
 fn parse(text: &str) -> Vec<Binding> {

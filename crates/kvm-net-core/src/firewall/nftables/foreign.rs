@@ -12,7 +12,7 @@ use netlink_packet_netfilter::nftables::{
 use netlink_packet_netfilter::NetfilterProtoFamily;
 
 use super::socket::{with_nft, Owned};
-use crate::wire;
+use crate::kernel::wire;
 
 /// Attributes of the objects nf_tables sends (linux/netfilter/nf_tables.h).
 const NFTA_TABLE_NAME: u16 = 1;

@@ -37,8 +37,8 @@ use super::plan::{Family, Kind, Plan, Rule};
 use super::{ChainState, RuleState};
 use crate::error::Error;
 use crate::ifname::IfName;
+use crate::kernel::wire::{self, NLM_F_APPEND, NLM_F_CREATE};
 use crate::trace::trace;
-use crate::wire::{self, NLM_F_APPEND, NLM_F_CREATE};
 
 /// The name of kvm-net's tables, one per family.
 pub const TABLE: &str = "kvm_net";

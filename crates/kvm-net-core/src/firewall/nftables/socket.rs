@@ -14,7 +14,7 @@ use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 
 use crate::firewall::plan::Family;
-use crate::wire::{self, Channel, Object, Received, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use crate::kernel::wire::{self, Channel, Object, Received, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 
 /// `NETLINK_NETFILTER`.
 const NETLINK_NETFILTER: isize = 12;

@@ -6,13 +6,13 @@ use std::fs;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, Mode, Network, OvsPorts, Spoofing};
-use crate::dnsmasq::Dnsmasq;
+use crate::config::model::{Config, Mode, Network, OvsPorts, Spoofing};
 use crate::error::Error;
 use crate::firewall::antispoof::{self, Policy};
 use crate::firewall::{self, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
-use crate::listeners::listeners;
-use crate::netlink::{abandoned_bridges, Link, Netlink};
+use crate::kernel::listeners::listeners;
+use crate::kernel::netlink::{abandoned_bridges, Link, Netlink};
+use crate::services::dnsmasq::Dnsmasq;
 use crate::switch::ovs::alias_of;
 use crate::switch::OvsBridge;
 
@@ -434,7 +434,7 @@ fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Fin
             ),
             format!(
                 "run `kvm-net repair {name}` (or start any VM on it) to start it; see its log in {}/dnsmasq/",
-                crate::rundir::RUN_DIR
+                crate::security::rundir::RUN_DIR
             ),
         ));
     }

@@ -19,13 +19,17 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::unistd::{fork, setsid, ForkResult};
 
-use crate::config::{Mode, Network, OvsPorts};
-use crate::firewall::{self, antispoof::{self, Policy}};
-use crate::lock::BridgeLock;
-use crate::netlink::{has_port_besides, LinkEvents, Netlink};
-use crate::network::{find_bridge, Services};
-use crate::rundir::{Area, SafeDir};
-use crate::runtime::bridge_tag;
+use crate::config::model::{Mode, Network, OvsPorts};
+use crate::firewall::{
+    self,
+    antispoof::{self, Policy},
+};
+use crate::kernel::netlink::{has_port_besides, LinkEvents, Netlink};
+use crate::kernel::netns::bridge_tag;
+use crate::ops::network::Services;
+use crate::security::lock::BridgeLock;
+use crate::security::rundir::{Area, SafeDir};
+use crate::switch::linux::find_bridge;
 use crate::switch::ovs::{alias_of, PresentPorts};
 use crate::switch::{OvsBridge, Switch};
 use crate::trace::trace;
@@ -126,7 +130,7 @@ fn log_failure(network: &Network, err: &anyhow::Error) {
 /// all not the tap's, which would keep the tap alive, nor the bridge's lock.
 fn become_daemon(keep: &[RawFd]) -> Result<()> {
     setsid().context("starting a session for the watcher")?;
-    crate::privilege::restore_default_signals().context("resetting the watcher's signal actions")?;
+    crate::security::privilege::restore_default_signals().context("resetting the watcher's signal actions")?;
     // What ps and top show: the watcher, not another bridge helper.
     nix::sys::prctl::set_name(c"kvm-net-watch").context("naming the watcher")?;
     let null = OpenOptions::new().read(true).write(true).open("/dev/null").context("opening /dev/null")?;

@@ -15,12 +15,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::config::{Dhcp, Network};
+use crate::config::model::{Dhcp, Network};
 use crate::ifname::IfName;
-use crate::names;
-use crate::privilege;
-use crate::rundir::{Area, SafeDir};
-use crate::runtime::{all_processes, bridge_tag};
+use crate::kernel::netns::{all_processes, bridge_tag};
+use crate::security::privilege;
+use crate::security::rundir::{Area, SafeDir};
+use crate::services::names;
 use crate::trace::trace;
 
 /// The Debian package that ships the dnsmasq binary without its system service.
@@ -50,7 +50,7 @@ impl Dnsmasq {
 
     /// Its directory, as dnsmasq is told it.
     fn dir_path(&self) -> PathBuf {
-        Path::new(crate::rundir::RUN_DIR).join("dnsmasq").join(&self.tag)
+        Path::new(crate::security::rundir::RUN_DIR).join("dnsmasq").join(&self.tag)
     }
 
     /// Its directory, if it exists (verified).
@@ -316,7 +316,7 @@ fn exited_within(pidfd: &OwnedFd, wait: Duration) -> Result<bool> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Hooks<'a> {
     /// kvm-net's lease hook, run for each lease: it binds leases in the
-    /// guest filter and publishes guests' names ([`crate::names`]).
+    /// guest filter and publishes guests' names ([`crate::services::names`]).
     pub lease_hook: Option<&'a Path>,
     /// Leases keyed by MAC alone, client ids ignored (`guest_spoofing =
     /// "deny"`: the filter holds each port to its own MAC, so no guest can
@@ -333,7 +333,7 @@ impl Hooks<'_> {
 
 /// The whole dnsmasq configuration for a network: hermetic (no system config,
 /// no /etc/hosts), bound to the bridge only, taking no host name from a
-/// guest (the lease hook publishes those it may have: [`crate::names`]).
+/// guest (the lease hook publishes those it may have: [`crate::services::names`]).
 pub fn config_text(network: &Network, dhcp: &Dhcp, dir: &Path, hooks: &Hooks<'_>) -> String {
     let mut lines = vec![
         format!(
@@ -390,7 +390,7 @@ pub fn config_text(network: &Network, dhcp: &Dhcp, dir: &Path, hooks: &Hooks<'_>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{HostRecord, StaticLease};
+    use crate::config::model::{HostRecord, StaticLease};
 
     #[test]
     fn config_is_hermetic_and_bound_to_the_bridge() {
@@ -427,9 +427,14 @@ mod tests {
         );
         let hook = Path::new("/usr/libexec/kvm-net-lease");
         let named = config_text(&network, &dhcp, Path::new("/x"), &Hooks { lease_hook: Some(hook), mac_only: false });
-        assert!(named.ends_with("dhcp-ignore-names\nhostsdir=/x/names\ndhcp-script=/usr/libexec/kvm-net-lease\n"), "{named}");
+        assert!(
+            named.ends_with("dhcp-ignore-names\nhostsdir=/x/names\ndhcp-script=/usr/libexec/kvm-net-lease\n"),
+            "{named}"
+        );
         dhcp.dns = false;
-        assert!(config_text(&network, &dhcp, Path::new("/x"), &Hooks::default()).ends_with("port=0\ndhcp-ignore-names\n"));
+        assert!(
+            config_text(&network, &dhcp, Path::new("/x"), &Hooks::default()).ends_with("port=0\ndhcp-ignore-names\n")
+        );
         let hooked = config_text(&network, &dhcp, Path::new("/x"), &Hooks { lease_hook: Some(hook), mac_only: true });
         assert!(
             hooked.ends_with("port=0\ndhcp-ignore-names\ndhcp-ignore-clid\ndhcp-script=/usr/libexec/kvm-net-lease\n"),

@@ -15,8 +15,8 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 
 use crate::error::Error;
 use crate::ifname::IfName;
-use crate::rundir::{Area, SafeDir};
-use crate::runtime::bridge_tag;
+use crate::kernel::netns::bridge_tag;
+use crate::security::rundir::{Area, SafeDir};
 
 /// How long a helper waits for another kvm-net run on the same bridge: far
 /// more than any run takes (milliseconds; a dnsmasq that will not stop, 2 s).
@@ -61,7 +61,7 @@ fn lock_within(file: &File, wait: Duration) -> Result<bool, Errno> {
 
 impl BridgeLock {
     /// Waits (at most [`LOCK_WAIT`]) until this process holds the bridge's
-    /// lock (one per bridge and network namespace, see [`crate::runtime`]).
+    /// lock (one per bridge and network namespace, see [`crate::kernel::netns`]).
     pub fn acquire(bridge: &IfName) -> Result<Self> {
         let dir = SafeDir::create(Area::Lock)?;
         let name = format!("{}.lock", bridge_tag(bridge)?);
@@ -80,7 +80,7 @@ impl BridgeLock {
         }
     }
 
-    /// What an earlier holder left in the lock file (a [`crate::warm`]
+    /// What an earlier holder left in the lock file (a [`crate::ops::warm`]
     /// record), if anything readable; the file is root's alone.
     pub fn note(&self) -> Option<String> {
         let mut buffer = [0u8; 128];

@@ -3,17 +3,17 @@
 
 use anyhow::{Context, Result};
 
-use crate::access::Access;
-use crate::config::{Mode, Network, Source};
+use crate::config::model::{Mode, Network, Source};
 use crate::error::Error;
 use crate::firewall::antispoof::{self, Policy};
 use crate::ifname::IfName;
-use crate::lock::BridgeLock;
-use crate::netlink::{has_port_besides, Link, Netlink, PortIsolation};
-use crate::network::{Bringup, Services};
+use crate::kernel::netlink::{has_port_besides, Link, Netlink, PortIsolation};
+use crate::ops::network::{Bringup, Services};
+use crate::ops::watch;
+use crate::security::access::Access;
+use crate::security::lock::BridgeLock;
 use crate::switch::{self, ovs, LinuxBridge, Switch, Tap};
 use crate::trace::{trace, warn};
-use crate::watch;
 
 /// The tap QEMU named, if it exists: it must not be a bridge, and a caller
 /// other than root must own it.

@@ -6,30 +6,20 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::config::{Config, Network, OvsPorts, Spoofing};
-use crate::dnsmasq::{self, Dnsmasq, Hooks};
+use crate::config::model::{Config, Network, OvsPorts, Spoofing};
 use crate::error::Error;
 use crate::firewall::antispoof::{self, Policy};
 use crate::firewall::{self, firewalld, plan, Backend, Firewall};
 use crate::ifname::IfName;
-use crate::lease;
-use crate::lock::BridgeLock;
-use crate::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS, MANAGED_ALIAS};
+use crate::kernel::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS, MANAGED_ALIAS};
+use crate::kernel::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
+use crate::ops::lease_hook;
+use crate::ops::warm::{fingerprint, Record};
+use crate::security::lock::BridgeLock;
+use crate::services::dnsmasq::{self, Dnsmasq, Hooks};
+use crate::switch::linux::find_bridge;
 use crate::switch::OvsBridge;
-use crate::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
 use crate::trace::{trace, warn};
-use crate::warm::{fingerprint, Record};
-
-/// A link named `bridge`, if there is one, refusing a link of another kind.
-pub fn find_bridge(netlink: &mut Netlink, bridge: &IfName) -> Result<Option<Link>> {
-    match netlink.link_by_name(bridge.as_str())? {
-        Some(link) if !link.is_bridge() => {
-            Err(Error::NotABridge { name: bridge.to_string(), kind: link.kind.unwrap_or_else(|| "device".to_owned()) }
-                .into())
-        }
-        found => Ok(found),
-    }
-}
 
 /// What a managed bridge has besides the kernel's link: its firewall rules
 /// and its dnsmasq. Built from the bridge name alone, so that leftovers of a
@@ -114,11 +104,11 @@ impl<'a> Bringup<'a> {
             None => None,
         };
         let lease_hook = match (network.guest_spoofing, &network.dhcp) {
-            (Spoofing::Deny, _) => Some(lease::hook_path().with_context(|| {
-                format!("network {} has guest_spoofing = \"deny\", which needs {}", network.name, lease::NAME)
+            (Spoofing::Deny, _) => Some(lease_hook::hook_path().with_context(|| {
+                format!("network {} has guest_spoofing = \"deny\", which needs {}", network.name, lease_hook::NAME)
             })?),
             // Without the hook guests' names are not published; nothing else is lost.
-            (Spoofing::Allow, Some(dhcp)) if dhcp.dns => lease::hook_path().ok(),
+            (Spoofing::Allow, Some(dhcp)) if dhcp.dns => lease_hook::hook_path().ok(),
             (Spoofing::Allow, _) => None,
         };
         Ok(Self {
@@ -192,7 +182,10 @@ impl<'a> Bringup<'a> {
                     binary,
                     network,
                     dhcp,
-                    &Hooks { lease_hook: self.lease_hook.as_deref(), mac_only: network.guest_spoofing == Spoofing::Deny },
+                    &Hooks {
+                        lease_hook: self.lease_hook.as_deref(),
+                        mac_only: network.guest_spoofing == Spoofing::Deny,
+                    },
                 )
                 .with_context(|| format!("starting DHCP for network {} on {name}", network.name))?,
             // DHCP turned off in the config since the server was started.
@@ -220,7 +213,7 @@ impl Bringup<'_> {
     /// Everything of the network's in nf_tables and firewalld: kvm-net's
     /// rules, the accepts beside other firewalls' drops, firewalld's zone,
     /// the guest filter. Skipped when the lock file proves it all unchanged
-    /// since a check found it whole ([`crate::warm`]); recorded again after
+    /// since a check found it whole ([`crate::ops::warm`]); recorded again after
     /// a check that found it whole and changed nothing.
     fn rules_whole(&self, netlink: &mut Netlink, lock: &BridgeLock, bridge: &Link) -> Result<()> {
         let network = self.network;

@@ -36,7 +36,7 @@ pub enum Area {
     Dnsmasq,
     /// What kvm-net added to firewalld for each bridge (0755).
     Firewalld,
-    /// One lock file per network with a watcher (see [`crate::watch`]),
+    /// One lock file per network with a watcher (see [`crate::ops::watch`]),
     /// held by that watcher: root's alone (0700), like [`Area::Lock`].
     Watch,
     /// The guest filter's bindings of each network, as they were last in

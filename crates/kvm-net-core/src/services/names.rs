@@ -3,7 +3,7 @@
 //! would give it to the last guest to ask, taking it from the guest that
 //! had it, and would answer `wpad` with whoever asked for it. So kvm-net's
 //! dnsmasq ignores client names (`dhcp-ignore-names`), and the lease hook
-//! ([`crate::lease`]) publishes them instead, in a hosts file dnsmasq reads
+//! ([`crate::ops::lease_hook`]) publishes them instead, in a hosts file dnsmasq reads
 //! as it changes (`hostsdir`), first come, first served:
 //!
 //! - only a valid DNS label (the first label of what the guest sent, lower case);
@@ -23,9 +23,9 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 
-use crate::config::Dhcp;
+use crate::config::model::Dhcp;
 use crate::mac::{self, Mac};
-use crate::rundir::SafeDir;
+use crate::security::rundir::SafeDir;
 
 /// The directory dnsmasq reads hosts files from (`hostsdir`), in its own.
 pub const HOSTS_DIR: &str = "names";
@@ -69,8 +69,9 @@ pub fn label_of(supplied: &str) -> Option<String> {
 /// `records` (whole, and their first labels), the host's own name, and
 /// [`SERVICE_NAMES`].
 pub fn reserved(dhcp: &Dhcp) -> BTreeSet<String> {
-    let configured = dhcp.hosts.iter().filter_map(|h| h.name.clone()).chain(dhcp.records.iter().map(|r| r.name.clone()));
-    let host = crate::sysctl::read_small("/proc/sys/kernel/hostname").ok();
+    let configured =
+        dhcp.hosts.iter().filter_map(|h| h.name.clone()).chain(dhcp.records.iter().map(|r| r.name.clone()));
+    let host = crate::kernel::sysctl::read_small("/proc/sys/kernel/hostname").ok();
     let mut names: BTreeSet<String> = SERVICE_NAMES.iter().map(|n| (*n).to_owned()).collect();
     for name in configured.chain(host) {
         let name = name.trim().to_ascii_lowercase();
@@ -227,15 +228,18 @@ mod tests {
 
     #[test]
     fn the_configs_names_and_service_names_are_reserved() {
-        let network = crate::config::Network::classic();
+        let network = crate::config::model::Network::classic();
         let mut dhcp = Dhcp::defaults_for(network.ipv4.expect("an address"));
-        dhcp.hosts.push(crate::config::StaticLease {
+        dhcp.hosts.push(crate::config::model::StaticLease {
             mac: "52:54:00:00:00:10".into(),
             ip: Ipv4Addr::new(192, 168, 100, 10),
             name: Some("Web1".into()),
             tap: None,
         });
-        dhcp.records.push(crate::config::HostRecord { name: "db.lab".into(), ip: "192.168.100.20".parse().expect("ip") });
+        dhcp.records.push(crate::config::model::HostRecord {
+            name: "db.lab".into(),
+            ip: "192.168.100.20".parse().expect("ip"),
+        });
         let names = reserved(&dhcp);
         for name in ["web1", "db.lab", "db", "wpad", "localhost"] {
             assert!(names.contains(name), "{name} missing from {names:?}");
@@ -245,6 +249,9 @@ mod tests {
     #[test]
     fn state_lines_read_back_and_damaged_ones_are_skipped() {
         let held = parse_state("52:54:00:00:00:0a 10.0.0.10 alpha\nbad line\n52:54:00:00:00:0b 10.0.0.11 -x\n");
-        assert_eq!(held, [Held { mac: [0x52, 0x54, 0, 0, 0, 0x0a], ip: Ipv4Addr::new(10, 0, 0, 10), name: "alpha".into() }]);
+        assert_eq!(
+            held,
+            [Held { mac: [0x52, 0x54, 0, 0, 0, 0x0a], ip: Ipv4Addr::new(10, 0, 0, 10), name: "alpha".into() }]
+        );
     }
 }

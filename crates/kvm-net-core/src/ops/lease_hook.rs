@@ -3,7 +3,7 @@
 //! leased address to the port the guest sends from, or unbinds it, where
 //! the network has a guest filter (`guest_spoofing = "deny"`); and it
 //! publishes the host name the guest sent, where the network may have it
-//! ([`crate::names`]). A program of kvm-net's, not a shell script: it keeps
+//! ([`crate::services::names`]). A program of kvm-net's, not a shell script: it keeps
 //! only CAP_NET_ADMIN, reads no config, takes its bridge from the dnsmasq
 //! that ran it (whose config file names the bridge and the network
 //! namespace), works under the bridge's lock, and believes nothing a guest
@@ -19,14 +19,14 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::dnsmasq::Dnsmasq;
 use crate::error::Error;
 use crate::firewall::antispoof;
 use crate::ifname::IfName;
-use crate::lock::BridgeLock;
+use crate::kernel::netns::bridge_of_tag;
 use crate::mac::{self, Mac};
-use crate::names::{self, Outcome};
-use crate::runtime::bridge_of_tag;
+use crate::security::lock::BridgeLock;
+use crate::services::dnsmasq::Dnsmasq;
+use crate::services::names::{self, Outcome};
 
 /// The binary's name, installed beside the tap helpers.
 pub const NAME: &str = "kvm-net-lease";
@@ -92,17 +92,18 @@ fn parse(args: &[String]) -> Result<Event> {
 fn bridge_of_parent() -> Result<IfName> {
     let parent = nix::unistd::getppid();
     let cmdline = std::fs::read(format!("/proc/{parent}/cmdline")).context("reading the command line of dnsmasq")?;
-    let prefix = format!("--conf-file={}/dnsmasq/", crate::rundir::RUN_DIR);
+    let prefix = format!("--conf-file={}/dnsmasq/", crate::security::rundir::RUN_DIR);
     let tag = cmdline
         .split(|b| *b == 0)
         .filter_map(|arg| std::str::from_utf8(arg).ok())
         .find_map(|arg| arg.strip_prefix(&prefix)?.strip_suffix("/dnsmasq.conf").map(str::to_owned))
         .ok_or_else(|| anyhow!("{NAME} is run by the dnsmasq of a kvm-net network, and process {parent} is none"))?;
-    bridge_of_tag(&tag)?.ok_or_else(|| anyhow!("dnsmasq's config {tag:?} is not for a bridge of this network namespace"))
+    bridge_of_tag(&tag)?
+        .ok_or_else(|| anyhow!("dnsmasq's config {tag:?} is not for a bridge of this network namespace"))
 }
 
 fn run(args: &[String], supplied_name: Option<&str>) -> Result<()> {
-    crate::privilege::keep_only_network_admin()?;
+    crate::security::privilege::keep_only_network_admin()?;
     let event = parse(args)?;
     if event == Event::Other {
         return Ok(());
@@ -118,9 +119,10 @@ fn run(args: &[String], supplied_name: Option<&str>) -> Result<()> {
             }
             if let Some(dir) = &dir {
                 match names::on_lease(dir, &mac, ip, supplied_name)? {
-                    Outcome::Refused(why) => {
-                        crate::trace::warn(format_args!("{NAME}: {}'s host name is not published: {why}", mac::show(&mac)))
-                    }
+                    Outcome::Refused(why) => crate::trace::warn(format_args!(
+                        "{NAME}: {}'s host name is not published: {why}",
+                        mac::show(&mac)
+                    )),
                     Outcome::Published(_) | Outcome::Nothing => {}
                 }
             }

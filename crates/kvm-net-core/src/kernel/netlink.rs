@@ -1,5 +1,5 @@
 //! The kernel's view of links, addresses and routes, asked and changed
-//! over rtnetlink, one synchronous request at a time (see [`crate::wire`]).
+//! over rtnetlink, one synchronous request at a time (see [`crate::kernel::wire`]).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -9,7 +9,7 @@ use ipnetwork::IpNetwork;
 
 use crate::error::Error;
 
-use crate::wire::{
+use crate::kernel::wire::{
     attribute, attributes, string, u32_at, word, Channel, Object, Received, Request, NLM_F_ACK, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_EXCL,
 };

@@ -7,9 +7,9 @@
 
 use nix::unistd::{Gid, Group, Uid, User};
 
-use crate::config::Network;
+use crate::config::model::{Grants, Network};
 use crate::error::Error;
-use crate::netlink::Link;
+use crate::kernel::netlink::Link;
 
 /// The real user and groups of the process that ran the helper.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,15 +34,6 @@ impl Caller {
     fn in_group(&self, gid: Gid) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
-}
-
-/// Which users and groups a network is granted to, by name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Grants {
-    /// `allow_users`.
-    pub users: Vec<String>,
-    /// `allow_groups`.
-    pub groups: Vec<String>,
 }
 
 impl Grants {
@@ -115,7 +106,7 @@ fn group_name(gid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::Tun;
+    use crate::kernel::netlink::Tun;
 
     fn caller(uid: u32, gid: u32, groups: &[u32]) -> Access {
         Access::Restricted(Caller {

@@ -41,7 +41,7 @@ pub fn link_identity(index: u32) -> Result<String> {
     let boot = match BOOT.get() {
         Some(boot) => boot.clone(),
         None => {
-            let text = crate::sysctl::read_small("/proc/sys/kernel/random/boot_id")?;
+            let text = crate::kernel::sysctl::read_small("/proc/sys/kernel/random/boot_id")?;
             BOOT.get_or_init(|| text.trim().to_owned()).clone()
         }
     };

@@ -5,7 +5,7 @@
 //! (`SCM_RIGHTS`), and waits for exit status 0. The helper makes that tap,
 //! brings the network up exactly as `kvm-natup` does (bridge, addresses,
 //! rules, dnsmasq on first use; attach only for a bridged network), attaches
-//! the tap, and leaves a watcher ([`crate::watch`]) to tear the network down
+//! the tap, and leaves a watcher ([`crate::ops::watch`]) to tear the network down
 //! after its last VM, since QEMU runs no downscript with `helper=`.
 
 use std::ffi::OsString;
@@ -19,18 +19,19 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::{fstat, SFlag};
 
-use crate::access::Access;
-use crate::config::{self, Config, Environment, Mode, Network};
+use crate::config::model::{Config, Mode, Network};
+use crate::config::{self, Environment};
 use crate::error::Error;
 use crate::firewall::antispoof::{self, Policy};
-use crate::lock::BridgeLock;
-use crate::netlink::{Link, Netlink, PortIsolation};
-use crate::network::Bringup;
-use crate::privilege::{Install, Needs, Start};
+use crate::kernel::netlink::{Link, Netlink, PortIsolation};
+use crate::kernel::tap::Tap;
+use crate::ops::network::Bringup;
+use crate::ops::watch;
+use crate::security::access::Access;
+use crate::security::lock::BridgeLock;
+use crate::security::privilege::{Install, Needs, Start};
 use crate::switch::{self, LinuxBridge, Switch};
-use crate::tap::Tap;
 use crate::trace::trace;
-use crate::watch;
 
 /// The binary's name, the prefix of its messages.
 pub const NAME: &str = "kvm-net-bridge-helper";
@@ -190,7 +191,7 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
         Target::Managed(Bringup::prepare(&network, NAME)?)
     } else {
         Target::Existing(switch::existing(&network, &mut netlink).with_context(|| {
-            format!("attaching a tap to {} {}", crate::helpers::switch_kind(&network), network.bridge)
+            format!("attaching a tap to {} {}", crate::ops::tap_scripts::switch_kind(&network), network.bridge)
         })?)
     };
     // A switch that forwards the guest's unfinished checksums as they are
@@ -215,7 +216,7 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
     // A tap the kernel just named may share its name with a stale port of
     // kvm-net's in Open vSwitch, which vswitchd takes whatever the tap is for.
     if network.mode != Mode::Ovs {
-        crate::helpers::release_stale_ovs_ports(&ovs_networks, &port.name)?;
+        crate::ops::tap_scripts::release_stale_ovs_ports(&ovs_networks, &port.name)?;
     }
     match target {
         Target::Managed(bringup) => {

@@ -8,17 +8,17 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::{Config, Network, OvsPorts};
-use crate::dnsmasq::Dnsmasq;
+use crate::config::model::{Config, Network, OvsPorts};
 use crate::error::Error;
 use crate::firewall::antispoof::{self, Policy};
 use crate::firewall::{self, plan};
 use crate::ifname::IfName;
-use crate::netlink::{Link, Netlink};
+use crate::kernel::netlink::{Link, Netlink};
+use crate::kernel::netns::processes_here;
 use crate::mac;
-use crate::names;
-use crate::privilege;
-use crate::runtime::processes_here;
+use crate::security::privilege;
+use crate::services::dnsmasq::Dnsmasq;
+use crate::services::names;
 use crate::switch::OvsBridge;
 
 /// The version of the JSON shape; bumped on any incompatible change (2:

@@ -4,7 +4,7 @@
 //! resource limits, scheduling, OOM score, groups), keep only the
 //! capabilities its job needs, and shut out the caller's terminal, whose
 //! job-control signals reach even a process the caller may not signal.
-//! The caller's identity is taken first, for [`crate::access`].
+//! The caller's identity is taken first, for [`crate::security::access`].
 
 use std::collections::HashSet;
 
@@ -15,8 +15,8 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 use nix::sys::signal::{sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{geteuid, getgroups, getresgid, getresuid, Gid, Pid, Uid};
 
-use crate::access::{Access, Caller};
 use crate::error::Error;
+use crate::security::access::{Access, Caller};
 
 /// The only PATH a helper running with more privilege than its caller uses.
 pub const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";

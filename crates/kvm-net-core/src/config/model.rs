@@ -1,0 +1,401 @@
+//! The config's data: networks and what they say, as validated. A leaf
+//! every layer may use (the kernel and config model are the bottom of the
+//! core, docs/architecture.md): it imports nothing of kvm-net's but names
+//! and ports. Reading, validating and choosing live in the [`crate::config`]
+//! facade above.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use crate::ifname::IfName;
+use crate::ports::{PortRange, Protocol};
+
+/// The network used when nothing else picks one.
+pub const DEFAULT_NETWORK: &str = "default";
+/// The bridge name of `/etc/qemu-ifup` and `qemu-natup`.
+pub const DEFAULT_BRIDGE: &str = "br0";
+/// The bridge address of `qemu-natup`, host part included.
+pub const DEFAULT_ADDRESS: &str = "192.168.100.1/24";
+
+/// How a network reaches the world, and so which helpers serve it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Guests reach out through the host's address (masquerade).
+    Nat,
+    /// Guests reach out with their own addresses; upstream routes the subnet back.
+    Routed,
+    /// Guests reach each other (and the host, if the bridge has an address); nothing is forwarded.
+    Isolated,
+    /// A bridge the system owns, usually holding the host's NIC; kvm-net only attaches taps.
+    Bridged,
+    /// An Open vSwitch bridge (OVN's `br-int`, say) the system owns; kvm-net
+    /// only adds and removes taps as its ports, through OVSDB.
+    Ovs,
+}
+
+impl Mode {
+    /// Whether kvm-net creates and removes this network's bridge (kvm-natup/kvm-natdown).
+    pub fn is_managed(self) -> bool {
+        matches!(self, Mode::Nat | Mode::Routed | Mode::Isolated)
+    }
+
+    /// Whether guests' traffic is forwarded past the bridge.
+    pub fn forwards(self) -> bool {
+        matches!(self, Mode::Nat | Mode::Routed)
+    }
+
+    /// Reads `nat`, `routed`, `isolated`, `bridged` or `ovs`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "nat" => Some(Mode::Nat),
+            "routed" => Some(Mode::Routed),
+            "isolated" => Some(Mode::Isolated),
+            "bridged" => Some(Mode::Bridged),
+            "ovs" => Some(Mode::Ovs),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Nat => "nat",
+            Mode::Routed => "routed",
+            Mode::Isolated => "isolated",
+            Mode::Bridged => "bridged",
+            Mode::Ovs => "ovs",
+        })
+    }
+}
+
+/// One network, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network {
+    /// Its name in the config file.
+    pub name: String,
+    /// How it reaches the world.
+    pub mode: Mode,
+    /// The bridge its taps are attached to.
+    pub bridge: IfName,
+    /// The host's IPv4 address on the bridge, with the subnet's prefix.
+    pub ipv4: Option<Ipv4Network>,
+    /// The host's IPv6 address on the bridge, with the subnet's prefix.
+    pub ipv6: Option<Ipv6Network>,
+    /// MTU for a bridge kvm-net creates (taps always take the bridge's).
+    pub mtu: Option<u32>,
+    /// Tap-name patterns that pick this network (`lab-*`).
+    pub taps: Vec<glob::Pattern>,
+    /// DHCP (and DNS) for guests, served by a dnsmasq of kvm-net's; `None`: off.
+    pub dhcp: Option<Dhcp>,
+    /// Who besides root may use it through a setuid or capability helper.
+    pub grants: Grants,
+    /// Which firewall backend writes its rules (the file's `firewall`).
+    pub firewall: Choice,
+    /// How many taps the bridge helper makes on it for one user other than
+    /// root, so that no user can fill the bridge (`max_taps_per_user`).
+    pub max_taps_per_user: u32,
+    /// Whether its guests may not reach each other (`isolate_guests`): every
+    /// port kvm-net attaches is isolated, and routing between them through
+    /// the host is dropped.
+    pub isolate_guests: bool,
+    /// Connections to the host's own addresses forwarded to guests (nat and
+    /// routed networks).
+    pub forwards: Vec<Forward>,
+    /// Whether guests may send as another guest (`guest_spoofing`).
+    pub guest_spoofing: Spoofing,
+    /// How taps join the network's Open vSwitch bridge (`mode = "ovs"` only).
+    pub ovs: Option<OvsPorts>,
+}
+
+/// How a network's taps become ports of its Open vSwitch bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OvsPorts {
+    /// The template of each port's `external_ids:iface-id` (`{tap}`: the tap's name).
+    pub iface_id: String,
+    /// The OVSDB server's Unix socket.
+    pub ovsdb: PathBuf,
+    /// The port's access VLAN tag, if any.
+    pub vlan: Option<u16>,
+}
+
+/// `external_ids:iface-id` by default: the tap's name, as libvirt and OVN's
+/// own scripts name their ports.
+pub const DEFAULT_IFACE_ID: &str = "{tap}";
+/// Open vSwitch's database socket where its packages put it.
+pub const DEFAULT_OVSDB: &str = "unix:/run/openvswitch/db.sock";
+
+impl OvsPorts {
+    /// The iface-id for `tap`.
+    pub fn iface_id_of(&self, tap: &str) -> String {
+        self.iface_id.replace("{tap}", tap)
+    }
+}
+
+/// What a guest may send as (`guest_spoofing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Spoofing {
+    /// Anything, as on a plain bridge (the default).
+    #[default]
+    Allow,
+    /// Only its first MAC, the address DHCP leased it, and no server
+    /// replies or router advertisements (see
+    /// docs/firewall.md).
+    Deny,
+}
+
+impl Spoofing {
+    /// Reads `allow` or `deny`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "allow" => Some(Spoofing::Allow),
+            "deny" => Some(Spoofing::Deny),
+            _ => None,
+        }
+    }
+
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spoofing::Allow => "allow",
+            Spoofing::Deny => "deny",
+        }
+    }
+}
+
+/// A port forward: connections to the host's own addresses (or to one of
+/// them) on `host_ports` go to a guest, port for port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Forward {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The host's port, or ports.
+    pub host_ports: PortRange,
+    /// The guest's address.
+    pub guest: Ipv4Addr,
+    /// The `dhcp.hosts` name it was given by, if any.
+    pub guest_name: Option<String>,
+    /// The guest's ports, as many as `host_ports`, mapped one to one.
+    pub guest_ports: PortRange,
+    /// Only connections to this address of the host; `None`: to any of them.
+    pub host_address: Option<Ipv4Addr>,
+}
+
+impl Forward {
+    /// Whether a connection could match both.
+    pub fn overlaps(&self, other: &Forward) -> bool {
+        let addresses = match (self.host_address, other.host_address) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        self.protocol == other.protocol && addresses && self.host_ports.overlaps(&other.host_ports)
+    }
+
+    /// `tcp 2222`, `udp 10.0.0.5:8000-8010`: what it listens for.
+    pub fn listens(&self) -> String {
+        match self.host_address {
+            Some(address) => format!("{} {address}:{}", self.protocol, self.host_ports),
+            None => format!("{} {}", self.protocol, self.host_ports),
+        }
+    }
+
+    /// `web1 (192.168.100.10):22`, or `192.168.100.10:22`: where it goes.
+    pub fn target(&self) -> String {
+        match &self.guest_name {
+            Some(name) => format!("{name} ({}):{}", self.guest, self.guest_ports),
+            None => format!("{}:{}", self.guest, self.guest_ports),
+        }
+    }
+}
+
+/// The default of `max_taps_per_user`: a few VMs with several NICs each,
+/// far below the kernel's 1023 ports per bridge.
+pub const DEFAULT_MAX_TAPS_PER_USER: u32 = 32;
+
+/// What the network's dnsmasq hands out and answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dhcp {
+    /// First and last address leased dynamically.
+    pub range: (Ipv4Addr, Ipv4Addr),
+    /// Lease time as dnsmasq reads it (`1h`, `45m`, `infinite`).
+    pub lease_time: String,
+    /// Whether dnsmasq also answers DNS on the bridge (and says so in its offers).
+    pub dns: bool,
+    /// Fixed addresses by MAC.
+    pub hosts: Vec<StaticLease>,
+    /// Extra names dnsmasq answers for.
+    pub records: Vec<HostRecord>,
+}
+
+impl Dhcp {
+    /// The defaults for a subnet: the upper half leased for an hour, leaving
+    /// the lower half to guests with static addresses; DNS on.
+    pub fn defaults_for(address: Ipv4Network) -> Self {
+        let network = u32::from(address.network());
+        let broadcast = u32::from(address.broadcast());
+        let half = (broadcast - network).div_ceil(2);
+        Dhcp {
+            range: (Ipv4Addr::from(network + half.max(2)), Ipv4Addr::from(broadcast - 1)),
+            lease_time: "1h".to_owned(),
+            dns: true,
+            hosts: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+}
+
+/// A fixed address for one MAC, as `dhcp-host=`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticLease {
+    /// The guest NIC's MAC, lower case.
+    pub mac: String,
+    /// The address it always gets.
+    pub ip: Ipv4Addr,
+    /// Host name handed to the guest and resolvable through the bridge's DNS.
+    pub name: Option<String>,
+    /// The taps that alone may use this MAC and take this address (`tap`,
+    /// a pattern): a reservation, so that no other guest can claim a
+    /// forward's target while it is stopped.
+    pub tap: Option<glob::Pattern>,
+}
+
+/// An extra name in the bridge's DNS, as `host-record=`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRecord {
+    /// Fully qualified or short name.
+    pub name: String,
+    /// Its address.
+    pub ip: IpAddr,
+}
+
+impl Network {
+    /// The classic scripts' network: NAT on `br0` with `192.168.100.1/24`.
+    pub fn classic() -> Self {
+        Network {
+            name: DEFAULT_NETWORK.to_owned(),
+            mode: Mode::Nat,
+            bridge: IfName::builtin(DEFAULT_BRIDGE),
+            ipv4: DEFAULT_ADDRESS.parse().ok(),
+            ipv6: None,
+            mtu: None,
+            taps: Vec::new(),
+            dhcp: None,
+            grants: Grants::default(),
+            firewall: Choice::Auto,
+            max_taps_per_user: DEFAULT_MAX_TAPS_PER_USER,
+            isolate_guests: false,
+            forwards: Vec::new(),
+            guest_spoofing: Spoofing::Allow,
+            ovs: None,
+        }
+    }
+
+    /// The host's addresses on the bridge, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpNetwork> {
+        self.ipv4.map(IpNetwork::V4).into_iter().chain(self.ipv6.map(IpNetwork::V6))
+    }
+
+    /// The subnets guests live in, IPv4 first.
+    pub fn subnets(&self) -> impl Iterator<Item = IpNetwork> {
+        self.subnet4().map(IpNetwork::V4).into_iter().chain(self.subnet6().map(IpNetwork::V6))
+    }
+
+    /// The IPv4 subnet guests live in: what firewall rules match.
+    pub fn subnet4(&self) -> Option<Ipv4Network> {
+        self.ipv4.and_then(|a| Ipv4Network::new(a.network(), a.prefix()).ok())
+    }
+
+    /// The IPv6 subnet guests live in.
+    pub fn subnet6(&self) -> Option<Ipv6Network> {
+        self.ipv6.and_then(|a| Ipv6Network::new(a.network(), a.prefix()).ok())
+    }
+}
+
+/// Where the networks came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// No config file: the classic single network.
+    Builtin,
+    /// A config file.
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Builtin => f.write_str("the built-in default (no config file)"),
+            Source::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Every network the host knows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file they were read from, if any.
+    pub source: Source,
+    /// Which firewall backend writes the networks' rules.
+    pub firewall: Choice,
+    /// The networks, in file order.
+    pub networks: Vec<Network>,
+}
+
+/// Which users and groups a network is granted to, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `allow_users`.
+    pub users: Vec<String>,
+    /// `allow_groups`.
+    pub groups: Vec<String>,
+}
+
+/// The two ways kvm-net can write rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// kvm-net's own nf_tables tables, over netlink.
+    Nftables,
+    /// Chains of its own in iptables' tables, through `iptables-restore`.
+    Iptables,
+}
+
+impl Backend {
+    /// `nftables` or `iptables`, as the config and status say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the config asks for (`firewall = "auto" | "nftables" | "iptables"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Choice {
+    /// nftables where the kernel has nf_tables and no legacy iptables tables
+    /// are in use; iptables otherwise.
+    #[default]
+    Auto,
+    /// This backend, whatever the host.
+    Only(Backend),
+}
+
+impl Choice {
+    /// Reads `auto`, `nftables` or `iptables`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "auto" => Some(Choice::Auto),
+            "nftables" => Some(Choice::Only(Backend::Nftables)),
+            "iptables" => Some(Choice::Only(Backend::Iptables)),
+            _ => None,
+        }
+    }
+}

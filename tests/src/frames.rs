@@ -58,7 +58,7 @@ pub fn ipv4(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, payload: &[u8
 /// The IPv4 packet `packet` (as [`ipv4`] makes it, no options) cut into
 /// fragments whose payloads are `first` bytes, then the rest.
 pub fn fragments(packet: &[u8], first: usize) -> [Vec<u8>; 2] {
-    assert!(first % 8 == 0 && first + 20 < packet.len(), "a fragment boundary");
+    assert!(first.is_multiple_of(8) && first + 20 < packet.len(), "a fragment boundary");
     let (header, payload) = packet.split_at(20);
     let piece = |data: &[u8], offset: usize, more: bool| {
         let mut head = header.to_vec();

@@ -95,8 +95,8 @@ impl Helper {
             Ok((env, config))
         };
         // kvm-ifdown reads no config: it acts on what the tap is attached to.
-        // With the network: the config's ovs networks, whose databases may
-        // hold a stale port of the tap's name.
+        // With the network: all the config's, whose switches may hold a
+        // stale port of the tap's name.
         let chosen = || -> anyhow::Result<(Network, Source, Vec<Network>)> {
             let (env, config) = load()?;
             let chosen = config::choose(&config, invoked_as, tap, &env)?;
@@ -107,12 +107,11 @@ impl Helper {
                 "{tap}: network {} ({}, bridge {}) from {} ({})",
                 network.name, network.mode, network.bridge, config.source, chosen.how
             ));
-            let ovs = config.networks.into_iter().filter(|n| n.mode == config::model::Mode::Ovs).collect();
-            Ok((network, config.source, ovs))
+            Ok((network, config.source, config.networks))
         };
-        // kvm-ifdown reads the config only for a tap of an ovs network (its
-        // database socket): the network its alias names, if granted.
-        let ovs_network = |name: &str| -> anyhow::Result<Network> {
+        // kvm-ifdown reads the config only for a tap whose mark names its
+        // network (an ovs network's: its database socket), if granted.
+        let marked_network = |name: &str| -> anyhow::Result<Network> {
             let (_, config) = load()?;
             let network = config.network(name).cloned().ok_or_else(|| Error::UnknownNetwork {
                 name: name.to_owned(),
@@ -124,14 +123,14 @@ impl Helper {
             Ok(network)
         };
         match self {
-            Helper::IfDown => tap_scripts::ifdown(tap, &access, ovs_network),
+            Helper::IfDown => tap_scripts::ifdown(tap, &access, marked_network),
             Helper::IfUp => {
-                let (network, source, ovs) = chosen()?;
-                tap_scripts::ifup(tap, &network, &source, &access, &ovs)
+                let (network, source, all) = chosen()?;
+                tap_scripts::ifup(tap, &network, &source, &access, &all)
             }
             Helper::NatUp => {
-                let (network, _, ovs) = chosen()?;
-                tap_scripts::natup(tap, &network, &access, &ovs)
+                let (network, _, all) = chosen()?;
+                tap_scripts::natup(tap, &network, &access, &all)
             }
             Helper::NatDown => tap_scripts::natdown(tap, &chosen()?.0, &access),
         }

@@ -74,15 +74,6 @@ const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTN_UNICAST: u8 = 1;
 
-/// The alias kvm-net puts on bridges it creates, for people reading `ip -d
-/// link`. The mark that makes a bridge kvm-net's own to delete is its MAC
-/// ([`bridge_mac`]), which is set in the very request that creates it: the
-/// alias can only follow in a second request, and a crash in between must not
-/// leave a bridge that no one removes.
-pub const MANAGED_ALIAS: &str = "kvm-net managed bridge";
-/// The alias of a managed bridge that `kvm-net up` keeps up without VMs.
-pub const KEPT_UP_ALIAS: &str = "kvm-net managed bridge, kept up";
-
 /// What kvm-net needs to know about one link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
@@ -112,28 +103,6 @@ pub struct Link {
     pub accept_ra: Option<i32>,
 }
 
-/// Whether a port kvm-net attaches may reach the bridge's other ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortIsolation {
-    /// It may (a plain bridge port).
-    Off,
-    /// It is isolated (`isolate_guests`): it reaches the bridge itself (the
-    /// gateway, DHCP, DNS) and ports that are not isolated, never another
-    /// guest's.
-    On,
-}
-
-impl PortIsolation {
-    /// What a network's `isolate_guests` asks for.
-    pub fn of(isolate_guests: bool) -> Self {
-        if isolate_guests {
-            PortIsolation::On
-        } else {
-            PortIsolation::Off
-        }
-    }
-}
-
 /// What the kernel says of a tun/tap device: who may open it without
 /// CAP_NET_ADMIN (`ip tuntap add ... user U group G`; unset means only a
 /// privileged process), and whether it carries virtio-net headers.
@@ -145,16 +114,6 @@ pub struct Tun {
     pub group: Option<u32>,
     /// `IFLA_TUN_VNET_HDR`: frames carry virtio-net headers (QEMU's default).
     pub vnet_header: bool,
-}
-
-/// A stable, locally administered MAC for a bridge kvm-net creates: a bridge
-/// without one takes the lowest MAC of its ports, which changes as VMs come
-/// and go and makes guests' ARP caches stale. It is also kvm-net's mark.
-pub fn bridge_mac(bridge: &str) -> [u8; 6] {
-    // FNV-1a: tiny, stable across releases and platforms.
-    let hash = bridge.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    let [a, b, c, d, e, ..] = hash.to_be_bytes();
-    [0x02, a, b, c, d, e]
 }
 
 impl Link {
@@ -212,41 +171,14 @@ impl Link {
     pub fn is_bridge(&self) -> bool {
         self.kind.as_deref() == Some("bridge")
     }
-
-    /// Whether kvm-net created this bridge (and so may delete it): it has
-    /// kvm-net's MAC for its name, or (bridges of kvm-net 0.1 that someone
-    /// re-addressed) kvm-net's alias.
-    pub fn is_managed(&self) -> bool {
-        self.is_bridge()
-            && (self.mac == Some(bridge_mac(&self.name))
-                || matches!(self.alias.as_deref(), Some(MANAGED_ALIAS | KEPT_UP_ALIAS)))
-    }
-
-    /// Whether this managed bridge lacks the alias that says so (kvm-net
-    /// stopped between creating and naming it).
-    pub fn lacks_alias(&self) -> bool {
-        self.is_managed() && !matches!(self.alias.as_deref(), Some(MANAGED_ALIAS | KEPT_UP_ALIAS))
-    }
-
-    /// Whether `kvm-net up` asked for this bridge to stay without VMs, so that
-    /// neither the last VM's downscript nor `kvm-net gc` removes it.
-    pub fn is_kept_up(&self) -> bool {
-        self.is_bridge() && self.alias.as_deref() == Some(KEPT_UP_ALIAS)
-    }
-}
-
-/// Bridges kvm-net created that have no ports and that `kvm-net up` does not
-/// keep: what a VM killed without its downscript leaves (`gc` removes them,
-/// `check` reports them).
-pub fn abandoned_bridges(links: &[Link]) -> impl Iterator<Item = &Link> {
-    links.iter().filter(|l| l.is_managed() && !l.is_kept_up() && !links.iter().any(|p| p.controller == Some(l.index)))
 }
 
 /// The flags an attach request sets: up, unless the port is isolated first.
-fn up_unless_isolated(isolation: PortIsolation) -> u32 {
-    match isolation {
-        PortIsolation::Off => IFF_UP,
-        PortIsolation::On => 0,
+fn up_unless_isolated(isolated: bool) -> u32 {
+    if isolated {
+        0
+    } else {
+        IFF_UP
     }
 }
 
@@ -381,13 +313,12 @@ impl Netlink {
         Ok(ports.into_iter().filter(|link| link.controller == Some(bridge.index)).collect())
     }
 
-    /// Creates a bridge marked as kvm-net's by its MAC ([`bridge_mac`]), in
-    /// the same request, then names it with kvm-net's alias. Returns `None` if
-    /// another process won the race.
-    pub fn create_managed_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<Option<Link>> {
+    /// Creates a bridge with `mac` (and `mtu`) set in the creating request
+    /// itself. Returns `None` if another process won the race.
+    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>, mac: &[u8; 6]) -> Result<Option<Link>> {
         let mut request = Request::new(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &ifinfomsg(0, 0, 0))
             .string(IFLA_IFNAME, name)
-            .bytes(IFLA_ADDRESS, &bridge_mac(name));
+            .bytes(IFLA_ADDRESS, mac);
         if let Some(mtu) = mtu {
             request = request.u32(IFLA_MTU, mtu);
         }
@@ -397,10 +328,7 @@ impl Netlink {
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => return Ok(None),
             Err(err) => return Err(err).with_context(|| format!("creating bridge {name}")),
         }
-        let bridge =
-            self.link_by_name(name)?.with_context(|| format!("bridge {name} vanished right after it was created"))?;
-        self.set_alias(&bridge, MANAGED_ALIAS)?;
-        Ok(Some(Link { alias: Some(MANAGED_ALIAS.to_owned()), ..bridge }))
+        self.link_by_name(name)?.with_context(|| format!("bridge {name} vanished right after it was created")).map(Some)
     }
 
     /// Adds each of `addresses` the link lacks (one dump of its addresses).
@@ -504,54 +432,46 @@ impl Netlink {
 
     /// Makes `port` a port of `bridge` with the bridge's MTU, then brings it up:
     /// the order in which no frame crosses a link with mismatched MTUs. An
-    /// isolated port is isolated before it comes up.
-    pub fn attach(&mut self, port: &Link, bridge: &Link, isolation: PortIsolation) -> Result<()> {
+    /// `isolated` port is isolated before it comes up.
+    pub fn attach(&mut self, port: &Link, bridge: &Link, isolated: bool) -> Result<()> {
         if port.mtu != bridge.mtu {
             let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, 0)).u32(IFLA_MTU, bridge.mtu);
             self.ask(request, false, &[], || {
                 format!("setting the MTU of {} to {} (bridge {})", port.name, bridge.mtu, bridge.name)
             })?;
         }
-        let up = up_unless_isolated(isolation);
+        let up = up_unless_isolated(isolated);
         let request =
             Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, up, IFF_UP)).u32(IFLA_MASTER, bridge.index);
         self.enslave(request, port, bridge)?;
-        self.isolate_and_bring_up(port, bridge, isolation)
+        self.isolate_and_bring_up(port, bridge, isolated)
     }
 
-    /// Attaches a tap the bridge helper just made: its MAC address (with a
-    /// first byte of 0xFE, so that a bridge that takes the lowest of its
-    /// ports' addresses never takes a VM's), the bridge's MTU, the bridge,
-    /// then up, in one request (the kernel applies them in that order); an
-    /// isolated port in a second, before it comes up.
-    pub fn attach_new_tap(&mut self, port: &Link, bridge: &Link, isolation: PortIsolation) -> Result<()> {
-        let mut mac = port.mac.unwrap_or_else(|| bridge_mac(&port.name));
-        mac[0] = 0xfe;
-        let up = up_unless_isolated(isolation);
+    /// Gives `port` the address `mac`, the bridge's MTU and the bridge, then
+    /// brings it up, in one request (the kernel applies them in that
+    /// order); an `isolated` port is isolated in a second, before it comes up.
+    pub fn attach_with_mac(&mut self, port: &Link, bridge: &Link, mac: &[u8; 6], isolated: bool) -> Result<()> {
+        let up = up_unless_isolated(isolated);
         let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, up, IFF_UP))
-            .bytes(IFLA_ADDRESS, &mac)
+            .bytes(IFLA_ADDRESS, mac)
             .u32(IFLA_MTU, bridge.mtu)
             .u32(IFLA_MASTER, bridge.index);
         self.enslave(request, port, bridge)?;
-        self.isolate_and_bring_up(port, bridge, isolation)
+        self.isolate_and_bring_up(port, bridge, isolated)
     }
 
-    /// Brings up a tap the bridge helper just made for a switch that is not
-    /// a Linux bridge (Open vSwitch): with a MAC whose first byte is 0xFE, as
-    /// [`Netlink::attach_new_tap`] gives it.
-    pub fn bring_up_made_tap(&mut self, port: &Link) -> Result<()> {
-        let mut mac = port.mac.unwrap_or_else(|| bridge_mac(&port.name));
-        mac[0] = 0xfe;
+    /// Gives `port` the address `mac` and brings it up, in one request.
+    pub fn bring_up_with_mac(&mut self, port: &Link, mac: &[u8; 6]) -> Result<()> {
         let request =
-            Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP)).bytes(IFLA_ADDRESS, &mac);
+            Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP)).bytes(IFLA_ADDRESS, mac);
         self.ask(request, false, &[], || format!("bringing {} up", port.name)).map(drop)
     }
 
     /// For an isolated port, attached but still down: sets the bridge
     /// port's isolation and brings it up in one request, so that it never
     /// forwards a frame unisolated. If that fails, it goes off the bridge again.
-    fn isolate_and_bring_up(&mut self, port: &Link, bridge: &Link, isolation: PortIsolation) -> Result<()> {
-        if isolation == PortIsolation::Off {
+    fn isolate_and_bring_up(&mut self, port: &Link, bridge: &Link, isolated: bool) -> Result<()> {
+        if !isolated {
             return Ok(());
         }
         let request = Request::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP))
@@ -702,19 +622,5 @@ pub fn has_port_besides(bridge: &Link, except: Option<u32>) -> Result<bool> {
     match failure {
         Some(err) => Err(err).with_context(context),
         None => Ok(found),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bridge_mac_is_unicast_locally_administered_and_stable() {
-        let mac = bridge_mac("br0");
-        assert_eq!(mac[0] & 0x01, 0, "unicast");
-        assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
-        assert_eq!(mac, bridge_mac("br0"));
-        assert_ne!(mac, bridge_mac("br1"));
     }
 }

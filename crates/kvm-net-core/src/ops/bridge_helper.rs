@@ -22,15 +22,15 @@ use nix::sys::stat::{fstat, SFlag};
 use crate::config::model::{Config, Mode, Network};
 use crate::config::{self, Environment};
 use crate::error::Error;
-use crate::firewall::antispoof::{self, Policy};
-use crate::kernel::netlink::{Link, Netlink, PortIsolation};
+use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::tap::Tap;
 use crate::ops::network::Bringup;
+use crate::ops::tap_scripts::{plug_in, release_stale_named};
 use crate::ops::watch;
 use crate::security::access::Access;
 use crate::security::lock::BridgeLock;
 use crate::security::privilege::{Install, Needs, Start};
-use crate::switch::{self, LinuxBridge, Switch};
+use crate::switch::{self, Switch};
 use crate::trace::trace;
 
 /// The binary's name, the prefix of its messages.
@@ -167,7 +167,6 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
     let env = Environment::from_process()?;
     let config = Config::load(&env.config_path(), start.install != Install::Plain)?;
     let chosen = config::choose_by_bridge_argument(&config, &request.bridge, &env)?;
-    let ovs_networks: Vec<Network> = config.networks.iter().filter(|n| n.mode == Mode::Ovs).cloned().collect();
     let access = start.access();
     access.check_network(&chosen.network, &chosen.how)?;
     let network = chosen.network;
@@ -190,9 +189,10 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
     let mut target = if network.mode.is_managed() {
         Target::Managed(Bringup::prepare(&network, NAME)?)
     } else {
-        Target::Existing(switch::existing(&network, &mut netlink).with_context(|| {
-            format!("attaching a tap to {} {}", crate::ops::tap_scripts::switch_kind(&network), network.bridge)
-        })?)
+        Target::Existing(
+            switch::open(&network, &mut netlink, None)
+                .with_context(|| format!("attaching a tap to {}", switch::describe(&network)))?,
+        )
     };
     // A switch that forwards the guest's unfinished checksums as they are
     // gets a tap without virtio-net headers: QEMU then offers the guest no
@@ -213,11 +213,6 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
     trace(format_args!("made tap {} (vnet header: {})", tap.name(), tap.has_vnet_hdr()));
     let port =
         netlink.link_by_name(tap.name().as_str())?.ok_or_else(|| Error::NoSuchInterface(tap.name().to_string()))?;
-    // A tap the kernel just named may share its name with a stale port of
-    // kvm-net's in Open vSwitch, which vswitchd takes whatever the tap is for.
-    if network.mode != Mode::Ovs {
-        crate::ops::tap_scripts::release_stale_ovs_ports(&ovs_networks, &port.name)?;
-    }
     match target {
         Target::Managed(bringup) => {
             let lock = BridgeLock::acquire(&network.bridge)?;
@@ -225,23 +220,23 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
             // be, a network created here is removed again, as after any
             // failed start.
             bringup.run(&mut netlink, &lock, |netlink, bridge| {
-                if let Some(policy) = Policy::of(&network) {
-                    antispoof::admit(&network.bridge, &policy, &port.name)?;
-                }
-                let mut switch = LinuxBridge::new(bridge, PortIsolation::of(network.isolate_guests));
-                switch.attach(netlink, &port, switch::Tap::Made)?;
-                within_bound(netlink, &access, &network, &port, &mut switch)?;
+                let mut switch = plug_in(netlink, &network, &config.networks, bridge, &port, switch::Tap::Made)?;
+                within_bound(netlink, &access, &network, &port, &mut *switch)?;
                 watch::ensure_watcher(&network)
             })?;
         }
         Target::Existing(mut switch) => {
-            // An OVS port needs a watcher to go with its tap; as for managed
-            // networks, it is started (or found) under the bridge's lock.
-            let ovs = network.mode == Mode::Ovs;
-            let _lock = if ovs { Some(BridgeLock::acquire(&network.bridge)?) } else { None };
+            // A switch that keeps the ports of departed taps needs a watcher
+            // to take this one away with its tap; as for managed networks,
+            // it is started (or found) under the bridge's lock.
+            let keeps = switch.keeps_departed_ports();
+            let _lock = keeps.then(|| BridgeLock::acquire(&network.bridge)).transpose()?;
+            // A tap the kernel just named may share its name with a stale
+            // port elsewhere, which that switch takes whatever the tap is for.
+            release_stale_named(&config.networks, &network, &port.name)?;
             switch.attach(&mut netlink, &port, switch::Tap::Made)?;
             within_bound(&mut netlink, &access, &network, &port, &mut *switch)?;
-            if ovs {
+            if keeps {
                 watch::ensure_watcher(&network)?;
             }
         }

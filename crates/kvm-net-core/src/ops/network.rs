@@ -6,19 +6,21 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::config::model::{Config, Network, OvsPorts, Spoofing};
+use crate::config::model::{Config, Network, Spoofing};
 use crate::error::Error;
 use crate::firewall::antispoof::{self, Policy};
 use crate::firewall::{self, firewalld, plan, Backend, Firewall};
 use crate::ifname::IfName;
-use crate::kernel::netlink::{abandoned_bridges, has_port_besides, Link, Netlink, KEPT_UP_ALIAS, MANAGED_ALIAS};
+use crate::kernel::netlink::{has_port_besides, Link, Netlink};
 use crate::kernel::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
 use crate::ops::lease_hook;
 use crate::ops::warm::{fingerprint, Record};
 use crate::security::lock::BridgeLock;
 use crate::services::dnsmasq::{self, Dnsmasq, Hooks};
-use crate::switch::linux::find_bridge;
-use crate::switch::OvsBridge;
+use crate::switch;
+use crate::switch::linux::{
+    abandoned_bridges, create_managed_bridge, find_bridge, Marks, KEPT_UP_ALIAS, MANAGED_ALIAS,
+};
 use crate::trace::{trace, warn};
 
 /// What a managed bridge has besides the kernel's link: its firewall rules
@@ -274,7 +276,7 @@ fn create_bridge(netlink: &mut Netlink, network: &Network) -> Result<Link> {
         }
     }
     trace(format_args!("creating bridge {name}"));
-    match netlink.create_managed_bridge(name.as_str(), network.mtu)? {
+    match create_managed_bridge(netlink, name.as_str(), network.mtu)? {
         Some(bridge) => Ok(bridge),
         // Someone outside kvm-net's lock created it first: use theirs if it is a bridge.
         None => find_bridge(netlink, name)?.with_context(|| format!("bridge {name} appeared and vanished")),
@@ -312,6 +314,23 @@ pub fn repair(network: &Network) -> Result<bool> {
     }
     bringup.run(&mut netlink, &lock, |_, _| Ok(()))?;
     Ok(true)
+}
+
+/// Why a managed network stays after a port left (`leaving`, which QEMU
+/// runs the downscript of while it is still a port: never counted), if it
+/// does: other ports, or `kvm-net up`. The one last-port decision of the
+/// downscript, the watcher and `kvm-net gc`; `None`: it may go.
+pub fn why_it_stays(bridge: &Link, leaving: Option<u32>) -> Result<Option<&'static str>> {
+    Ok(stays(has_port_besides(bridge, leaving)?, bridge.is_kept_up()))
+}
+
+/// The decision itself: a network with other ports, or kept up, stays.
+fn stays(other_ports: bool, kept_up: bool) -> Option<&'static str> {
+    match (other_ports, kept_up) {
+        (true, _) => Some("it has other ports"),
+        (false, true) => Some("kvm-net up keeps it until kvm-net down"),
+        (false, false) => None,
+    }
 }
 
 /// What taking a network down found.
@@ -367,9 +386,7 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
             services.dhcp_server.leftover() || firewall::leftovers(&bridge)? || firewalld::leftover(&bridge)?;
         let link = netlink.link_by_name(bridge.as_str())?;
         let what = match &link {
-            Some(link) if link.is_managed() && !link.is_kept_up() && !has_port_besides(link, None)? => {
-                "an empty bridge"
-            }
+            Some(link) if link.is_managed() && why_it_stays(link, None)?.is_none() => "an empty bridge",
             None if leftovers => "rules or a dnsmasq of a bridge that is gone",
             _ => continue,
         };
@@ -383,14 +400,40 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
         report.push(format!("removed {bridge}{named}: {what}"));
     }
     for network in config.map_or(&[][..], |c| &c.networks) {
-        if let Some(settings) = &network.ovs {
-            report.extend(gc_ovs(&mut netlink, network, settings, dry_run)?);
+        if !network.mode.is_managed() {
+            report.extend(gc_switch(&mut netlink, network, dry_run)?);
         }
         if network.mode.is_managed() && Policy::of(network).is_some() {
             report.extend(gc_guest_filter(&mut netlink, network, dry_run)?);
         }
     }
     Ok(report)
+}
+
+/// The stale ports of a switch that keeps ports of departed taps (their
+/// tap is gone, or is another tap of their name), removed under the
+/// bridge's lock (a helper adding a tap of that name again holds it). A
+/// switch that cannot be reached is reported, not an error: gc has other
+/// networks to clean; one that is not there has no ports.
+fn gc_switch(netlink: &mut Netlink, network: &Network, dry_run: bool) -> Result<Vec<String>> {
+    let name = &network.name;
+    let _lock = BridgeLock::acquire(&network.bridge)?;
+    let mut switch = match switch::open(network, netlink, None) {
+        Ok(switch) => switch,
+        Err(err) if matches!(err.downcast_ref::<Error>(), Some(Error::NoBridge(_))) => return Ok(Vec::new()),
+        Err(err) => return Ok(vec![format!("skipped network {name}: {err:#}")]),
+    };
+    let stale = switch.stale_ports(netlink)?;
+    if !dry_run {
+        for port in &stale {
+            switch.forget(port)?;
+        }
+    }
+    let done = if dry_run { "would remove" } else { "removed" };
+    Ok(stale
+        .iter()
+        .map(|port| format!("{done} port {port} of {} (network {name}): its tap is gone", switch.describe()))
+        .collect())
 }
 
 /// The guest filter's ports whose tap is gone (its VM was killed: no
@@ -417,30 +460,15 @@ fn gc_guest_filter(netlink: &mut Netlink, network: &Network, dry_run: bool) -> R
         .collect())
 }
 
-/// The ports of an ovs network whose tap is gone, removed under the
-/// bridge's lock (a helper adding a tap of that name again holds it). An
-/// OVS that cannot be reached is reported, not an error: gc has other
-/// networks to clean.
-fn gc_ovs(netlink: &mut Netlink, network: &Network, settings: &OvsPorts, dry_run: bool) -> Result<Vec<String>> {
-    let (name, bridge) = (&network.name, &network.bridge);
-    let _lock = BridgeLock::acquire(bridge)?;
-    let gone = match OvsBridge::connect(name, bridge, settings) {
-        Ok(mut ovs) => {
-            let (_, gone) = ovs.ports_by_presence(netlink)?;
-            if !dry_run {
-                for port in &gone {
-                    ovs.forget(&port.name)?;
-                }
-            }
-            gone
-        }
-        Err(err) => return Ok(vec![format!("skipped network {name}: {err:#}")]),
-    };
-    let done = if dry_run { "would remove" } else { "removed" };
-    Ok(gone
-        .iter()
-        .map(|port| {
-            format!("{done} port {} of Open vSwitch bridge {bridge} (network {name}): its tap is gone", port.name)
-        })
-        .collect())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_goes_with_its_last_port_unless_kept_up() {
+        assert_eq!(stays(false, false), None);
+        assert_eq!(stays(true, false), Some("it has other ports"));
+        assert_eq!(stays(true, true), Some("it has other ports"));
+        assert_eq!(stays(false, true), Some("kvm-net up keeps it until kvm-net down"));
+    }
 }

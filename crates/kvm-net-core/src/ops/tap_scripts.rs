@@ -3,16 +3,17 @@
 
 use anyhow::{Context, Result};
 
-use crate::config::model::{Mode, Network, Source};
+use crate::config::model::{Network, Source};
 use crate::error::Error;
 use crate::firewall::antispoof::{self, Policy};
 use crate::ifname::IfName;
-use crate::kernel::netlink::{has_port_besides, Link, Netlink, PortIsolation};
-use crate::ops::network::{Bringup, Services};
+use crate::kernel::netlink::{Link, Netlink};
+use crate::ops::network::{why_it_stays, Bringup, Services};
 use crate::ops::watch;
 use crate::security::access::Access;
 use crate::security::lock::BridgeLock;
-use crate::switch::{self, ovs, LinuxBridge, Switch, Tap};
+use crate::switch::linux::Marks;
+use crate::switch::{self, Switch, Tap};
 use crate::trace::{trace, warn};
 
 /// The tap QEMU named, if it exists: it must not be a bridge, and a caller
@@ -42,60 +43,48 @@ fn checked_tap_now(netlink: &mut Netlink, checked: &Link) -> Result<Option<Link>
 
 /// `kvm-ifup`: puts the tap on an existing switch: a Linux bridge (bridged
 /// networks, and the built-in default's `br0` exactly as `/etc/qemu-ifup`
-/// did) or an Open vSwitch bridge (ovs networks, whose port goes with its
-/// tap: a watcher removes it if the VM goes without its downscript).
-/// `ovs_networks` are the config's, whose databases may hold a stale port
-/// of the tap's name.
-pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access, ovs_networks: &[Network]) -> Result<()> {
+/// did) or an Open vSwitch bridge (ovs networks). A switch that keeps the
+/// ports of departed taps gets them under the bridge's lock, and a watcher
+/// that removes the port of a VM gone without its downscript. `all` are
+/// the config's networks, whose switches may hold a stale port of the tap's
+/// name.
+pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access, all: &[Network]) -> Result<()> {
     if network.mode.is_managed() && *source != Source::Builtin {
         return Err(Error::wrong_helper(network, "kvm-ifup/kvm-ifdown"));
     }
     let mut netlink = Netlink::connect()?;
     let port = require_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))?;
-    let attaching = || format!("attaching {tap} to {} {}", switch_kind(network), network.bridge);
-    let mut switch = switch::existing(network, &mut netlink).with_context(attaching)?;
-    // An OVS port is added under the bridge's lock, which a bridge helper's
-    // watcher removes ports under: it never takes this one for a stale one.
-    let _lock = if network.mode == Mode::Ovs { Some(BridgeLock::acquire(&network.bridge)?) } else { None };
+    let attaching = || format!("attaching {tap} to {}", switch::describe(network));
+    let mut switch = switch::open(network, &mut netlink, None).with_context(attaching)?;
+    // Such a port is added under the bridge's lock, which the watcher
+    // removes ports under: it never takes this one for a stale one.
+    let _lock = switch.keeps_departed_ports().then(|| BridgeLock::acquire(&network.bridge)).transpose()?;
     if port.tun.is_some_and(|tun| tun.vnet_header) && switch.forwards_unfinished_checksums()? {
         warn(format_args!(
             "kvm-ifup: warning: {} (the userspace datapath) forwards the unfinished checksums of {tap}'s guest as they are, so its TCP and UDP will be dropped: start QEMU with -netdev tap,...,vnet_hdr=off, or with -netdev bridge (the bridge helper makes such taps without virtio-net headers)",
             switch.describe()
         ));
     }
-    if network.mode != Mode::Ovs {
-        release_stale_ovs_ports(ovs_networks, tap.as_str())?;
-    }
+    release_stale_named(all, network, tap.as_str())?;
     switch.attach(&mut netlink, &port, Tap::Qemu)?;
-    if network.mode == Mode::Ovs {
+    if switch.keeps_departed_ports() {
         watch::ensure_watcher(network)?;
     }
     Ok(())
 }
 
-/// Takes away kvm-net's stale Open vSwitch ports named `tap`, if the
-/// config has ovs networks at all ([`ovs::release_stale_named`]).
-pub fn release_stale_ovs_ports(ovs_networks: &[Network], tap: &str) -> Result<()> {
-    if ovs_networks.is_empty() {
-        return Ok(());
-    }
-    let networks: Vec<&Network> = ovs_networks.iter().collect();
-    ovs::release_stale_named(&networks, tap).with_context(|| format!("checking Open vSwitch for a stale port {tap}"))
-}
-
-/// What a network's switch is called in messages.
-pub fn switch_kind(network: &Network) -> &'static str {
-    match network.mode {
-        Mode::Ovs => "Open vSwitch bridge",
-        _ => "bridge",
-    }
+/// Takes away stale ports named `tap` from the other switches of `all`
+/// that keep ports of departed taps ([`switch::release_stale_named`]).
+pub fn release_stale_named(all: &[Network], network: &Network, tap: &str) -> Result<()> {
+    switch::release_stale_named(all, network, tap)
+        .with_context(|| format!("checking Open vSwitch for a stale port {tap}"))
 }
 
 /// `kvm-ifdown`: takes the tap off its switch and sets it down; a tap that
 /// is already gone or detached is fine. It acts on what the kernel says:
-/// the Linux bridge the tap is a port of, or the OVS network its alias names
-/// (whose config, from `ovs_network`, says where its database is).
-pub fn ifdown(tap: &IfName, access: &Access, ovs_network: impl FnOnce(&str) -> Result<Network>) -> Result<()> {
+/// the Linux bridge the tap is a port of, or the network the tap's mark
+/// names (whose config, from `marked_network`, says where its switch is).
+pub fn ifdown(tap: &IfName, access: &Access, marked_network: impl FnOnce(&str) -> Result<Network>) -> Result<()> {
     let mut netlink = Netlink::connect()?;
     let Some(link) = find_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))? else {
         trace(format_args!("{tap} is gone already"));
@@ -108,32 +97,48 @@ pub fn ifdown(tap: &IfName, access: &Access, ovs_network: impl FnOnce(&str) -> R
                 bridge.name
             ));
         }
-    } else if let Some(name) = link.alias.as_deref().and_then(ovs::network_in_alias) {
-        let network = ovs_network(name)?;
-        let mut switch = switch::existing(&network, &mut netlink)
-            .with_context(|| format!("detaching {tap} from Open vSwitch bridge {}", network.bridge))?;
+    } else if let Some(name) = switch::network_marked_on(&link) {
+        let network = marked_network(name)?;
+        let mut switch = switch::open(&network, &mut netlink, None)
+            .with_context(|| format!("detaching {tap} from {}", switch::describe(&network)))?;
         return switch.detach(&mut netlink, &link);
     }
     netlink.detach_and_down(&link)
 }
 
 /// `kvm-natup`: makes a managed network whole (bridge, addresses,
-/// forwarding, rules, DHCP), then attaches the tap (after taking away any
-/// stale Open vSwitch port of its name in `ovs_networks`' databases).
-pub fn natup(tap: &IfName, network: &Network, access: &Access, ovs_networks: &[Network]) -> Result<()> {
+/// forwarding, rules, DHCP), then plugs the tap in ([`plug_in`]; `all`: the
+/// config's networks).
+pub fn natup(tap: &IfName, network: &Network, access: &Access, all: &[Network]) -> Result<()> {
     let bringup = Bringup::prepare(network, "kvm-natup/kvm-natdown")?;
     let mut netlink = Netlink::connect()?;
     // Checked first: nothing is created for a tap that is not there, or not the caller's.
     let checked = require_tap(&mut netlink, tap, access).with_context(|| format!("checking interface {tap}"))?;
     let lock = BridgeLock::acquire(&network.bridge)?;
     let port = checked_tap_now(&mut netlink, &checked)?.ok_or_else(|| Error::NoSuchInterface(tap.to_string()))?;
-    bringup.run(&mut netlink, &lock, |netlink, bridge| {
-        release_stale_ovs_ports(ovs_networks, &port.name)?;
-        if let Some(policy) = Policy::of(network) {
-            antispoof::admit(&network.bridge, &policy, &port.name)?;
-        }
-        LinuxBridge::new(bridge, PortIsolation::of(network.isolate_guests)).attach(netlink, &port, Tap::Qemu)
-    })
+    bringup
+        .run(&mut netlink, &lock, |netlink, bridge| plug_in(netlink, network, all, bridge, &port, Tap::Qemu).map(drop))
+}
+
+/// A guest's tap onto a managed network's bridge (which its bring-up found
+/// or made), under the bridge's lock: first away from any other switch
+/// that would take a tap of its name, then into the network's guest filter,
+/// then onto the bridge. Returns the switch, for what follows.
+pub fn plug_in(
+    netlink: &mut Netlink,
+    network: &Network,
+    all: &[Network],
+    bridge: Link,
+    port: &Link,
+    tap: Tap,
+) -> Result<Box<dyn Switch>> {
+    release_stale_named(all, network, &port.name)?;
+    if let Some(policy) = Policy::of(network) {
+        antispoof::admit(&network.bridge, &policy, &port.name)?;
+    }
+    let mut switch = switch::open(network, netlink, Some(bridge))?;
+    switch.attach(netlink, port, tap)?;
+    Ok(switch)
 }
 
 /// `kvm-natdown`: detaches the tap; when no other port is left, removes
@@ -176,12 +181,8 @@ fn natdown_locked(netlink: &mut Netlink, network: &Network, services: &Services,
         }
     };
     // QEMU runs the downscript while the tap is still a port: never count it.
-    if has_port_besides(&bridge, port.as_ref().map(|p| p.index))? {
-        trace(format_args!("bridge {} keeps other ports", bridge.name));
-        return Ok(false);
-    }
-    if bridge.is_kept_up() {
-        trace(format_args!("bridge {} stays: kvm-net up keeps it until kvm-net down", bridge.name));
+    if let Some(why) = why_it_stays(&bridge, port.as_ref().map(|p| p.index))? {
+        trace(format_args!("bridge {} stays: {why}", bridge.name));
         return Ok(false);
     }
     services.tear_down(netlink, Some(&bridge))?;

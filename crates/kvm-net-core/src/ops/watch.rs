@@ -19,19 +19,19 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::unistd::{fork, setsid, ForkResult};
 
-use crate::config::model::{Mode, Network, OvsPorts};
+use crate::config::model::Network;
+use crate::error::Error;
 use crate::firewall::{
     self,
     antispoof::{self, Policy},
 };
-use crate::kernel::netlink::{has_port_besides, LinkEvents, Netlink};
+use crate::kernel::netlink::{LinkEvents, Netlink};
 use crate::kernel::netns::bridge_tag;
-use crate::ops::network::Services;
+use crate::ops::network::{why_it_stays, Services};
 use crate::security::lock::BridgeLock;
 use crate::security::rundir::{Area, SafeDir};
-use crate::switch::linux::find_bridge;
-use crate::switch::ovs::{alias_of, PresentPorts};
-use crate::switch::{OvsBridge, Switch};
+use crate::switch::linux::Marks;
+use crate::switch::{self, Departures, Switch};
 use crate::trace::trace;
 
 /// The lock a network's watcher holds while it lives.
@@ -45,12 +45,9 @@ impl WatchLock {
     /// The network's watch lock if no watcher holds it; `None` if one does.
     fn try_acquire(network: &Network) -> Result<Option<Self>> {
         let dir = SafeDir::create(Area::Watch)?;
-        // Several ovs networks may share one OVS bridge: one watcher each,
-        // for its own ports.
-        let name = match network.mode {
-            Mode::Ovs => format!("{}@{}.lock", bridge_tag(&network.bridge)?, network.name),
-            _ => format!("{}.lock", bridge_tag(&network.bridge)?),
-        };
+        // Several networks may share one switch (ovs networks on OVN's
+        // br-int): one watcher each, for its own ports.
+        let name = format!("{}@{}.lock", bridge_tag(&network.bridge)?, network.name);
         loop {
             let file = dir.open_or_create(&name, 0o600)?;
             // SAFETY: flock on a descriptor this function owns; LOCK_NB never blocks.
@@ -158,96 +155,64 @@ fn become_daemon(keep: &[RawFd]) -> Result<()> {
     Ok(())
 }
 
-/// Waits for the bridge to lose its last port, then tears the network down.
+/// Waits for the network's switch to lose its last port, then leaves (a
+/// managed network torn down first).
 fn watch(network: &Network, lock: WatchLock) -> Result<()> {
     // Subscribed before the first look, so that no departure goes unseen.
     let mut events = LinkEvents::subscribe()?;
     let mut lock = lock;
     loop {
         match look(network, lock)? {
-            Look::Keep(kept, Watched::Bridge(index)) => {
+            Look::Keep(kept, Departures::Bridge(index)) => {
                 lock = kept;
                 events.wait_for_departure(index)?;
             }
-            Look::Keep(kept, Watched::Taps(taps)) => {
+            Look::Keep(kept, Departures::Taps { names, alias }) => {
                 lock = kept;
-                events.wait_for_port_departure(&taps, &alias_of(&network.name))?;
+                events.wait_for_port_departure(&names, &alias)?;
             }
             Look::Done => return Ok(()),
         }
     }
 }
 
-/// What a watcher watches for a departure.
-enum Watched {
-    /// The Linux bridge with this index.
-    Bridge(u32),
-    /// These taps, ports of an Open vSwitch bridge (whose ports the kernel
-    /// does not know): one goes when it is deleted, or loses kvm-net's alias.
-    Taps(Vec<String>),
-}
-
-/// What a look at the bridge decided.
+/// What a look at the network decided.
 enum Look {
-    /// Ports remain: keep watching.
-    Keep(WatchLock, Watched),
+    /// Ports remain: keep watching for these departures.
+    Keep(WatchLock, Departures),
     /// The network is gone (removed here, or by someone else), or kept up
     /// until `kvm-net down`: the watcher has let go of its lock.
     Done,
 }
 
-/// Decides what to do now, by the network's switch.
+/// The network's switch as it is now; `None` when it is gone or (a
+/// managed network) no longer kvm-net's.
+fn open_switch(network: &Network, netlink: &mut Netlink) -> Result<Option<Box<dyn Switch>>> {
+    match switch::open(network, netlink, None) {
+        Ok(switch) if network.mode.is_managed() && !switch.link().is_some_and(|bridge| bridge.is_managed()) => Ok(None),
+        Ok(switch) => Ok(Some(switch)),
+        Err(err) if matches!(err.downcast_ref::<Error>(), Some(Error::NoBridge(_))) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Decides what to do now. Ports whose tap went are taken away (from a
+/// switch that keeps them, and from the guest filter: a guest started
+/// again on another tap is itself again), under the bridge's lock, which
+/// the helpers adding a port hold too (a tap made again under the same name
+/// is never taken off). With no port of kvm-net's left the watcher leaves,
+/// taking a managed network down as the last `kvm-natdown` would.
 fn look(network: &Network, lock: WatchLock) -> Result<Look> {
-    match &network.ovs {
-        Some(settings) => look_at_ovs(network, settings, lock),
-        None => look_at_bridge(network, lock),
-    }
-}
-
-/// An OVS network: its ports whose tap went with its QEMU are removed from
-/// the switch, and with none of kvm-net's left the watcher leaves. Both
-/// under the bridge's lock, which the helpers adding a port hold too: a tap
-/// made again under the same name is never taken off, and a helper adding a
-/// port at that moment starts another watcher.
-fn look_at_ovs(network: &Network, settings: &OvsPorts, lock: WatchLock) -> Result<Look> {
     let mut netlink = Netlink::connect()?;
-    let mut ovs = OvsBridge::connect(&network.name, &network.bridge, settings)?;
-    let (present, gone) = ovs.ports_by_presence(&mut netlink)?;
-    let taps = |present: &PresentPorts| Watched::Taps(present.iter().map(|(port, _)| port.name.clone()).collect());
-    if gone.is_empty() && !present.is_empty() {
-        return Ok(Look::Keep(lock, taps(&present)));
-    }
-    let _bridge_lock = BridgeLock::acquire(&network.bridge)?;
-    let (present, gone) = ovs.ports_by_presence(&mut netlink)?;
-    for port in gone {
-        trace(format_args!("{} is gone: removing its port of {}", port.name, ovs.describe()));
-        ovs.forget(&port.name)?;
-    }
-    if !present.is_empty() {
-        return Ok(Look::Keep(lock, taps(&present)));
-    }
-    lock.release()?;
-    Ok(Look::Done)
-}
-
-/// A managed Linux bridge: with no port left, the watcher removes the
-/// network under the bridge's lock, as the last `kvm-natdown` would. Where
-/// the network has a guest filter, a port that went (its QEMU exited: a
-/// helper's tap goes with it) takes everything bound to it along at once,
-/// so that its guest, started again on another tap, is that guest again.
-fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
-    let mut netlink = Netlink::connect()?;
-    let filtered = Policy::of(network).is_some();
-    let bridge = match find_bridge(&mut netlink, &network.bridge)? {
-        Some(bridge) if bridge.is_managed() => bridge,
-        _ => {
-            trace(format_args!("bridge {} is gone, or not kvm-net's", network.bridge));
-            lock.release()?;
-            return Ok(Look::Done);
-        }
+    let filtered = network.mode.is_managed() && Policy::of(network).is_some();
+    let Some(mut switch) = open_switch(network, &mut netlink)? else {
+        trace(format_args!("the switch of network {} is gone, or not kvm-net's", network.name));
+        lock.release()?;
+        return Ok(Look::Done);
     };
-    if !filtered && has_port_besides(&bridge, None)? {
-        return Ok(Look::Keep(lock, Watched::Bridge(bridge.index)));
+    // The common case, without the bridge's lock: ports left, and nothing to take away.
+    if !filtered && switch.has_ports(&mut netlink)? && switch.stale_ports(&mut netlink)?.is_empty() {
+        return Ok(Look::Keep(lock, switch.departures(&mut netlink)?));
     }
     let bridge_lock = BridgeLock::acquire(&network.bridge)?;
     // Declared after the bridge's lock, so dropped before it (on an error
@@ -255,23 +220,27 @@ fn look_at_bridge(network: &Network, lock: WatchLock) -> Result<Look> {
     // on its way out.
     let lock = lock;
     // Seen again under the lock: a VM may have started meanwhile.
-    let bridge = match find_bridge(&mut netlink, &network.bridge)? {
-        Some(bridge) if bridge.is_managed() => bridge,
-        _ => {
-            lock.release()?;
-            return Ok(Look::Done);
-        }
+    let Some(mut switch) = open_switch(network, &mut netlink)? else {
+        lock.release()?;
+        return Ok(Look::Done);
     };
-    let ports = netlink.ports_of(&bridge)?;
+    for port in switch.stale_ports(&mut netlink)? {
+        trace(format_args!("{port} is gone: removing its port of {}", switch.describe()));
+        switch.forget(&port)?;
+    }
     if filtered && firewall::guest_filter_left(&network.bridge)? {
-        let present: Vec<String> = ports.iter().map(|port| port.name.clone()).collect();
+        let present: Vec<String> = switch.ports(&mut netlink)?.into_iter().map(|port| port.name).collect();
         antispoof::release_departed(&network.bridge, &present)?;
     }
-    if !ports.is_empty() {
-        return Ok(Look::Keep(lock, Watched::Bridge(bridge.index)));
+    if switch.has_ports(&mut netlink)? {
+        return Ok(Look::Keep(lock, switch.departures(&mut netlink)?));
     }
-    if bridge.is_kept_up() {
-        trace(format_args!("bridge {} stays: kvm-net up keeps it until kvm-net down", bridge.name));
+    let Some(bridge) = switch.link().cloned().filter(|_| network.mode.is_managed()) else {
+        lock.release()?;
+        return Ok(Look::Done);
+    };
+    if let Some(why) = why_it_stays(&bridge, None)? {
+        trace(format_args!("bridge {} stays: {why}", bridge.name));
         lock.release()?;
         return Ok(Look::Done);
     }

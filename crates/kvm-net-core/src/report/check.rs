@@ -6,15 +6,15 @@ use std::fs;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::model::{Config, Mode, Network, OvsPorts, Spoofing};
+use crate::config::model::{Config, Mode, Network, Spoofing};
 use crate::error::Error;
 use crate::firewall::antispoof::{self, Policy};
 use crate::firewall::{self, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
 use crate::kernel::listeners::listeners;
-use crate::kernel::netlink::{abandoned_bridges, Link, Netlink};
+use crate::kernel::netlink::{Link, Netlink};
 use crate::services::dnsmasq::Dnsmasq;
-use crate::switch::ovs::alias_of;
-use crate::switch::OvsBridge;
+use crate::switch::linux::abandoned_bridges;
+use crate::switch::{self, Switch};
 
 /// How bad a finding is; the exit status is the worst one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -32,7 +32,7 @@ pub struct Finding {
     /// Warning or error.
     pub severity: Severity,
     /// Stable identifier, documented in docs/troubleshooting.md.
-    pub code: &'static str,
+    pub code: String,
     /// The network concerned, if one is.
     pub network: Option<String>,
     /// What is wrong.
@@ -42,8 +42,14 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(severity: Severity, code: &'static str, network: Option<&Network>, message: String, fix: String) -> Self {
-        Self { severity, code, network: network.map(|n| n.name.clone()), message, fix }
+    fn new(
+        severity: Severity,
+        code: impl Into<String>,
+        network: Option<&Network>,
+        message: String,
+        fix: String,
+    ) -> Self {
+        Self { severity, code: code.into(), network: network.map(|n| n.name.clone()), message, fix }
     }
 }
 
@@ -65,7 +71,7 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
         Err(err) => {
             findings.push(Finding {
                 severity: Severity::Error,
-                code: "config",
+                code: "config".to_owned(),
                 network: None,
                 message: err.to_string(),
                 fix: err.advice().to_owned(),
@@ -79,7 +85,7 @@ pub fn run(config: Result<Config, Error>) -> Result<Vec<Finding>> {
         for link in abandoned_bridges(&links) {
             findings.push(Finding {
                 severity: Severity::Warning,
-                code: "empty-bridge",
+                code: "empty-bridge".to_owned(),
                 network: config
                     .as_ref()
                     .and_then(|c| c.networks.iter().find(|n| n.bridge.as_str() == link.name))
@@ -181,8 +187,8 @@ fn check_network(
     let bridge = network.bridge.as_str();
     check_spoofing(network, findings);
     check_reservations(network, findings);
-    if let Some(settings) = &network.ovs {
-        return check_ovs(netlink, links, network, settings, findings).map(|()| None);
+    if switch::database_of(network).is_some() {
+        return check_switch(netlink, links, network, findings).map(|()| None);
     }
     let link = links.iter().find(|l| l.name == bridge);
     if let Some(link) = link.filter(|l| !l.is_bridge()) {
@@ -240,24 +246,20 @@ fn check_network(
     Ok(None)
 }
 
-/// An ovs network: its OVS reachable with its bridge, no port of kvm-net's
-/// whose tap is gone or that vswitchd could not open, and no tap kvm-net
-/// attached (its alias says so) that is no longer a port.
-fn check_ovs(
-    netlink: &mut Netlink,
-    links: &[Link],
-    network: &Network,
-    settings: &OvsPorts,
-    findings: &mut Vec<Finding>,
-) -> Result<()> {
-    let (name, bridge) = (&network.name, &network.bridge);
-    let mut ovs = match OvsBridge::connect(name, bridge, settings) {
-        Ok(ovs) => ovs,
+/// A switch beside the kernel (an ovs network's): reachable, with its
+/// bridge, no port of kvm-net's whose tap is gone (or is another tap of its
+/// name) or that the switch could not open, and no tap kvm-net attached
+/// (its mark says so) that is no longer a port. Codes start with the
+/// switch's kind.
+fn check_switch(netlink: &mut Netlink, links: &[Link], network: &Network, findings: &mut Vec<Finding>) -> Result<()> {
+    let name = &network.name;
+    let mut switch = match switch::open(network, netlink, None) {
+        Ok(switch) => switch,
         Err(err) => {
             let (code, fix) = match err.downcast_ref::<Error>() {
                 Some(Error::OvsNoBridge(_)) => (
                     "ovs-no-bridge",
-                    format!("create it (ovs-vsctl add-br {bridge}; ovn-controller makes br-int itself), or give network {name} another bridge"),
+                    format!("create it (ovs-vsctl add-br {}; ovn-controller makes br-int itself), or give network {name} another bridge", network.bridge),
                 ),
                 _ => (
                     "ovs-unreachable",
@@ -274,48 +276,55 @@ fn check_ovs(
             return Ok(());
         }
     };
-    let (present, gone) = ovs.ports_by_presence(netlink)?;
-    for port in &gone {
+    findings.extend(switch_findings(&mut *switch, netlink, links, network)?);
+    Ok(())
+}
+
+/// What is wrong with an open switch's ports, whatever its kind.
+fn switch_findings(
+    switch: &mut dyn Switch,
+    netlink: &mut Netlink,
+    links: &[Link],
+    network: &Network,
+) -> Result<Vec<Finding>> {
+    let (name, described) = (&network.name, switch.describe());
+    let mut findings = Vec::new();
+    let kind = switch.kind();
+    let stale = switch.stale_ports(netlink)?;
+    for port in &stale {
         findings.push(Finding::new(
             Severity::Warning,
-            "ovs-stale-port",
+            format!("{kind}-stale-port"),
             Some(network),
             format!(
-                "port {} of Open vSwitch bridge {bridge} was added by kvm-net and its tap is gone, or is another tap of that name (a VM killed without its downscript and no watcher left, a reboot?): Open vSwitch takes any tap of that name into the network",
-                port.name
+                "port {port} of {described} was added by kvm-net and its tap is gone, or is another tap of that name (a VM killed without its downscript and no watcher left, a reboot?): the switch takes any tap of that name into the network"
             ),
             "run `kvm-net gc` to remove it".to_owned(),
         ));
     }
-    for (port, _) in present.iter().filter(|(p, _)| p.error.is_some() || p.ofport.is_some_and(|o| o < 1)) {
+    for port in switch.port_reports(netlink)?.into_iter().filter(|p| !stale.contains(&p.name)) {
+        let Some(problem) = port.problem else { continue };
         findings.push(Finding::new(
             Severity::Error,
-            "ovs-port-error",
+            format!("{kind}-port-error"),
             Some(network),
+            format!("{described} could not use its port {}: {problem}", port.name),
             format!(
-                "Open vSwitch could not use port {} of bridge {bridge}: {}",
-                port.name,
-                port.error.as_deref().unwrap_or("it has no OpenFlow port")
+                "see the switch's log (ovs-vswitchd's), then restart the VM's network (kvm-ifdown {0}; kvm-ifup {0})",
+                port.name
             ),
-            format!("see ovs-vswitchd's log, then restart the VM's network (kvm-ifdown {0}; kvm-ifup {0})", port.name),
         ));
     }
-    let alias = alias_of(name);
-    for tap in links.iter().filter(|l| l.alias.as_deref() == Some(&alias)) {
-        if !present.iter().any(|(p, _)| p.name == tap.name) {
-            findings.push(Finding::new(
-                Severity::Error,
-                "ovs-port-missing",
-                Some(network),
-                format!(
-                    "tap {} of network {name} is no longer a port of Open vSwitch bridge {bridge} (removed by someone else?): its VM is cut off",
-                    tap.name
-                ),
-                format!("add it again: kvm-ifup {} (as root, with KVM_NET_NETWORK={name} if its name matches no taps pattern)", tap.name),
-            ));
-        }
+    for tap in switch.lost_taps(netlink, links)? {
+        findings.push(Finding::new(
+            Severity::Error,
+            format!("{kind}-port-missing"),
+            Some(network),
+            format!("tap {tap} of network {name} is no longer a port of {described} (removed by someone else?): its VM is cut off"),
+            format!("add it again: kvm-ifup {tap} (as root, with KVM_NET_NETWORK={name} if its name matches no taps pattern)"),
+        ));
     }
-    Ok(())
+    Ok(findings)
 }
 
 /// From how many networks in iptables on: every forwarded packet walks
@@ -331,7 +340,7 @@ fn check_iptables_scaling(networks: &[String], findings: &mut Vec<Finding>) {
     }
     findings.push(Finding {
         severity: Severity::Warning,
-        code: "iptables-scaling",
+        code: "iptables-scaling".to_owned(),
         network: None,
         message: format!(
             "{} networks are up with their rules in iptables, which compares every forwarded packet with each network's rules in turn: with 100 networks alive, make bench measured as little as 0.4x the plain kernel's rate of small packets and 0.6x its new connections per second (docs/performance.md); nftables finds a packet's network in one lookup, within noise of the plain kernel",
@@ -590,4 +599,72 @@ fn check_foreign_drops(network: &Network, family: Family, hook: Hook, findings: 
 
 fn read_sysctl(path: &str) -> Option<String> {
     fs::read_to_string(path).ok().map(|v| v.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::switch::{Departures, PortReport, Tap};
+
+    /// A switch of a kind of its own, whose ports are what the test says.
+    struct Fake {
+        stale: Vec<String>,
+        reports: Vec<PortReport>,
+        lost: Vec<String>,
+    }
+
+    impl Switch for Fake {
+        fn describe(&self) -> String {
+            "fake switch sw0".to_owned()
+        }
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn attach(&mut self, _: &mut Netlink, _: &Link, _: Tap) -> Result<()> {
+            Ok(())
+        }
+        fn detach(&mut self, _: &mut Netlink, _: &Link) -> Result<()> {
+            Ok(())
+        }
+        fn ports(&mut self, _: &mut Netlink) -> Result<Vec<Link>> {
+            Ok(Vec::new())
+        }
+        fn stale_ports(&mut self, _: &mut Netlink) -> Result<Vec<String>> {
+            Ok(self.stale.clone())
+        }
+        fn departures(&mut self, _: &mut Netlink) -> Result<Departures> {
+            Ok(Departures::Taps { names: Vec::new(), alias: String::new() })
+        }
+        fn port_reports(&mut self, _: &mut Netlink) -> Result<Vec<PortReport>> {
+            Ok(self.reports.clone())
+        }
+        fn lost_taps(&mut self, _: &mut Netlink, _: &[Link]) -> Result<Vec<String>> {
+            Ok(self.lost.clone())
+        }
+    }
+
+    #[test]
+    fn a_switch_of_any_kind_gets_findings_through_the_seam_alone() {
+        let mut fake = Fake {
+            stale: vec!["t-stale".to_owned()],
+            reports: vec![
+                PortReport { name: "t-stale".to_owned(), problem: Some("gone".to_owned()), ..PortReport::default() },
+                PortReport {
+                    name: "t-bad".to_owned(),
+                    problem: Some("no port number".to_owned()),
+                    ..PortReport::default()
+                },
+                PortReport { name: "t-good".to_owned(), ..PortReport::default() },
+            ],
+            lost: vec!["t-lost".to_owned()],
+        };
+        let mut netlink = Netlink::connect().expect("a netlink socket");
+        let network = Network { name: "lab".to_owned(), ..Network::classic() };
+        let findings = switch_findings(&mut fake, &mut netlink, &[], &network).expect("findings");
+        let codes: Vec<(&str, &str)> = findings.iter().map(|f| (f.code.as_str(), f.message.as_str())).collect();
+        assert_eq!(codes.len(), 3, "{codes:?}");
+        assert!(codes[0].0 == "fake-stale-port" && codes[0].1.contains("port t-stale of fake switch sw0"));
+        assert!(codes[1].0 == "fake-port-error" && codes[1].1.contains("t-bad: no port number"));
+        assert!(codes[2].0 == "fake-port-missing" && codes[2].1.contains("tap t-lost of network lab"));
+    }
 }

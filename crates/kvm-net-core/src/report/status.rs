@@ -8,9 +8,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::config::model::{Config, Network, OvsPorts};
+use crate::config::model::{Config, Forward, Network};
 use crate::error::Error;
-use crate::firewall::antispoof::{self, Policy};
+use crate::firewall::antispoof::{self, Binding, Policy};
 use crate::firewall::{self, plan};
 use crate::ifname::IfName;
 use crate::kernel::netlink::{Link, Netlink};
@@ -19,7 +19,8 @@ use crate::mac;
 use crate::security::privilege;
 use crate::services::dnsmasq::Dnsmasq;
 use crate::services::names;
-use crate::switch::OvsBridge;
+use crate::switch::linux::Marks;
+use crate::switch::{self, PortReport, Switch};
 
 /// The version of the JSON shape; bumped on any incompatible change (2:
 /// `firewall` per network; nftables chains have table `kvm_net`). Fields
@@ -191,90 +192,51 @@ fn network_status(
     network: &Network,
     firewall_readable: bool,
 ) -> Result<NetworkStatus> {
-    if let Some(settings) = &network.ovs {
-        return Ok(ovs_network_status(holders, network, settings));
-    }
+    let managed = network.mode.is_managed();
+    let guest_filter = Policy::of(network).filter(|_| managed);
     let mut needs_root = Vec::new();
-    let guest_filter = Policy::of(network).filter(|_| network.mode.is_managed());
-    if !firewall_readable && network.mode.is_managed() {
+    if !firewall_readable && managed {
         needs_root.push("rules");
         if guest_filter.is_some() {
             needs_root.push("guest filter");
         }
     }
-    let link = links.iter().find(|l| l.name == network.bridge.as_str());
-    let (state, addresses, ports) = match link {
-        None => ("down", Vec::new(), Vec::new()),
-        Some(link) if !link.is_bridge() => ("not-a-bridge", Vec::new(), Vec::new()),
-        Some(link) => {
-            let addresses = netlink.addresses_of(link)?.iter().map(ToString::to_string).collect();
-            let bound = match guest_filter {
-                Some(_) if firewall_readable && firewall::guest_filter_left(&network.bridge)? => {
-                    antispoof::bindings(&network.bridge)?
-                }
-                _ => Vec::new(),
-            };
-            let ports = links
-                .iter()
-                .filter(|p| p.controller == Some(link.index))
-                .map(|p| {
-                    let holder = holders.get(&p.name);
-                    let binding = bound
-                        .iter()
-                        .find(|b| b.port == p.name && b.ip.is_some())
-                        .or_else(|| bound.iter().find(|b| b.port == p.name));
-                    PortStatus {
-                        name: p.name.clone(),
-                        pid: holder.map(|h| h.0),
-                        process: holder.map(|h| h.1.clone()),
-                        isolated: p.isolated,
-                        bound_mac: binding.map(|b| mac::show(&b.mac)),
-                        bound_address: binding.and_then(|b| b.ip).map(|ip| ip.to_string()),
-                        iface_id: None,
-                        ovn_installed: None,
-                    }
-                })
-                .collect();
-            ("up", addresses, ports)
+    let Seen { state, mut switch, error } = open_switch(network, netlink)?;
+    let link = switch.as_ref().and_then(|s| s.link().cloned());
+    let addresses = match &link {
+        Some(link) => netlink.addresses_of(link)?.iter().map(ToString::to_string).collect(),
+        None => Vec::new(),
+    };
+    let bound = match guest_filter {
+        Some(_) if link.is_some() && firewall_readable && firewall::guest_filter_left(&network.bridge)? => {
+            antispoof::bindings(&network.bridge)?
         }
-    };
-    let (backend, rules) = if network.mode.is_managed() && firewall_readable {
-        let (backend, chains) = firewall::state(&plan(network), network.firewall)?;
-        let rules = chains
-            .into_iter()
-            .map(|c| RuleStatus { family: c.family.as_str(), table: c.table, chain: c.chain, state: c.state.as_str() })
-            .collect();
-        (Some(backend.as_str()), rules)
-    } else {
-        (None, Vec::new())
-    };
-    let dnsmasq = match &network.dhcp {
-        Some(_) => Some(DnsmasqStatus { pid: Dnsmasq::for_bridge(&network.bridge)?.running_pid().map(|p| p.as_raw()) }),
-        None => None,
-    };
-    let leases = match (&network.dhcp, link.filter(|l| l.is_bridge())) {
-        (Some(_), Some(bridge)) => leases_on(netlink, links, bridge, &network.bridge)?,
         _ => Vec::new(),
     };
-    let forwards = network
-        .forwards
-        .iter()
-        .map(|f| ForwardStatus {
-            proto: f.protocol.as_str(),
-            host_address: f.host_address.map(|a| a.to_string()),
-            host_ports: f.host_ports.to_string(),
-            guest: f.guest_name.clone(),
-            guest_address: f.guest.to_string(),
-            guest_ports: f.guest_ports.to_string(),
-        })
-        .collect();
+    let ports = match &mut switch {
+        Some(switch) => {
+            switch.port_reports(netlink)?.into_iter().map(|port| port_status(port, holders, &bound)).collect()
+        }
+        None => Vec::new(),
+    };
+    let (backend, rules) = if managed && firewall_readable { rule_states(network)? } else { (None, Vec::new()) };
+    let dnsmasq = match &network.dhcp {
+        Some(_) if managed => {
+            Some(DnsmasqStatus { pid: Dnsmasq::for_bridge(&network.bridge)?.running_pid().map(|p| p.as_raw()) })
+        }
+        _ => None,
+    };
+    let leases = match (&network.dhcp, &link) {
+        (Some(_), Some(bridge)) if managed => leases_on(netlink, links, bridge, &network.bridge)?,
+        _ => Vec::new(),
+    };
     Ok(NetworkStatus {
         name: network.name.clone(),
         mode: network.mode.to_string(),
         bridge: network.bridge.to_string(),
         state,
-        created_by_kvm_net: link.is_some_and(Link::is_managed),
-        kept_up: link.is_some_and(Link::is_kept_up),
+        created_by_kvm_net: link.as_ref().is_some_and(Marks::is_managed),
+        kept_up: link.as_ref().is_some_and(Marks::is_kept_up),
         addresses,
         ports,
         firewall: backend,
@@ -282,60 +244,73 @@ fn network_status(
         dnsmasq,
         isolate_guests: network.isolate_guests,
         guest_spoofing: network.guest_spoofing.as_str(),
-        forwards,
+        forwards: network.forwards.iter().map(forward_status).collect(),
         leases,
-        ovs: None,
+        ovs: switch::database_of(network).map(|socket| OvsStatus { socket, error }),
         needs_root,
     })
 }
 
-/// An ovs network, as its database has it: the bridge, and the ports
-/// kvm-net added for the network. OVS unreachable is a state, not an error.
-fn ovs_network_status(
-    holders: &HashMap<String, (u32, String)>,
-    network: &Network,
-    settings: &OvsPorts,
-) -> NetworkStatus {
-    let asked = OvsBridge::connect(&network.name, &network.bridge, settings).and_then(|mut ovs| ovs.our_ports());
-    let (state, ports, error) = match asked {
-        Ok(ports) => ("up", ports, None),
-        Err(err) if matches!(err.downcast_ref::<Error>(), Some(Error::OvsNoBridge(_))) => ("down", Vec::new(), None),
-        Err(err) => ("unreachable", Vec::new(), Some(format!("{err:#}"))),
-    };
-    let ports = ports
+/// A network's switch as reports see it: its state (`up`, `down`: no such
+/// bridge, `not-a-bridge`, or `unreachable`: a switch beside the kernel that
+/// does not answer, with what it said: a state, not an error), and the
+/// switch when it is up.
+struct Seen {
+    state: &'static str,
+    switch: Option<Box<dyn Switch>>,
+    error: Option<String>,
+}
+
+fn open_switch(network: &Network, netlink: &mut Netlink) -> Result<Seen> {
+    let seen = |state, error| Seen { state, switch: None, error };
+    match switch::open(network, netlink, None) {
+        Ok(switch) => Ok(Seen { state: "up", switch: Some(switch), error: None }),
+        Err(err) => match err.downcast_ref::<Error>() {
+            Some(Error::NoBridge(_) | Error::OvsNoBridge(_)) => Ok(seen("down", None)),
+            Some(Error::NotABridge { .. }) => Ok(seen("not-a-bridge", None)),
+            _ if switch::database_of(network).is_some() => Ok(seen("unreachable", Some(format!("{err:#}")))),
+            _ => Err(err),
+        },
+    }
+}
+
+/// One port, with the process holding its tap and what the guest filter binds to it.
+fn port_status(port: PortReport, holders: &HashMap<String, (u32, String)>, bound: &[Binding]) -> PortStatus {
+    let holder = holders.get(&port.name);
+    let binding = bound
+        .iter()
+        .find(|b| b.port == port.name && b.ip.is_some())
+        .or_else(|| bound.iter().find(|b| b.port == port.name));
+    PortStatus {
+        pid: holder.map(|h| h.0),
+        process: holder.map(|h| h.1.clone()),
+        isolated: port.isolated,
+        bound_mac: binding.map(|b| mac::show(&b.mac)),
+        bound_address: binding.and_then(|b| b.ip).map(|ip| ip.to_string()),
+        iface_id: port.iface_id,
+        ovn_installed: port.ovn_installed,
+        name: port.name,
+    }
+}
+
+/// The firewall backend holding a managed network's rules, and each chain's state.
+fn rule_states(network: &Network) -> Result<(Option<&'static str>, Vec<RuleStatus>)> {
+    let (backend, chains) = firewall::state(&plan(network), network.firewall)?;
+    let rules = chains
         .into_iter()
-        .map(|port| {
-            let holder = holders.get(&port.name);
-            PortStatus {
-                pid: holder.map(|h| h.0),
-                process: holder.map(|h| h.1.clone()),
-                isolated: false,
-                bound_mac: None,
-                bound_address: None,
-                iface_id: port.iface_id,
-                ovn_installed: Some(port.ovn_installed),
-                name: port.name,
-            }
-        })
+        .map(|c| RuleStatus { family: c.family.as_str(), table: c.table, chain: c.chain, state: c.state.as_str() })
         .collect();
-    NetworkStatus {
-        name: network.name.clone(),
-        mode: network.mode.to_string(),
-        bridge: network.bridge.to_string(),
-        state,
-        created_by_kvm_net: false,
-        kept_up: false,
-        addresses: Vec::new(),
-        ports,
-        firewall: None,
-        rules: Vec::new(),
-        dnsmasq: None,
-        isolate_guests: false,
-        guest_spoofing: network.guest_spoofing.as_str(),
-        forwards: Vec::new(),
-        leases: Vec::new(),
-        ovs: Some(OvsStatus { socket: settings.ovsdb.display().to_string(), error }),
-        needs_root: Vec::new(),
+    Ok((Some(backend.as_str()), rules))
+}
+
+fn forward_status(forward: &Forward) -> ForwardStatus {
+    ForwardStatus {
+        proto: forward.protocol.as_str(),
+        host_address: forward.host_address.map(|a| a.to_string()),
+        host_ports: forward.host_ports.to_string(),
+        guest: forward.guest_name.clone(),
+        guest_address: forward.guest.to_string(),
+        guest_ports: forward.guest_ports.to_string(),
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 
-use super::{Switch, Tap};
+use super::{made_tap_mac, Departures, PortReport, Switch, Tap};
 use crate::config::model::OvsPorts;
 use crate::error::Error;
 use crate::ifname::IfName;
@@ -34,13 +34,13 @@ use crate::switch::ovsdb::{map, map_pairs, row_uuid, rows, set_members, uuid, Ov
 use crate::trace::trace;
 
 /// The external id that marks a port as kvm-net's, with its network's name.
-pub const NETWORK_KEY: &str = "kvm-net-network";
+const NETWORK_KEY: &str = "kvm-net-network";
 /// The external id that names the tap the port was made for.
 const TAP_KEY: &str = "kvm-net-tap";
 /// The alias kvm-net gives a tap it made a port of an OVS network.
 const ALIAS_PREFIX: &str = "kvm-net port of ovs network ";
 /// The alias of a tap kvm-net made a port of ovs network `network`.
-pub fn alias_of(network: &str) -> String {
+fn alias_of(network: &str) -> String {
     format!("{ALIAS_PREFIX}{network}")
 }
 
@@ -54,7 +54,7 @@ const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// One port of an OVS bridge that kvm-net added, as the database has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OvsPort {
+struct OvsPort {
     /// The Interface's name (the tap's).
     pub name: String,
     /// `external_ids:iface-id`.
@@ -84,7 +84,7 @@ impl OvsPort {
 }
 
 /// Ports of kvm-net's whose tap is there, each with its tap.
-pub type PresentPorts = Vec<(OvsPort, Link)>;
+type PresentPorts = Vec<(OvsPort, Link)>;
 
 /// An Open vSwitch bridge, through a connection to its database.
 pub struct OvsBridge {
@@ -127,11 +127,6 @@ impl OvsBridge {
     fn open(network: &str, bridge: &IfName, settings: &OvsPorts) -> Result<Self> {
         let db = Ovsdb::connect(&settings.ovsdb)?;
         Ok(Self { db, bridge: bridge.clone(), network: network.to_owned(), settings: settings.clone() })
-    }
-
-    /// The database socket, for messages.
-    pub fn socket(&self) -> &Path {
-        self.db.socket()
     }
 
     /// The bridge's datapath type: "netdev" for the userspace datapath,
@@ -301,7 +296,7 @@ impl OvsBridge {
     }
 
     /// The ports kvm-net added for the network, as the database has them.
-    pub fn our_ports(&mut self) -> Result<Vec<OvsPort>> {
+    fn our_ports(&mut self) -> Result<Vec<OvsPort>> {
         let ours = json!(["external_ids", "includes", map(&[(NETWORK_KEY, &self.network)])]);
         let results =
             self.db.transact(vec![select("Interface", ours, &["name", "external_ids", "ofport", "error"])])?;
@@ -326,7 +321,7 @@ impl OvsBridge {
     /// is still there (with the tap) and those whose tap is gone (its VM went without its
     /// downscript, or the watcher has not got to it yet) or is another tap
     /// of that name (made after a reboot, or by another VM since).
-    pub fn ports_by_presence(&mut self, netlink: &mut Netlink) -> Result<(PresentPorts, Vec<OvsPort>)> {
+    fn ports_by_presence(&mut self, netlink: &mut Netlink) -> Result<(PresentPorts, Vec<OvsPort>)> {
         let mut present = Vec::new();
         let mut gone = Vec::new();
         for port in self.our_ports()? {
@@ -336,14 +331,6 @@ impl OvsBridge {
             }
         }
         Ok((present, gone))
-    }
-
-    /// Removes the port `tap` (of kvm-net's, whose tap is gone) without
-    /// waiting for vswitchd: what the watcher and `kvm-net gc` do.
-    pub fn forget(&mut self, tap: &str) -> Result<()> {
-        self.remove(tap)
-            .map(drop)
-            .with_context(|| format!("removing port {tap} from Open vSwitch bridge {}", self.bridge))
     }
 }
 
@@ -389,7 +376,7 @@ impl Switch for OvsBridge {
         let alias = alias_of(&self.network);
         let up = netlink.set_alias(port, &alias).and_then(|()| match tap {
             Tap::Qemu => netlink.set_up(port),
-            Tap::Made => netlink.bring_up_made_tap(port),
+            Tap::Made => netlink.bring_up_with_mac(port, &made_tap_mac(port)),
         });
         if up.is_err() {
             let _ = self.remove(&port.name);
@@ -417,5 +404,56 @@ impl Switch for OvsBridge {
 
     fn ports(&mut self, netlink: &mut Netlink) -> Result<Vec<Link>> {
         Ok(self.ports_by_presence(netlink)?.0.into_iter().map(|(_, link)| link).collect())
+    }
+
+    fn kind(&self) -> &'static str {
+        "ovs"
+    }
+
+    fn keeps_departed_ports(&self) -> bool {
+        true
+    }
+
+    fn stale_ports(&mut self, netlink: &mut Netlink) -> Result<Vec<String>> {
+        Ok(self.ports_by_presence(netlink)?.1.into_iter().map(|port| port.name).collect())
+    }
+
+    fn forget(&mut self, port: &str) -> Result<()> {
+        self.remove(port)
+            .map(drop)
+            .with_context(|| format!("removing port {port} from Open vSwitch bridge {}", self.bridge))
+    }
+
+    fn departures(&mut self, netlink: &mut Netlink) -> Result<Departures> {
+        let names = self.ports_by_presence(netlink)?.0.into_iter().map(|(port, _)| port.name).collect();
+        Ok(Departures::Taps { names, alias: alias_of(&self.network) })
+    }
+
+    fn port_reports(&mut self, _netlink: &mut Netlink) -> Result<Vec<PortReport>> {
+        Ok(self
+            .our_ports()?
+            .into_iter()
+            .map(|port| PortReport {
+                problem: match (&port.error, port.ofport) {
+                    (Some(error), _) => Some(error.clone()),
+                    (None, Some(ofport)) if ofport < 1 => Some("it has no OpenFlow port".to_owned()),
+                    _ => None,
+                },
+                iface_id: port.iface_id,
+                ovn_installed: Some(port.ovn_installed),
+                isolated: false,
+                name: port.name,
+            })
+            .collect())
+    }
+
+    fn lost_taps(&mut self, netlink: &mut Netlink, links: &[Link]) -> Result<Vec<String>> {
+        let present: Vec<String> = self.ports_by_presence(netlink)?.0.into_iter().map(|(port, _)| port.name).collect();
+        let alias = alias_of(&self.network);
+        Ok(links
+            .iter()
+            .filter(|l| l.alias.as_deref() == Some(alias.as_str()) && !present.contains(&l.name))
+            .map(|l| l.name.clone())
+            .collect())
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod firewalld;
 mod foreign;
+pub mod guests;
 mod iptables;
 mod iptables_rules;
 mod nftables;
@@ -15,12 +16,12 @@ pub mod plan;
 use anyhow::{Context, Result};
 
 pub use self::foreign::{foreign_drops, ForeignDrop};
-pub use self::nftables::antispoof;
 pub use self::nftables::foreign::Hook;
 pub use self::nftables::TABLE as NFTABLES_TABLE;
 pub use self::plan::{plan, Family, Kind, Plan};
 pub use crate::config::model::{Backend, Choice};
 
+use self::guests::GuestFilter;
 use self::iptables::IptablesFirewall;
 use self::nftables::NftablesFirewall;
 use crate::ifname::IfName;
@@ -163,8 +164,9 @@ fn iptables_may_hold(bridge: &IfName) -> Result<bool> {
 /// reports the first failure.
 pub fn remove(bridge: &IfName) -> Result<()> {
     let nft = if NftablesFirewall::available() {
-        let guests = match antispoof::leftover(bridge) {
-            Ok(true) => antispoof::remove(bridge),
+        let filter = GuestFilter::of_bridge(bridge);
+        let guests = match filter.is_left() {
+            Ok(true) => filter.remove(),
             other => other.map(drop),
         };
         NftablesFirewall.remove(bridge).and(guests)
@@ -203,12 +205,6 @@ pub fn forget_inherited_sockets() {
     nftables::forget_shared_socket();
 }
 
-/// Whether `bridge` still has a guest filter (`guest_spoofing = "deny"`),
-/// where nf_tables runs at all.
-pub fn guest_filter_left(bridge: &IfName) -> Result<bool> {
-    Ok(NftablesFirewall::available() && antispoof::present(bridge)?)
-}
-
 /// nf_tables' generation in this network namespace, which every change
 /// moves; `None` where the kernel has no nf_tables.
 pub fn generation() -> Option<u32> {
@@ -217,7 +213,8 @@ pub fn generation() -> Option<u32> {
 
 /// Whether any rule of kvm-net's for `bridge` is left, in either backend.
 pub fn leftovers(bridge: &IfName) -> Result<bool> {
-    let nft = NftablesFirewall::available() && (NftablesFirewall.leftovers(bridge)? || antispoof::leftover(bridge)?);
+    let nft = NftablesFirewall::available()
+        && (NftablesFirewall.leftovers(bridge)? || GuestFilter::of_bridge(bridge).is_left()?);
     Ok(nft || iptables_may_hold(bridge)?)
 }
 

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 
 use crate::error::Error;
-use crate::firewall::antispoof;
+use crate::firewall::guests::GuestFilter;
 use crate::ifname::IfName;
 use crate::kernel::netns::bridge_of_tag;
 use crate::mac::{self, Mac};
@@ -110,12 +110,13 @@ fn run(args: &[String], supplied_name: Option<&str>) -> Result<()> {
     }
     let bridge = bridge_of_parent()?;
     let _lock = BridgeLock::acquire(&bridge)?;
-    let filtered = antispoof::present(&bridge)?;
+    let filter = GuestFilter::of_bridge(&bridge);
+    let filtered = filter.is_present()?;
     let dir = Dnsmasq::for_bridge(&bridge)?.dir()?;
     match event {
         Event::Bound { mac, ip } => {
             if filtered {
-                bind(&bridge, &mac, ip)?;
+                filter.bind(&mac, ip)?;
             }
             if let Some(dir) = &dir {
                 match names::on_lease(dir, &mac, ip, supplied_name)? {
@@ -133,21 +134,11 @@ fn run(args: &[String], supplied_name: Option<&str>) -> Result<()> {
                 names::on_release(dir, &mac, ip)?;
             }
             if filtered {
-                antispoof::unbind(&bridge, &mac, ip)?;
+                filter.unbind(&mac, ip)?;
             }
             Ok(())
         }
         Event::Other => Ok(()),
-    }
-}
-
-/// Binds a lease to the port the guest filter locked its MAC to: never
-/// one the lease's words point at, nor one the bridge merely learned it
-/// behind (any frame teaches the bridge).
-fn bind(bridge: &IfName, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
-    match antispoof::port_holding(bridge, mac)? {
-        Some(port) if antispoof::admits(bridge, &port)? => antispoof::bind(bridge, &port, mac, ip),
-        _ => Err(anyhow!("no port of bridge {bridge} sends from {}: {ip} stays unbound", mac::show(mac))),
     }
 }
 

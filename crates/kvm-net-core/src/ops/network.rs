@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::config::model::{Config, Network, Spoofing};
 use crate::error::Error;
-use crate::firewall::antispoof::{self, Policy};
+use crate::firewall::guests::GuestFilter;
 use crate::firewall::{self, firewalld, plan, Backend, Firewall};
 use crate::ifname::IfName;
 use crate::kernel::netlink::{has_port_besides, Link, Netlink};
@@ -224,8 +224,8 @@ impl Bringup<'_> {
         let plan = plan(network);
         // Only for what nf_tables holds whole: the nftables backend, no guest
         // filter (its bindings also come from dnsmasq's leases), no repair.
-        let guest_filter = Policy::of(network);
-        let provable = firewall.backend() == Backend::Nftables && guest_filter.is_none() && !self.jumps_ahead;
+        let guest_filter = GuestFilter::of(network);
+        let provable = firewall.backend() == Backend::Nftables && !guest_filter.is_asked_for() && !self.jumps_ahead;
         let before = if provable { firewall::generation() } else { None };
         let record = before.map(|generation| Record {
             generation,
@@ -243,15 +243,12 @@ impl Bringup<'_> {
             .with_context(|| format!("setting up {} rules for bridge {name}", network.mode))?;
         firewalld::ensure(name, self.jumps_ahead)
             .with_context(|| format!("putting bridge {name} in firewalld's {} zone", firewalld::ZONE))?;
-        match &guest_filter {
-            Some(policy) => {
-                let ports: Vec<String> = netlink.ports_of(bridge)?.into_iter().map(|port| port.name).collect();
-                antispoof::ensure(name, policy, &ports)?;
-            }
-            // The config dropped what needed a filter since it was made.
-            None if firewall::guest_filter_left(name)? => antispoof::remove(name)?,
-            None => {}
-        }
+        // Also removes a filter the config dropped since it was made.
+        let ports: Vec<String> = match guest_filter.is_asked_for() {
+            true => netlink.ports_of(bridge)?.into_iter().map(|port| port.name).collect(),
+            false => Vec::new(),
+        };
+        guest_filter.ensure(&ports)?;
         if let Some(record) = record {
             if firewall::generation() == Some(record.generation) {
                 trace(format_args!("rules of {name} whole at generation {}", record.generation));
@@ -403,7 +400,7 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
         if !network.mode.is_managed() {
             report.extend(gc_switch(&mut netlink, network, dry_run)?);
         }
-        if network.mode.is_managed() && Policy::of(network).is_some() {
+        if GuestFilter::of(network).is_asked_for() {
             report.extend(gc_guest_filter(&mut netlink, network, dry_run)?);
         }
     }
@@ -443,14 +440,12 @@ fn gc_guest_filter(netlink: &mut Netlink, network: &Network, dry_run: bool) -> R
     let bridge = &network.bridge;
     let _lock = BridgeLock::acquire(bridge)?;
     let Some(link) = find_bridge(netlink, bridge)? else { return Ok(Vec::new()) };
-    if !firewall::guest_filter_left(bridge)? {
-        return Ok(Vec::new());
-    }
+    let filter = GuestFilter::of(network);
     let present: Vec<String> = netlink.ports_of(&link)?.into_iter().map(|port| port.name).collect();
     let (done, gone) = if dry_run {
-        ("would release", antispoof::departed(bridge, &present)?)
+        ("would release", filter.departed(&present)?)
     } else {
-        ("released", antispoof::release_departed(bridge, &present)?)
+        ("released", filter.release_departed(&present)?)
     };
     Ok(gone
         .iter()

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 
 use crate::config::model::{Network, Source};
 use crate::error::Error;
-use crate::firewall::antispoof::{self, Policy};
+use crate::firewall::guests::GuestFilter;
 use crate::ifname::IfName;
 use crate::kernel::netlink::{Link, Netlink};
 use crate::ops::network::{why_it_stays, Bringup, Services};
@@ -133,9 +133,7 @@ pub fn plug_in(
     tap: Tap,
 ) -> Result<Box<dyn Switch>> {
     release_stale_named(all, network, &port.name)?;
-    if let Some(policy) = Policy::of(network) {
-        antispoof::admit(&network.bridge, &policy, &port.name)?;
-    }
+    GuestFilter::of(network).admit(&port.name)?;
     let mut switch = switch::open(network, netlink, Some(bridge))?;
     switch.attach(netlink, port, tap)?;
     Ok(switch)
@@ -167,9 +165,7 @@ fn natdown_locked(netlink: &mut Netlink, network: &Network, services: &Services,
     if let Some(port) = &port {
         netlink.detach_and_down(port)?;
         // Tap names are reused: nothing of this guest's stays bound to it.
-        if Policy::of(network).is_some() {
-            antispoof::release(&network.bridge, &port.name)?;
-        }
+        GuestFilter::of(network).release(&port.name)?;
     }
     let bridge = match netlink.link_by_name(network.bridge.as_str())? {
         Some(bridge) if bridge.is_bridge() => bridge,

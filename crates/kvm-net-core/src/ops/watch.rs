@@ -21,10 +21,7 @@ use nix::unistd::{fork, setsid, ForkResult};
 
 use crate::config::model::Network;
 use crate::error::Error;
-use crate::firewall::{
-    self,
-    antispoof::{self, Policy},
-};
+use crate::firewall::{self, guests::GuestFilter};
 use crate::kernel::netlink::{LinkEvents, Netlink};
 use crate::kernel::netns::bridge_tag;
 use crate::ops::network::{why_it_stays, Services};
@@ -204,7 +201,8 @@ fn open_switch(network: &Network, netlink: &mut Netlink) -> Result<Option<Box<dy
 /// taking a managed network down as the last `kvm-natdown` would.
 fn look(network: &Network, lock: WatchLock) -> Result<Look> {
     let mut netlink = Netlink::connect()?;
-    let filtered = network.mode.is_managed() && Policy::of(network).is_some();
+    let filter = GuestFilter::of(network);
+    let filtered = filter.is_asked_for();
     let Some(mut switch) = open_switch(network, &mut netlink)? else {
         trace(format_args!("the switch of network {} is gone, or not kvm-net's", network.name));
         lock.release()?;
@@ -228,9 +226,9 @@ fn look(network: &Network, lock: WatchLock) -> Result<Look> {
         trace(format_args!("{port} is gone: removing its port of {}", switch.describe()));
         switch.forget(&port)?;
     }
-    if filtered && firewall::guest_filter_left(&network.bridge)? {
+    if filtered {
         let present: Vec<String> = switch.ports(&mut netlink)?.into_iter().map(|port| port.name).collect();
-        antispoof::release_departed(&network.bridge, &present)?;
+        filter.release_departed(&present)?;
     }
     if switch.has_ports(&mut netlink)? {
         return Ok(Look::Keep(lock, switch.departures(&mut netlink)?));

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::model::{Config, Mode, Network, Spoofing};
 use crate::error::Error;
-use crate::firewall::antispoof::{self, Policy};
+use crate::firewall::guests::{FilterState, GuestFilter};
 use crate::firewall::{self, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
 use crate::kernel::listeners::listeners;
 use crate::kernel::netlink::{Link, Netlink};
@@ -384,12 +384,10 @@ fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Fin
         .filter(|c| c.state != RuleState::Ok)
         .map(|c| format!("{} ({})", c.shown, c.state.as_str()))
         .collect();
-    if let Some(policy) = Policy::of(network) {
-        match antispoof::state(bridge, &policy)? {
-            Some(true) => {}
-            Some(false) => broken.push(format!("bridge kvm_net spoof-{bridge} (differs)")),
-            None => broken.push(format!("bridge kvm_net spoof-{bridge} (missing)")),
-        }
+    match GuestFilter::of(network).state()? {
+        Some(FilterState::Differs) => broken.push(format!("bridge kvm_net spoof-{bridge} (differs)")),
+        Some(FilterState::Missing) => broken.push(format!("bridge kvm_net spoof-{bridge} (missing)")),
+        Some(FilterState::Whole) | None => {}
     }
     if !broken.is_empty() {
         findings.push(Finding::new(

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::model::{Config, Forward, Network};
 use crate::error::Error;
-use crate::firewall::antispoof::{self, Binding, Policy};
+use crate::firewall::guests::{Binding, GuestFilter};
 use crate::firewall::{self, plan};
 use crate::ifname::IfName;
 use crate::kernel::netlink::{Link, Netlink};
@@ -193,11 +193,11 @@ fn network_status(
     firewall_readable: bool,
 ) -> Result<NetworkStatus> {
     let managed = network.mode.is_managed();
-    let guest_filter = Policy::of(network).filter(|_| managed);
+    let guest_filter = GuestFilter::of(network);
     let mut needs_root = Vec::new();
     if !firewall_readable && managed {
         needs_root.push("rules");
-        if guest_filter.is_some() {
+        if guest_filter.is_asked_for() {
             needs_root.push("guest filter");
         }
     }
@@ -207,11 +207,9 @@ fn network_status(
         Some(link) => netlink.addresses_of(link)?.iter().map(ToString::to_string).collect(),
         None => Vec::new(),
     };
-    let bound = match guest_filter {
-        Some(_) if link.is_some() && firewall_readable && firewall::guest_filter_left(&network.bridge)? => {
-            antispoof::bindings(&network.bridge)?
-        }
-        _ => Vec::new(),
+    let bound = match guest_filter.is_asked_for() && link.is_some() && firewall_readable {
+        true => guest_filter.bindings()?,
+        false => Vec::new(),
     };
     let ports = match &mut switch {
         Some(switch) => {

@@ -26,6 +26,8 @@ command -v strace >/dev/null || need+=(strace)
 # ethtool: checksum offload off on the veths of the OVN lab; ping: its guests.
 command -v ethtool >/dev/null || [ -x /usr/sbin/ethtool ] || need+=(ethtool)
 command -v ping >/dev/null || need+=(iputils-ping)
+# The kernel's UAPI headers: unit tests check kvm-net's hand-typed kernel numbers against them.
+[ -e /usr/include/linux/netfilter/nf_tables.h ] || need+=(linux-libc-dev)
 if [ "${1:-}" = --bench ]; then
     # The benchmark's timer, and brctl for the classic scripts it compares with.
     command -v hyperfine >/dev/null || need+=(hyperfine)

@@ -168,11 +168,6 @@ impl Plan {
     pub fn chain(&self, family: Family, kind: Kind) -> Option<&Chain> {
         self.chains.iter().find(|c| c.family == family && c.kind == kind)
     }
-
-    /// Whether any chain is of `family`.
-    pub fn has_family(&self, family: Family) -> bool {
-        self.chains.iter().any(|c| c.family == family)
-    }
 }
 
 fn rule(matches: Vec<Match>, action: Action) -> Rule {

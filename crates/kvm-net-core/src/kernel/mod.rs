@@ -8,4 +8,5 @@ pub mod netlink;
 pub mod netns;
 pub mod sysctl;
 pub mod tap;
+pub mod uapi;
 pub mod wire;

@@ -8,71 +8,24 @@ use anyhow::{Context, Result};
 use ipnetwork::IpNetwork;
 
 use crate::error::Error;
+use crate::kernel::uapi;
 
 use crate::kernel::wire::{
     attribute, attributes, string, u32_at, word, Channel, Object, Received, Request, NLM_F_ACK, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_EXCL,
 };
 
-/// `NETLINK_ROUTE`.
-const NETLINK_ROUTE: isize = 0;
 /// The most ports a Linux bridge takes (port numbers 1 to `BR_MAX_PORTS` - 1).
 pub const MAX_BRIDGE_PORTS: usize = 1023;
-/// Message types (linux/rtnetlink.h).
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const RTM_SETLINK: u16 = 19;
-const RTM_NEWADDR: u16 = 20;
-const RTM_GETADDR: u16 = 22;
-const RTM_GETROUTE: u16 = 26;
-const RTM_NEWNEIGH: u16 = 28;
-const RTM_GETNEIGH: u16 = 30;
-/// `struct ifinfomsg`, `struct ifaddrmsg`, `struct rtmsg`, `struct ndmsg`.
-const IFINFOMSG: usize = 16;
-const NDMSG: usize = 12;
-const IFADDRMSG: usize = 8;
+/// `struct ifinfomsg`, `struct ifaddrmsg`, `struct rtmsg`, `struct ndmsg`:
+/// the family headers ahead of each message's attributes (musl's libc
+/// defines the first two; the others' layout is fixed since Linux 2.2).
+const IFINFOMSG: usize = std::mem::size_of::<libc::ifinfomsg>();
+const IFADDRMSG: usize = std::mem::size_of::<libc::ifaddrmsg>();
 const RTMSG: usize = 12;
-/// Link attributes (linux/if_link.h).
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_MASTER: u16 = 10;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_IFALIAS: u16 = 20;
-const IFLA_EXT_MASK: u16 = 29;
-const IFLA_AF_SPEC: u16 = 26;
-/// The family of `IFLA_AF_SPEC`'s IPv6 part.
-const AF_INET6: u16 = 10;
-const IFLA_INET6_CONF: u16 = 2;
-/// `accept_ra`'s place in `IFLA_INET6_CONF`.
-const DEVCONF_ACCEPT_RA: usize = 3;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_INFO_DATA: u16 = 2;
-const IFLA_INFO_SLAVE_KIND: u16 = 4;
-const IFLA_INFO_SLAVE_DATA: u16 = 5;
-/// `IFLA_BRPORT_ISOLATED`: the port may talk to the bridge and to ports
-/// that are not isolated, never to another isolated port.
-const IFLA_BRPORT_ISOLATED: u16 = 33;
-const IFLA_TUN_OWNER: u16 = 1;
-const IFLA_TUN_GROUP: u16 = 2;
-const IFLA_TUN_VNET_HDR: u16 = 5;
-/// `RTEXT_FILTER_SKIP_STATS`: links answered without their counters.
-const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
-const IFF_UP: u32 = 1;
-/// Address attributes and flags (linux/if_addr.h).
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_FLAGS: u16 = 8;
-const IFA_F_NODAD: u32 = 0x02;
-/// Neighbour (bridge forwarding database) attributes and states (linux/neighbour.h).
-const NDA_LLADDR: u16 = 2;
-const NDA_MASTER: u16 = 9;
-const NUD_PERMANENT: u16 = 0x80;
-/// Route attributes and types.
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTN_UNICAST: u8 = 1;
+const NDMSG: usize = 12;
+/// libc's flags are `c_int`; link flags travel as `u32`.
+const IFF_UP: u32 = libc::IFF_UP as u32;
 
 /// What kvm-net needs to know about one link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,7 +49,7 @@ pub struct Link {
     /// A tun/tap device's owner, group and headers; `None` for every other kind.
     pub tun: Option<Tun>,
     /// Whether it is a bridge port isolated from the bridge's other
-    /// isolated ports (`IFLA_BRPORT_ISOLATED`).
+    /// isolated ports (`uapi::IFLA_BRPORT_ISOLATED`).
     pub isolated: bool,
     /// Its IPv6 `accept_ra` setting, as the link's own answer carries it
     /// (`None` without IPv6): no read of /proc/sys needed to know it is off.
@@ -108,16 +61,16 @@ pub struct Link {
 /// privileged process), and whether it carries virtio-net headers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tun {
-    /// `IFLA_TUN_OWNER`.
+    /// `uapi::IFLA_TUN_OWNER`.
     pub owner: Option<u32>,
-    /// `IFLA_TUN_GROUP`.
+    /// `uapi::IFLA_TUN_GROUP`.
     pub group: Option<u32>,
-    /// `IFLA_TUN_VNET_HDR`: frames carry virtio-net headers (QEMU's default).
+    /// `uapi::IFLA_TUN_VNET_HDR`: frames carry virtio-net headers (QEMU's default).
     pub vnet_header: bool,
 }
 
 impl Link {
-    /// A link from an `RTM_NEWLINK` answer: `struct ifinfomsg`, then attributes.
+    /// A link from an `libc::RTM_NEWLINK` answer: `struct ifinfomsg`, then attributes.
     fn from_object(body: &[u8]) -> Self {
         let mut link = Link {
             index: u32_at(body, 4),
@@ -134,30 +87,33 @@ impl Link {
         };
         for (kind, value) in attributes(body.get(IFINFOMSG..).unwrap_or_default()) {
             match kind {
-                IFLA_IFNAME => link.name = string(value).unwrap_or_default().to_owned(),
-                IFLA_MTU => link.mtu = u32_at(value, 0),
-                IFLA_MASTER => link.controller = Some(u32_at(value, 0)).filter(|index| *index != 0),
-                IFLA_IFALIAS => link.alias = string(value).map(str::to_owned),
-                IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(value).ok(),
-                IFLA_AF_SPEC => {
+                libc::IFLA_IFNAME => link.name = string(value).unwrap_or_default().to_owned(),
+                libc::IFLA_MTU => link.mtu = u32_at(value, 0),
+                libc::IFLA_MASTER => link.controller = Some(u32_at(value, 0)).filter(|index| *index != 0),
+                libc::IFLA_IFALIAS => link.alias = string(value).map(str::to_owned),
+                libc::IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(value).ok(),
+                libc::IFLA_AF_SPEC => {
                     // IPv6's per-link settings: an array of i32 indexed by DEVCONF_*.
-                    let settings = attribute(value, AF_INET6).and_then(|inet6| attribute(inet6, IFLA_INET6_CONF));
+                    let settings = attribute(value, libc::AF_INET6 as u16)
+                        .and_then(|inet6| attribute(inet6, uapi::IFLA_INET6_CONF));
                     link.accept_ra = settings
-                        .and_then(|conf| conf.get(DEVCONF_ACCEPT_RA * 4..DEVCONF_ACCEPT_RA * 4 + 4))
+                        .and_then(|conf| conf.get(uapi::DEVCONF_ACCEPT_RA * 4..uapi::DEVCONF_ACCEPT_RA * 4 + 4))
                         .map(|bytes| i32::from_ne_bytes(word(bytes)));
                 }
-                IFLA_LINKINFO => {
-                    link.kind = attribute(value, IFLA_INFO_KIND).and_then(string).map(str::to_owned);
-                    if attribute(value, IFLA_INFO_SLAVE_KIND).and_then(string) == Some("bridge") {
-                        let port = attribute(value, IFLA_INFO_SLAVE_DATA).unwrap_or_default();
-                        link.isolated = attribute(port, IFLA_BRPORT_ISOLATED).is_some_and(|v| v.first() == Some(&1));
+                libc::IFLA_LINKINFO => {
+                    link.kind = attribute(value, libc::IFLA_INFO_KIND).and_then(string).map(str::to_owned);
+                    if attribute(value, libc::IFLA_INFO_SLAVE_KIND).and_then(string) == Some("bridge") {
+                        let port = attribute(value, libc::IFLA_INFO_SLAVE_DATA).unwrap_or_default();
+                        link.isolated =
+                            attribute(port, uapi::IFLA_BRPORT_ISOLATED).is_some_and(|v| v.first() == Some(&1));
                     }
                     if link.kind.as_deref() == Some("tun") {
-                        let data = attribute(value, IFLA_INFO_DATA).unwrap_or_default();
+                        let data = attribute(value, libc::IFLA_INFO_DATA).unwrap_or_default();
                         link.tun = Some(Tun {
-                            owner: attribute(data, IFLA_TUN_OWNER).map(|v| u32_at(v, 0)),
-                            group: attribute(data, IFLA_TUN_GROUP).map(|v| u32_at(v, 0)),
-                            vnet_header: attribute(data, IFLA_TUN_VNET_HDR).is_some_and(|v| v.first() == Some(&1)),
+                            owner: attribute(data, uapi::IFLA_TUN_OWNER).map(|v| u32_at(v, 0)),
+                            group: attribute(data, uapi::IFLA_TUN_GROUP).map(|v| u32_at(v, 0)),
+                            vnet_header: attribute(data, uapi::IFLA_TUN_VNET_HDR)
+                                .is_some_and(|v| v.first() == Some(&1)),
                         });
                     }
                 }
@@ -209,13 +165,13 @@ fn ip_of(value: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// An address from an `RTM_NEWADDR` answer: its link's index, and the
+/// An address from an `libc::RTM_NEWADDR` answer: its link's index, and the
 /// address with its prefix.
 fn address_of(object: &Object) -> Option<(u32, IpNetwork)> {
     let body = &object.body;
     let prefix = *body.get(1)?;
     let attrs = body.get(IFADDRMSG..)?;
-    let ip = attribute(attrs, IFA_LOCAL).or_else(|| attribute(attrs, IFA_ADDRESS)).and_then(ip_of)?;
+    let ip = attribute(attrs, libc::IFA_LOCAL).or_else(|| attribute(attrs, libc::IFA_ADDRESS)).and_then(ip_of)?;
     IpNetwork::new(ip, prefix).ok().map(|net| (u32_at(body, 4), net))
 }
 
@@ -227,7 +183,7 @@ pub struct Netlink {
 impl Netlink {
     /// Opens the socket.
     pub fn connect() -> Result<Self> {
-        let channel = Channel::open(NETLINK_ROUTE).context("opening a netlink socket")?;
+        let channel = Channel::open(libc::NETLINK_ROUTE as isize).context("opening a netlink socket")?;
         channel.check_strictly()?;
         Ok(Self { channel })
     }
@@ -245,27 +201,28 @@ impl Netlink {
 
     fn links(&mut self, request: Request, dump: bool, what: impl FnOnce() -> String) -> Result<Vec<Link>> {
         let objects = self.ask(request, dump, &[libc::ENODEV], what)?;
-        Ok(objects.into_iter().filter(|o| o.kind == RTM_NEWLINK).map(|o| Link::from_object(&o.body)).collect())
+        Ok(objects.into_iter().filter(|o| o.kind == libc::RTM_NEWLINK).map(|o| Link::from_object(&o.body)).collect())
     }
 
     /// Looks a link up by name; `None` when there is no such link.
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
-        let request = Request::new(RTM_GETLINK, 0, &ifinfomsg(0, 0, 0))
-            .string(IFLA_IFNAME, name)
-            .u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        let request = Request::new(libc::RTM_GETLINK, 0, &ifinfomsg(0, 0, 0))
+            .string(libc::IFLA_IFNAME, name)
+            .u32(libc::IFLA_EXT_MASK, libc::RTEXT_FILTER_SKIP_STATS as u32);
         Ok(self.links(request, false, || format!("asking the kernel about {name}"))?.into_iter().next())
     }
 
     /// Looks a link up by index; `None` when there is no such link.
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
-        let request = Request::new(RTM_GETLINK, 0, &ifinfomsg(index, 0, 0)).u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        let request = Request::new(libc::RTM_GETLINK, 0, &ifinfomsg(index, 0, 0))
+            .u32(libc::IFLA_EXT_MASK, libc::RTEXT_FILTER_SKIP_STATS as u32);
         Ok(self.links(request, false, || format!("asking the kernel about interface #{index}"))?.into_iter().next())
     }
 
     /// Every link in the namespace.
     pub fn all_links(&mut self) -> Result<Vec<Link>> {
-        let request =
-            Request::new(RTM_GETLINK, NLM_F_DUMP, &ifinfomsg(0, 0, 0)).u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        let request = Request::new(libc::RTM_GETLINK, NLM_F_DUMP, &ifinfomsg(0, 0, 0))
+            .u32(libc::IFLA_EXT_MASK, libc::RTEXT_FILTER_SKIP_STATS as u32);
         self.links(request, true, || "listing the links".to_owned())
     }
 
@@ -281,7 +238,7 @@ impl Netlink {
     fn addresses(&mut self, only: u32, what: impl FnOnce() -> String) -> Result<Vec<(u32, IpNetwork)>> {
         let mut header = [0; IFADDRMSG];
         header[4..8].copy_from_slice(&only.to_ne_bytes());
-        let objects = self.ask(Request::new(RTM_GETADDR, NLM_F_DUMP, &header), true, &[], what)?;
+        let objects = self.ask(Request::new(libc::RTM_GETADDR, NLM_F_DUMP, &header), true, &[], what)?;
         Ok(objects.iter().filter_map(address_of).collect())
     }
 
@@ -291,17 +248,17 @@ impl Netlink {
     pub fn learned_macs(&mut self, bridge: &Link) -> Result<Vec<(u32, [u8; 6])>> {
         let mut header = [0; NDMSG];
         header[0] = libc::AF_BRIDGE as u8;
-        let request = Request::new(RTM_GETNEIGH, NLM_F_DUMP, &header).u32(NDA_MASTER, bridge.index);
+        let request = Request::new(libc::RTM_GETNEIGH, NLM_F_DUMP, &header).u32(uapi::NDA_MASTER, bridge.index);
         let entries =
             self.ask(request, true, &[], || format!("listing the MAC addresses bridge {} learned", bridge.name))?;
         Ok(entries
             .iter()
-            .filter(|entry| entry.kind == RTM_NEWNEIGH)
+            .filter(|entry| entry.kind == libc::RTM_NEWNEIGH)
             .filter_map(|entry| {
                 let body = &entry.body;
                 let state = u16::from_ne_bytes([*body.get(8)?, *body.get(9)?]);
-                let mac = <[u8; 6]>::try_from(attribute(body.get(NDMSG..)?, NDA_LLADDR)?).ok()?;
-                (state & NUD_PERMANENT == 0).then_some((u32_at(body, 4), mac))
+                let mac = <[u8; 6]>::try_from(attribute(body.get(NDMSG..)?, libc::NDA_LLADDR)?).ok()?;
+                (state & libc::NUD_PERMANENT == 0).then_some((u32_at(body, 4), mac))
             })
             .collect())
     }
@@ -316,13 +273,13 @@ impl Netlink {
     /// Creates a bridge with `mac` (and `mtu`) set in the creating request
     /// itself. Returns `None` if another process won the race.
     pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>, mac: &[u8; 6]) -> Result<Option<Link>> {
-        let mut request = Request::new(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &ifinfomsg(0, 0, 0))
-            .string(IFLA_IFNAME, name)
-            .bytes(IFLA_ADDRESS, mac);
+        let mut request = Request::new(libc::RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &ifinfomsg(0, 0, 0))
+            .string(libc::IFLA_IFNAME, name)
+            .bytes(libc::IFLA_ADDRESS, mac);
         if let Some(mtu) = mtu {
-            request = request.u32(IFLA_MTU, mtu);
+            request = request.u32(libc::IFLA_MTU, mtu);
         }
-        let request = request.begin(IFLA_LINKINFO).string(IFLA_INFO_KIND, "bridge").end();
+        let request = request.begin(libc::IFLA_LINKINFO).string(libc::IFLA_INFO_KIND, "bridge").end();
         match self.channel.exchange(request, false, &[]) {
             Ok(_) => {}
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => return Ok(None),
@@ -355,18 +312,18 @@ impl Netlink {
             IpAddr::V4(ip) => ip.octets().to_vec(),
             IpAddr::V6(ip) => ip.octets().to_vec(),
         };
-        let mut request = Request::new(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &header)
-            .bytes(IFA_LOCAL, &octets)
-            .bytes(IFA_ADDRESS, &octets);
+        let mut request = Request::new(libc::RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &header)
+            .bytes(libc::IFA_LOCAL, &octets)
+            .bytes(libc::IFA_ADDRESS, &octets);
         if address.is_ipv6() {
-            request = request.u32(IFA_FLAGS, IFA_F_NODAD);
+            request = request.u32(libc::IFA_FLAGS, libc::IFA_F_NODAD);
         }
         self.ask(request, false, &[libc::EEXIST], || format!("adding address {address} to {}", link.name)).map(drop)
     }
 
     /// Sets a link's MTU.
     pub fn set_mtu(&mut self, link: &Link, mtu: u32) -> Result<()> {
-        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0)).u32(IFLA_MTU, mtu);
+        let request = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0)).u32(libc::IFLA_MTU, mtu);
         self.ask(request, false, &[], || format!("setting the MTU of {} to {mtu}", link.name)).map(drop)
     }
 
@@ -383,16 +340,16 @@ impl Netlink {
         let mut header = [0; RTMSG];
         header[0] = family(&subnet);
         let routes =
-            self.ask(Request::new(RTM_GETROUTE, NLM_F_DUMP, &header), true, &[], || "listing routes".to_owned())?;
+            self.ask(Request::new(libc::RTM_GETROUTE, NLM_F_DUMP, &header), true, &[], || "listing routes".to_owned())?;
         for route in &routes {
             let body = &route.body;
             let (Some(&prefix), Some(&kind)) = (body.get(1), body.get(7)) else { continue };
-            if prefix == 0 || kind != RTN_UNICAST {
+            if prefix == 0 || kind != libc::RTN_UNICAST {
                 continue;
             }
             let attrs = body.get(RTMSG..).unwrap_or_default();
-            let destination = attribute(attrs, RTA_DST).and_then(ip_of);
-            let oif = attribute(attrs, RTA_OIF).map(|v| u32_at(v, 0));
+            let destination = attribute(attrs, libc::RTA_DST).and_then(ip_of);
+            let oif = attribute(attrs, libc::RTA_OIF).map(|v| u32_at(v, 0));
             let (Some(ip), Some(index)) = (destination, oif) else { continue };
             if let Ok(net) = IpNetwork::new(ip, prefix) {
                 if Some(index) != except && overlaps(net) {
@@ -413,20 +370,22 @@ impl Netlink {
 
     /// Sets a link's alias (kvm-net's marks on bridges).
     pub fn set_alias(&mut self, link: &Link, alias: &str) -> Result<()> {
-        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0)).string(IFLA_IFALIAS, alias);
+        let request =
+            Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0)).string(libc::IFLA_IFALIAS, alias);
         self.ask(request, false, &[], || format!("marking {} as {alias:?}", link.name)).map(drop)
     }
 
     /// Removes a link's alias (an OVS port's mark, when it leaves); a link
     /// already gone has none.
     pub fn clear_alias(&mut self, link: &Link) -> Result<()> {
-        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0)).bytes(IFLA_IFALIAS, &[]);
+        let request =
+            Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0)).bytes(libc::IFLA_IFALIAS, &[]);
         self.ask(request, false, &[libc::ENODEV], || format!("removing the alias of {}", link.name)).map(drop)
     }
 
     /// Brings a link up.
     pub fn set_up(&mut self, link: &Link) -> Result<()> {
-        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, IFF_UP, IFF_UP));
+        let request = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(link.index, IFF_UP, IFF_UP));
         self.ask(request, false, &[], || format!("bringing {} up", link.name)).map(drop)
     }
 
@@ -435,14 +394,15 @@ impl Netlink {
     /// `isolated` port is isolated before it comes up.
     pub fn attach(&mut self, port: &Link, bridge: &Link, isolated: bool) -> Result<()> {
         if port.mtu != bridge.mtu {
-            let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, 0)).u32(IFLA_MTU, bridge.mtu);
+            let request = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, 0))
+                .u32(libc::IFLA_MTU, bridge.mtu);
             self.ask(request, false, &[], || {
                 format!("setting the MTU of {} to {} (bridge {})", port.name, bridge.mtu, bridge.name)
             })?;
         }
         let up = up_unless_isolated(isolated);
-        let request =
-            Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, up, IFF_UP)).u32(IFLA_MASTER, bridge.index);
+        let request = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, up, IFF_UP))
+            .u32(libc::IFLA_MASTER, bridge.index);
         self.enslave(request, port, bridge)?;
         self.isolate_and_bring_up(port, bridge, isolated)
     }
@@ -452,18 +412,18 @@ impl Netlink {
     /// order); an `isolated` port is isolated in a second, before it comes up.
     pub fn attach_with_mac(&mut self, port: &Link, bridge: &Link, mac: &[u8; 6], isolated: bool) -> Result<()> {
         let up = up_unless_isolated(isolated);
-        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, up, IFF_UP))
-            .bytes(IFLA_ADDRESS, mac)
-            .u32(IFLA_MTU, bridge.mtu)
-            .u32(IFLA_MASTER, bridge.index);
+        let request = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, up, IFF_UP))
+            .bytes(libc::IFLA_ADDRESS, mac)
+            .u32(libc::IFLA_MTU, bridge.mtu)
+            .u32(libc::IFLA_MASTER, bridge.index);
         self.enslave(request, port, bridge)?;
         self.isolate_and_bring_up(port, bridge, isolated)
     }
 
     /// Gives `port` the address `mac` and brings it up, in one request.
     pub fn bring_up_with_mac(&mut self, port: &Link, mac: &[u8; 6]) -> Result<()> {
-        let request =
-            Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP)).bytes(IFLA_ADDRESS, mac);
+        let request = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP))
+            .bytes(libc::IFLA_ADDRESS, mac);
         self.ask(request, false, &[], || format!("bringing {} up", port.name)).map(drop)
     }
 
@@ -474,11 +434,11 @@ impl Netlink {
         if !isolated {
             return Ok(());
         }
-        let request = Request::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP))
-            .begin(IFLA_LINKINFO)
-            .string(IFLA_INFO_SLAVE_KIND, "bridge")
-            .begin(IFLA_INFO_SLAVE_DATA)
-            .bytes(IFLA_BRPORT_ISOLATED, &[1])
+        let request = Request::new(libc::RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(port.index, IFF_UP, IFF_UP))
+            .begin(libc::IFLA_LINKINFO)
+            .string(libc::IFLA_INFO_SLAVE_KIND, "bridge")
+            .begin(libc::IFLA_INFO_SLAVE_DATA)
+            .bytes(uapi::IFLA_BRPORT_ISOLATED, &[1])
             .end()
             .end();
         let isolated = self.ask(request, false, &[], || format!("isolating {} on bridge {}", port.name, bridge.name));
@@ -497,7 +457,7 @@ impl Netlink {
         let what = || format!("attaching {} to bridge {}", port.name, bridge.name);
         let attached = self.channel.exchange(request, false, &[]);
         if attached.is_err() && !port.up {
-            let down = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, IFF_UP));
+            let down = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, IFF_UP));
             // Best effort: the attach's error is the one worth reporting.
             let _ = self.channel.exchange(down, false, &[libc::ENODEV]);
         }
@@ -518,22 +478,20 @@ impl Netlink {
     pub fn detach_and_down(&mut self, port: &Link) -> Result<()> {
         let what = || format!("detaching {} and setting it down", port.name);
         if port.controller.is_some() {
-            let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, 0)).u32(IFLA_MASTER, 0);
+            let request =
+                Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, 0)).u32(libc::IFLA_MASTER, 0);
             self.ask(request, false, &[libc::ENODEV], what)?;
         }
-        let request = Request::new(RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, IFF_UP));
+        let request = Request::new(libc::RTM_SETLINK, NLM_F_ACK, &ifinfomsg(port.index, 0, IFF_UP));
         self.ask(request, false, &[libc::ENODEV], what).map(drop)
     }
 
     /// Deletes a link; one already gone counts as deleted.
     pub fn delete(&mut self, link: &Link) -> Result<()> {
-        let request = Request::new(RTM_DELLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0));
+        let request = Request::new(libc::RTM_DELLINK, NLM_F_ACK, &ifinfomsg(link.index, 0, 0));
         self.ask(request, false, &[libc::ENODEV], || format!("deleting {}", link.name)).map(drop)
     }
 }
-
-/// `RTNLGRP_LINK`: notifications of links created, changed and deleted.
-const RTNLGRP_LINK: u32 = 1;
 
 /// The kernel's link notifications, for waiting until a bridge may have lost
 /// its last port.
@@ -544,8 +502,8 @@ pub struct LinkEvents {
 impl LinkEvents {
     /// Subscribes; notifications from now on are kept until read.
     pub fn subscribe() -> Result<Self> {
-        let mut channel = Channel::open(NETLINK_ROUTE).context("listening to link notifications")?;
-        channel.subscribe(RTNLGRP_LINK)?;
+        let mut channel = Channel::open(libc::NETLINK_ROUTE as isize).context("listening to link notifications")?;
+        channel.subscribe(libc::RTNLGRP_LINK)?;
         Ok(Self { channel })
     }
 
@@ -567,8 +525,8 @@ impl LinkEvents {
     /// Waits for a deletion, or a change `departed` says is one.
     fn wait_for(&mut self, mut departed: impl FnMut(Link) -> bool) -> Result<()> {
         let waiting = self.channel.receive(|received| match received {
-            Received::Object { kind: RTM_DELLINK, .. } => Ok(true),
-            Received::Object { kind: RTM_NEWLINK, body, .. } => Ok(departed(Link::from_object(body))),
+            Received::Object { kind: libc::RTM_DELLINK, .. } => Ok(true),
+            Received::Object { kind: libc::RTM_NEWLINK, body, .. } => Ok(departed(Link::from_object(body))),
             _ => Ok(false),
         });
         match waiting {
@@ -585,11 +543,11 @@ impl LinkEvents {
 }
 
 /// A dump of `bridge`'s ports, filtered by the kernel. Without
-/// `IFLA_EXT_MASK`: with one, the kernel first sizes every link of the
+/// `libc::IFLA_EXT_MASK`: with one, the kernel first sizes every link of the
 /// namespace to choose its buffer (0.2-0.7 ms with 1000 ports, on every VM
 /// stop); without, the answers carry counters nobody reads.
 fn ports_request(bridge: &Link) -> Request {
-    Request::new(RTM_GETLINK, NLM_F_DUMP, &ifinfomsg(0, 0, 0)).u32(IFLA_MASTER, bridge.index)
+    Request::new(libc::RTM_GETLINK, NLM_F_DUMP, &ifinfomsg(0, 0, 0)).u32(libc::IFLA_MASTER, bridge.index)
 }
 
 /// Whether `bridge` has a port other than `except`: the last-port question of
@@ -598,7 +556,7 @@ fn ports_request(bridge: &Link) -> Request {
 /// 1000 VMs on a bridge, it cost 80 ms.
 pub fn has_port_besides(bridge: &Link, except: Option<u32>) -> Result<bool> {
     let context = || format!("listing the ports of bridge {}", bridge.name);
-    let mut channel = Channel::open(NETLINK_ROUTE).with_context(context)?;
+    let mut channel = Channel::open(libc::NETLINK_ROUTE as isize).with_context(context)?;
     let sequence = channel.next_sequence();
     channel.send(&ports_request(bridge).finish(sequence)).with_context(context)?;
     let mut found = false;

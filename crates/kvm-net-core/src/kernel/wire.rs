@@ -11,28 +11,26 @@ use anyhow::{Context, Result};
 use netlink_sys::Socket;
 
 /// `struct nlmsghdr`.
-const NLMSG_HEADER: usize = 16;
-/// `NLMSG_ERROR`, `NLMSG_DONE`.
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-/// `NLA_F_NESTED`, and the bits of an attribute's type that are flags.
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
+const NLMSG_HEADER: usize = std::mem::size_of::<libc::nlmsghdr>();
+/// libc's netlink numbers are `c_int`; in a message they are `u16`.
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+const NLA_F_NESTED: u16 = libc::NLA_F_NESTED as u16;
+/// The bits of an attribute's type that are not flags.
+const NLA_TYPE_MASK: u16 = libc::NLA_TYPE_MASK as u16;
 
-/// Request flags (`NLM_F_*`).
-pub const NLM_F_REQUEST: u16 = 0x01;
+/// Request flags (`NLM_F_*`), as a message's header carries them.
+pub const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
 /// The kernel answers with an ack (or an error).
-pub const NLM_F_ACK: u16 = 0x04;
-/// Replace what exists.
-pub const NLM_F_REPLACE: u16 = 0x100;
+pub const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
 /// Fail if it exists.
-pub const NLM_F_EXCL: u16 = 0x200;
+pub const NLM_F_EXCL: u16 = libc::NLM_F_EXCL as u16;
 /// Create if it does not exist.
-pub const NLM_F_CREATE: u16 = 0x400;
+pub const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
 /// Add at the end.
-pub const NLM_F_APPEND: u16 = 0x800;
+pub const NLM_F_APPEND: u16 = libc::NLM_F_APPEND as u16;
 /// Every matching object.
-pub const NLM_F_DUMP: u16 = 0x300;
+pub const NLM_F_DUMP: u16 = libc::NLM_F_DUMP as u16;
 
 fn align(length: usize) -> usize {
     (length + 3) & !3

@@ -23,9 +23,6 @@ use crate::security::rundir::{Area, SafeDir};
 use crate::services::names;
 use crate::trace::trace;
 
-/// The Debian package that ships the dnsmasq binary without its system service.
-pub const PACKAGE: &str = "dnsmasq-base";
-
 /// How long a dnsmasq gets to exit after SIGTERM before SIGKILL.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 

@@ -48,9 +48,10 @@ use netlink_packet_netfilter::nftables::{
 use netlink_packet_netfilter::NetfilterProtoFamily;
 
 use super::bindings;
+use super::numbers::*;
 use super::render::{
-    cmp, comment, expression, meta, payload_into, raw, set_verdict, u32_attribute, verdict, Expression, NETWORK_HEADER,
-    NF_ACCEPT, NF_DROP, TRANSPORT_HEADER,
+    cmp, comment, expression, meta, payload_into, raw, set_verdict, u32_attribute, verdict, Expression, LINK_HEADER,
+    NETWORK_HEADER, NF_ACCEPT, NF_DROP, TRANSPORT_HEADER,
 };
 use super::socket::{with_nft, Change, Committed, Nft, Owned};
 use super::{key_in_host_order, with_retries, TABLE};
@@ -69,42 +70,17 @@ const PORTS: &str = "ports";
 /// Bumped whenever the chain's rules change, so that an older kvm-net's are rewritten.
 const RULES_VERSION: u32 = 2;
 
-/// nft's data types (for `nft list`): interface names, MAC and IPv4 addresses.
-const TYPE_IFNAME: u32 = 41;
-const TYPE_ETHERADDR: u32 = 9;
-const TYPE_IPADDR: u32 = 7;
-/// How nft numbers a concatenation of data types.
-const TYPE_BITS: u32 = 6;
-const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 /// Field lengths in a concatenated key: each field takes whole 32-bit registers.
 const IFNAME_LEN: usize = 16;
 const MAC_LEN: usize = 8;
 const IPV4_LEN: usize = 4;
-/// `NFT_PAYLOAD_LL_HEADER`.
-const LINK_HEADER: u32 = 0;
-/// `NFT_LOOKUP_F_INV`.
-const LOOKUP_INVERTED: u32 = 1;
-/// The `dynset` expression (the crate has none): `add @SET { KEY }` from the packet path.
-const NFTA_DYNSET_SET_NAME: u16 = 1;
-const NFTA_DYNSET_OP: u16 = 3;
-const NFTA_DYNSET_SREG_KEY: u16 = 4;
-const NFT_DYNSET_OP_ADD: u32 = 0;
-/// Attributes of set element dumps.
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFTA_RULE_USERDATA: u16 = 7;
-/// Ether types, ports and ICMPv6 types the chain looks at.
-const ETH_IP: u16 = 0x0800;
-const ETH_ARP: u16 = 0x0806;
-const ETH_IPV6: u16 = 0x86dd;
-const ETH_RARP: u16 = 0x8035;
-const UDP: u8 = 17;
-const ICMPV6: u8 = 58;
+/// Ether types, protocols, ports and ICMPv6 types the chain looks at.
+const ETH_IP: u16 = libc::ETH_P_IP as u16;
+const ETH_ARP: u16 = libc::ETH_P_ARP as u16;
+const ETH_IPV6: u16 = libc::ETH_P_IPV6 as u16;
+const ETH_RARP: u16 = libc::ETH_P_RARP as u16;
+const UDP: u8 = libc::IPPROTO_UDP as u8;
+const ICMPV6: u8 = libc::IPPROTO_ICMPV6 as u8;
 const DHCP_SERVER: u16 = 67;
 const DHCP_CLIENT: u16 = 68;
 const DHCPV6_SERVER: u16 = 547;
@@ -284,7 +260,7 @@ fn l4proto(number: u8) -> Vec<Expression> {
 fn lookup(set: &str, register: Register, inverted: bool) -> Expression {
     let mut attributes = vec![Lookup::Set(set.to_owned()), Lookup::SourceRegister(register)];
     if inverted {
-        attributes.push(Lookup::Flags(LOOKUP_INVERTED));
+        attributes.push(Lookup::Flags(libc::NFT_LOOKUP_F_INV as u32));
     }
     expression(Expressions::Lookup(attributes))
 }
@@ -298,7 +274,7 @@ fn add_to(set: &str, register: Register) -> Expression {
                 name.push(0);
                 name
             }),
-            u32_attribute(NFTA_DYNSET_OP, NFT_DYNSET_OP_ADD),
+            u32_attribute(NFTA_DYNSET_OP, libc::NFT_DYNSET_OP_ADD as u32),
             u32_attribute(NFTA_DYNSET_SREG_KEY, register.into()),
         ],
     )
@@ -833,7 +809,7 @@ fn base_chain(nft: &mut Nft, changes: &mut Vec<Change>) -> Result<()> {
         SetAttribute::Flags(SetFlags::Map),
         SetAttribute::KeyType(TYPE_IFNAME),
         SetAttribute::KeyLen(IFNAME_LEN as u32),
-        SetAttribute::DataType(NFT_DATA_VERDICT),
+        SetAttribute::DataType(libc::NFT_DATA_VERDICT),
         SetAttribute::Id(1),
         SetAttribute::UserData(key_in_host_order()),
     ];

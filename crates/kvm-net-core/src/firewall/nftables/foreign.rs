@@ -11,35 +11,9 @@ use netlink_packet_netfilter::nftables::{
 };
 use netlink_packet_netfilter::NetfilterProtoFamily;
 
+use super::numbers::*;
 use super::socket::{with_nft, Owned};
 use crate::kernel::wire;
-
-/// Attributes of the objects nf_tables sends (linux/netfilter/nf_tables.h).
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
-const NFTA_TARGET_NAME: u16 = 1;
-/// Verdict codes: `NF_DROP`, `NFT_JUMP`, `NFT_GOTO` (signed, big-endian).
-const NF_DROP: i32 = 0;
-const NFT_JUMP: i32 = -3;
-const NFT_GOTO: i32 = -4;
-/// `NFT_REG_VERDICT`.
-const REG_VERDICT: u32 = 0;
 
 /// Netfilter hooks (`NF_INET_*`) a base chain may be on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +61,7 @@ impl Chain {
             name: chain.string(NFTA_CHAIN_NAME)?.to_owned(),
             hook,
             filter: chain.string(NFTA_CHAIN_TYPE).is_none_or(|t| t == "filter"),
-            policy_drop: hook.is_some() && chain.u32(NFTA_CHAIN_POLICY) == Some(NF_DROP as u32),
+            policy_drop: hook.is_some() && chain.u32(NFTA_CHAIN_POLICY) == Some(libc::NF_DROP as u32),
         })
     }
 
@@ -139,7 +113,9 @@ impl Rule {
                         verdict = Verdict::Drop;
                     }
                 }
-                "immediate" if wire::attribute(data, NFTA_IMMEDIATE_DREG).map(be32) == Some(REG_VERDICT) => {
+                "immediate"
+                    if wire::attribute(data, NFTA_IMMEDIATE_DREG).map(be32) == Some(libc::NFT_REG_VERDICT as u32) =>
+                {
                     let Some(code) =
                         wire::attribute(data, NFTA_IMMEDIATE_DATA).and_then(|d| wire::attribute(d, NFTA_DATA_VERDICT))
                     else {
@@ -148,8 +124,8 @@ impl Rule {
                     let number = wire::attribute(code, NFTA_VERDICT_CODE).map(|c| be32(c) as i32);
                     let target = wire::attribute(code, NFTA_VERDICT_CHAIN).and_then(wire::string);
                     verdict = match (number, target) {
-                        (Some(NF_DROP), _) => Verdict::Drop,
-                        (Some(NFT_JUMP | NFT_GOTO), Some(chain)) => Verdict::Chain(chain.to_owned()),
+                        (Some(libc::NF_DROP), _) => Verdict::Drop,
+                        (Some(libc::NFT_JUMP | libc::NFT_GOTO), Some(chain)) => Verdict::Chain(chain.to_owned()),
                         _ => Verdict::Other,
                     };
                 }

@@ -18,6 +18,7 @@
 pub mod antispoof;
 mod bindings;
 pub mod foreign;
+mod numbers;
 mod render;
 mod socket;
 
@@ -33,6 +34,7 @@ pub use self::socket::forget_shared as forget_shared_socket;
 use self::socket::{with_nft, Change, Committed, Nft};
 use netlink_packet_netfilter::NetfilterProtoFamily;
 
+use self::numbers::*;
 use super::plan::{Family, Kind, Plan, Rule};
 use super::{ChainState, RuleState};
 use crate::error::Error;
@@ -46,10 +48,6 @@ pub const TABLE: &str = "kvm_net";
 /// How often a batch is computed again after the ruleset changed under it.
 const ATTEMPTS: usize = 20;
 
-/// nft's data type of interface names (`TYPE_IFNAME`), the maps' key.
-const TYPE_IFNAME: u32 = 41;
-/// `NFT_DATA_VERDICT`, the maps' data.
-const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 /// The maps' user data, for `nft` to print their keys: the key is in host
 /// byte order (`NFTNL_UDATA_SET_KEYBYTEORDER`, 4 bytes, `BYTEORDER_HOST_ENDIAN`).
 pub(super) fn key_in_host_order() -> Vec<u8> {
@@ -212,18 +210,6 @@ fn element_list(map: &str, bridge: &IfName, jump_to: Option<&str>) -> SetElement
     }
 }
 
-/// Attributes of the objects nf_tables sends back (linux/netfilter/nf_tables.h).
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_USE: u16 = 6;
-const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-
 /// The comments of the rules of `chain` (in kvm-net's table of `family`), in order.
 fn rule_comments(nft: &mut Nft, family: Family, chain: &str) -> Result<Vec<Vec<u8>>> {
     let rules = nft.dump(family, NfTablesMessage::GetRule(chain_rules(chain)))?;
@@ -385,7 +371,7 @@ fn new_map(family: Family, name: &str) -> Change {
         SetAttribute::Flags(SetFlags::Map),
         SetAttribute::KeyType(TYPE_IFNAME),
         SetAttribute::KeyLen(16),
-        SetAttribute::DataType(NFT_DATA_VERDICT),
+        SetAttribute::DataType(libc::NFT_DATA_VERDICT),
         SetAttribute::Id(1),
         SetAttribute::UserData(key_in_host_order()),
     ];

@@ -14,50 +14,20 @@ use netlink_packet_netfilter::nftables::{
     Operator, Payload, Register, Verdict, VerdictAttribute,
 };
 
+use super::numbers::*;
 use crate::firewall::plan::{Action, Match, PortMapping, PortRange, Rule};
 use crate::ifname::{IfName, MAX_IFNAME_LEN};
 
 /// One expression of a rule, as the rule message lists it.
 pub type Expression = ListAttribute<ExpressionAttribute>;
 
-/// `NF_DROP` and `NF_ACCEPT`, the verdict codes the crate does not name.
-pub(super) const NF_DROP: u32 = 0;
-pub(super) const NF_ACCEPT: u32 = 1;
-/// `NFT_CT_STATE`, and the bits of established and related connections.
-const NFT_CT_STATE: u32 = 0;
-const CT_ESTABLISHED_RELATED: u32 = 0x06;
-/// `NFT_PAYLOAD_NETWORK_HEADER` and `NFT_PAYLOAD_TRANSPORT_HEADER`.
-pub(super) const NETWORK_HEADER: u32 = 1;
-pub(super) const TRANSPORT_HEADER: u32 = 2;
-/// Attributes of the `ct` and `masq` expressions, which the crate leaves raw.
-const NFTA_CT_DREG: u16 = 1;
-const NFTA_CT_KEY: u16 = 2;
-const NFTA_MASQ_FLAGS: u16 = 1;
-const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
-const NFTA_MASQ_REG_PROTO_MAX: u16 = 3;
-/// `NF_NAT_RANGE_PROTO_SPECIFIED`: the masquerade picks ports from a range.
-const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 0x2;
-/// `NFT_CT_STATUS`, and the bit of a connection whose destination was rewritten.
-const NFT_CT_STATUS: u32 = 2;
-const IPS_DST_NAT: u32 = 1 << 5;
-/// Attributes and values of the `fib` expression: the address type of the destination.
-const NFTA_FIB_DREG: u16 = 1;
-const NFTA_FIB_RESULT: u16 = 2;
-const NFTA_FIB_FLAGS: u16 = 3;
-const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
-const NFTA_FIB_F_DADDR: u32 = 1 << 1;
-/// `RTN_LOCAL`: an address of the host's own.
-const RTN_LOCAL: u8 = 2;
-/// Attributes and values of the `nat` expression.
-const NFTA_NAT_TYPE: u16 = 1;
-const NFTA_NAT_FAMILY: u16 = 2;
-const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
-const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
-const NFTA_NAT_REG_PROTO_MAX: u16 = 6;
-const NFT_NAT_DNAT: u32 = 1;
-const NFPROTO_IPV4: u32 = 2;
-/// `NFTNL_UDATA_RULE_COMMENT`, the user data type `nft` shows as a comment.
-const UDATA_COMMENT: u8 = 0;
+/// `NF_DROP` and `NF_ACCEPT`, the verdict codes the crate does not name, as it carries them.
+pub(super) const NF_DROP: u32 = libc::NF_DROP as u32;
+pub(super) const NF_ACCEPT: u32 = libc::NF_ACCEPT as u32;
+/// Where a payload expression reads: the link layer, network and transport headers.
+pub(super) const LINK_HEADER: u32 = libc::NFT_PAYLOAD_LL_HEADER as u32;
+pub(super) const NETWORK_HEADER: u32 = libc::NFT_PAYLOAD_NETWORK_HEADER as u32;
+pub(super) const TRANSPORT_HEADER: u32 = libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32;
 
 pub(super) fn expression(expressions: Expressions) -> Expression {
     expressions.into()
@@ -177,12 +147,15 @@ fn match_expressions(condition: &Match) -> Vec<Expression> {
                 ],
             ),
             // The address type is a host-order u32.
-            cmp(Operator::Equal, u32::from(RTN_LOCAL).to_ne_bytes().to_vec()),
+            cmp(Operator::Equal, u32::from(libc::RTN_LOCAL).to_ne_bytes().to_vec()),
         ],
         Match::Dnat { negate } => vec![
             raw(
                 "ct",
-                vec![u32_attribute(NFTA_CT_DREG, Register::Reg1.into()), u32_attribute(NFTA_CT_KEY, NFT_CT_STATUS)],
+                vec![
+                    u32_attribute(NFTA_CT_DREG, Register::Reg1.into()),
+                    u32_attribute(NFTA_CT_KEY, libc::NFT_CT_STATUS as u32),
+                ],
             ),
             bitwise(IPS_DST_NAT.to_ne_bytes().to_vec()),
             cmp(if *negate { Operator::Equal } else { Operator::NotEqual }, vec![0; 4]),
@@ -190,7 +163,10 @@ fn match_expressions(condition: &Match) -> Vec<Expression> {
         Match::EstablishedOrRelated { negate } => vec![
             raw(
                 "ct",
-                vec![u32_attribute(NFTA_CT_DREG, Register::Reg1.into()), u32_attribute(NFTA_CT_KEY, NFT_CT_STATE)],
+                vec![
+                    u32_attribute(NFTA_CT_DREG, Register::Reg1.into()),
+                    u32_attribute(NFTA_CT_KEY, libc::NFT_CT_STATE as u32),
+                ],
             ),
             bitwise(CT_ESTABLISHED_RELATED.to_ne_bytes().to_vec()),
             // Established or related: the masked state is not zero.
@@ -230,8 +206,8 @@ fn load(register: Register, value: Vec<u8>) -> Expression {
 fn dnat_expressions(to: Ipv4Addr, ports: &PortMapping, maps: &mut Vec<AnonymousMap>) -> Vec<Expression> {
     let mut expressions = Vec::new();
     let mut nat = vec![
-        u32_attribute(NFTA_NAT_TYPE, NFT_NAT_DNAT),
-        u32_attribute(NFTA_NAT_FAMILY, NFPROTO_IPV4),
+        u32_attribute(NFTA_NAT_TYPE, libc::NFT_NAT_DNAT as u32),
+        u32_attribute(NFTA_NAT_FAMILY, libc::NFPROTO_IPV4 as u32),
         u32_attribute(NFTA_NAT_REG_ADDR_MIN, Register::Reg1.into()),
     ];
     match ports {
@@ -274,9 +250,6 @@ pub struct AnonymousMap {
     /// Its elements: key, value.
     pub elements: Vec<(Vec<u8>, Vec<u8>)>,
 }
-
-/// nft's data type of ports (`TYPE_INET_SERVICE`).
-const TYPE_INET_SERVICE: u32 = 13;
 
 impl AnonymousMap {
     /// Each port of `from` to the port at the same place in `to`.

@@ -13,21 +13,16 @@ use netlink_packet_netfilter::nftables::{GenMessage, NfTablesMessage};
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 
+use super::numbers::{NFGENMSG, NFTA_GEN_ID};
 use crate::firewall::plan::Family;
 use crate::kernel::wire::{self, Channel, Object, Received, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 
-/// `NETLINK_NETFILTER`.
-const NETLINK_NETFILTER: isize = 12;
 /// `NFNL_SUBSYS_NFTABLES`, the resource id of a batch.
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_SUBSYS_NFTABLES: u16 = libc::NFNL_SUBSYS_NFTABLES as u16;
 /// `NFNL_MSG_BATCH_BEGIN`.
-const NFNL_MSG_BATCH_BEGIN: u8 = 16;
+const NFNL_MSG_BATCH_BEGIN: u8 = libc::NFNL_MSG_BATCH_BEGIN as u8;
 /// `NFNL_BATCH_GENID`: the generation a batch expects.
-const NFNL_BATCH_GENID: u16 = 1;
-/// `struct nfgenmsg`, ahead of an object's attributes.
-const NFGENMSG: usize = 4;
-/// `NFTA_GEN_ID`.
-const NFTA_GEN_ID: u16 = 1;
+const NFNL_BATCH_GENID: u16 = libc::NFNL_BATCH_GENID as u16;
 
 impl From<Family> for NetfilterProtoFamily {
     fn from(family: Family) -> Self {
@@ -93,7 +88,7 @@ pub fn with_nft<T>(work: impl FnOnce(&mut Nft) -> Result<T>) -> Result<T> {
 impl Nft {
     /// Opens a socket in this process's network namespace.
     fn open() -> Result<Self> {
-        Ok(Self { channel: Channel::open(NETLINK_NETFILTER).context("talking to nf_tables")? })
+        Ok(Self { channel: Channel::open(libc::NETLINK_NETFILTER as isize).context("talking to nf_tables")? })
     }
 
     /// `inner` framed as one message, numbered with the next sequence number.

@@ -169,6 +169,17 @@ fn syntax_error(text: &str, path: &Path, at: Option<&serde_path_to_error::Path>,
     }
 }
 
+/// A field that does not validate, and why.
+type Invalid = (&'static str, String);
+
+/// A network's name: what the config's tables, messages and `kvm-natup@NAME` take.
+fn check_name(name: &str) -> Result<(), Invalid> {
+    if name.is_empty() || name.len() > 15 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(("name", format!("{name:?} must be 1-15 letters, digits, '-' or '_'")));
+    }
+    Ok(())
+}
+
 fn field_error(path: &Path, network: &str, field: &str, reason: impl Into<String>) -> Error {
     Error::Config {
         path: path.display().to_string(),
@@ -180,113 +191,24 @@ fn field_error(path: &Path, network: &str, field: &str, reason: impl Into<String
 
 impl RawNetwork {
     fn validate(self, name: String, path: &Path) -> Result<Network, Error> {
-        let bad = |field, reason: String| field_error(path, &name, field, reason);
-        if name.is_empty()
-            || name.len() > 15
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(bad("name", format!("{name:?} must be 1-15 letters, digits, '-' or '_'")));
-        }
-        let mode = Mode::parse(&self.mode)
-            .ok_or_else(|| bad("mode", format!("{:?} is not one of nat, routed, isolated, bridged, ovs", self.mode)))?;
-        let bridge = IfName::parse_bridge(&self.bridge).map_err(|e| bad("bridge", e.to_string()))?;
-        let ovs = self.ovs_ports(mode).map_err(|(field, reason)| bad(field, reason))?;
-        let ipv4 = self.ipv4.as_deref().map(parse_ipv4).transpose().map_err(|e| bad("ipv4", e))?;
-        let ipv6 = self.ipv6.as_deref().map(parse_ipv6).transpose().map_err(|e| bad("ipv6", e))?;
-        if let Some(mtu) = self.mtu {
-            if !(68..=65535).contains(&mtu) {
-                return Err(bad("mtu", format!("{mtu} is outside 68-65535")));
-            }
-        }
+        let bad = |(field, reason): Invalid| field_error(path, &name, field, reason);
+        check_name(&name).map_err(bad)?;
+        let mode = Mode::parse(&self.mode).ok_or_else(|| {
+            bad(("mode", format!("{:?} is not one of nat, routed, isolated, bridged, ovs", self.mode)))
+        })?;
+        let bridge = IfName::parse_bridge(&self.bridge).map_err(|e| bad(("bridge", e.to_string())))?;
+        let ovs = self.ovs_ports(mode).map_err(bad)?;
+        let (ipv4, ipv6) = self.addresses(mode).map_err(bad)?;
         let taps = self
             .taps
             .iter()
-            .map(|p| glob::Pattern::new(p).map_err(|e| bad("taps", format!("{p:?}: {e}"))))
+            .map(|p| glob::Pattern::new(p).map_err(|e| bad(("taps", format!("{p:?}: {e}")))))
             .collect::<Result<Vec<_>, _>>()?;
-        match mode {
-            Mode::Nat if ipv4.is_none() => return Err(bad("ipv4", "a nat network needs an IPv4 address".to_owned())),
-            Mode::Routed if ipv4.is_none() && ipv6.is_none() => {
-                return Err(bad("ipv4", "a routed network needs an IPv4 or IPv6 address".to_owned()))
-            }
-            Mode::Bridged | Mode::Ovs => {
-                for (field, set) in [("ipv4", ipv4.is_some()), ("ipv6", ipv6.is_some()), ("mtu", self.mtu.is_some())] {
-                    if set {
-                        return Err(bad(
-                            field,
-                            format!("kvm-net never changes a {mode} network's bridge; set it on the bridge itself"),
-                        ));
-                    }
-                }
-            }
-            _ => {}
-        }
-        // DHCP is on by default wherever there is an IPv4 subnet to serve.
-        let dhcp = match self.dhcp {
-            Some(_) if !mode.is_managed() => {
-                return Err(bad("dhcp", "kvm-net runs no DHCP server on a bridge it does not own".to_owned()))
-            }
-            Some(RawDhcp { enabled: Some(false), .. }) => None,
-            Some(raw) => match ipv4 {
-                Some(address) => Some(raw.validate(address).map_err(|(field, reason)| bad(field, reason))?),
-                None => return Err(bad("dhcp", "DHCP needs the network's ipv4 address".to_owned())),
-            },
-            None => ipv4.filter(|_| mode.is_managed()).map(Dhcp::defaults_for),
-        };
-        for (field, names) in [("allow_users", &self.allow_users), ("allow_groups", &self.allow_groups)] {
-            if let Some(bad_name) = names.iter().find(|n| !is_account_name(n)) {
-                return Err(bad(field, format!("{bad_name:?} is not a user or group name")));
-            }
-        }
-        let grants = Grants { users: self.allow_users, groups: self.allow_groups };
-        let max_taps_per_user = self.max_taps_per_user.unwrap_or(DEFAULT_MAX_TAPS_PER_USER);
-        if !(1..=MAX_BRIDGE_PORTS as u32).contains(&max_taps_per_user) {
-            return Err(bad("max_taps_per_user", format!("{max_taps_per_user} is outside 1-{MAX_BRIDGE_PORTS}")));
-        }
-        if !self.forwards.is_empty() && !mode.forwards() {
-            return Err(bad("forwards", format!("port forwards need a nat or routed network, and {name} is {mode}")));
-        }
-        let guest_spoofing = match self.guest_spoofing.as_deref() {
-            None => Spoofing::Allow,
-            Some(text) => Spoofing::parse(text)
-                .ok_or_else(|| bad("guest_spoofing", format!("{text:?} is not \"allow\" or \"deny\"")))?,
-        };
-        if guest_spoofing == Spoofing::Deny && !mode.is_managed() {
-            let whose = match mode {
-                Mode::Ovs => "an ovs network's ports are kept honest by OVS's flows (OVN's port_security)",
-                _ => "a bridged network's guests are the LAN's",
-            };
-            return Err(bad(
-                "guest_spoofing",
-                format!("\"deny\" needs a network kvm-net manages (nat, routed or isolated): {whose}"),
-            ));
-        }
-        if guest_spoofing == Spoofing::Deny && dhcp.is_none() {
-            return Err(bad(
-                "guest_spoofing",
-                "\"deny\" needs DHCP on the network: each guest may send only from the address kvm-net's DHCP server leased it, so guests with hand-set addresses would be cut off".to_owned(),
-            ));
-        }
-        if mode == Mode::Ovs && self.isolate_guests == Some(true) {
-            return Err(bad(
-                "isolate_guests",
-                "Open vSwitch ports are kept apart by the switch's own flows (OVN's port groups and ACLs), not by kvm-net".to_owned(),
-            ));
-        }
-        let mut forwards: Vec<Forward> = Vec::new();
-        for (index, raw) in self.forwards.iter().enumerate() {
-            let forward = raw
-                .validate(ipv4, dhcp.as_ref())
-                .map_err(|(field, reason)| field_error(path, &name, &format!("forwards[{index}].{field}"), reason))?;
-            if let Some(earlier) = forwards.iter().position(|f| f.overlaps(&forward)) {
-                return Err(field_error(
-                    path,
-                    &name,
-                    &format!("forwards[{index}].host_port"),
-                    format!("{} overlaps forwards[{earlier}] ({})", forward.listens(), forwards[earlier].listens()),
-                ));
-            }
-            forwards.push(forward);
-        }
+        let dhcp = self.dhcp_of(mode, ipv4).map_err(bad)?;
+        let (grants, max_taps_per_user) = self.grants().map_err(bad)?;
+        let guest_spoofing = self.spoofing(&name, mode, dhcp.is_some()).map_err(bad)?;
+        let forwards =
+            self.forwards_of(ipv4, dhcp.as_ref(), |field, reason| field_error(path, &name, &field, reason))?;
         Ok(Network {
             name,
             mode,
@@ -304,6 +226,122 @@ impl RawNetwork {
             guest_spoofing,
             ovs,
         })
+    }
+
+    /// The bridge's addresses, and the MTU, as `mode` allows them.
+    fn addresses(&self, mode: Mode) -> Result<(Option<Ipv4Network>, Option<Ipv6Network>), Invalid> {
+        let ipv4 = self.ipv4.as_deref().map(parse_ipv4).transpose().map_err(|e| ("ipv4", e))?;
+        let ipv6 = self.ipv6.as_deref().map(parse_ipv6).transpose().map_err(|e| ("ipv6", e))?;
+        if let Some(mtu) = self.mtu.filter(|mtu| !(68..=65535).contains(mtu)) {
+            return Err(("mtu", format!("{mtu} is outside 68-65535")));
+        }
+        match mode {
+            Mode::Nat if ipv4.is_none() => Err(("ipv4", "a nat network needs an IPv4 address".to_owned())),
+            Mode::Routed if ipv4.is_none() && ipv6.is_none() => {
+                Err(("ipv4", "a routed network needs an IPv4 or IPv6 address".to_owned()))
+            }
+            Mode::Bridged | Mode::Ovs => {
+                let set = [("ipv4", ipv4.is_some()), ("ipv6", ipv6.is_some()), ("mtu", self.mtu.is_some())];
+                match set.into_iter().find(|(_, set)| *set) {
+                    Some((field, _)) => Err((
+                        field,
+                        format!("kvm-net never changes a {mode} network's bridge; set it on the bridge itself"),
+                    )),
+                    None => Ok((ipv4, ipv6)),
+                }
+            }
+            _ => Ok((ipv4, ipv6)),
+        }
+    }
+
+    /// DHCP, on by default wherever there is an IPv4 subnet to serve.
+    fn dhcp_of(&self, mode: Mode, ipv4: Option<Ipv4Network>) -> Result<Option<Dhcp>, Invalid> {
+        match &self.dhcp {
+            Some(_) if !mode.is_managed() => {
+                Err(("dhcp", "kvm-net runs no DHCP server on a bridge it does not own".to_owned()))
+            }
+            Some(RawDhcp { enabled: Some(false), .. }) => Ok(None),
+            Some(raw) => match ipv4 {
+                Some(address) => raw.validate(address).map(Some),
+                None => Err(("dhcp", "DHCP needs the network's ipv4 address".to_owned())),
+            },
+            None => Ok(ipv4.filter(|_| mode.is_managed()).map(Dhcp::defaults_for)),
+        }
+    }
+
+    /// Who may use the network through a privileged helper, and how many taps each.
+    fn grants(&self) -> Result<(Grants, u32), Invalid> {
+        for (field, names) in [("allow_users", &self.allow_users), ("allow_groups", &self.allow_groups)] {
+            if let Some(bad_name) = names.iter().find(|n| !is_account_name(n)) {
+                return Err((field, format!("{bad_name:?} is not a user or group name")));
+            }
+        }
+        let max_taps_per_user = self.max_taps_per_user.unwrap_or(DEFAULT_MAX_TAPS_PER_USER);
+        if !(1..=MAX_BRIDGE_PORTS as u32).contains(&max_taps_per_user) {
+            return Err(("max_taps_per_user", format!("{max_taps_per_user} is outside 1-{MAX_BRIDGE_PORTS}")));
+        }
+        Ok((Grants { users: self.allow_users.clone(), groups: self.allow_groups.clone() }, max_taps_per_user))
+    }
+
+    /// `guest_spoofing`, where `mode` and DHCP let it be "deny"; and the
+    /// other settings that only some modes have.
+    fn spoofing(&self, name: &str, mode: Mode, dhcp: bool) -> Result<Spoofing, Invalid> {
+        if !self.forwards.is_empty() && !mode.forwards() {
+            return Err(("forwards", format!("port forwards need a nat or routed network, and {name} is {mode}")));
+        }
+        if mode == Mode::Ovs && self.isolate_guests == Some(true) {
+            return Err((
+                "isolate_guests",
+                "Open vSwitch ports are kept apart by the switch's own flows (OVN's port groups and ACLs), not by kvm-net".to_owned(),
+            ));
+        }
+        let spoofing = match self.guest_spoofing.as_deref() {
+            None => Spoofing::Allow,
+            Some(text) => {
+                Spoofing::parse(text).ok_or(("guest_spoofing", format!("{text:?} is not \"allow\" or \"deny\"")))?
+            }
+        };
+        if spoofing == Spoofing::Deny && !mode.is_managed() {
+            let whose = match mode {
+                Mode::Ovs => "an ovs network's ports are kept honest by OVS's flows (OVN's port_security)",
+                _ => "a bridged network's guests are the LAN's",
+            };
+            return Err((
+                "guest_spoofing",
+                format!("\"deny\" needs a network kvm-net manages (nat, routed or isolated): {whose}"),
+            ));
+        }
+        if spoofing == Spoofing::Deny && !dhcp {
+            return Err((
+                "guest_spoofing",
+                "\"deny\" needs DHCP on the network: each guest may send only from the address kvm-net's DHCP server leased it, so guests with hand-set addresses would be cut off".to_owned(),
+            ));
+        }
+        Ok(spoofing)
+    }
+
+    /// The port forwards, each checked, none overlapping an earlier one;
+    /// `bad` names the field (`forwards[1].guest`).
+    fn forwards_of(
+        &self,
+        ipv4: Option<Ipv4Network>,
+        dhcp: Option<&Dhcp>,
+        bad: impl Fn(String, String) -> Error,
+    ) -> Result<Vec<Forward>, Error> {
+        let mut forwards: Vec<Forward> = Vec::new();
+        for (index, raw) in self.forwards.iter().enumerate() {
+            let forward = raw
+                .validate(ipv4, dhcp)
+                .map_err(|(field, reason)| bad(format!("forwards[{index}].{field}"), reason))?;
+            if let Some(earlier) = forwards.iter().position(|f| f.overlaps(&forward)) {
+                return Err(bad(
+                    format!("forwards[{index}].host_port"),
+                    format!("{} overlaps forwards[{earlier}] ({})", forward.listens(), forwards[earlier].listens()),
+                ));
+            }
+            forwards.push(forward);
+        }
+        Ok(forwards)
     }
 }
 
@@ -411,7 +449,7 @@ impl RawForward {
 }
 
 impl RawDhcp {
-    fn validate(self, address: Ipv4Network) -> Result<Dhcp, (&'static str, String)> {
+    fn validate(&self, address: Ipv4Network) -> Result<Dhcp, (&'static str, String)> {
         let subnet = Ipv4Network::new(address.network(), address.prefix()).unwrap_or(address);
         let host_ip = |field: &'static str, text: &str| -> Result<Ipv4Addr, (&'static str, String)> {
             let ip: Ipv4Addr = text.parse().map_err(|_| (field, format!("{text:?} is not an IPv4 address")))?;
@@ -431,7 +469,7 @@ impl RawDhcp {
             }
             dhcp.range = (start, end);
         }
-        if let Some(lease_time) = self.lease_time {
+        if let Some(lease_time) = self.lease_time.clone() {
             if !valid_lease_time(&lease_time) {
                 return Err((
                     "dhcp.lease_time",
@@ -441,7 +479,7 @@ impl RawDhcp {
             dhcp.lease_time = lease_time;
         }
         dhcp.dns = self.dns.unwrap_or(true);
-        for lease in self.hosts {
+        for lease in &self.hosts {
             let mac = lease.mac.to_ascii_lowercase();
             let octets: Vec<&str> = mac.split(':').collect();
             if octets.len() != 6 || !octets.iter().all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit())) {
@@ -466,15 +504,15 @@ impl RawDhcp {
                         .map_err(|err| ("dhcp.hosts", format!("tap {pattern:?} is not a pattern: {err}")))?,
                 ),
             };
-            dhcp.hosts.push(StaticLease { mac, ip, name: lease.name, tap });
+            dhcp.hosts.push(StaticLease { mac, ip, name: lease.name.clone(), tap });
         }
-        for record in self.records {
+        for record in &self.records {
             if !is_hostname(&record.name) {
                 return Err(("dhcp.records", format!("{:?} is not a host name", record.name)));
             }
             let ip =
                 record.ip.parse().map_err(|_| ("dhcp.records", format!("{:?} is not an IP address", record.ip)))?;
-            dhcp.records.push(HostRecord { name: record.name, ip });
+            dhcp.records.push(HostRecord { name: record.name.clone(), ip });
         }
         Ok(dhcp)
     }

@@ -202,96 +202,107 @@ fn destination(net: IpNetwork) -> Match {
 /// guests behave as on its networks), with its port forwards and guest
 /// isolation. Bridged networks need none.
 pub fn plan(network: &Network) -> Plan {
-    let bridge = &network.bridge;
     let mut chains = Vec::new();
-    let mut add = |family, kind, rules: Vec<Rule>| {
-        if !rules.is_empty() {
-            chains.push(Chain { family, kind, rules });
-        }
-    };
     match network.mode {
         Mode::Bridged | Mode::Ovs => {}
         Mode::Nat | Mode::Routed => {
             for subnet in network.subnets() {
-                let family = Family::of(&subnet);
-                // Port forwards are IPv4: their guests are IPv4 addresses.
-                let forwards = if family == Family::V4 { &network.forwards[..] } else { &[] };
-                let mut masquerade: Vec<Rule> = forwards.first().map(|_| hairpin(subnet, bridge)).into_iter().collect();
-                if network.mode == Mode::Nat {
-                    masquerade.extend(masquerade_rules(subnet, forwards));
-                }
-                add(family, Kind::Masquerade, masquerade);
-                let mut inward = vec![destination(subnet), out_iface(bridge)];
-                if network.mode == Mode::Nat {
-                    // Replies only: NAT hides the guests from the outside.
-                    inward.push(Match::EstablishedOrRelated { negate: false });
-                }
-                let mut forward =
-                    vec![rule(vec![source(subnet), in_iface(bridge)], Action::Accept), rule(inward, Action::Accept)];
-                if !network.isolate_guests {
-                    forward.push(rule(vec![in_iface(bridge), out_iface(bridge)], Action::Accept));
-                }
-                forward.extend(forwards.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Accept)));
-                add(family, Kind::Forward, forward);
-                let mut guard = isolation(network);
-                if network.mode == Mode::Nat {
-                    // Closed to new connections from outside the bridge, as
-                    // libvirt's NAT networks are; replies pass, and exactly
-                    // the connections a port forward sent here.
-                    guard.extend(forwards.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Return)));
-                    guard.push(rule(
-                        vec![not_in_iface(bridge), out_iface(bridge), Match::EstablishedOrRelated { negate: true }],
-                        Action::Drop,
-                    ));
-                }
-                add(family, Kind::Guard, guard);
-                let dnat: Vec<Rule> = forwards.iter().map(dnat_rule).collect();
-                add(family, Kind::DnatIn, dnat.clone());
-                add(family, Kind::DnatLocal, dnat);
+                forwarding_chains(network, subnet, &mut chains);
             }
         }
-        Mode::Isolated => {
-            // Both families always: an isolated bridge must not leak even
-            // where another network turned forwarding on. Guests still reach
-            // each other where bridged frames go through the firewall
-            // (br_netfilter), unless isolated from each other too.
-            for family in [Family::V4, Family::V6] {
-                if !network.isolate_guests {
-                    add(family, Kind::Forward, vec![rule(vec![in_iface(bridge), out_iface(bridge)], Action::Accept)]);
-                }
-                let mut guard = isolation(network);
-                guard.push(rule(vec![in_iface(bridge), not_out_iface(bridge)], Action::Drop));
-                guard.push(rule(vec![not_in_iface(bridge), out_iface(bridge)], Action::Drop));
-                add(family, Kind::Guard, guard);
-            }
-        }
+        Mode::Isolated => isolated_chains(network, &mut chains),
     }
-    if let Some(dhcp) = &network.dhcp {
-        let service = |protocol, port| {
-            rule(
-                vec![in_iface(bridge), Match::Protocol { protocol, destination_port: Some(PortRange::single(port)) }],
-                Action::Accept,
-            )
-        };
-        let mut accept = vec![service(Protocol::Udp, 67)];
-        if dhcp.dns {
-            accept.push(service(Protocol::Udp, 53));
-            accept.push(service(Protocol::Tcp, 53));
-        }
-        add(Family::V4, Kind::Input, accept);
-        add(
-            Family::V4,
-            Kind::Checksum,
-            vec![rule(
-                vec![
-                    out_iface(bridge),
-                    Match::Protocol { protocol: Protocol::Udp, destination_port: Some(PortRange::single(68)) },
-                ],
-                Action::ChecksumFill,
-            )],
-        );
+    service_chains(network, &mut chains);
+    chains.retain(|chain| !chain.rules.is_empty());
+    Plan { bridge: network.bridge.clone(), chains }
+}
+
+/// A nat or routed network's chains for one of its subnets: masquerade
+/// (nat), forward, guard, and its port forwards (IPv4: their guests are
+/// IPv4 addresses).
+fn forwarding_chains(network: &Network, subnet: IpNetwork, chains: &mut Vec<Chain>) {
+    let bridge = &network.bridge;
+    let family = Family::of(&subnet);
+    let nat = network.mode == Mode::Nat;
+    let forwards = if family == Family::V4 { &network.forwards[..] } else { &[] };
+    let mut masquerade: Vec<Rule> = forwards.first().map(|_| hairpin(subnet, bridge)).into_iter().collect();
+    if nat {
+        masquerade.extend(masquerade_rules(subnet, forwards));
     }
-    Plan { bridge: bridge.clone(), chains }
+    let mut inward = vec![destination(subnet), out_iface(bridge)];
+    if nat {
+        // Replies only: NAT hides the guests from the outside.
+        inward.push(Match::EstablishedOrRelated { negate: false });
+    }
+    let mut forward = vec![rule(vec![source(subnet), in_iface(bridge)], Action::Accept), rule(inward, Action::Accept)];
+    if !network.isolate_guests {
+        forward.push(rule(vec![in_iface(bridge), out_iface(bridge)], Action::Accept));
+    }
+    forward.extend(forwards.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Accept)));
+    let mut guard = isolation(network);
+    if nat {
+        // Closed to new connections from outside the bridge, as libvirt's
+        // NAT networks are; replies pass, and exactly the connections a port
+        // forward sent here.
+        guard.extend(forwards.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Return)));
+        guard.push(rule(
+            vec![not_in_iface(bridge), out_iface(bridge), Match::EstablishedOrRelated { negate: true }],
+            Action::Drop,
+        ));
+    }
+    let dnat: Vec<Rule> = forwards.iter().map(dnat_rule).collect();
+    chains.extend([
+        Chain { family, kind: Kind::Masquerade, rules: masquerade },
+        Chain { family, kind: Kind::Forward, rules: forward },
+        Chain { family, kind: Kind::Guard, rules: guard },
+        Chain { family, kind: Kind::DnatIn, rules: dnat.clone() },
+        Chain { family, kind: Kind::DnatLocal, rules: dnat },
+    ]);
+}
+
+/// An isolated network's chains, in both families always: an isolated
+/// bridge must not leak even where another network turned forwarding on.
+/// Guests still reach each other where bridged frames go through the
+/// firewall (br_netfilter), unless isolated from each other too.
+fn isolated_chains(network: &Network, chains: &mut Vec<Chain>) {
+    let bridge = &network.bridge;
+    for family in [Family::V4, Family::V6] {
+        if !network.isolate_guests {
+            let between = vec![rule(vec![in_iface(bridge), out_iface(bridge)], Action::Accept)];
+            chains.push(Chain { family, kind: Kind::Forward, rules: between });
+        }
+        let mut guard = isolation(network);
+        guard.push(rule(vec![in_iface(bridge), not_out_iface(bridge)], Action::Drop));
+        guard.push(rule(vec![not_in_iface(bridge), out_iface(bridge)], Action::Drop));
+        chains.push(Chain { family, kind: Kind::Guard, rules: guard });
+    }
+}
+
+/// DHCP (and DNS) from the bridge to the network's dnsmasq, and the
+/// checksums of its replies.
+fn service_chains(network: &Network, chains: &mut Vec<Chain>) {
+    let bridge = &network.bridge;
+    let Some(dhcp) = &network.dhcp else { return };
+    let service = |protocol, port| {
+        rule(
+            vec![in_iface(bridge), Match::Protocol { protocol, destination_port: Some(PortRange::single(port)) }],
+            Action::Accept,
+        )
+    };
+    let mut accept = vec![service(Protocol::Udp, 67)];
+    if dhcp.dns {
+        accept.push(service(Protocol::Udp, 53));
+        accept.push(service(Protocol::Tcp, 53));
+    }
+    let replies = Match::Protocol { protocol: Protocol::Udp, destination_port: Some(PortRange::single(68)) };
+    chains.extend([
+        Chain { family: Family::V4, kind: Kind::Input, rules: accept },
+        Chain {
+            family: Family::V4,
+            kind: Kind::Checksum,
+            rules: vec![rule(vec![out_iface(bridge), replies], Action::ChecksumFill)],
+        },
+    ]);
 }
 
 /// With `isolate_guests`: guests routed to each other through the host are

@@ -157,10 +157,10 @@ enum Target<'a> {
     Existing(Box<dyn Switch>),
 }
 
-/// Serves one request.
-pub fn run(request: &Request, start: &Start) -> Result<()> {
-    // Checked first: nothing is made for a caller that cannot take the tap.
-    let socket = unix_socket(request.fd)?;
+/// The network `--br` names, if the caller may have a tap on it through
+/// this install (privilege reduced to what it needs first), with the
+/// whole config and the caller's access.
+fn network_asked_for(request: &Request, start: &Start) -> Result<(Network, Config, Access)> {
     // A helper with file capabilities may only attach (bridged networks).
     let needs = if start.install == Install::Capabilities { Needs::Netlink } else { Needs::ManagedNetwork };
     start.keep_only(needs, NAME)?;
@@ -184,6 +184,14 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
         "--br={}: network {} ({}, bridge {})",
         request.bridge, network.name, network.mode, network.bridge
     ));
+    Ok((network, config, access))
+}
+
+/// Serves one request.
+pub fn run(request: &Request, start: &Start) -> Result<()> {
+    // Checked first: nothing is made for a caller that cannot take the tap.
+    let socket = unix_socket(request.fd)?;
+    let (network, config, access) = network_asked_for(request, start)?;
     let mut netlink = Netlink::connect()?;
     // The switch of a network kvm-net does not make must be there before a tap is made for it.
     let mut target = if network.mode.is_managed() {

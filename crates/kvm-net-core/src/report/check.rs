@@ -1,8 +1,6 @@
 //! `kvm-net check`: what is wrong with the networks kvm-net manages, one
 //! finding each, with what the user sees and the fix.
 
-use std::fs;
-
 use anyhow::Result;
 use serde::Serialize;
 
@@ -12,6 +10,7 @@ use crate::firewall::guests::{FilterState, GuestFilter};
 use crate::firewall::{self, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
 use crate::kernel::listeners::listeners;
 use crate::kernel::netlink::{Link, Netlink};
+use crate::kernel::sysctl::read_small;
 use crate::services::dnsmasq::Dnsmasq;
 use crate::switch::linux::abandoned_bridges;
 use crate::switch::{self, Switch};
@@ -226,7 +225,7 @@ fn check_network(
     }
     match network.mode {
         Mode::Bridged => {
-            if read_sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables").as_deref() == Some("1") {
+            if read_small("/proc/sys/net/bridge/bridge-nf-call-iptables").ok().as_deref() == Some("1") {
                 findings.push(Finding::new(
                     Severity::Warning,
                     "br-netfilter",
@@ -402,29 +401,7 @@ fn check_managed(network: &Network, firewalld_runs: bool, findings: &mut Vec<Fin
         ));
     }
     if network.mode.forwards() {
-        for (family, subnet, sysctl) in [
-            (Family::V4, network.ipv4.is_some(), "/proc/sys/net/ipv4/ip_forward"),
-            (Family::V6, network.ipv6.is_some(), "/proc/sys/net/ipv6/conf/all/forwarding"),
-        ] {
-            if !subnet {
-                continue;
-            }
-            if read_sysctl(sysctl).as_deref() == Some("0") {
-                let key = sysctl.trim_start_matches("/proc/sys/").replace('/', ".");
-                findings.push(Finding::new(
-                    Severity::Error,
-                    "forwarding-off",
-                    Some(network),
-                    format!(
-                        "{key}=0 while {} network {name} is up: guests reach the host but nothing beyond",
-                        network.mode
-                    ),
-                    format!("run `kvm-net repair {name}`, or sysctl -w {key}=1"),
-                ));
-            }
-            check_iptables_drops(network, family, Kind::Forward, backend, findings)?;
-            check_foreign_drops(network, family, Hook::Forward, findings)?;
-        }
+        check_forwarding(network, backend, findings)?;
     }
     if network.dhcp.is_some() {
         check_iptables_drops(network, Family::V4, Kind::Input, backend, findings)?;
@@ -499,6 +476,36 @@ fn check_forwards(network: &Network, findings: &mut Vec<Finding>) -> Result<()> 
                 "move the forward (host_port, or host_address) or the local service to another port".to_owned(),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A nat or routed network that is up: forwarding on in each of its
+/// families, and nothing dropping what its rules accept.
+fn check_forwarding(network: &Network, backend: Backend, findings: &mut Vec<Finding>) -> Result<()> {
+    let name = &network.name;
+    for (family, subnet, sysctl) in [
+        (Family::V4, network.ipv4.is_some(), "/proc/sys/net/ipv4/ip_forward"),
+        (Family::V6, network.ipv6.is_some(), "/proc/sys/net/ipv6/conf/all/forwarding"),
+    ] {
+        if !subnet {
+            continue;
+        }
+        if read_small(sysctl).ok().as_deref() == Some("0") {
+            let key = sysctl.trim_start_matches("/proc/sys/").replace('/', ".");
+            findings.push(Finding::new(
+                Severity::Error,
+                "forwarding-off",
+                Some(network),
+                format!(
+                    "{key}=0 while {} network {name} is up: guests reach the host but nothing beyond",
+                    network.mode
+                ),
+                format!("run `kvm-net repair {name}`, or sysctl -w {key}=1"),
+            ));
+        }
+        check_iptables_drops(network, family, Kind::Forward, backend, findings)?;
+        check_foreign_drops(network, family, Hook::Forward, findings)?;
     }
     Ok(())
 }
@@ -593,10 +600,6 @@ fn check_foreign_drops(network: &Network, family: Family, hook: Hook, findings: 
         }
     }
     Ok(())
-}
-
-fn read_sysctl(path: &str) -> Option<String> {
-    fs::read_to_string(path).ok().map(|v| v.trim().to_owned())
 }
 
 #[cfg(test)]

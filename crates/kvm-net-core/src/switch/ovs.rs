@@ -30,7 +30,7 @@ use crate::error::Error;
 use crate::ifname::IfName;
 use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::netns::link_identity;
-use crate::switch::ovsdb::{map, map_pairs, row_uuid, rows, set_members, uuid, Ovsdb};
+use crate::switch::ovsdb::{map, map_pairs, row_uuid, rows, set_members, uuid, Ovsdb, Refusal};
 use crate::trace::trace;
 
 /// The external id that marks a port as kvm-net's, with its network's name.
@@ -109,6 +109,17 @@ fn bump() -> [Value; 2] {
         json!({ "op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]] }),
         json!({ "op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"] }),
     ]
+}
+
+/// `cur_cfg` of the Open_vSwitch row a select returned: the configuration
+/// vswitchd has applied. A database without it is not one vswitchd
+/// serves: an error, not a wait.
+fn current_cfg(result: &Value) -> Result<i64> {
+    let rows = rows(result);
+    let row = rows.first().ok_or_else(|| Refusal::Malformed("no Open_vSwitch row".to_owned()))?;
+    row.get("cur_cfg")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| Refusal::Malformed(format!("cur_cfg {} (not a number)", row["cur_cfg"])).into())
 }
 
 fn next_cfg(results: &[Value]) -> Option<i64> {
@@ -215,7 +226,9 @@ impl OvsBridge {
                     return Ok((cfg, port.is_none()));
                 }
                 // Someone added a port of that name meanwhile: look again.
-                Err(err) if err.to_string().contains("constraint violation") => last = Some(err),
+                Err(err) if err.downcast_ref::<Refusal>().is_some_and(Refusal::is_constraint_violation) => {
+                    last = Some(err)
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -251,8 +264,7 @@ impl OvsBridge {
             let results = self.db.transact(vec![
                 json!({ "op": "select", "table": "Open_vSwitch", "where": [], "columns": ["cur_cfg"] }),
             ])?;
-            let current = rows(&results[0]).first().and_then(|r| r["cur_cfg"].as_i64()).unwrap_or(0);
-            if current >= cfg {
+            if current_cfg(&results[0])? >= cfg {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -455,5 +467,28 @@ impl Switch for OvsBridge {
             .filter(|l| l.alias.as_deref() == Some(alias.as_str()) && !present.contains(&l.name))
             .map(|l| l.name.clone())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_cur_cfg_is_an_error_not_a_wait() {
+        assert_eq!(current_cfg(&json!({"rows": [{"cur_cfg": 7}]})).ok(), Some(7));
+        for bad in [json!({"rows": []}), json!({"rows": [{"cur_cfg": "7"}]}), json!({"rows": [{}]}), json!({})] {
+            let err = current_cfg(&bad).expect_err("malformed");
+            assert!(err.downcast_ref::<Refusal>().is_some_and(|r| matches!(r, Refusal::Malformed(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_a_constraint_violation_is_tried_again() {
+        let violation = Refusal::Operation { error: "constraint violation".to_owned(), details: None };
+        let other = Refusal::Operation { error: "referential integrity violation".to_owned(), details: None };
+        assert!(violation.is_constraint_violation() && !other.is_constraint_violation());
+        let request = Refusal::Request { method: "transact".to_owned(), error: "\"constraint violation\"".to_owned() };
+        assert!(!request.is_constraint_violation(), "decided by kind, not by text");
     }
 }

@@ -23,6 +23,40 @@ pub const DATABASE: &str = "Open_vSwitch";
 /// How long the server gets to answer any one request.
 const ANSWER_WAIT: Duration = Duration::from_secs(3);
 
+/// What an OVSDB server refused, as RFC 7047 names it: callers decide by
+/// its kind, not by its text.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// An operation of a transaction failed (`"error"` of its result:
+    /// `constraint violation`, `referential integrity violation`, ...).
+    #[error("OVSDB refused a transaction: {error}{}", details.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Operation {
+        /// The error's name.
+        error: String,
+        /// What the server said of it.
+        details: Option<String>,
+    },
+    /// The request as a whole failed (`"error"` of the answer).
+    #[error("OVSDB refused {method}: {error}")]
+    Request {
+        /// The method asked for.
+        method: String,
+        /// What the server answered.
+        error: String,
+    },
+    /// The answer is not what RFC 7047 says it is.
+    #[error("OVSDB answered {0}")]
+    Malformed(String),
+}
+
+impl Refusal {
+    /// Whether another client's change got in the way (a row of the same
+    /// name inserted meanwhile): worth trying again.
+    pub fn is_constraint_violation(&self) -> bool {
+        matches!(self, Refusal::Operation { error, .. } if error == "constraint violation")
+    }
+}
+
 /// A connection to one OVSDB server, which has answered once.
 pub struct Ovsdb {
     stream: UnixStream,
@@ -70,7 +104,9 @@ impl Ovsdb {
             }
             match message.get("error") {
                 Some(Value::Null) | None => return Ok(message.get("result").cloned().unwrap_or(Value::Null)),
-                Some(error) => return Err(anyhow!("OVSDB refused {method}: {error}")),
+                Some(error) => {
+                    return Err(Refusal::Request { method: method.to_owned(), error: error.to_string() }.into())
+                }
             }
         }
     }
@@ -134,11 +170,14 @@ impl Ovsdb {
         let results = self.call("transact", Value::Array(params))?;
         let results = results.as_array().cloned().unwrap_or_default();
         if let Some(error) = results.iter().find(|r| r.get("error").is_some_and(|e| !e.is_null())) {
-            let details = error.get("details").and_then(Value::as_str).unwrap_or_default();
-            return Err(anyhow!("OVSDB refused a transaction: {} {details}", error["error"]));
+            return Err(Refusal::Operation {
+                error: error["error"].as_str().map_or_else(|| error["error"].to_string(), str::to_owned),
+                details: error.get("details").and_then(Value::as_str).map(str::to_owned),
+            }
+            .into());
         }
         if results.len() < count {
-            return Err(anyhow!("OVSDB answered {} of {count} operations", results.len()));
+            return Err(Refusal::Malformed(format!("{} of {count} operations", results.len())).into());
         }
         Ok(results)
     }

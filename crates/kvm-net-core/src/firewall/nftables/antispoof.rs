@@ -334,9 +334,23 @@ fn port_and_chaddr_in(set: &str, inverted: bool) -> Vec<Expression> {
 
 /// The chain of a network with `guest_spoofing = "deny"`, in order.
 fn deny_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
-    let [locked, portmac, taken, bound, reserved, allowed] = Set::ALL.map(|set| set.name(bridge));
+    let mut rules = mac_lock_rules(bridge);
+    rules.extend(no_server_rules());
+    rules.extend(dhcp_rules(bridge));
+    rules.extend(address_rules(bridge));
+    // IPv6 (link-local, neighbour discovery; servers dropped above) and RARP.
+    rules.push([ether_type(ETH_IPV6), vec![accept()]].concat());
+    rules.push([ether_type(ETH_RARP), vec![accept()]].concat());
+    rules.push(vec![drop_it()]);
+    rules
+}
+
+/// Each port locked to the first MAC it sends from: not a MAC another port
+/// holds, nor one reserved for other taps.
+fn mac_lock_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
+    let [locked, portmac, taken, _, reserved, allowed] = Set::ALL.map(|set| set.name(bridge));
     let unlocked = || vec![port_name(), lookup(&locked, Register::Reg1, true)];
-    let mut rules = vec![
+    vec![
         // A port's first frame, from a MAC reserved for other taps.
         [
             unlocked(),
@@ -368,30 +382,52 @@ fn deny_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
         .concat(),
         // Any other MAC than the port's.
         vec![port_name(), source_mac(SECOND), lookup(&portmac, Register::Reg1, true), drop_it()],
-    ];
-    // Servers no guest may be: DHCP, DHCPv6, router advertisements, redirects.
+    ]
+}
+
+/// Servers no guest may be: DHCP, DHCPv6, router advertisements, redirects.
+fn no_server_rules() -> Vec<Vec<Expression>> {
     let source_port = |port: u16| {
         vec![payload_into(Register::Reg1, TRANSPORT_HEADER, 0, 2), cmp(Operator::Equal, port.to_be_bytes().to_vec())]
     };
     let icmpv6_type =
         |kind: u8| vec![payload_into(Register::Reg1, TRANSPORT_HEADER, 0, 1), cmp(Operator::Equal, vec![kind])];
-    rules.push([ether_type(ETH_IP), l4proto(UDP), source_port(DHCP_SERVER), vec![drop_it()]].concat());
-    rules.push([ether_type(ETH_IPV6), l4proto(UDP), source_port(DHCPV6_SERVER), vec![drop_it()]].concat());
+    let mut rules = vec![
+        [ether_type(ETH_IP), l4proto(UDP), source_port(DHCP_SERVER), vec![drop_it()]].concat(),
+        [ether_type(ETH_IPV6), l4proto(UDP), source_port(DHCPV6_SERVER), vec![drop_it()]].concat(),
+    ];
     for kind in [ROUTER_ADVERTISEMENT, REDIRECT] {
         rules.push([ether_type(ETH_IPV6), l4proto(ICMPV6), icmpv6_type(kind), vec![drop_it()]].concat());
     }
-    // DHCP: a client without an address yet, or renewing from its leased
-    // one, always about the port's own MAC; nothing else to the server's port.
+    rules
+}
+
+/// The port's name, source MAC and IPv4 source address, looked up in the
+/// bound set: a packet from the port's lease.
+fn from_bound(bridge: &IfName) -> Vec<Expression> {
+    vec![
+        port_name(),
+        source_mac(SECOND),
+        payload_into(THIRD, NETWORK_HEADER, 12, 4),
+        lookup(&Set::Bound.name(bridge), Register::Reg1, false),
+    ]
+}
+
+/// DHCP: a client without an address yet, or renewing from its leased
+/// one, always about the port's own MAC; nothing else to the server's port.
+fn dhcp_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
+    let portmac = Set::PortMac.name(bridge);
     let ports = [DHCP_CLIENT.to_be_bytes(), DHCP_SERVER.to_be_bytes()].concat();
-    rules.push(
+    let from_nowhere = vec![
+        payload_into(Register::Reg1, NETWORK_HEADER, 12, 4),
+        cmp(Operator::Equal, vec![0; 4]),
+        payload_into(Register::Reg1, NETWORK_HEADER, 16, 4),
+        cmp(Operator::Equal, vec![0xff; 4]),
+    ];
+    vec![
         [
             ether_type(ETH_IP),
-            vec![
-                payload_into(Register::Reg1, NETWORK_HEADER, 12, 4),
-                cmp(Operator::Equal, vec![0; 4]),
-                payload_into(Register::Reg1, NETWORK_HEADER, 16, 4),
-                cmp(Operator::Equal, vec![0xff; 4]),
-            ],
+            from_nowhere,
             l4proto(UDP),
             vec![payload_into(Register::Reg1, TRANSPORT_HEADER, 0, 4), cmp(Operator::Equal, ports)],
             bootp_from_ethernet(),
@@ -399,26 +435,26 @@ fn deny_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
             vec![accept()],
         ]
         .concat(),
-    );
-    let from_bound = || {
-        vec![
-            port_name(),
-            source_mac(SECOND),
-            payload_into(THIRD, NETWORK_HEADER, 12, 4),
-            lookup(&bound, Register::Reg1, false),
+        [
+            dhcp_request(),
+            bootp_from_ethernet(),
+            port_and_chaddr_in(&portmac, false),
+            from_bound(bridge),
+            vec![accept()],
         ]
-    };
-    rules.push(
-        [dhcp_request(), bootp_from_ethernet(), port_and_chaddr_in(&portmac, false), from_bound(), vec![accept()]]
-            .concat(),
-    );
-    rules.push([dhcp_request(), vec![drop_it()]].concat());
-    // IPv4 from the leased address.
-    rules.push([ether_type(ETH_IP), from_bound(), vec![accept()]].concat());
-    rules.push([ether_type(ETH_IP), vec![drop_it()]].concat());
-    // ARP: a probe (sender address 0.0.0.0) from the port's MAC, or from the leased address.
+        .concat(),
+        [dhcp_request(), vec![drop_it()]].concat(),
+    ]
+}
+
+/// IPv4 only from the port's lease; ARP only as a probe (sender 0.0.0.0)
+/// from the port's MAC, or from the lease.
+fn address_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
+    let [_, portmac, _, bound, _, _] = Set::ALL.map(|set| set.name(bridge));
     let sender_mac = |register| payload_into(register, NETWORK_HEADER, 8, 6);
-    rules.push(
+    vec![
+        [ether_type(ETH_IP), from_bound(bridge), vec![accept()]].concat(),
+        [ether_type(ETH_IP), vec![drop_it()]].concat(),
         [
             ether_type(ETH_ARP),
             vec![
@@ -431,8 +467,6 @@ fn deny_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
             ],
         ]
         .concat(),
-    );
-    rules.push(
         [
             ether_type(ETH_ARP),
             vec![
@@ -444,13 +478,8 @@ fn deny_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
             ],
         ]
         .concat(),
-    );
-    rules.push([ether_type(ETH_ARP), vec![drop_it()]].concat());
-    // IPv6 (link-local, neighbour discovery; servers dropped above) and RARP.
-    rules.push([ether_type(ETH_IPV6), vec![accept()]].concat());
-    rules.push([ether_type(ETH_RARP), vec![accept()]].concat());
-    rules.push(vec![drop_it()]);
-    rules
+        [ether_type(ETH_ARP), vec![drop_it()]].concat(),
+    ]
 }
 
 /// The chain of a network that only reserves: DHCP about a reserved MAC
@@ -693,103 +722,17 @@ fn allowed_keys<'a>(policy: &Policy, ports: impl IntoIterator<Item = &'a String>
 /// state had to be made anew (the ruleset was flushed), the bindings last
 /// in force are restored from kvm-net's record, for the ports still there.
 pub fn ensure(bridge: &IfName, policy: &Policy, ports: &[String]) -> Result<()> {
-    let chain = chain_name(bridge);
     let ports: BTreeSet<String> = ports.iter().cloned().collect();
     let mut unbinds = false;
     with_retries("installing kvm-net's bridge filter", |nft| {
         let generation = nft.generation()?;
         let mut changes = Vec::new();
-        let table =
-            NfTablesMessage::GetTable(TableMessage { attributes: vec![TableAttribute::Name(TABLE.to_owned())] });
-        if !exists(nft, table)? {
-            trace(format_args!("{}: made anew", table_name()));
-            let message =
-                NfTablesMessage::NewTable(TableMessage { attributes: vec![TableAttribute::Name(TABLE.to_owned())] });
-            changes.push(change(message, NLM_F_CREATE, format!("creating table {}", table_name())));
-        }
-        if comments_of(nft, BASE)? != [dispatch_comment()] {
-            base_chain(nft, &mut changes)?;
-        }
-        let mut made_anew = false;
-        let mut missing = BTreeSet::new();
-        for set in Set::ALL {
-            let name = set.name(bridge);
-            if set_exists(nft, &name)? {
-                continue;
-            }
-            made_anew |= set.holds_guest_state();
-            missing.insert(set);
-            let (key_type, key_len) = set.key();
-            let attributes = vec![
-                SetAttribute::Table(TABLE.to_owned()),
-                SetAttribute::Name(name.clone()),
-                SetAttribute::Flags(set.flags()),
-                SetAttribute::KeyType(key_type),
-                SetAttribute::KeyLen(key_len as u32),
-                SetAttribute::Id(2),
-            ];
-            changes.push(change(
-                NfTablesMessage::NewSet(SetMessage { attributes }),
-                NLM_F_CREATE,
-                format!("creating set {} {name}", table_name()),
-            ));
-        }
-        // A set just made has nothing in it yet (and cannot be dumped).
-        let contents = |nft: &mut Nft, set: Set| -> Result<Vec<Vec<u8>>> {
-            if missing.contains(&set) {
-                Ok(Vec::new())
-            } else {
-                keys_of(nft, &set.name(bridge))
-            }
-        };
-        let wanted = rule_comments(bridge, policy.deny);
-        let present = comments_of(nft, &chain)?;
-        if present != wanted {
-            trace(format_args!("{} {chain}: write {} rules", table_name(), wanted.len()));
-            changes.push(change(
-                NfTablesMessage::NewChain(chain_message(&chain)),
-                NLM_F_CREATE,
-                format!("creating chain {} {chain}", table_name()),
-            ));
-            if !present.is_empty() {
-                changes.push(flush(&chain));
-            }
-            for (expressions, userdata) in chain_rules(bridge, policy.deny).into_iter().zip(wanted) {
-                changes.push(new_rule(&chain, expressions, userdata));
-            }
-        }
-        let admitted = admitted(nft, bridge)?;
-        for port in ports.difference(&admitted) {
-            trace(format_args!("{} map {PORTS}: {port} jumps to {chain}", table_name()));
-            changes.push(admit_port(port, &chain));
-        }
-        // Ports gone without a downscript (a VM killed, a helper's tap),
-        // and ports locked to a MAC reserved for other taps.
-        let allowed = allowed_keys(policy, &ports);
-        let mut forgotten: BTreeSet<String> = admitted.difference(&ports).cloned().collect();
-        for key in contents(nft, Set::PortMac)? {
-            let (Some(port), Some(mac)) = (port_of_key(&key), mac_of_key(&key, IFNAME_LEN)) else { continue };
-            if policy.is_reserved(&mac) && !allowed.contains(&key_of(Set::Allowed, &port, &mac, None)) {
-                forgotten.insert(port);
-            }
-        }
-        if !forgotten.is_empty() {
-            trace(format_args!("{}: forgetting ports {forgotten:?}", table_name()));
-            unbinds |= forget_ports(nft, bridge, &forgotten, &mut changes)?;
-            changes.extend(drop_ports(forgotten.iter().filter(|port| admitted.contains(*port))));
-        }
-        let reserved: BTreeSet<Vec<u8>> = policy.reservations.iter().map(|r| r.mac.to_vec()).collect();
-        if missing.contains(&Set::Reserved) {
-            changes.extend(add_elements(&Set::Reserved.name(bridge), reserved));
-        } else {
-            sync_set(nft, &Set::Reserved.name(bridge), &reserved, &mut changes)?;
-        }
-        if missing.contains(&Set::Allowed) {
-            changes.extend(add_elements(&Set::Allowed.name(bridge), allowed.clone()));
-        } else {
-            sync_set(nft, &Set::Allowed.name(bridge), &allowed, &mut changes)?;
-        }
-        if made_anew && policy.deny {
+        table_whole(nft, &mut changes)?;
+        let missing = sets_whole(nft, bridge, &mut changes)?;
+        chain_whole(nft, bridge, policy, &mut changes)?;
+        unbinds |= ports_whole(nft, bridge, policy, &ports, &missing, &mut changes)?;
+        reservations_whole(nft, bridge, policy, &ports, &missing, &mut changes)?;
+        if policy.deny && missing.iter().any(|set| set.holds_guest_state()) {
             restore(bridge, policy, &ports, &mut changes)?;
         }
         nft.commit(generation, changes)
@@ -797,6 +740,126 @@ pub fn ensure(bridge: &IfName, policy: &Policy, ports: &[String]) -> Result<()> 
     .with_context(|| format!("installing the guest filter of bridge {bridge}"))?;
     if unbinds {
         save_record(bridge)?;
+    }
+    Ok(())
+}
+
+/// The table, its base chain and map of ports.
+fn table_whole(nft: &mut Nft, changes: &mut Vec<Change>) -> Result<()> {
+    let table = NfTablesMessage::GetTable(TableMessage { attributes: vec![TableAttribute::Name(TABLE.to_owned())] });
+    if !exists(nft, table)? {
+        trace(format_args!("{}: made anew", table_name()));
+        let message =
+            NfTablesMessage::NewTable(TableMessage { attributes: vec![TableAttribute::Name(TABLE.to_owned())] });
+        changes.push(change(message, NLM_F_CREATE, format!("creating table {}", table_name())));
+    }
+    if comments_of(nft, BASE)? != [dispatch_comment()] {
+        base_chain(nft, changes)?;
+    }
+    Ok(())
+}
+
+/// The network's sets; returns those made anew (empty, and not yet dumpable).
+fn sets_whole(nft: &mut Nft, bridge: &IfName, changes: &mut Vec<Change>) -> Result<BTreeSet<Set>> {
+    let mut missing = BTreeSet::new();
+    for set in Set::ALL {
+        let name = set.name(bridge);
+        if set_exists(nft, &name)? {
+            continue;
+        }
+        missing.insert(set);
+        let (key_type, key_len) = set.key();
+        let attributes = vec![
+            SetAttribute::Table(TABLE.to_owned()),
+            SetAttribute::Name(name.clone()),
+            SetAttribute::Flags(set.flags()),
+            SetAttribute::KeyType(key_type),
+            SetAttribute::KeyLen(key_len as u32),
+            SetAttribute::Id(2),
+        ];
+        changes.push(change(
+            NfTablesMessage::NewSet(SetMessage { attributes }),
+            NLM_F_CREATE,
+            format!("creating set {} {name}", table_name()),
+        ));
+    }
+    Ok(missing)
+}
+
+/// The network's chain, with exactly the rules `policy` calls for.
+fn chain_whole(nft: &mut Nft, bridge: &IfName, policy: &Policy, changes: &mut Vec<Change>) -> Result<()> {
+    let chain = chain_name(bridge);
+    let wanted = rule_comments(bridge, policy.deny);
+    let present = comments_of(nft, &chain)?;
+    if present == wanted {
+        return Ok(());
+    }
+    trace(format_args!("{} {chain}: write {} rules", table_name(), wanted.len()));
+    changes.push(change(
+        NfTablesMessage::NewChain(chain_message(&chain)),
+        NLM_F_CREATE,
+        format!("creating chain {} {chain}", table_name()),
+    ));
+    if !present.is_empty() {
+        changes.push(flush(&chain));
+    }
+    for (expressions, userdata) in chain_rules(bridge, policy.deny).into_iter().zip(wanted) {
+        changes.push(new_rule(&chain, expressions, userdata));
+    }
+    Ok(())
+}
+
+/// A map element for each of `ports`, and none for a port that is gone
+/// (a VM killed, a helper's tap) or locked to a MAC reserved for other taps,
+/// with everything bound to it. Returns whether an address binding goes.
+fn ports_whole(
+    nft: &mut Nft,
+    bridge: &IfName,
+    policy: &Policy,
+    ports: &BTreeSet<String>,
+    missing: &BTreeSet<Set>,
+    changes: &mut Vec<Change>,
+) -> Result<bool> {
+    let chain = chain_name(bridge);
+    let admitted = admitted(nft, bridge)?;
+    for port in ports.difference(&admitted) {
+        trace(format_args!("{} map {PORTS}: {port} jumps to {chain}", table_name()));
+        changes.push(admit_port(port, &chain));
+    }
+    let allowed = allowed_keys(policy, ports);
+    let mut forgotten: BTreeSet<String> = admitted.difference(ports).cloned().collect();
+    let locks = if missing.contains(&Set::PortMac) { Vec::new() } else { keys_of(nft, &Set::PortMac.name(bridge))? };
+    for key in locks {
+        let (Some(port), Some(mac)) = (port_of_key(&key), mac_of_key(&key, IFNAME_LEN)) else { continue };
+        if policy.is_reserved(&mac) && !allowed.contains(&key_of(Set::Allowed, &port, &mac, None)) {
+            forgotten.insert(port);
+        }
+    }
+    if forgotten.is_empty() {
+        return Ok(false);
+    }
+    trace(format_args!("{}: forgetting ports {forgotten:?}", table_name()));
+    let unbinds = forget_ports(nft, bridge, &forgotten, changes)?;
+    changes.extend(drop_ports(forgotten.iter().filter(|port| admitted.contains(*port))));
+    Ok(unbinds)
+}
+
+/// The reserved MACs as configured, and which of `ports` may use each.
+fn reservations_whole(
+    nft: &mut Nft,
+    bridge: &IfName,
+    policy: &Policy,
+    ports: &BTreeSet<String>,
+    missing: &BTreeSet<Set>,
+    changes: &mut Vec<Change>,
+) -> Result<()> {
+    let reserved: BTreeSet<Vec<u8>> = policy.reservations.iter().map(|r| r.mac.to_vec()).collect();
+    for (set, wanted) in [(Set::Reserved, reserved), (Set::Allowed, allowed_keys(policy, ports))] {
+        if missing.contains(&set) {
+            changes.extend(add_elements(&set.name(bridge), wanted));
+        } else {
+            sync_set(nft, &set.name(bridge), &wanted, changes)?;
+        }
     }
     Ok(())
 }
@@ -1154,6 +1217,28 @@ mod tests {
         assert_eq!(policy.allowed_for("vm-a").count(), 0);
         assert!(policy.is_reserved(&web1));
         assert!(Policy::of(&Network::classic()).is_none(), "allow without reservations: no filter");
+    }
+
+    #[test]
+    fn dhcp_passes_only_about_the_ports_own_mac_and_all_else_to_the_servers_port_is_dropped() {
+        let bridge = IfName::parse("br0").expect("a name");
+        let rules = dhcp_rules(&bridge);
+        let chaddr = payload_into(SECOND, TRANSPORT_HEADER, BOOTP_CHADDR_AT, 6);
+        let portmac = lookup(&Set::PortMac.name(&bridge), Register::Reg1, false);
+        for (index, rule) in rules[..2].iter().enumerate() {
+            assert!(rule.contains(&chaddr) && rule.contains(&portmac), "rule {index} checks chaddr");
+            assert!(
+                rule.windows(2).any(|w| w == bootp_from_ethernet().as_slice()),
+                "rule {index} checks the BOOTP kind"
+            );
+            assert_eq!(rule.last(), Some(&accept()));
+        }
+        // The catch-all reads no more than the port: a first fragment too
+        // short to show chaddr is dropped by it.
+        assert_eq!(rules[2], [dhcp_request(), vec![drop_it()]].concat());
+        let reserving = reservation_rules(&bridge);
+        assert_eq!(reserving.len(), 3);
+        assert_eq!(reserving[2], rules[2], "the same catch-all without deny");
     }
 
     #[test]

@@ -346,6 +346,67 @@ pub fn comment(tag: &str, what: &impl Hash) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::plan::Protocol;
+
+    #[test]
+    fn a_source_port_range_is_the_protocol_then_the_ports_bounds() {
+        let ports = PortRange { first: 1024, last: 5999 };
+        let expressions = match_expressions(&Match::SourcePort { protocol: Protocol::Udp, ports });
+        assert_eq!(
+            expressions,
+            vec![
+                meta(MetaKey::L4Proto),
+                cmp(Operator::Equal, vec![17]),
+                payload(TRANSPORT_HEADER, 0, 2),
+                cmp(Operator::GreatherThanEqual, 1024u16.to_be_bytes().to_vec()),
+                cmp(Operator::LessThanEqual, 5999u16.to_be_bytes().to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_masquerade_with_ports_loads_both_ends_then_masquerades_from_them() {
+        let mut maps = Vec::new();
+        let rule = Rule { matches: Vec::new(), action: Action::Masquerade { ports: Some((6001, 65535)) } };
+        let expressions = rule_expressions(&rule, &mut maps);
+        assert_eq!(expressions.len(), 3, "{expressions:?}");
+        assert_eq!(expressions[0], load(Register::Reg1, 6001u16.to_be_bytes().to_vec()));
+        assert_eq!(expressions[1], load(Register::Reg2, 65535u16.to_be_bytes().to_vec()));
+        assert!(maps.is_empty(), "no anonymous map for a masquerade");
+        let plain =
+            rule_expressions(&Rule { matches: Vec::new(), action: Action::Masquerade { ports: None } }, &mut maps);
+        assert_eq!(plain, vec![raw("masq", Vec::new())]);
+    }
+
+    #[test]
+    fn a_range_forwarded_one_to_one_looks_each_port_up_in_a_map_of_its_own() {
+        let mut maps = Vec::new();
+        let (from, to) = (PortRange { first: 8000, last: 8002 }, PortRange { first: 9000, last: 9002 });
+        let rule = Rule {
+            matches: Vec::new(),
+            action: Action::Dnat { to: Ipv4Addr::new(192, 168, 100, 10), ports: PortMapping::Shift { from, to } },
+        };
+        let expressions = rule_expressions(&rule, &mut maps);
+        assert_eq!(maps.len(), 1);
+        let pairs: Vec<(u16, u16)> = maps[0]
+            .elements
+            .iter()
+            .map(|(k, v)| (u16::from_be_bytes([k[0], k[1]]), u16::from_be_bytes([v[0], v[1]])))
+            .collect();
+        assert_eq!(pairs, [(8000, 9000), (8001, 9001), (8002, 9002)]);
+        assert_eq!(expressions[0], payload_into(Register::Reg2, TRANSPORT_HEADER, 2, 2), "the port sent to, first");
+        assert_eq!(expressions.last(), Some(&raw("nat", expected_nat_attributes())));
+    }
+
+    fn expected_nat_attributes() -> Vec<DefaultNla> {
+        vec![
+            u32_attribute(NFTA_NAT_TYPE, libc::NFT_NAT_DNAT as u32),
+            u32_attribute(NFTA_NAT_FAMILY, libc::NFPROTO_IPV4 as u32),
+            u32_attribute(NFTA_NAT_REG_ADDR_MIN, Register::Reg1.into()),
+            u32_attribute(NFTA_NAT_REG_PROTO_MIN, Register::Reg2.into()),
+            u32_attribute(NFTA_NAT_REG_PROTO_MAX, Register::Reg2.into()),
+        ]
+    }
 
     #[test]
     fn interface_names_are_padded_to_ifnamsiz() {

@@ -235,16 +235,10 @@ fn check_finds_config_errors_and_a_dead_dnsmasq() {
     );
     let config = ConfigFile::new(CONFIG);
     let host = healthy(&config);
-    let pid = std::fs::read_dir("/run/kvm-net/dnsmasq")
-        .expect("dir")
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy() == format!("{}-br0", host.id()))
-        .and_then(|e| std::fs::read_to_string(e.path().join("dnsmasq.pid")).ok())
-        .expect("pidfile");
+    let pidfile = host.kvm_net_dir().join(format!("dnsmasq/{}-br0/dnsmasq.pid", host.id()));
+    let pid = std::fs::read_to_string(pidfile).expect("pidfile");
     host.ok(&["kill", pid.trim()]);
-    while std::path::Path::new(&format!("/proc/{}", pid.trim())).exists() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    kvm_net_tests::inspect::wait_until_gone(pid.trim().parse().expect("a PID"), Duration::from_secs(5), "dnsmasq");
     assert_finding(
         &host,
         &config,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kvm_net_tests::bridge::{call, hold_in, qemu_arguments, tap_of, Received, HELPER_FD};
 use kvm_net_tests::helper;
 use kvm_net_tests::inspect::{
-    assert_network_gone_within, controller_of, firewall, has_chain, is_up, link_exists, mtu_of,
+    assert_network_gone_within, controller_of, firewall, has_chain, is_up, link_exists, mtu_of, watchers_idle,
 };
 use kvm_net_tests::run::ConfigFile;
 use kvm_net_tests::sandbox::{Install, Sandbox, User};
@@ -45,7 +45,7 @@ fn assert_gone_within_teardown(ns: &Netns, bridge: &str) {
 }
 
 fn watch_files(ns: &Netns) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/run/kvm-net/watch") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(ns.kvm_net_dir().join("watch")) else { return Vec::new() };
     entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -93,7 +93,13 @@ fn the_network_stays_until_its_last_tap_goes() {
     let second_name = tap_of(&second).0;
     assert_eq!(ns.processes().len(), 1, "one watcher per network");
     drop(first);
-    std::thread::sleep(TEARDOWN);
+    // The first tap leaves the bridge; once the watcher has handled that, the network must still be there.
+    let first_gone = Instant::now() + TEARDOWN;
+    while ns.ok(&["bridge", "link", "show", "master", "br0"]).lines().count() > 1 {
+        assert!(Instant::now() < first_gone, "the first tap never left the bridge");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    watchers_idle(&ns, TEARDOWN);
     assert_eq!(controller_of(&ns, &second_name).as_deref(), Some("br0"), "the network went under a VM");
     assert!(has_chain(&ns, "NAT", "br0"));
     drop(second);
@@ -142,7 +148,7 @@ fn a_bridged_network_is_attached_to_and_never_torn_down() {
 
 /// The helper refused: non-zero status, one line naming itself, no tap,
 /// nothing changed.
-fn assert_refused(ns: &Netns, received: &Received, says: &str) {
+fn assert_helper_refused(ns: &Netns, received: &Received, says: &str) {
     assert!(!received.output.status.success(), "must fail");
     assert!(received.tap.is_none(), "no tap may be sent");
     let stderr = received.stderr();
@@ -163,12 +169,12 @@ fn bad_arguments_get_one_line_and_change_nothing() {
         call(command)
     };
     let fd = format!("--fd={HELPER_FD}");
-    assert_refused(&ns, &run(&["--br=default"]), "no --fd=N given");
-    assert_refused(&ns, &run(&[&fd]), "no --br=NAME given");
-    assert_refused(&ns, &run(&["--fd=0", "--br=default"]), "--fd=0 is not a socket");
-    assert_refused(&ns, &run(&["--fd=99", "--br=default"]), "--fd=99 is not an open descriptor");
-    assert_refused(&ns, &run(&[&fd, "--br=default", "--extra"]), "unexpected argument");
-    assert_refused(&ns, &run(&[&fd, "--br=nope"]), "--br=nope names no network");
+    assert_helper_refused(&ns, &run(&["--br=default"]), "no --fd=N given");
+    assert_helper_refused(&ns, &run(&[&fd]), "no --br=NAME given");
+    assert_helper_refused(&ns, &run(&["--fd=0", "--br=default"]), "--fd=0 is not a socket");
+    assert_helper_refused(&ns, &run(&["--fd=99", "--br=default"]), "--fd=99 is not an open descriptor");
+    assert_helper_refused(&ns, &run(&[&fd, "--br=default", "--extra"]), "unexpected argument");
+    assert_helper_refused(&ns, &run(&[&fd, "--br=nope"]), "--br=nope names no network");
     let status = run(&[&fd]).output.status.code();
     assert_eq!(status, Some(2), "a wrong command line exits 2");
     assert_eq!(ns.snapshot(), before);
@@ -201,8 +207,12 @@ fn a_granted_user_gets_a_tap_of_their_own_and_others_are_refused() {
     let program = sandbox.install(Install::Setuid).join(HELPER);
     let ns = Netns::new();
     let before = ns.snapshot();
-    assert_refused(&ns, &sandboxed_call(&sandbox, &ns, &bob, &program, "default"), "may not use network default");
-    assert_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "lab"), "may not use network lab");
+    assert_helper_refused(
+        &ns,
+        &sandboxed_call(&sandbox, &ns, &bob, &program, "default"),
+        "may not use network default",
+    );
+    assert_helper_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "lab"), "may not use network lab");
     assert_eq!(ns.snapshot(), before, "a refusal changes nothing");
     let fd = tap(sandboxed_call(&sandbox, &ns, &alice, &program, "default"));
     let name = tap_of(&fd).0;
@@ -226,7 +236,7 @@ fn a_capability_install_attaches_to_bridged_networks_and_leaves_managed_ones_to_
     sandbox.config(&granted_config(&alice));
     let program = sandbox.install(Install::Capabilities).join(HELPER);
     let ns = Netns::new();
-    assert_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "default"), "needs root");
+    assert_helper_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "default"), "needs root");
     ns.sh("ip link add br-lan type bridge; ip link set br-lan up");
     let fd = tap(sandboxed_call(&sandbox, &ns, &alice, &program, "lan"));
     assert_eq!(controller_of(&ns, &tap_of(&fd).0).as_deref(), Some("br-lan"));

@@ -30,13 +30,18 @@ ipv4 = "10.88.0.1/24"
 taps = ["lab-*"]
 "#;
 
-/// The run directory of the dnsmasq serving `bridge` in `ns`.
-fn run_dir(ns: &Netns, bridge: &str) -> PathBuf {
-    PathBuf::from(format!("/run/kvm-net/dnsmasq/{}-{bridge}", ns.id()))
+/// The directory of the dnsmasq serving `bridge` in `ns`.
+fn dnsmasq_dir(ns: &Netns, bridge: &str) -> PathBuf {
+    ns.kvm_net_dir().join(format!("dnsmasq/{}-{bridge}", ns.id()))
+}
+
+/// The path dnsmasq's command line names its config by, as the helpers see it.
+fn conf_arg(ns: &Netns, bridge: &str) -> String {
+    format!("--conf-file=/run/kvm-net/dnsmasq/{}-{bridge}/dnsmasq.conf", ns.id())
 }
 
 fn dnsmasq_pid(ns: &Netns, bridge: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(run_dir(ns, bridge).join("dnsmasq.pid")).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(dnsmasq_dir(ns, bridge).join("dnsmasq.pid")).ok()?.trim().parse().ok()?;
     alive(pid).then_some(pid)
 }
 
@@ -63,7 +68,7 @@ fn guests_get_leases_fixed_addresses_and_names() {
     assert!(answer.contains("Address: 203.0.113.2"), "{answer}");
     let answer = resolve("fixed");
     assert!(answer.contains("Address: 192.168.100.50"), "{answer}");
-    let conf = std::fs::read_to_string(run_dir(&lab.host, "br0").join("dnsmasq.conf")).expect("conf");
+    let conf = std::fs::read_to_string(dnsmasq_dir(&lab.host, "br0").join("dnsmasq.conf")).expect("conf");
     assert!(
         conf.contains("interface=br0\n") && conf.contains("except-interface=lo\n") && conf.contains("bind-dynamic\n")
     );
@@ -82,7 +87,7 @@ fn guests_get_leases_fixed_addresses_and_names() {
     assert_eq!(dnsmasq_pid(&lab.host, "br0"), Some(pid), "stays while a VM is left");
     ok_with(&lab.host, "kvm-natdown", "vm2", &env);
     assert!(!alive(pid), "dnsmasq outlived its network");
-    assert!(!run_dir(&lab.host, "br0").exists(), "run directory left behind");
+    assert!(!dnsmasq_dir(&lab.host, "br0").exists(), "run directory left behind");
     assert_no_nat_network(&lab.host, "br0");
     assert!(kvm_net_lines(&lab.host, "mangle").is_empty());
 }
@@ -99,9 +104,7 @@ fn a_dead_dnsmasq_is_restarted_and_a_changed_config_reloads() {
     let first = dnsmasq_pid(&host, "br0").expect("running");
     host.ok(&["kill", "-9", &first.to_string()]);
     // Dead, not dying: its sockets are closed once /proc no longer lists it.
-    while alive(first) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    kvm_net_tests::inspect::wait_until_gone(first, std::time::Duration::from_secs(5), "the killed dnsmasq");
     ok_with(&host, "kvm-natup", "tap1", &env);
     let second = dnsmasq_pid(&host, "br0").expect("restarted");
     assert_ne!(first, second);
@@ -110,7 +113,7 @@ fn a_dead_dnsmasq_is_restarted_and_a_changed_config_reloads() {
     let third = dnsmasq_pid(&host, "br0").expect("restarted");
     assert_ne!(second, third, "a changed config must restart dnsmasq");
     assert!(!alive(second));
-    let conf = std::fs::read_to_string(run_dir(&host, "br0").join("dnsmasq.conf")).expect("conf");
+    let conf = std::fs::read_to_string(dnsmasq_dir(&host, "br0").join("dnsmasq.conf")).expect("conf");
     assert!(conf.contains(",3h\n"), "{conf}");
     for tap in ["tap0", "tap1", "tap2"] {
         ok_with(&host, "kvm-natdown", tap, &[("KVM_NET_CONFIG", changed.path())]);
@@ -125,7 +128,7 @@ fn a_pidfile_naming_another_process_is_not_obeyed() {
     let host = Netns::new();
     add_tap(&host, "tap0");
     let mut stranger = host.cmd("sleep").arg("60").spawn().expect("sleep");
-    let dir = run_dir(&host, "br0");
+    let dir = dnsmasq_dir(&host, "br0");
     std::fs::create_dir_all(&dir).expect("run dir");
     std::fs::write(dir.join("dnsmasq.pid"), format!("{}\n", stranger.id())).expect("pidfile");
     ok_with(&host, "kvm-natup", "tap0", &env);
@@ -148,7 +151,7 @@ fn two_networks_have_a_dnsmasq_each() {
     ok_with(&host, "kvm-natup", "lab-1", &env);
     let (a, b) = (dnsmasq_pid(&host, "br0").expect("br0"), dnsmasq_pid(&host, "lab0").expect("lab0"));
     assert_ne!(a, b);
-    let lab_conf = std::fs::read_to_string(run_dir(&host, "lab0").join("dnsmasq.conf")).expect("conf");
+    let lab_conf = std::fs::read_to_string(dnsmasq_dir(&host, "lab0").join("dnsmasq.conf")).expect("conf");
     assert!(
         lab_conf.contains("interface=lab0\n")
             && lab_conf.contains("dhcp-range=10.88.0.128,10.88.0.254,255.255.255.0,1h")
@@ -212,7 +215,7 @@ fn dnsmasq_does_not_inherit_the_tap_descriptor() {
 /// The dnsmasq daemons running with the config file of `bridge` in `ns`
 /// (not their script helpers: children with the same command line).
 fn dnsmasq_with_conf(ns: &Netns, bridge: &str) -> Vec<i32> {
-    let conf = format!("--conf-file={}", run_dir(ns, bridge).join("dnsmasq.conf").display());
+    let conf = conf_arg(ns, bridge);
     let with_conf: Vec<i32> = std::fs::read_dir("/proc")
         .expect("/proc")
         .flatten()
@@ -236,7 +239,7 @@ fn a_dnsmasq_whose_pidfile_was_lost_is_found_and_stopped() {
     ok_with(&host, "kvm-natup", "tap0", &env);
     let running = dnsmasq_with_conf(&host, "br0");
     assert_eq!(running.len(), 1);
-    std::fs::remove_file(run_dir(&host, "br0").join("dnsmasq.pid")).expect("remove the pidfile");
+    std::fs::remove_file(dnsmasq_dir(&host, "br0").join("dnsmasq.pid")).expect("remove the pidfile");
     // Not a second dnsmasq failing with "Address already in use".
     ok_with(&host, "kvm-natup", "tap1", &env);
     assert_eq!(dnsmasq_with_conf(&host, "br0"), running);
@@ -302,5 +305,5 @@ fn a_guests_host_name_never_takes_anothers_or_a_reserved_one() {
     for tap in ["vm1", "vm2", "vm3"] {
         ok_with(&lab.host, "kvm-natdown", tap, &env);
     }
-    assert!(!run_dir(&lab.host, "br0").exists(), "run directory left behind");
+    assert!(!dnsmasq_dir(&lab.host, "br0").exists(), "run directory left behind");
 }

@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use kvm_net_tests::bridge::{call, hold_in, qemu_arguments, tap_of, Received};
-use kvm_net_tests::host::{assert_ok, assert_refused, config, Host};
+use kvm_net_tests::host::{assert_ok, assert_refused_as, config, Host};
 use kvm_net_tests::inspect::{alive, assert_network_gone_within, controller_of, link_exists};
 use kvm_net_tests::sandbox::{add_owned_tap, Install, User, TEST_GROUP};
 use kvm_net_tests::Netns;
@@ -73,7 +73,7 @@ fn a_shared_group_does_not_make_another_users_tap_yours() {
     host.refused(&alice, "kvm-natup", "grp-c", &says);
     // Moving carol's VM onto alice's network (default is alice's) is the same refusal.
     let script = format!("exec -a kvm-natup@default {} grp-c", host.helper("kvm-natup").display());
-    assert_refused(&host.sandbox, &host.ns, &alice, Path::new("bash"), &["-c", &script], &says);
+    assert_refused_as(&host.sandbox, &host.ns, &alice, Path::new("bash"), &["-c", &script], &says);
     assert_eq!(controller_of(&host.ns, "grp-c").as_deref(), Some("grp0"), "carol's VM was moved");
     // Alice's own tap with a group she is not in: the kernel refuses her that tap too.
     add_owned_tap(&host.ns, "tap-ag", Some(&alice), Some("root"));
@@ -148,7 +148,13 @@ fn the_callers_terminal_cannot_stop_or_kill_a_privileged_helper() {
         // SAFETY: kill sends a signal to a child of this test; no memory is involved.
         assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // Each signal is either discarded as it is sent (ignored) or acted on
+    // when kvm-natup next runs (stop, kill): none pending means all were.
+    let started = Instant::now();
+    while signals_pending(pid) {
+        assert!(started.elapsed() < Duration::from_secs(5), "kvm-natup never took its signals");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(alive(pid) && state_of(pid) != 'T', "kvm-natup was stopped or killed (state {})", state_of(pid));
     stop(holder);
     let status = natup.wait().expect("kvm-natup");
@@ -218,6 +224,15 @@ fn scheduling_of(pid: i32) -> (i64, i32, u32) {
 }
 
 /// What runs in the namespace (the watcher, dnsmasq), by name.
+/// Whether process `pid` has signals sent to it that it has not taken yet.
+fn signals_pending(pid: u32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+        .any(|l| l.split_whitespace().nth(1).is_some_and(|mask| !mask.trim_start_matches('0').is_empty()))
+}
+
 fn daemons(ns: &Netns) -> Vec<(i32, String)> {
     ns.processes()
         .into_iter()
@@ -287,7 +302,7 @@ fn a_limit_that_cannot_be_lifted_is_refused_before_anything_changes() {
             assert_ok(&host.run(&host.alice, "kvm-natdown", "tap-a"));
             continue;
         }
-        assert_refused(&host.sandbox, &host.ns, &host.alice, Path::new("sh"), &["-c", &script], says);
+        assert_refused_as(&host.sandbox, &host.ns, &host.alice, Path::new("sh"), &["-c", &script], says);
         assert!(!link_exists(&host.ns, "br0"), "{limit}: a bridge was made");
         let received = bridge_helper(&host, &host.alice, "default", &format!("{limit};"), "");
         assert_helper_refused(&received, says);

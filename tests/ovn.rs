@@ -10,10 +10,11 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use kvm_net_tests::helper;
-use kvm_net_tests::host::{assert_ok, stderr};
+use kvm_net_tests::host::assert_ok;
 use kvm_net_tests::lab::{connect_within, UpstreamServer};
 use kvm_net_tests::ovn::{veth_guest, OvnHost, OvnLab};
 use kvm_net_tests::qemu::{Vm, VmSpec};
+use kvm_net_tests::run::stderr;
 use kvm_net_tests::run::ConfigFile;
 use kvm_net_tests::Netns;
 

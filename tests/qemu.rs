@@ -291,7 +291,8 @@ fn dhcp_guests_get_a_lease_a_fixed_address_and_a_name() {
     assert_upstream_saw_host(&server, "b");
     // Nothing left running: no dnsmasq of this namespace, no run directory.
     let run_dir = format!("/run/kvm-net/dnsmasq/{}-br0", lab.host.id());
-    assert!(!std::path::Path::new(&run_dir).exists(), "{run_dir} left behind");
+    let seen = lab.host.kvm_net_dir().join(format!("dnsmasq/{}-br0", lab.host.id()));
+    assert!(!seen.exists(), "{run_dir} left behind");
     let survivors: Vec<_> = std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
@@ -406,7 +407,8 @@ fn the_bridge_helpers_network_stays_while_a_vm_uses_it_even_after_kill_9() {
     }
     a.signal(Signal::SIGKILL);
     a.wait(BOOT);
-    std::thread::sleep(Duration::from_secs(1));
+    // a's tap went with its QEMU; once the watcher has handled that, the network must still be there.
+    kvm_net_tests::inspect::watchers_idle(&lab.host, Duration::from_secs(5));
     assert!(link_exists(&lab.host, "br0"), "the network went while b still uses it");
     assert!(has_chain(&lab.host, "NAT", "br0"));
     b.signal(Signal::SIGKILL);

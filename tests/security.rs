@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kvm_net_tests::host::{assert_ok, assert_refused, config, listing, stderr, Host};
+use kvm_net_tests::host::{assert_ok, assert_refused_as, config, listing, Host};
 use kvm_net_tests::inspect::{assert_no_nat_network, controller_of, has_chain, is_up, link_exists};
+use kvm_net_tests::run::stderr;
 use kvm_net_tests::sandbox::{Install, Sandbox};
 
 #[test]
@@ -59,10 +60,10 @@ fn the_name_a_helper_runs_under_counts_only_when_granted() {
     let link = home.join("kvm-natup@lab");
     std::os::unix::fs::symlink(host.helper("kvm-natup"), &link).expect("symlink");
     let says = "user kvmnet-alice may not use network lab (chosen by the helper's name ends in @lab)";
-    assert_refused(&host.sandbox, &host.ns, &alice, &link, &["tap-a"], says);
+    assert_refused_as(&host.sandbox, &host.ns, &alice, &link, &["tap-a"], says);
     // exec -a: the same through argv[0] alone.
     let script = format!("exec -a kvm-natup@lab {} tap-a", host.helper("kvm-natup").display());
-    assert_refused(&host.sandbox, &host.ns, &alice, Path::new("bash"), &["-c", &script], says);
+    assert_refused_as(&host.sandbox, &host.ns, &alice, Path::new("bash"), &["-c", &script], says);
     assert!(!link_exists(&host.ns, "lab0"));
     // Bob's tap on bob's network: alice cannot move or detach it by naming the network.
     let bob_link = host.sandbox.scratch("bob").join("kvm-natup@lab");
@@ -70,9 +71,9 @@ fn the_name_a_helper_runs_under_counts_only_when_granted() {
     assert_ok(&host.sandbox.run(&host.ns, Some(&host.bob), &bob_link, &["tap-b"]));
     assert_eq!(controller_of(&host.ns, "tap-b").as_deref(), Some("lab0"));
     let script = format!("exec -a kvm-natup@default {} tap-b", host.helper("kvm-natup").display());
-    assert_refused(&host.sandbox, &host.ns, &alice, Path::new("bash"), &["-c", &script], "may not use tap-b");
+    assert_refused_as(&host.sandbox, &host.ns, &alice, Path::new("bash"), &["-c", &script], "may not use tap-b");
     let script = format!("exec -a kvm-natdown@lab {} tap-b", host.helper("kvm-natdown").display());
-    assert_refused(&host.sandbox, &host.ns, &alice, Path::new("bash"), &["-c", &script], "may not use network lab");
+    assert_refused_as(&host.sandbox, &host.ns, &alice, Path::new("bash"), &["-c", &script], "may not use network lab");
     assert_eq!(controller_of(&host.ns, "tap-b").as_deref(), Some("lab0"));
 }
 

@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use kvm_net_tests::host::{assert_ok, stderr};
+use kvm_net_tests::host::assert_ok;
 use kvm_net_tests::inspect::{backend, has_chain, Backend};
+use kvm_net_tests::run::stderr;
 use kvm_net_tests::run::{add_tap, traced, ConfigFile};
 use kvm_net_tests::sandbox::Sandbox;
 use kvm_net_tests::{helper, Netns};

@@ -36,7 +36,7 @@ impl Received {
 
     /// The helper's stderr.
     pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
+        crate::run::stderr(&self.output)
     }
 }
 

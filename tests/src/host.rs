@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::run::stderr;
 use crate::sandbox::{add_owned_tap, Install, Sandbox, User, TEST_GROUP};
 use crate::Netns;
 
@@ -45,11 +46,6 @@ allow_groups = ["{TEST_GROUP}"]
     )
 }
 
-/// What a command wrote to stderr.
-pub fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[track_caller]
 /// Panics unless the command succeeded without writing to stdout.
 pub fn assert_ok(out: &Output) {
@@ -61,7 +57,7 @@ pub fn assert_ok(out: &Output) {
 /// and change nothing in `ns` (links, addresses, rules, forwarding), nor
 /// create anything under the sandbox's /run.
 #[track_caller]
-pub fn assert_refused(sandbox: &Sandbox, ns: &Netns, user: &User, program: &Path, args: &[&str], says: &str) {
+pub fn assert_refused_as(sandbox: &Sandbox, ns: &Netns, user: &User, program: &Path, args: &[&str], says: &str) {
     let before = ns.snapshot();
     let run_before = listing(&sandbox.run_dir());
     let out = sandbox.run(ns, Some(user), program, args);
@@ -133,8 +129,8 @@ impl Host {
         self.sandbox.run(&self.ns, Some(user), &self.helper(helper), &[tap])
     }
 
-    /// [`assert_refused`] for `helper tap` as `user`.
+    /// [`assert_refused_as`] for `helper tap` as `user`.
     pub fn refused(&self, user: &User, helper: &str, tap: &str, says: &str) {
-        assert_refused(&self.sandbox, &self.ns, user, &self.helper(helper), &[tap], says);
+        assert_refused_as(&self.sandbox, &self.ns, user, &self.helper(helper), &[tap], says);
     }
 }

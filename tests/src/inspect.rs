@@ -186,10 +186,67 @@ pub fn firewall(ns: &Netns) -> String {
     text
 }
 
+/// Waits, at most `within`, until process `pid` has exited (or is a
+/// zombie); panics naming `what` if it has not.
+#[track_caller]
+pub fn wait_until_gone(pid: i32, within: std::time::Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while alive(pid) {
+        assert!(std::time::Instant::now() < deadline, "{what} (process {pid}) still runs after {within:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Whether a process runs: it exists and is not a zombie (exited, waiting
 /// for its parent, often init, to collect its status).
 pub fn alive(pid: impl std::fmt::Display) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
     matches!(state, Some(s) if s != "Z" && s != "X")
+}
+
+/// Waits, at most `within`, until every watcher in `ns` has read all the
+/// link notifications sent to it and is blocked waiting for the next one:
+/// after a port left, the proof that the watcher has handled its departure
+/// (what it does when it keeps the network shows nowhere else). Panics if
+/// one never is.
+#[track_caller]
+pub fn watchers_idle(ns: &Netns, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let watchers: Vec<i32> = ns
+            .processes()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kvm-net-watch")
+            })
+            .filter(|pid| alive(*pid))
+            .collect();
+        if watchers.iter().all(|pid| idle(*pid)) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "watchers {watchers:?} still busy after {within:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Whether process `pid` is blocked receiving (`recvfrom`, `recvmsg`)
+/// with nothing queued on any of its netlink sockets.
+fn idle(pid: i32) -> bool {
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let receiving = matches!(syscall.split_whitespace().next(), Some("45" | "47"));
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|target| target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let netlink = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")).unwrap_or_default();
+    let queued = netlink.lines().skip(1).any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.len() >= 10 && sockets.iter().any(|inode| inode == words[9]) && words[4] != "0"
+    });
+    receiving && !queued
 }

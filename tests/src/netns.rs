@@ -1,12 +1,16 @@
 //! Throwaway network namespaces held by a file descriptor: when the handle is
 //! dropped (or the test process dies), the namespace and every link, address
-//! and firewall rule in it disappear with it.
+//! and firewall rule in it disappear with it. Each has a mount namespace of
+//! its own too, whose `/run/kvm-net` is an empty tmpfs: what kvm-net keeps
+//! there for the namespace's bridges (locks, dnsmasq's files, records) is
+//! the test's own, never the machine's, and goes with the namespace.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 
 use nix::sched::{setns, unshare, CloneFlags};
@@ -17,6 +21,42 @@ use nix::sys::signal::Signal;
 #[derive(Debug)]
 pub struct Netns {
     fd: OwnedFd,
+    /// The mount namespace commands run in (a private `/run/kvm-net`).
+    mounts: Mounts,
+}
+
+/// A mount namespace of the test's, held by a process of its own that
+/// exits when its stdin closes (the handle dropped, or the test process gone).
+#[derive(Debug)]
+struct Mounts {
+    holder: Child,
+    fd: OwnedFd,
+}
+
+impl Mounts {
+    fn new() -> Self {
+        let script = "mkdir -p /run/kvm-net; mount -n -t tmpfs -o mode=0755 tmpfs /run/kvm-net; echo ready; read _";
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-ec", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("a mount namespace for the test (unshare, from util-linux)");
+        let mut ready = String::new();
+        let stdout = holder.stdout.take().expect("piped stdout");
+        BufReader::new(stdout).read_line(&mut ready).expect("the mount namespace's start");
+        assert_eq!(ready.trim(), "ready", "the test's mount namespace did not start");
+        let fd = File::open(format!("/proc/{}/ns/mnt", holder.id())).expect("the mount namespace").into();
+        Self { holder, fd }
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        drop(self.holder.stdin.take());
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
 }
 
 impl Netns {
@@ -29,7 +69,7 @@ impl Netns {
         .join()
         .expect("namespace thread panicked")
         .expect("creating a network namespace (needs root / CAP_SYS_ADMIN)");
-        let ns = Self { fd };
+        let ns = Self { fd, mounts: Mounts::new() };
         ns.ok(&["ip", "link", "set", "lo", "up"]);
         ns
     }
@@ -67,23 +107,36 @@ impl Netns {
         format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd())
     }
 
-    /// A command that will run inside this namespace, and is killed if the
-    /// thread that spawned it goes away (so a failed test leaves no QEMU behind).
+    /// A command that will run inside this namespace (and its mount
+    /// namespace, in the caller's directory), and is killed if the thread
+    /// that spawned it goes away (so a failed test leaves no QEMU behind).
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);
         let raw = self.fd.as_raw_fd();
+        let mounts = self.mounts.fd.as_raw_fd();
+        // Entering a mount namespace takes the process to its root: it comes back here.
+        let here: OwnedFd = File::open(".").expect("the current directory").into();
+        let here_raw = here.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only makes
-        // two async-signal-safe system calls (prctl, setns) on an fd that the
-        // child inherited open from the parent (CLOEXEC closes it only at exec).
+        // async-signal-safe system calls (prctl, setns, fchdir) on fds that the
+        // child inherited open from the parent (CLOEXEC closes them only at exec);
+        // `here` lives in the closure, so its descriptor is open at every spawn.
         unsafe {
             command.pre_exec(move || {
+                let _ = &here;
                 prctl::set_pdeathsig(Signal::SIGKILL)?;
-                let fd = BorrowedFd::borrow_raw(raw);
-                setns(fd, CloneFlags::CLONE_NEWNET)?;
+                setns(BorrowedFd::borrow_raw(raw), CloneFlags::CLONE_NEWNET)?;
+                setns(BorrowedFd::borrow_raw(mounts), CloneFlags::CLONE_NEWNS)?;
+                nix::unistd::fchdir(BorrowedFd::borrow_raw(here_raw))?;
                 Ok(())
             });
         }
         command
+    }
+
+    /// What commands run here see as `/run/kvm-net`, from outside.
+    pub fn kvm_net_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root/run/kvm-net", self.mounts.holder.id()))
     }
 
     /// Runs a command here and returns its output, whatever its status.
@@ -174,33 +227,13 @@ pub fn without_children(pids: &[i32]) -> Vec<i32> {
 }
 
 impl Drop for Netns {
-    /// What kvm-net left for this namespace (a test that ends with a network
-    /// up): every process still inside it (dnsmasq, a bridge helper's
-    /// watcher), which would otherwise outlive the test and keep the
-    /// namespace alive, and its files under /run.
+    /// What kvm-net left running for this namespace (a test that ends with
+    /// a network up): every process still inside it (dnsmasq, a bridge
+    /// helper's watcher), which would otherwise outlive the test and keep
+    /// the namespace alive. Its files under /run go with its mount namespace.
     fn drop(&mut self) {
-        let Ok(id) = std::panic::catch_unwind(|| self.id()) else { return };
         for pid in self.processes() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let prefix = format!("{id}-");
-        for kind in ["dnsmasq", "lock", "guests", "watch"] {
-            let Ok(entries) = std::fs::read_dir(format!("/run/kvm-net/{kind}")) else { continue };
-            for entry in entries.flatten() {
-                if !entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    continue;
-                }
-                let path = entry.path();
-                if let Ok(pid) = std::fs::read_to_string(path.join("dnsmasq.pid")) {
-                    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
-                    if String::from_utf8_lossy(&cmdline).contains(&*path.to_string_lossy()) {
-                        if let Ok(pid) = pid.trim().parse() {
-                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                        }
-                    }
-                }
-                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
-            }
         }
     }
 }

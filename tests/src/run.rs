@@ -30,10 +30,15 @@ pub fn ok(ns: &Netns, bin: &str, tap: &str) {
     ok_with(ns, bin, tap, &[]);
 }
 
+/// What a command wrote to stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// As [`ok`], with environment variables.
 pub fn ok_with(ns: &Netns, bin: &str, tap: &str, env: &[(&str, &str)]) -> String {
     let out = run(ns, bin, &[tap], env);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stderr = stderr(&out);
     assert!(out.status.success(), "{bin} {tap} failed: {stderr}");
     assert!(out.stdout.is_empty(), "{bin} wrote to stdout: {:?}", String::from_utf8_lossy(&out.stdout));
     stderr
@@ -44,7 +49,7 @@ pub fn ok_with(ns: &Netns, bin: &str, tap: &str, env: &[(&str, &str)]) -> String
 pub fn assert_refused(ns: &Netns, bin: &str, args: &[&str], env: &[(&str, &str)], says: &str) -> String {
     let before = ns.snapshot();
     let out = run(ns, bin, args, env);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stderr = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{bin} {args:?} {env:?}: {stderr}");
     assert!(stderr.contains(says), "{bin} {args:?}: {stderr:?} lacks {says:?}");
     assert_eq!(ns.snapshot(), before, "{bin} {args:?} {env:?} changed state");

@@ -13,7 +13,7 @@ use kvm_net_tests::helper;
 use kvm_net_tests::inspect::{
     assert_network_gone_within, controller_of, firewall, has_chain, is_up, link_exists, mtu_of, watchers_idle,
 };
-use kvm_net_tests::run::ConfigFile;
+use kvm_net_tests::run::{assert_refusal, ConfigFile};
 use kvm_net_tests::sandbox::{Install, Sandbox, User};
 use kvm_net_tests::Netns;
 
@@ -146,15 +146,13 @@ fn a_bridged_network_is_attached_to_and_never_torn_down() {
     assert_eq!(mtu_of(&ns, "br-lan"), 1400, "the host's bridge must be as it was");
 }
 
-/// The helper refused: non-zero status, one line naming itself, no tap,
-/// nothing changed.
-fn assert_helper_refused(ns: &Netns, received: &Received, says: &str) {
-    assert!(!received.output.status.success(), "must fail");
+/// The helper refused with exit status `code`: one line naming itself, no
+/// tap, nothing changed.
+fn assert_helper_refused(ns: &Netns, received: &Received, code: i32, says: &str) {
+    let stderr = assert_refusal(&received.output, code, "kvm-net-bridge-helper", says);
     assert!(received.tap.is_none(), "no tap may be sent");
-    let stderr = received.stderr();
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.starts_with("kvm-net-bridge-helper: "), "{stderr}");
-    assert!(stderr.contains(says), "expected {says:?} in: {stderr}");
     assert!(!link_exists(ns, "br0"), "nothing may be created");
     assert!(ns.processes().is_empty(), "no watcher for a refusal");
 }
@@ -169,12 +167,12 @@ fn bad_arguments_get_one_line_and_change_nothing() {
         call(command)
     };
     let fd = format!("--fd={HELPER_FD}");
-    assert_helper_refused(&ns, &run(&["--br=default"]), "no --fd=N given");
-    assert_helper_refused(&ns, &run(&[&fd]), "no --br=NAME given");
-    assert_helper_refused(&ns, &run(&["--fd=0", "--br=default"]), "--fd=0 is not a socket");
-    assert_helper_refused(&ns, &run(&["--fd=99", "--br=default"]), "--fd=99 is not an open descriptor");
-    assert_helper_refused(&ns, &run(&[&fd, "--br=default", "--extra"]), "unexpected argument");
-    assert_helper_refused(&ns, &run(&[&fd, "--br=nope"]), "--br=nope names no network");
+    assert_helper_refused(&ns, &run(&["--br=default"]), 2, "no --fd=N given");
+    assert_helper_refused(&ns, &run(&[&fd]), 2, "no --br=NAME given");
+    assert_helper_refused(&ns, &run(&["--fd=0", "--br=default"]), 2, "--fd=0 is not a socket");
+    assert_helper_refused(&ns, &run(&["--fd=99", "--br=default"]), 2, "--fd=99 is not an open descriptor");
+    assert_helper_refused(&ns, &run(&[&fd, "--br=default", "--extra"]), 2, "unexpected argument");
+    assert_helper_refused(&ns, &run(&[&fd, "--br=nope"]), 1, "--br=nope names no network");
     let status = run(&[&fd]).output.status.code();
     assert_eq!(status, Some(2), "a wrong command line exits 2");
     assert_eq!(ns.snapshot(), before);
@@ -210,9 +208,10 @@ fn a_granted_user_gets_a_tap_of_their_own_and_others_are_refused() {
     assert_helper_refused(
         &ns,
         &sandboxed_call(&sandbox, &ns, &bob, &program, "default"),
+        1,
         "may not use network default",
     );
-    assert_helper_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "lab"), "may not use network lab");
+    assert_helper_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "lab"), 1, "may not use network lab");
     assert_eq!(ns.snapshot(), before, "a refusal changes nothing");
     let fd = tap(sandboxed_call(&sandbox, &ns, &alice, &program, "default"));
     let name = tap_of(&fd).0;
@@ -236,7 +235,7 @@ fn a_capability_install_attaches_to_bridged_networks_and_leaves_managed_ones_to_
     sandbox.config(&granted_config(&alice));
     let program = sandbox.install(Install::Capabilities).join(HELPER);
     let ns = Netns::new();
-    assert_helper_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "default"), "needs root");
+    assert_helper_refused(&ns, &sandboxed_call(&sandbox, &ns, &alice, &program, "default"), 1, "needs root");
     ns.sh("ip link add br-lan type bridge; ip link set br-lan up");
     let fd = tap(sandboxed_call(&sandbox, &ns, &alice, &program, "lan"));
     assert_eq!(controller_of(&ns, &tap_of(&fd).0).as_deref(), Some("br-lan"));

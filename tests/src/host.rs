@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::run::stderr;
+use crate::run::{assert_refusal, stderr};
 use crate::sandbox::{add_owned_tap, Install, Sandbox, User, TEST_GROUP};
 use crate::Netns;
 
@@ -61,9 +61,7 @@ pub fn assert_refused_as(sandbox: &Sandbox, ns: &Netns, user: &User, program: &P
     let before = ns.snapshot();
     let run_before = listing(&sandbox.run_dir());
     let out = sandbox.run(ns, Some(user), program, args);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{program:?} {args:?} as {}: {err}", user.name);
-    assert!(err.contains(says), "{program:?} {args:?}: {err:?} lacks {says:?}");
+    let err = assert_refusal(&out, 1, &format!("{program:?} {args:?} as {}", user.name), says);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(ns.snapshot(), before, "{program:?} {args:?} changed the namespace");
     assert_eq!(listing(&sandbox.run_dir()), run_before, "{program:?} {args:?} changed /run");

@@ -49,10 +49,19 @@ pub fn ok_with(ns: &Netns, bin: &str, tap: &str, env: &[(&str, &str)]) -> String
 pub fn assert_refused(ns: &Netns, bin: &str, args: &[&str], env: &[(&str, &str)], says: &str) -> String {
     let before = ns.snapshot();
     let out = run(ns, bin, args, env);
-    let stderr = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{bin} {args:?} {env:?}: {stderr}");
-    assert!(stderr.contains(says), "{bin} {args:?}: {stderr:?} lacks {says:?}");
+    let stderr = assert_refusal(&out, 1, &format!("{bin} {args:?} {env:?}"), says);
     assert_eq!(ns.snapshot(), before, "{bin} {args:?} {env:?} changed state");
+    stderr
+}
+
+/// The one check every refusal passes, whoever ran `what`: exit status
+/// `code` (1 refused, 2 a usage error) and `says` in what it wrote to
+/// stderr, which it returns.
+#[track_caller]
+pub fn assert_refusal(out: &Output, code: i32, what: &str, says: &str) -> String {
+    let stderr = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
+    assert!(stderr.contains(says), "{what}: {stderr:?} lacks {says:?}");
     stderr
 }
 

@@ -15,6 +15,7 @@ use crate::ifname::IfName;
 use crate::ops::bridge_helper;
 use crate::ops::tap_scripts;
 use crate::security::privilege::{self, Install, Needs, Start};
+use crate::switch;
 use crate::trace::trace;
 
 /// The four helpers, one per binary.
@@ -81,13 +82,15 @@ impl Helper {
     fn run(self, tap: &IfName, invoked_as: Option<&str>, start: &Start) -> anyhow::Result<()> {
         start.keep_only(self.needs(), self.name())?;
         let access = start.access();
-        // The OVSDB socket is root's: an install with file capabilities
-        // cannot reach it (a setuid one keeps root's ids).
-        let ovs_needs_root = |network: &Network| -> anyhow::Result<()> {
-            if network.mode == config::model::Mode::Ovs && start.install == Install::Capabilities {
-                return Err(Error::NeedsRoot { helper: self.name(), job: crate::error::NEEDS_ROOT_OVS }.into());
+        // A switch behind a socket of root's (OVSDB): an install with file
+        // capabilities cannot reach it (a setuid one keeps root's ids).
+        let switch_needs_root = |network: &Network| -> anyhow::Result<()> {
+            match switch::needs_root(network) {
+                Some(job) if start.install == Install::Capabilities => {
+                    Err(Error::NeedsRoot { helper: self.name(), job }.into())
+                }
+                _ => Ok(()),
             }
-            Ok(())
         };
         let load = || -> anyhow::Result<(Environment, Config)> {
             let env = Environment::from_process()?;
@@ -102,7 +105,7 @@ impl Helper {
             let chosen = config::choose(&config, invoked_as, tap, &env)?;
             access.check_network(&chosen.network, &chosen.how)?;
             let network = chosen.network;
-            ovs_needs_root(&network)?;
+            switch_needs_root(&network)?;
             trace(format_args!(
                 "{tap}: network {} ({}, bridge {}) from {} ({})",
                 network.name, network.mode, network.bridge, config.source, chosen.how
@@ -119,7 +122,7 @@ impl Helper {
                 origin: config.source.to_string(),
             })?;
             access.check_network(&network, &format!("the alias of {tap} names it"))?;
-            ovs_needs_root(&network)?;
+            switch_needs_root(&network)?;
             Ok(network)
         };
         match self {

@@ -19,7 +19,7 @@ use nix::sys::socket::{
 };
 use nix::sys::stat::{fstat, SFlag};
 
-use crate::config::model::{Config, Mode, Network};
+use crate::config::model::{Config, Network};
 use crate::config::{self, Environment};
 use crate::error::Error;
 use crate::kernel::netlink::{Link, Netlink};
@@ -176,8 +176,8 @@ fn network_asked_for(request: &Request, start: &Start) -> Result<(Network, Confi
         if network.mode.is_managed() {
             return Err(Error::NeedsRoot { helper: NAME, job: crate::error::NEEDS_ROOT_MANAGED }.into());
         }
-        if network.mode == Mode::Ovs {
-            return Err(Error::NeedsRoot { helper: NAME, job: crate::error::NEEDS_ROOT_OVS }.into());
+        if let Some(job) = switch::needs_root(&network) {
+            return Err(Error::NeedsRoot { helper: NAME, job }.into());
         }
     }
     trace(format_args!(

@@ -97,11 +97,14 @@ pub fn ifdown(tap: &IfName, access: &Access, marked_network: impl FnOnce(&str) -
                 bridge.name
             ));
         }
-    } else if let Some(name) = switch::network_marked_on(&link) {
+    } else if let Some((kind, name)) = switch::network_marked_on(&link) {
         let network = marked_network(name)?;
-        let mut switch = switch::open(&network, &mut netlink, None)
-            .with_context(|| format!("detaching {tap} from {}", switch::describe(&network)))?;
-        return switch.detach(&mut netlink, &link);
+        if switch::kind_of(&network) == kind {
+            let mut switch = switch::open(&network, &mut netlink, None)
+                .with_context(|| format!("detaching {tap} from {}", switch::describe(&network)))?;
+            return switch.detach(&mut netlink, &link);
+        }
+        trace(format_args!("{tap}: network {name} has no {kind} switch any more"));
     }
     netlink.detach_and_down(&link)
 }

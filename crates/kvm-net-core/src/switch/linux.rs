@@ -6,8 +6,8 @@
 
 use anyhow::Result;
 
-use super::{made_tap_mac, Departures, PortReport, Switch, Tap};
-use crate::config::model::Network;
+use super::{made_tap_mac, Departures, Kind, PortReport, Switch, Tap};
+use crate::config::model::{Mode, Network};
 use crate::error::Error;
 use crate::ifname::IfName;
 use crate::kernel::netlink::{has_port_besides, Link, Netlink};
@@ -30,6 +30,36 @@ pub fn bridge_mac(bridge: &str) -> [u8; 6] {
     let hash = bridge.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     let [a, b, c, d, e, ..] = hash.to_be_bytes();
     [0x02, a, b, c, d, e]
+}
+
+/// The Linux bridge's short name, the prefix of its `kvm-net check` codes.
+const KIND: &str = "bridge";
+
+/// The kind of the Linux bridge: managed and bridged networks.
+pub struct Linux;
+
+/// [`Linux`], as [`super::KINDS`] lists it.
+pub const LINUX: Linux = Linux;
+
+impl Kind for Linux {
+    fn name(&self) -> &'static str {
+        KIND
+    }
+
+    fn serves(&self, mode: Mode) -> bool {
+        mode.is_managed() || mode == Mode::Bridged
+    }
+
+    fn describe(&self, network: &Network) -> String {
+        format!("bridge {}", network.bridge)
+    }
+
+    fn open(&self, network: &Network, netlink: &mut Netlink, found: Option<Link>) -> Result<Box<dyn Switch>> {
+        Ok(Box::new(match found {
+            Some(bridge) => LinuxBridge::new(bridge, network.isolate_guests),
+            None => LinuxBridge::existing(netlink, network)?,
+        }))
+    }
 }
 
 /// What kvm-net's marks say of a link.
@@ -120,7 +150,7 @@ impl Switch for LinuxBridge {
     }
 
     fn kind(&self) -> &'static str {
-        "bridge"
+        KIND
     }
 
     fn attach(&mut self, netlink: &mut Netlink, port: &Link, tap: Tap) -> Result<()> {

@@ -132,48 +132,129 @@ pub trait Switch {
     }
 }
 
+/// A kind of switch: what is known of a network's switch before it is
+/// opened, and how to open it. One value per kind, listed in [`with_kind`].
+pub trait Kind {
+    /// Its short name, the one its switches give ([`Switch::kind`]).
+    fn name(&self) -> &'static str;
+
+    /// Whether networks of `mode` have this kind of switch.
+    fn serves(&self, mode: Mode) -> bool;
+
+    /// What `network`'s switch is called in messages before it is opened.
+    fn describe(&self, network: &Network) -> String;
+
+    /// Opens `network`'s switch. `found` is the bridge a managed network's
+    /// bring-up found or made; without it, the switch must exist already.
+    fn open(&self, network: &Network, netlink: &mut Netlink, found: Option<Link>) -> Result<Box<dyn Switch>>;
+
+    /// Where reports find the switch beside the kernel (a daemon's database
+    /// socket), if it is not in the kernel alone.
+    fn database(&self, _network: &Network) -> Option<String> {
+        None
+    }
+
+    /// Why a helper without root's ids cannot serve it (a socket of
+    /// root's, [`crate::error::NEEDS_ROOT_OVS`]), if it cannot.
+    fn needs_root(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Before a tap named `tap` joins a switch of another kind: takes
+    /// kvm-net's stale ports of that name away from the switches of
+    /// `networks` (all of this kind), for a kind that keeps ports of
+    /// departed taps and takes any new link of a port's name.
+    fn release_stale_named(&self, _networks: &[&Network], _tap: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// `$body` with `$kind` bound to the kind of switch that serves `$mode`:
+/// the list of kinds, the one place that names them. Static, not a table
+/// of `dyn Kind`, so that each program links only the methods it calls
+/// (kvm-natdown, which never opens a switch, no OVSDB client).
+macro_rules! with_kind {
+    ($mode:expr, $kind:ident => $body:expr) => {
+        match $mode {
+            mode if ovs::OVS.serves(mode) => {
+                let $kind = &ovs::OVS;
+                $body
+            }
+            _ => {
+                let $kind = &linux::LINUX;
+                $body
+            }
+        }
+    };
+}
+
 /// The switch of `network`, the one way every switch is made. `found` is
 /// the bridge a managed network's bring-up found or made; without it, the
 /// switch must exist already (bridged and ovs networks are the system's).
 pub fn open(network: &Network, netlink: &mut Netlink, found: Option<Link>) -> Result<Box<dyn Switch>> {
-    match (&network.ovs, found) {
-        (Some(settings), _) => Ok(Box::new(OvsBridge::connect(&network.name, &network.bridge, settings)?)),
-        (None, Some(bridge)) => Ok(Box::new(LinuxBridge::new(bridge, network.isolate_guests))),
-        (None, None) => Ok(Box::new(LinuxBridge::existing(netlink, network)?)),
-    }
+    with_kind!(network.mode, kind => kind.open(network, netlink, found))
+}
+
+/// The short name of `network`'s kind of switch ([`Kind::name`]).
+pub fn kind_of(network: &Network) -> &'static str {
+    with_kind!(network.mode, kind => kind.name())
 }
 
 /// What `network`'s switch is called in messages before it is opened.
 pub fn describe(network: &Network) -> String {
-    match network.mode {
-        Mode::Ovs => format!("Open vSwitch bridge {}", network.bridge),
-        _ => format!("bridge {}", network.bridge),
-    }
+    with_kind!(network.mode, kind => kind.describe(network))
 }
 
 /// Where reports find `network`'s switch beside the kernel (Open vSwitch's
 /// database socket), if it is not in the kernel alone.
 pub fn database_of(network: &Network) -> Option<String> {
-    network.ovs.as_ref().map(|settings| settings.ovsdb.display().to_string())
+    with_kind!(network.mode, kind => kind.database(network))
 }
 
-/// The network a tap's mark names, for a switch that marks its taps
-/// (Open vSwitch): what `kvm-ifdown` detaches it from.
-pub fn network_marked_on(tap: &Link) -> Option<&str> {
-    tap.alias.as_deref().and_then(ovs::network_in_alias)
+/// Why a helper without root's ids cannot serve `network`'s switch, if it cannot.
+pub fn needs_root(network: &Network) -> Option<&'static str> {
+    with_kind!(network.mode, kind => kind.needs_root())
+}
+
+/// The words before the network's name in the alias of a tap that a
+/// switch of kind `kind` marks as its port (`kvm-net port of ovs network `).
+fn port_alias_prefix(kind: &str) -> String {
+    format!("kvm-net port of {kind} network ")
+}
+
+/// The alias a switch of kind `kind` that marks its taps (one whose ports
+/// the kernel does not know) gives a tap it made a port of `network`.
+pub fn port_alias(kind: &str, network: &str) -> String {
+    format!("{}{network}", port_alias_prefix(kind))
+}
+
+/// The network a tap's mark names ([`port_alias`]), for a switch that
+/// marks its taps: what `kvm-ifdown` detaches it from. The network's own
+/// kind must be the mark's (`kind_of`).
+pub fn network_marked_on(tap: &Link) -> Option<(&str, &str)> {
+    let rest = tap.alias.as_deref()?.strip_prefix("kvm-net port of ")?;
+    rest.split_once(" network ").filter(|(kind, network)| !kind.contains(' ') && !network.is_empty())
 }
 
 /// Before kvm-net attaches `tap` to `network`'s switch: takes any stale
 /// port of kvm-net's of that name away from the switches of the other
 /// networks in `all` that keep ports of departed taps (Open vSwitch, whose
 /// daemon takes any link of a row's name), so that the tap joins no
-/// network it is not attached to.
+/// network it is not attached to. A kind sees to its own names as it attaches.
 pub fn release_stale_named(all: &[Network], network: &Network, tap: &str) -> Result<()> {
-    let others: Vec<&Network> = all.iter().filter(|n| n.name != network.name && n.ovs.is_some()).collect();
-    if others.is_empty() || network.ovs.is_some() {
-        return Ok(());
+    let own = kind_of(network);
+    let others: Vec<&Network> = all.iter().filter(|n| n.name != network.name && kind_of(n) != own).collect();
+    let mut done: Vec<&str> = Vec::new();
+    for first in &others {
+        let kind = kind_of(first);
+        if done.contains(&kind) {
+            continue;
+        }
+        done.push(kind);
+        let same: Vec<&Network> = others.iter().copied().filter(|n| kind_of(n) == kind).collect();
+        with_kind!(first.mode, switch => switch.release_stale_named(&same, tap))?;
     }
-    ovs::release_stale_named(&others, tap)
+    Ok(())
 }
 
 /// The MAC a tap the bridge helper made gets: its own, with a first byte of
@@ -258,10 +339,32 @@ mod tests {
     }
 
     #[test]
+    fn every_mode_has_one_kind_of_switch() {
+        let kinds: [&dyn Kind; 2] = [&ovs::OVS, &linux::LINUX];
+        for mode in [Mode::Nat, Mode::Routed, Mode::Isolated, Mode::Bridged, Mode::Ovs] {
+            let serving: Vec<&str> = kinds.iter().filter(|kind| kind.serves(mode)).map(|kind| kind.name()).collect();
+            assert_eq!(serving.len(), 1, "{mode}: {serving:?}");
+            assert_eq!(with_kind!(mode, kind => kind.name()), serving[0], "{mode}");
+        }
+    }
+
+    #[test]
+    fn a_tap_marked_as_a_port_names_its_switchs_kind_and_network() {
+        let marked = Link { alias: Some(port_alias("ovs", "lab")), ..tap(5, "t5") };
+        assert_eq!(network_marked_on(&marked), Some(("ovs", "lab")));
+        let bridge_alias = Link { alias: Some(linux::MANAGED_ALIAS.to_owned()), ..tap(6, "t6") };
+        assert_eq!(network_marked_on(&bridge_alias), None);
+        assert_eq!(network_marked_on(&tap(7, "t7")), None);
+        let empty = Link { alias: Some(port_alias("ovs", "")), ..tap(8, "t8") };
+        assert_eq!(network_marked_on(&empty), None);
+    }
+
+    #[test]
     fn a_networks_switch_is_described_before_it_is_opened() {
         let network = Network::classic();
         assert_eq!(describe(&network), "bridge br0");
         assert_eq!(database_of(&network), None);
+        assert_eq!(needs_root(&network), None);
         let ovs = Network {
             mode: Mode::Ovs,
             ovs: Some(crate::config::model::OvsPorts {
@@ -273,5 +376,6 @@ mod tests {
         };
         assert_eq!(describe(&ovs), "Open vSwitch bridge br0");
         assert_eq!(database_of(&ovs).as_deref(), Some("/run/openvswitch/db.sock"));
+        assert_eq!(needs_root(&ovs), Some(crate::error::NEEDS_ROOT_OVS));
     }
 }

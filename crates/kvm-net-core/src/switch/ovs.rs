@@ -24,29 +24,62 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 
-use super::{made_tap_mac, Departures, PortReport, Switch, Tap};
-use crate::config::model::OvsPorts;
-use crate::error::Error;
+use super::{made_tap_mac, Departures, Kind, PortReport, Switch, Tap};
+use crate::config::model::{Mode, Network, OvsPorts};
+use crate::error::{Error, NEEDS_ROOT_OVS};
 use crate::ifname::IfName;
 use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::netns::link_identity;
 use crate::switch::ovsdb::{map, map_pairs, row_uuid, rows, set_members, uuid, Ovsdb, Refusal};
 use crate::trace::trace;
 
+/// Open vSwitch's short name, the prefix of its `kvm-net check` codes.
+const KIND: &str = "ovs";
+
+/// The kind of an Open vSwitch bridge: ovs networks.
+pub struct Ovs;
+
+/// [`Ovs`], as [`super::KINDS`] lists it.
+pub const OVS: Ovs = Ovs;
+
+impl Kind for Ovs {
+    fn name(&self) -> &'static str {
+        KIND
+    }
+
+    fn serves(&self, mode: Mode) -> bool {
+        mode == Mode::Ovs
+    }
+
+    fn describe(&self, network: &Network) -> String {
+        format!("Open vSwitch bridge {}", network.bridge)
+    }
+
+    fn open(&self, network: &Network, _netlink: &mut Netlink, _found: Option<Link>) -> Result<Box<dyn Switch>> {
+        let settings = network.ovs.as_ref().ok_or_else(|| anyhow!("network {} has no ovs settings", network.name))?;
+        Ok(Box::new(OvsBridge::connect(&network.name, &network.bridge, settings)?))
+    }
+
+    fn database(&self, network: &Network) -> Option<String> {
+        network.ovs.as_ref().map(|settings| settings.ovsdb.display().to_string())
+    }
+
+    fn needs_root(&self) -> Option<&'static str> {
+        Some(NEEDS_ROOT_OVS)
+    }
+
+    fn release_stale_named(&self, networks: &[&Network], tap: &str) -> Result<()> {
+        release_stale_named(networks, tap)
+    }
+}
+
 /// The external id that marks a port as kvm-net's, with its network's name.
 const NETWORK_KEY: &str = "kvm-net-network";
 /// The external id that names the tap the port was made for.
 const TAP_KEY: &str = "kvm-net-tap";
-/// The alias kvm-net gives a tap it made a port of an OVS network.
-const ALIAS_PREFIX: &str = "kvm-net port of ovs network ";
 /// The alias of a tap kvm-net made a port of ovs network `network`.
 fn alias_of(network: &str) -> String {
-    format!("{ALIAS_PREFIX}{network}")
-}
-
-/// The ovs network a tap's alias names, if kvm-net made it a port of one.
-pub fn network_in_alias(alias: &str) -> Option<&str> {
-    alias.strip_prefix(ALIAS_PREFIX)
+    super::port_alias(KIND, network)
 }
 
 /// How long ovs-vswitchd gets to apply a change.
@@ -352,7 +385,7 @@ impl OvsBridge {
 /// with no watcher left), and waits until ovs-vswitchd let go of the tap,
 /// so that the tap never also joins a network it was not attached to. A
 /// database that cannot be reached is skipped: it has no vswitchd applying it.
-pub fn release_stale_named(ovs_networks: &[&crate::config::model::Network], tap: &str) -> Result<()> {
+fn release_stale_named(ovs_networks: &[&Network], tap: &str) -> Result<()> {
     let mut done: Vec<&Path> = Vec::new();
     for network in ovs_networks {
         let Some(settings) = &network.ovs else { continue };
@@ -419,7 +452,7 @@ impl Switch for OvsBridge {
     }
 
     fn kind(&self) -> &'static str {
-        "ovs"
+        KIND
     }
 
     fn keeps_departed_ports(&self) -> bool {

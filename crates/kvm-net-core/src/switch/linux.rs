@@ -38,7 +38,7 @@ const KIND: &str = "bridge";
 /// The kind of the Linux bridge: managed and bridged networks.
 pub struct Linux;
 
-/// [`Linux`], as [`super::KINDS`] lists it.
+/// [`Linux`], as `switch::with_kind` lists it.
 pub const LINUX: Linux = Linux;
 
 impl Kind for Linux {

@@ -1,10 +1,11 @@
 //! Where a network's taps are plugged in: a Linux bridge (one kvm-net made
 //! for a managed network, or the system's for a bridged one) or an Open
 //! vSwitch bridge. One interface for everything the helpers, the watcher,
-//! `status`, `check` and `gc` do with a switch, and one factory ([`open`])
-//! that makes every switch: nothing outside this folder knows which kind a
-//! network has. A third kind is one more module here and one arm in
-//! [`open`] (docs/architecture.md says what that module implements).
+//! `status`, `check` and `gc` do with a switch ([`Switch`]), one for what a
+//! kind of switch says before one is opened ([`Kind`]), and one factory
+//! ([`open`]) that makes every switch: nothing outside this folder knows
+//! which kind a network has. A third kind is one more module here and one
+//! arm in `with_kind` (docs/architecture.md says what that module implements).
 //! What only a managed network has (kvm-net creates and deletes its Linux
 //! bridge, with addresses, rules and dnsmasq) is in `ops::network`; the
 //! marks on such a bridge are [`linux`]'s.
@@ -133,7 +134,7 @@ pub trait Switch {
 }
 
 /// A kind of switch: what is known of a network's switch before it is
-/// opened, and how to open it. One value per kind, listed in [`with_kind`].
+/// opened, and how to open it. One value per kind, listed in `with_kind`.
 pub trait Kind {
     /// Its short name, the one its switches give ([`Switch::kind`]).
     fn name(&self) -> &'static str;

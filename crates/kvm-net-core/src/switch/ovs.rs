@@ -39,7 +39,7 @@ const KIND: &str = "ovs";
 /// The kind of an Open vSwitch bridge: ovs networks.
 pub struct Ovs;
 
-/// [`Ovs`], as [`super::KINDS`] lists it.
+/// [`Ovs`], as `switch::with_kind` lists it.
 pub const OVS: Ovs = Ovs;
 
 impl Kind for Ovs {

@@ -272,14 +272,20 @@ fn ipv6_guests_reach_upstream_through_nat66() {
     lab.host.sh("echo 1 > /proc/sys/net/ipv6/conf/up0/accept_ra");
     let guest = lab.guest("vm6", "fd6b:766e::10/64", Some("fd6b:766e::1"));
     let server = UpstreamServer::start(&lab.upstream, UPSTREAM6);
-    let stderr = ok_with(&lab.host, "kvm-natup", "vm6", &env);
+    let traced = ok_with(&lab.host, "kvm-natup", "vm6", &[env[0], ("KVM_NET_DEBUG", "1")]);
     assert!(
-        stderr.contains("IPv6 forwarding is now on, so up0 (accept_ra=1) ignores router advertisements"),
-        "{stderr}"
+        traced.contains(
+            "net.ipv6.conf.up0.accept_ra=2: it keeps taking router advertisements now that IPv6 forwarding is on"
+        ),
+        "{traced}"
     );
     assert_eq!(lab.host.ok(&["cat", "/proc/sys/net/ipv6/conf/br0/accept_ra"]).trim(), "0");
     assert_eq!(connect_from(&guest, UPSTREAM6, &server, "v6").expect("NAT66"), format!("seen {HOST_UPLINK6}"));
-    assert_eq!(lab.host.ok(&["cat", "/proc/sys/net/ipv6/conf/up0/accept_ra"]).trim(), "1", "uplinks are never changed");
+    assert_eq!(
+        lab.host.ok(&["cat", "/proc/sys/net/ipv6/conf/up0/accept_ra"]).trim(),
+        "2",
+        "an uplink keeps taking router advertisements with forwarding on"
+    );
     ok_with(&lab.host, "kvm-natdown", "vm6", &env);
     assert_no_nat_network(&lab.host, "br0");
     assert!(!lab.host.ok(&["ip6tables", "-t", "nat", "-S"]).contains("KVMNET"));

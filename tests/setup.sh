@@ -26,6 +26,9 @@ command -v strace >/dev/null || need+=(strace)
 # ethtool: checksum offload off on the veths of the OVN lab; ping: its guests.
 command -v ethtool >/dev/null || [ -x /usr/sbin/ethtool ] || need+=(ethtool)
 command -v ping >/dev/null || need+=(iputils-ping)
+# IPv6 guests: dhclient -6 (DHCPv6) and rdisc6 (router advertisements), in namespaces.
+command -v dhclient >/dev/null || [ -x /usr/sbin/dhclient ] || need+=(isc-dhcp-client)
+command -v rdisc6 >/dev/null || need+=(ndisc6)
 # The kernel's UAPI headers: unit tests check kvm-net's hand-typed kernel numbers against them.
 [ -e /usr/include/linux/netfilter/nf_tables.h ] || need+=(linux-libc-dev)
 if [ "${1:-}" = --bench ]; then

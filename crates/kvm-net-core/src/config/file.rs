@@ -1,7 +1,7 @@
 //! The config file format (TOML) and its validation, which names the file,
 //! the network and the field of every error.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -9,8 +9,8 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
 use super::model::{
-    Choice, Config, Dhcp, Forward, Grants, HostRecord, Mode, Network, OvsPorts, Source, Spoofing, StaticLease,
-    DEFAULT_IFACE_ID, DEFAULT_MAX_TAPS_PER_USER, DEFAULT_OVSDB,
+    Autoconfig, Choice, Config, Dhcp, Forward, Grants, HostRecord, Mode, Network, OvsPorts, Source, Spoofing,
+    StaticLease, DEFAULT_IFACE_ID, DEFAULT_MAX_TAPS_PER_USER, DEFAULT_OVSDB,
 };
 use crate::error::Error;
 use crate::ifname::IfName;
@@ -36,6 +36,7 @@ struct RawNetwork {
     bridge: String,
     ipv4: Option<String>,
     ipv6: Option<String>,
+    ipv6_autoconfig: Option<String>,
     mtu: Option<u32>,
     #[serde(default)]
     taps: Vec<String>,
@@ -89,6 +90,7 @@ impl RawPorts {
 struct RawDhcp {
     enabled: Option<bool>,
     range: Option<Vec<String>>,
+    ipv6_range: Option<Vec<String>>,
     lease_time: Option<String>,
     dns: Option<bool>,
     #[serde(default)]
@@ -102,6 +104,7 @@ struct RawDhcp {
 struct RawLease {
     mac: String,
     ip: String,
+    ipv6: Option<String>,
     name: Option<String>,
     tap: Option<String>,
 }
@@ -204,7 +207,8 @@ impl RawNetwork {
             .iter()
             .map(|p| glob::Pattern::new(p).map_err(|e| bad(("taps", format!("{p:?}: {e}")))))
             .collect::<Result<Vec<_>, _>>()?;
-        let dhcp = self.dhcp_of(mode, ipv4).map_err(bad)?;
+        let dhcp = self.dhcp_of(mode, ipv4, ipv6).map_err(bad)?;
+        let ipv6_autoconfig = self.autoconfig(mode, ipv6).map_err(bad)?;
         let (grants, max_taps_per_user) = self.grants().map_err(bad)?;
         let guest_spoofing = self.spoofing(&name, mode, dhcp.is_some()).map_err(bad)?;
         let forwards =
@@ -215,6 +219,7 @@ impl RawNetwork {
             bridge,
             ipv4,
             ipv6,
+            ipv6_autoconfig,
             mtu: self.mtu,
             taps,
             dhcp,
@@ -255,18 +260,72 @@ impl RawNetwork {
     }
 
     /// DHCP, on by default wherever there is an IPv4 subnet to serve.
-    fn dhcp_of(&self, mode: Mode, ipv4: Option<Ipv4Network>) -> Result<Option<Dhcp>, Invalid> {
+    fn dhcp_of(
+        &self,
+        mode: Mode,
+        ipv4: Option<Ipv4Network>,
+        ipv6: Option<Ipv6Network>,
+    ) -> Result<Option<Dhcp>, Invalid> {
         match &self.dhcp {
             Some(_) if !mode.is_managed() => {
                 Err(("dhcp", "kvm-net runs no DHCP server on a bridge it does not own".to_owned()))
             }
             Some(RawDhcp { enabled: Some(false), .. }) => Ok(None),
             Some(raw) => match ipv4 {
-                Some(address) => raw.validate(address).map(Some),
+                Some(address) => raw.validate(address, ipv6).map(Some),
                 None => Err(("dhcp", "DHCP needs the network's ipv4 address".to_owned())),
             },
             None => Ok(ipv4.filter(|_| mode.is_managed()).map(Dhcp::defaults_for)),
         }
+    }
+
+    /// `ipv6_autoconfig`: SLAAC by default for a /64, off otherwise; the
+    /// DHCPv6 range from `dhcp.ipv6_range`, or the subnet's upper half.
+    fn autoconfig(&self, mode: Mode, ipv6: Option<Ipv6Network>) -> Result<Autoconfig, Invalid> {
+        let range = self.dhcp.as_ref().and_then(|dhcp| dhcp.ipv6_range.as_ref());
+        let asked = self.ipv6_autoconfig.as_deref();
+        let Some(address) = ipv6 else {
+            return match (asked, range) {
+                (Some(_), _) => {
+                    Err(("ipv6_autoconfig", "IPv6 autoconfiguration needs the network's ipv6 address".to_owned()))
+                }
+                (None, Some(_)) => Err(("dhcp.ipv6_range", "DHCPv6 needs the network's ipv6 address".to_owned())),
+                (None, None) => Ok(Autoconfig::Off),
+            };
+        };
+        // A bridged or ovs network has no ipv6 (refused above): managed here.
+        let autoconfig = match asked {
+            None if address.prefix() == 64 && mode.is_managed() => Autoconfig::Slaac,
+            None | Some("off") => Autoconfig::Off,
+            Some("slaac") if address.prefix() != 64 => {
+                return Err((
+                    "ipv6_autoconfig",
+                    format!("\"slaac\" needs a /64 (guests build their addresses from a 64-bit prefix), and ipv6 is {address}; use \"dhcpv6\" or a /64"),
+                ))
+            }
+            Some("slaac") => Autoconfig::Slaac,
+            Some("dhcpv6") => {
+                let subnet = Ipv6Network::new(address.network(), address.prefix()).unwrap_or(address);
+                let range = match range {
+                    None => Autoconfig::default_range(subnet),
+                    Some(range) => parse_ipv6_range(range, address)?,
+                };
+                Autoconfig::Dhcpv6 { range }
+            }
+            Some(other) => {
+                return Err(("ipv6_autoconfig", format!("{other:?} is not one of slaac, dhcpv6, off")));
+            }
+        };
+        if range.is_some() && !matches!(autoconfig, Autoconfig::Dhcpv6 { .. }) {
+            return Err((
+                "dhcp.ipv6_range",
+                format!(
+                    "a range is leased only with ipv6_autoconfig = \"dhcpv6\", and this network's is \"{}\"",
+                    autoconfig.as_str()
+                ),
+            ));
+        }
+        Ok(autoconfig)
     }
 
     /// Who may use the network through a privileged helper, and how many taps each.
@@ -415,12 +474,12 @@ impl RawForward {
             return Err(("guest", "port forwards need the network's ipv4 address".to_owned()));
         };
         let subnet = Ipv4Network::new(address.network(), address.prefix()).unwrap_or(address);
-        let (guest, guest_name) = match self.guest.parse::<Ipv4Addr>() {
+        let (guest, guest6, guest_name) = match self.guest.parse::<Ipv4Addr>() {
             Ok(ip) => {
                 if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() || ip == address.ip() {
                     return Err(("guest", format!("{ip} is not a guest's address in {subnet}")));
                 }
-                (ip, None)
+                (ip, None, None)
             }
             Err(_) => {
                 let hosts = dhcp.map_or(&[][..], |d| &d.hosts);
@@ -430,7 +489,7 @@ impl RawForward {
                         format!("{:?} is no IPv4 address and no dhcp.hosts entry is named so", self.guest),
                     ));
                 };
-                (host.ip, Some(self.guest.clone()))
+                (host.ip, host.ipv6, Some(self.guest.clone()))
             }
         };
         let host_address = match &self.host_address {
@@ -444,12 +503,14 @@ impl RawForward {
                 Some(ip)
             }
         };
-        Ok(Forward { protocol, host_ports, guest, guest_name, guest_ports, host_address })
+        // Only to the host's IPv4 address given: nothing listens on IPv6.
+        let guest6 = guest6.filter(|_| host_address.is_none());
+        Ok(Forward { protocol, host_ports, guest, guest6, guest_name, guest_ports, host_address })
     }
 }
 
 impl RawDhcp {
-    fn validate(&self, address: Ipv4Network) -> Result<Dhcp, (&'static str, String)> {
+    fn validate(&self, address: Ipv4Network, ipv6: Option<Ipv6Network>) -> Result<Dhcp, (&'static str, String)> {
         let subnet = Ipv4Network::new(address.network(), address.prefix()).unwrap_or(address);
         let host_ip = |field: &'static str, text: &str| -> Result<Ipv4Addr, (&'static str, String)> {
             let ip: Ipv4Addr = text.parse().map_err(|_| (field, format!("{text:?} is not an IPv4 address")))?;
@@ -486,6 +547,11 @@ impl RawDhcp {
                 return Err(("dhcp.hosts", format!("{:?} is not a MAC address like 52:54:00:12:34:56", lease.mac)));
             }
             let ip = host_ip("dhcp.hosts", &lease.ip)?;
+            let ipv6 = match (&lease.ipv6, ipv6) {
+                (None, _) => None,
+                (Some(_), None) => return Err(("dhcp.hosts", "an ipv6 needs the network's ipv6 address".to_owned())),
+                (Some(text), Some(address)) => Some(guest_ipv6("dhcp.hosts", text, address)?),
+            };
             if let Some(name) = &lease.name {
                 if !is_hostname(name) {
                     return Err(("dhcp.hosts", format!("{name:?} is not a host name")));
@@ -493,6 +559,9 @@ impl RawDhcp {
             }
             if dhcp.hosts.iter().any(|h: &StaticLease| h.mac == mac || h.ip == ip) {
                 return Err(("dhcp.hosts", format!("{mac} or {ip} is given twice")));
+            }
+            if let Some(v6) = ipv6.filter(|v6| dhcp.hosts.iter().any(|h| h.ipv6 == Some(*v6))) {
+                return Err(("dhcp.hosts", format!("{v6} is given twice")));
             }
             let tap = match &lease.tap {
                 None => None,
@@ -504,7 +573,7 @@ impl RawDhcp {
                         .map_err(|err| ("dhcp.hosts", format!("tap {pattern:?} is not a pattern: {err}")))?,
                 ),
             };
-            dhcp.hosts.push(StaticLease { mac, ip, name: lease.name.clone(), tap });
+            dhcp.hosts.push(StaticLease { mac, ip, ipv6, name: lease.name.clone(), tap });
         }
         for record in &self.records {
             if !is_hostname(&record.name) {
@@ -590,6 +659,34 @@ fn parse_ipv6(value: &str) -> Result<Ipv6Network, String> {
         return Err(format!("{value:?}: {} is the subnet's own address, not a host address", net.ip()));
     }
     Ok(net)
+}
+
+/// A guest's IPv6 address in the bridge's subnet (`address`): not the
+/// subnet's own (its router anycast address), not the bridge's, not multicast.
+fn guest_ipv6(field: &'static str, text: &str, address: Ipv6Network) -> Result<Ipv6Addr, (&'static str, String)> {
+    let ip: Ipv6Addr = text.parse().map_err(|_| (field, format!("{text:?} is not an IPv6 address")))?;
+    let subnet = Ipv6Network::new(address.network(), address.prefix()).unwrap_or(address);
+    if !subnet.contains(ip) || ip == subnet.network() {
+        return Err((field, format!("{ip} is not a guest's address in {subnet}")));
+    }
+    if ip == address.ip() {
+        return Err((field, format!("{ip} is the bridge's own address")));
+    }
+    Ok(ip)
+}
+
+/// `dhcp.ipv6_range`: `["FIRST", "LAST"]`, guests' addresses of the bridge's subnet.
+fn parse_ipv6_range(range: &[String], address: Ipv6Network) -> Result<(Ipv6Addr, Ipv6Addr), Invalid> {
+    let field = "dhcp.ipv6_range";
+    let [first, last] = range else { return Err((field, "write it as [\"FIRST\", \"LAST\"]".to_owned())) };
+    let (first, last) = (guest_ipv6(field, first, address)?, guest_ipv6(field, last, address)?);
+    if first > last {
+        return Err((field, format!("{first} comes after {last}")));
+    }
+    if (first..=last).contains(&address.ip()) {
+        return Err((field, format!("{first}-{last} holds the bridge's own address {}", address.ip())));
+    }
+    Ok((first, last))
 }
 
 /// Bridges and subnets may not be shared between networks.
@@ -791,6 +888,7 @@ mod tests {
             [StaticLease {
                 mac: "52:54:00:aa:bb:01".into(),
                 ip: Ipv4Addr::new(10, 0, 0, 50),
+                ipv6: None,
                 name: Some("fixed".into()),
                 tap: None,
             }]
@@ -846,6 +944,122 @@ mod tests {
             Some("n1"),
             Some("dhcp"),
             "needs the network's ipv4",
+        );
+    }
+
+    #[test]
+    fn ipv6_guests_configure_themselves_by_slaac_on_a_64_and_by_dhcpv6_when_asked() {
+        let v6 = |extra: &str, prefix: u8| {
+            parse_text(&format!(
+                "[network.v6]\nmode = \"nat\"\nbridge = \"v6br0\"\nipv4 = \"192.168.60.1/24\"\nipv6 = \"fd00:60::1/{prefix}\"\n{extra}\n"
+            ))
+            .map(|config| config.networks[0].clone())
+        };
+        assert_eq!(v6("", 64).map(|n| n.ipv6_autoconfig).ok(), Some(Autoconfig::Slaac));
+        assert_eq!(v6("", 112).map(|n| n.ipv6_autoconfig).ok(), Some(Autoconfig::Off));
+        assert_eq!(v6("ipv6_autoconfig = \"off\"", 64).map(|n| n.ipv6_autoconfig).ok(), Some(Autoconfig::Off));
+        let range = |first: &str, last: &str| Autoconfig::Dhcpv6 {
+            range: (first.parse().expect("an address"), last.parse().expect("an address")),
+        };
+        assert_eq!(
+            v6("ipv6_autoconfig = \"dhcpv6\"", 64).map(|n| n.ipv6_autoconfig).ok(),
+            Some(range("fd00:60::8000:0:0:0", "fd00:60::ffff:ffff:ffff:ff7f"))
+        );
+        assert_eq!(
+            v6("ipv6_autoconfig = \"dhcpv6\"", 120).map(|n| n.ipv6_autoconfig).ok(),
+            Some(range("fd00:60::80", "fd00:60::ff"))
+        );
+        let configured = v6(
+            "ipv6_autoconfig = \"dhcpv6\"\n[network.v6.dhcp]\nipv6_range = [\"fd00:60::1000\", \"fd00:60::1fff\"]\nhosts = [{ mac = \"52:54:00:00:60:10\", ip = \"192.168.60.10\", ipv6 = \"fd00:60::10\", name = \"web1\" }]",
+            64,
+        )
+        .expect("a valid network");
+        assert_eq!(configured.ipv6_autoconfig, range("fd00:60::1000", "fd00:60::1fff"));
+        let host = &configured.dhcp.as_ref().expect("dhcp").hosts[0];
+        assert_eq!(host.ipv6, "fd00:60::10".parse().ok());
+    }
+
+    #[test]
+    fn ipv6_settings_that_cannot_work_are_refused_by_field() {
+        let v6 = |extra: &str, ipv6: &str| {
+            format!("[network.v6]\nmode = \"nat\"\nbridge = \"v6br0\"\nipv4 = \"192.168.60.1/24\"\n{ipv6}\n{extra}\n")
+        };
+        let with = |extra: &str| v6(extra, "ipv6 = \"fd00:60::1/64\"");
+        assert_error(
+            &v6("ipv6_autoconfig = \"slaac\"", "ipv6 = \"fd00:60::1/80\""),
+            Some("v6"),
+            Some("ipv6_autoconfig"),
+            "needs a /64",
+        );
+        assert_error(
+            &v6("ipv6_autoconfig = \"slaac\"", ""),
+            Some("v6"),
+            Some("ipv6_autoconfig"),
+            "needs the network's ipv6",
+        );
+        assert_error(
+            &with("ipv6_autoconfig = \"radvd\""),
+            Some("v6"),
+            Some("ipv6_autoconfig"),
+            "not one of slaac, dhcpv6, off",
+        );
+        assert_error(
+            &with("[network.v6.dhcp]\nipv6_range = [\"fd00:60::10\", \"fd00:60::20\"]"),
+            Some("v6"),
+            Some("dhcp.ipv6_range"),
+            "only with ipv6_autoconfig = \"dhcpv6\"",
+        );
+        let dhcpv6 = |dhcp: &str| with(&format!("ipv6_autoconfig = \"dhcpv6\"\n[network.v6.dhcp]\n{dhcp}"));
+        assert_error(
+            &dhcpv6("ipv6_range = [\"fd00:61::10\", \"fd00:61::20\"]"),
+            Some("v6"),
+            Some("dhcp.ipv6_range"),
+            "not a guest's address in fd00:60::/64",
+        );
+        assert_error(
+            &dhcpv6("ipv6_range = [\"fd00:60::20\", \"fd00:60::10\"]"),
+            Some("v6"),
+            Some("dhcp.ipv6_range"),
+            "comes after",
+        );
+        assert_error(
+            &dhcpv6("ipv6_range = [\"fd00:60::0:1\", \"fd00:60::10\"]"),
+            Some("v6"),
+            Some("dhcp.ipv6_range"),
+            "is the bridge's own address",
+        );
+        assert_error(
+            &dhcpv6("ipv6_range = [\"fd00:60::\", \"fd00:60::10\"]"),
+            Some("v6"),
+            Some("dhcp.ipv6_range"),
+            "not a guest's address",
+        );
+        let host = |ipv6: &str| {
+            format!("hosts = [{{ mac = \"52:54:00:00:60:10\", ip = \"192.168.60.10\", ipv6 = \"{ipv6}\" }}]")
+        };
+        assert_error(
+            &with(&format!("[network.v6.dhcp]\n{}", host("fd00:60::1"))),
+            Some("v6"),
+            Some("dhcp.hosts"),
+            "the bridge's own address",
+        );
+        assert_error(
+            &with(&format!("[network.v6.dhcp]\n{}", host("2001:db8::1"))),
+            Some("v6"),
+            Some("dhcp.hosts"),
+            "not a guest's address",
+        );
+        assert_error(
+            &v6(&format!("[network.v6.dhcp]\n{}", host("fd00:60::10")), ""),
+            Some("v6"),
+            Some("dhcp.hosts"),
+            "needs the network's ipv6",
+        );
+        assert_error(
+            "[network.lan]\nmode = \"bridged\"\nbridge = \"br-lan\"\nipv6_autoconfig = \"slaac\"\n",
+            Some("lan"),
+            Some("ipv6_autoconfig"),
+            "needs the network's ipv6",
         );
     }
 

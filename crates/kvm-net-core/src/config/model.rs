@@ -5,7 +5,7 @@
 //! facade above.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -85,6 +85,9 @@ pub struct Network {
     pub ipv4: Option<Ipv4Network>,
     /// The host's IPv6 address on the bridge, with the subnet's prefix.
     pub ipv6: Option<Ipv6Network>,
+    /// How guests configure IPv6 (`ipv6_autoconfig`): router advertisements
+    /// and DHCPv6 from the network's dnsmasq. `Off` without `ipv6`.
+    pub ipv6_autoconfig: Autoconfig,
     /// MTU for a bridge kvm-net creates (taps always take the bridge's).
     pub mtu: Option<u32>,
     /// Tap-name patterns that pick this network (`lab-*`).
@@ -109,6 +112,52 @@ pub struct Network {
     pub guest_spoofing: Spoofing,
     /// How taps join the network's Open vSwitch bridge (`mode = "ovs"` only).
     pub ovs: Option<OvsPorts>,
+}
+
+/// How a network's guests configure IPv6 (`ipv6_autoconfig`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Autoconfig {
+    /// Router advertisements with the prefix to build addresses from (SLAAC,
+    /// a /64 only) and stateless DHCPv6 for DNS: the default for a /64.
+    Slaac,
+    /// Router advertisements that send guests to DHCPv6 for addresses,
+    /// leased from this range (`dhcp.ipv6_range`).
+    Dhcpv6 {
+        /// First and last address leased.
+        range: (Ipv6Addr, Ipv6Addr),
+    },
+    /// No router advertisements, no DHCPv6: addresses set by hand (the
+    /// default for any prefix but a /64, and without `ipv6`).
+    #[default]
+    Off,
+}
+
+impl Autoconfig {
+    /// `slaac`, `dhcpv6` or `off`, as the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Autoconfig::Slaac => "slaac",
+            Autoconfig::Dhcpv6 { .. } => "dhcpv6",
+            Autoconfig::Off => "off",
+        }
+    }
+
+    /// Whether the network's dnsmasq sends router advertisements.
+    pub fn advertises(self) -> bool {
+        self != Autoconfig::Off
+    }
+
+    /// The default DHCPv6 range of `subnet`: its upper half, short of the
+    /// 128 highest addresses (RFC 2526's subnet anycast addresses) where
+    /// there are that many.
+    pub fn default_range(subnet: Ipv6Network) -> (Ipv6Addr, Ipv6Addr) {
+        let host_bits = 128 - u32::from(subnet.prefix());
+        let first = u128::from(subnet.network());
+        let size = 1u128.checked_shl(host_bits).unwrap_or(0).wrapping_sub(1);
+        let half = (size / 2).wrapping_add(1);
+        let last = if host_bits > 8 { first + size - 128 } else { first + size };
+        (Ipv6Addr::from(first + half), Ipv6Addr::from(last))
+    }
 }
 
 /// How a network's taps become ports of its Open vSwitch bridge.
@@ -176,6 +225,9 @@ pub struct Forward {
     pub host_ports: PortRange,
     /// The guest's address.
     pub guest: Ipv4Addr,
+    /// The guest's IPv6 address, where `guest` names a `dhcp.hosts` entry
+    /// with one: the forward listens on the host's IPv6 addresses too.
+    pub guest6: Option<Ipv6Addr>,
     /// The `dhcp.hosts` name it was given by, if any.
     pub guest_name: Option<String>,
     /// The guest's ports, as many as `host_ports`, mapped one to one.
@@ -254,6 +306,9 @@ pub struct StaticLease {
     pub mac: String,
     /// The address it always gets.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address: its DHCPv6 lease (`ipv6_autoconfig = "dhcpv6"`),
+    /// and its AAAA record in the network's DNS either way.
+    pub ipv6: Option<Ipv6Addr>,
     /// Host name handed to the guest and resolvable through the bridge's DNS.
     pub name: Option<String>,
     /// The taps that alone may use this MAC and take this address (`tap`,
@@ -280,6 +335,7 @@ impl Network {
             bridge: IfName::builtin(DEFAULT_BRIDGE),
             ipv4: DEFAULT_ADDRESS.parse().ok(),
             ipv6: None,
+            ipv6_autoconfig: Autoconfig::Off,
             mtu: None,
             taps: Vec::new(),
             dhcp: None,

@@ -2,7 +2,7 @@
 //! one jump from a built-in chain, with rules as the exact text `iptables -S`
 //! prints, so that a listing can be compared with what should be there.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::plan::{Action, Chain, Family, Kind, Match, Plan, PortMapping, Rule};
 use crate::ifname::IfName;
@@ -118,7 +118,7 @@ pub fn forward_chain_name(bridge: &IfName) -> String {
 /// Every chain kvm-net may have made for `bridge`, whatever mode it had: what
 /// teardown removes, so that a mode changed in between leaves nothing behind.
 pub fn all_chains(bridge: &IfName) -> Vec<OwnChain> {
-    let v6_kinds = [Kind::Masquerade, Kind::Forward, Kind::Guard];
+    let v6_kinds = [Kind::Masquerade, Kind::Forward, Kind::Guard, Kind::Input, Kind::DnatIn, Kind::DnatLocal];
     let accepts = |family, kind, hook| {
         named_chain(family, kind, "filter", hook, &accept_chain_name(bridge, kind), bridge, Vec::new())
     };
@@ -130,6 +130,7 @@ pub fn all_chains(bridge: &IfName) -> Vec<OwnChain> {
             accepts(Family::V4, Kind::Forward, "FORWARD"),
             accepts(Family::V6, Kind::Forward, "FORWARD"),
             accepts(Family::V4, Kind::Input, "INPUT"),
+            accepts(Family::V6, Kind::Input, "INPUT"),
         ])
         .collect()
 }
@@ -193,7 +194,7 @@ fn position(condition: &Match) -> u8 {
         Match::Destination { .. } => 1,
         Match::InIface { .. } => 2,
         Match::OutIface { .. } => 3,
-        Match::Protocol { .. } | Match::SourcePort { .. } => 4,
+        Match::Protocol { .. } | Match::SourcePort { .. } | Match::Icmpv6 { .. } => 4,
         Match::LocalDestination => 5,
         Match::EstablishedOrRelated { .. } | Match::Dnat { .. } => 6,
     }
@@ -221,6 +222,7 @@ fn match_text(condition: &Match) -> String {
                 false => format!("-p {name} -m {name} --sport {}:{}", ports.first, ports.last),
             }
         }
+        Match::Icmpv6 { kind } => format!("-p ipv6-icmp -m icmp6 --icmpv6-type {kind}"),
         Match::EstablishedOrRelated { negate } => format!("-m conntrack {}--ctstate RELATED,ESTABLISHED", not(*negate)),
         Match::LocalDestination => "-m addrtype --dst-type LOCAL".to_owned(),
         Match::Dnat { negate } => format!("-m conntrack {}--ctstate DNAT", not(*negate)),
@@ -228,8 +230,13 @@ fn match_text(condition: &Match) -> String {
 }
 
 /// A port forward's target: `--to-destination IP[:PORT | :FIRST-LAST/BASE]`
-/// (DNAT revision 2's offset, which maps a range one to one).
-fn dnat_text(to: Ipv4Addr, ports: &PortMapping) -> String {
+/// (DNAT revision 2's offset, which maps a range one to one); an IPv6
+/// address in brackets before a port.
+fn dnat_text(to: IpAddr, ports: &PortMapping) -> String {
+    let to = match (to, ports) {
+        (IpAddr::V6(v6), PortMapping::To(_) | PortMapping::Shift { .. }) => format!("[{v6}]"),
+        _ => to.to_string(),
+    };
     match ports {
         PortMapping::Same => format!("-j DNAT --to-destination {to}"),
         PortMapping::To(port) => format!("-j DNAT --to-destination {to}:{port}"),
@@ -360,7 +367,7 @@ mod tests {
             ]
         );
         assert!(network_chains(&network(Mode::Bridged, None, None)).is_empty());
-        assert_eq!(all_chains(&Network::classic().bridge).len(), 13);
+        assert_eq!(all_chains(&Network::classic().bridge).len(), 17);
         let with_dhcp = Network {
             dhcp: Some(crate::config::model::Dhcp::defaults_for("10.0.0.1/24".parse().expect("net"))),
             ..Network::classic()
@@ -374,6 +381,22 @@ mod tests {
             mangle.rules,
             ["-o br0 -p udp -m udp --dport 68 -m comment --comment \"kvm-net:br0\" -j CHECKSUM --checksum-fill"]
         );
+    }
+
+    #[test]
+    fn ipv6_rules_read_as_ip6tables_prints_them() {
+        let guest: IpAddr = "fd00:60::10".parse().expect("an address");
+        assert_eq!(dnat_text(guest, &PortMapping::Same), "-j DNAT --to-destination fd00:60::10");
+        assert_eq!(dnat_text(guest, &PortMapping::To(22)), "-j DNAT --to-destination [fd00:60::10]:22");
+        let (from, to) = (
+            crate::ports::PortRange::parse("8000-8010").expect("a range"),
+            crate::ports::PortRange::parse("9000-9010").expect("a range"),
+        );
+        assert_eq!(
+            dnat_text(guest, &PortMapping::Shift { from, to }),
+            "-j DNAT --to-destination [fd00:60::10]:9000-9010/8000"
+        );
+        assert_eq!(match_text(&Match::Icmpv6 { kind: 133 }), "-p ipv6-icmp -m icmp6 --icmpv6-type 133");
     }
 
     #[test]

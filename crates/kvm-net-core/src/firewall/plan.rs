@@ -2,9 +2,9 @@
 //! per family and kind of chain. Each backend renders the same plan in its
 //! own form (iptables text, nf_tables expressions).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv6Network};
 
 use crate::config::model::{Forward, Mode, Network};
 use crate::ifname::IfName;
@@ -83,6 +83,8 @@ pub enum Match {
     Protocol { protocol: Protocol, destination_port: Option<PortRange> },
     /// Its transport protocol, and a source port in this range.
     SourcePort { protocol: Protocol, ports: PortRange },
+    /// An ICMPv6 message of this type (133: a router solicitation).
+    Icmpv6 { kind: u8 },
     /// Its connection is established or related (a reply, not a new connection).
     EstablishedOrRelated { negate: bool },
     /// It is addressed to one of the host's own addresses (the kernel's
@@ -130,8 +132,8 @@ pub enum Action {
     Masquerade { ports: Option<(u16, u16)> },
     /// Fill in its checksum (DHCP replies to vhost-net guests).
     ChecksumFill,
-    /// Send its connection to `to` (a port forward).
-    Dnat { to: Ipv4Addr, ports: PortMapping },
+    /// Send its connection to `to` (a port forward), of the chain's family.
+    Dnat { to: IpAddr, ports: PortMapping },
 }
 
 /// One rule: all matches, then the action.
@@ -217,14 +219,40 @@ pub fn plan(network: &Network) -> Plan {
     Plan { bridge: network.bridge.clone(), chains }
 }
 
+/// A port forward to a guest's address of one family.
+struct Forwarded<'a> {
+    forward: &'a Forward,
+    guest: IpAddr,
+}
+
+/// The network's port forwards that go to a guest's address of `family`:
+/// all of them in IPv4; in IPv6 those whose guest has an IPv6 address and
+/// that listen on every address of the host.
+fn forwards_of(network: &Network, family: Family) -> Vec<Forwarded<'_>> {
+    network
+        .forwards
+        .iter()
+        .filter_map(|forward| {
+            let guest = match family {
+                Family::V4 => Some(IpAddr::V4(forward.guest)),
+                // A forward to one IPv4 address of the host listens on no IPv6 one.
+                Family::V6 => forward.guest6.filter(|_| forward.host_address.is_none()).map(IpAddr::V6),
+            }?;
+            Some(Forwarded { forward, guest })
+        })
+        .collect()
+}
+
 /// A nat or routed network's chains for one of its subnets: masquerade
-/// (nat), forward, guard, and its port forwards (IPv4: their guests are
-/// IPv4 addresses).
+/// (nat), forward, guard, and its port forwards to guests' addresses of
+/// the subnet's family.
 fn forwarding_chains(network: &Network, subnet: IpNetwork, chains: &mut Vec<Chain>) {
     let bridge = &network.bridge;
     let family = Family::of(&subnet);
     let nat = network.mode == Mode::Nat;
-    let forwards = if family == Family::V4 { &network.forwards[..] } else { &[] };
+    let forwarded = forwards_of(network, family);
+    let forwards: Vec<Forward> = forwarded.iter().map(|f| f.forward.clone()).collect();
+    let forwards = &forwards[..];
     let mut masquerade: Vec<Rule> = forwards.first().map(|_| hairpin(subnet, bridge)).into_iter().collect();
     if nat {
         masquerade.extend(masquerade_rules(subnet, forwards));
@@ -238,19 +266,19 @@ fn forwarding_chains(network: &Network, subnet: IpNetwork, chains: &mut Vec<Chai
     if !network.isolate_guests {
         forward.push(rule(vec![in_iface(bridge), out_iface(bridge)], Action::Accept));
     }
-    forward.extend(forwards.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Accept)));
+    forward.extend(forwarded.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Accept)));
     let mut guard = isolation(network);
     if nat {
         // Closed to new connections from outside the bridge, as libvirt's
         // NAT networks are; replies pass, and exactly the connections a port
         // forward sent here.
-        guard.extend(forwards.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Return)));
+        guard.extend(forwarded.iter().map(|f| rule(forwarded_to_guest(f, bridge), Action::Return)));
         guard.push(rule(
             vec![not_in_iface(bridge), out_iface(bridge), Match::EstablishedOrRelated { negate: true }],
             Action::Drop,
         ));
     }
-    let dnat: Vec<Rule> = forwards.iter().map(dnat_rule).collect();
+    let dnat: Vec<Rule> = forwarded.iter().map(dnat_rule).collect();
     chains.extend([
         Chain { family, kind: Kind::Masquerade, rules: masquerade },
         Chain { family, kind: Kind::Forward, rules: forward },
@@ -279,21 +307,32 @@ fn isolated_chains(network: &Network, chains: &mut Vec<Chain>) {
 }
 
 /// DHCP (and DNS) from the bridge to the network's dnsmasq, and the
-/// checksums of its replies.
+/// checksums of its replies; in IPv6, router solicitations and DHCPv6
+/// where it advertises, and DNS to the bridge's IPv6 address.
 fn service_chains(network: &Network, chains: &mut Vec<Chain>) {
     let bridge = &network.bridge;
-    let Some(dhcp) = &network.dhcp else { return };
     let service = |protocol, port| {
         rule(
             vec![in_iface(bridge), Match::Protocol { protocol, destination_port: Some(PortRange::single(port)) }],
             Action::Accept,
         )
     };
-    let mut accept = vec![service(Protocol::Udp, 67)];
-    if dhcp.dns {
-        accept.push(service(Protocol::Udp, 53));
-        accept.push(service(Protocol::Tcp, 53));
+    let dns = network.dhcp.as_ref().is_some_and(|dhcp| dhcp.dns);
+    let dns_rules = || if dns { vec![service(Protocol::Udp, 53), service(Protocol::Tcp, 53)] } else { Vec::new() };
+    if network.ipv6.is_some() {
+        let mut accept = Vec::new();
+        if network.ipv6_autoconfig.advertises() {
+            accept.push(rule(vec![in_iface(bridge), Match::Icmpv6 { kind: ROUTER_SOLICITATION }], Action::Accept));
+            accept.push(service(Protocol::Udp, DHCPV6_SERVER));
+        }
+        accept.extend(dns_rules());
+        chains.push(Chain { family: Family::V6, kind: Kind::Input, rules: accept });
     }
+    if network.dhcp.is_none() {
+        return;
+    }
+    let mut accept = vec![service(Protocol::Udp, 67)];
+    accept.extend(dns_rules());
     let replies = Match::Protocol { protocol: Protocol::Udp, destination_port: Some(PortRange::single(68)) };
     chains.extend([
         Chain { family: Family::V4, kind: Kind::Input, rules: accept },
@@ -304,6 +343,11 @@ fn service_chains(network: &Network, chains: &mut Vec<Chain>) {
         },
     ]);
 }
+
+/// ICMPv6's router solicitation, which guests send to hurry the first advertisement.
+const ROUTER_SOLICITATION: u8 = 133;
+/// The port a DHCPv6 server listens on.
+const DHCPV6_SERVER: u16 = 547;
 
 /// With `isolate_guests`: guests routed to each other through the host are
 /// dropped (the bridge's port isolation stops them on the bridge itself),
@@ -318,9 +362,10 @@ fn isolation(network: &Network) -> Vec<Rule> {
 
 /// A port forward's connections on their way to the guest: to its address
 /// and ports, out of the bridge, sent there by the forward.
-fn forwarded_to_guest(forward: &Forward, bridge: &IfName) -> Vec<Match> {
+fn forwarded_to_guest(forwarded: &Forwarded<'_>, bridge: &IfName) -> Vec<Match> {
+    let forward = forwarded.forward;
     vec![
-        Match::Destination { net: IpNetwork::V4(forward.guest.into()), negate: false },
+        Match::Destination { net: IpNetwork::from(forwarded.guest), negate: false },
         out_iface(bridge),
         Match::Protocol { protocol: forward.protocol, destination_port: Some(forward.guest_ports) },
         Match::Dnat { negate: false },
@@ -329,11 +374,13 @@ fn forwarded_to_guest(forward: &Forward, bridge: &IfName) -> Vec<Match> {
 
 /// A port forward: connections to the host's own addresses (or to its
 /// `host_address`), never passing through to another host, and never to
-/// 127.0.0.0/8 (which a guest could not answer: see docs/firewall.md).
-fn dnat_rule(forward: &Forward) -> Rule {
-    let addressed = match forward.host_address {
-        Some(address) => Match::Destination { net: IpNetwork::V4(address.into()), negate: false },
-        None => Match::Destination { net: IpNetwork::V4(LOOPBACK), negate: true },
+/// the loopback addresses (which a guest could not answer: see docs/firewall.md).
+fn dnat_rule(forwarded: &Forwarded<'_>) -> Rule {
+    let forward = forwarded.forward;
+    let addressed = match (forward.host_address, forwarded.guest) {
+        (Some(address), _) => Match::Destination { net: IpNetwork::V4(address.into()), negate: false },
+        (None, IpAddr::V4(_)) => Match::Destination { net: IpNetwork::V4(LOOPBACK), negate: true },
+        (None, IpAddr::V6(_)) => Match::Destination { net: IpNetwork::V6(LOOPBACK6), negate: true },
     };
     rule(
         vec![
@@ -341,7 +388,7 @@ fn dnat_rule(forward: &Forward) -> Rule {
             addressed,
             Match::Protocol { protocol: forward.protocol, destination_port: Some(forward.host_ports) },
         ],
-        Action::Dnat { to: forward.guest, ports: PortMapping::of(forward) },
+        Action::Dnat { to: forwarded.guest, ports: PortMapping::of(forward) },
     )
 }
 
@@ -349,6 +396,12 @@ fn dnat_rule(forward: &Forward) -> Rule {
 const LOOPBACK: ipnetwork::Ipv4Network = match ipnetwork::Ipv4Network::new_checked(Ipv4Addr::new(127, 0, 0, 0), 8) {
     Some(net) => net,
     None => panic!("127.0.0.0/8 is a network"),
+};
+
+/// ::1/128.
+const LOOPBACK6: Ipv6Network = match Ipv6Network::new_checked(Ipv6Addr::LOCALHOST, 128) {
+    Some(net) => net,
+    None => panic!("::1/128 is a network"),
 };
 
 /// Hairpin: a guest's connection to the host's address that a port forward
@@ -451,6 +504,7 @@ mod tests {
             protocol: Protocol::Tcp,
             host_ports: PortRange::single(2222),
             guest: Ipv4Addr::new(192, 168, 100, 10),
+            guest6: None,
             guest_name: None,
             guest_ports: PortRange::single(22),
             host_address: None,
@@ -477,7 +531,7 @@ mod tests {
             let dnat = plan.chain(Family::V4, kind).expect("a dnat chain");
             assert_eq!(dnat.rules.len(), 1);
             assert!(dnat.rules[0].matches.contains(&Match::LocalDestination), "only to the host's own addresses");
-            assert_eq!(dnat.rules[0].action, Action::Dnat { to: ssh().guest, ports: PortMapping::To(22) });
+            assert_eq!(dnat.rules[0].action, Action::Dnat { to: IpAddr::V4(ssh().guest), ports: PortMapping::To(22) });
         }
         let masquerade = plan.chain(Family::V4, Kind::Masquerade).expect("masquerade");
         assert!(masquerade.rules[0].matches.contains(&Match::Dnat { negate: false }), "the hairpin comes first");
@@ -504,6 +558,67 @@ mod tests {
         let isolated = plan(&network(Mode::Isolated, true, Vec::new()));
         assert!(isolated.chain(Family::V4, Kind::Forward).is_none());
         assert_eq!(isolated.chain(Family::V6, Kind::Guard).map(|c| c.rules.len()), Some(3));
+    }
+
+    fn v6(mode: Mode, forwards: Vec<Forward>) -> Network {
+        Network {
+            ipv6: "fd00:60::1/64".parse().ok(),
+            ipv6_autoconfig: crate::config::model::Autoconfig::Slaac,
+            ..network(mode, false, forwards)
+        }
+    }
+
+    #[test]
+    fn an_ipv6_network_lets_solicitations_dhcpv6_and_dns_in_from_the_bridge() {
+        let plan = plan(&v6(Mode::Nat, Vec::new()));
+        let input = plan.chain(Family::V6, Kind::Input).expect("an IPv6 input chain");
+        let wanted: Vec<Vec<Match>> = vec![
+            vec![in_iface(&plan.bridge), Match::Icmpv6 { kind: 133 }],
+            vec![
+                in_iface(&plan.bridge),
+                Match::Protocol { protocol: Protocol::Udp, destination_port: Some(PortRange::single(547)) },
+            ],
+            vec![
+                in_iface(&plan.bridge),
+                Match::Protocol { protocol: Protocol::Udp, destination_port: Some(PortRange::single(53)) },
+            ],
+            vec![
+                in_iface(&plan.bridge),
+                Match::Protocol { protocol: Protocol::Tcp, destination_port: Some(PortRange::single(53)) },
+            ],
+        ];
+        assert_eq!(input.rules.iter().map(|r| r.matches.clone()).collect::<Vec<_>>(), wanted);
+        let quiet =
+            Network { ipv6_autoconfig: crate::config::model::Autoconfig::Off, dhcp: None, ..v6(Mode::Nat, Vec::new()) };
+        assert!(super::plan(&quiet).chain(Family::V6, Kind::Input).is_none(), "nothing served, nothing let in");
+    }
+
+    #[test]
+    fn a_forward_to_a_guest_with_an_ipv6_address_is_dnat66_with_its_exception() {
+        let guest6: Ipv6Addr = "fd00:60::10".parse().expect("an address");
+        let web = Forward { guest6: Some(guest6), ..ssh() };
+        for mode in [Mode::Nat, Mode::Routed] {
+            let plan = plan(&v6(mode, vec![web.clone(), ssh()]));
+            for kind in [Kind::DnatIn, Kind::DnatLocal] {
+                let dnat = plan.chain(Family::V6, kind).expect("an IPv6 dnat chain");
+                assert_eq!(dnat.rules.len(), 1, "only the forward whose guest has an IPv6 address");
+                assert_eq!(dnat.rules[0].action, Action::Dnat { to: IpAddr::V6(guest6), ports: PortMapping::To(22) });
+                assert!(dnat.rules[0]
+                    .matches
+                    .contains(&Match::Destination { net: IpNetwork::V6(LOOPBACK6), negate: true }));
+            }
+            let forward = plan.chain(Family::V6, Kind::Forward).expect("forward");
+            assert!(forward.rules.iter().any(|r| r
+                .matches
+                .contains(&Match::Destination { net: "fd00:60::10/128".parse().expect("a net"), negate: false })));
+        }
+        let nat = plan(&v6(Mode::Nat, vec![web]));
+        let guard = nat.chain(Family::V6, Kind::Guard).expect("guard");
+        assert_eq!(guard.rules.iter().map(|r| r.action.clone()).collect::<Vec<_>>(), [Action::Return, Action::Drop]);
+        let masquerade = nat.chain(Family::V6, Kind::Masquerade).expect("masquerade");
+        assert!(masquerade.rules[0].matches.contains(&Match::Dnat { negate: false }), "the hairpin comes first");
+        let only_v4 = Forward { guest6: Some(guest6), host_address: Some(Ipv4Addr::new(203, 0, 113, 1)), ..ssh() };
+        assert!(forwards_of(&v6(Mode::Nat, vec![only_v4]), Family::V6).is_empty());
     }
 
     #[test]

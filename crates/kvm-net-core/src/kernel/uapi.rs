@@ -19,6 +19,9 @@ pub const IFLA_TUN_GROUP: u16 = 2;
 pub const IFLA_TUN_VNET_HDR: u16 = 5;
 /// `NDA_MASTER` (linux/neighbour.h): musl's libc lacks it.
 pub const NDA_MASTER: u16 = 9;
+/// `IFA_F_PERMANENT` (linux/if_addr.h): an address set by hand, not
+/// learned (libc has it for Android only).
+pub const IFA_F_PERMANENT: u32 = 0x80;
 
 /// Reading C headers, for tests that check hand-typed numbers against
 /// them: `#define NAME VALUE` and enum members, with the simple
@@ -146,6 +149,7 @@ mod tests {
         }
         assert_eq!(header::numbers("linux/ipv6.h").get("DEVCONF_ACCEPT_RA"), Some(&(DEVCONF_ACCEPT_RA as i64)));
         assert_eq!(header::numbers("linux/neighbour.h").get("NDA_MASTER"), Some(&i64::from(NDA_MASTER)));
+        assert_eq!(header::numbers("linux/if_addr.h").get("IFA_F_PERMANENT"), Some(&i64::from(IFA_F_PERMANENT)));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::switch;
 use crate::switch::linux::{
     abandoned_bridges, create_managed_bridge, find_bridge, Marks, KEPT_UP_ALIAS, MANAGED_ALIAS,
 };
-use crate::trace::{trace, warn};
+use crate::trace::trace;
 
 /// What a managed bridge has besides the kernel's link: its firewall rules
 /// and its dnsmasq. Built from the bridge name alone, so that leftovers of a
@@ -83,6 +83,12 @@ fn all_of(steps: impl IntoIterator<Item = Result<()>>) -> Result<()> {
     }
 }
 
+/// Whether `network` needs a dnsmasq: for DHCP (and DNS), or to send
+/// router advertisements (`ipv6_autoconfig`).
+fn needs_dnsmasq(network: &Network) -> bool {
+    network.dhcp.is_some() || (network.ipv6.is_some() && network.ipv6_autoconfig.advertises())
+}
+
 /// A managed network being brought up: checked before its lock is taken.
 pub struct Bringup<'a> {
     network: &'a Network,
@@ -101,9 +107,9 @@ impl<'a> Bringup<'a> {
         if !network.mode.is_managed() {
             return Err(Error::wrong_helper(network, helpers));
         }
-        let dnsmasq_binary = match &network.dhcp {
-            Some(_) => Some(dnsmasq::find_binary().ok_or_else(|| Error::MissingDnsmasq(network.name.clone()))?),
-            None => None,
+        let dnsmasq_binary = match needs_dnsmasq(network) {
+            true => Some(dnsmasq::find_binary().ok_or_else(|| Error::MissingDnsmasq(network.name.clone()))?),
+            false => None,
         };
         let lease_hook = match (network.guest_spoofing, &network.dhcp) {
             (Spoofing::Deny, _) => Some(lease_hook::hook_path().with_context(|| {
@@ -176,22 +182,21 @@ impl<'a> Bringup<'a> {
             netlink.set_up(&bridge)?;
         }
         self.rules_whole(netlink, lock, &bridge)?;
-        match (&network.dhcp, &self.dnsmasq_binary) {
-            (Some(dhcp), Some(binary)) => self
+        match &self.dnsmasq_binary {
+            Some(binary) => self
                 .services
                 .dhcp_server
                 .ensure(
                     binary,
                     network,
-                    dhcp,
                     &Hooks {
                         lease_hook: self.lease_hook.as_deref(),
                         mac_only: network.guest_spoofing == Spoofing::Deny,
                     },
                 )
                 .with_context(|| format!("starting DHCP for network {} on {name}", network.name))?,
-            // DHCP turned off in the config since the server was started.
-            _ => self.services.dhcp_server.stop()?,
+            // DHCP and router advertisements turned off in the config since the server was started.
+            None => self.services.dhcp_server.stop()?,
         }
         // Last: the step most likely to fail (the firewall) is behind us, and
         // forwarding is a host-wide switch that is never undone.
@@ -201,8 +206,8 @@ impl<'a> Bringup<'a> {
             }
             if network.ipv6.is_some() {
                 for uplink in enable_ipv6_forwarding()? {
-                    warn(format_args!(
-                        "kvm-net: warning: IPv6 forwarding is now on, so {uplink} (accept_ra=1) ignores router advertisements; if it gets its address or route from them, set net.ipv6.conf.{uplink}.accept_ra=2"
+                    trace(format_args!(
+                        "net.ipv6.conf.{uplink}.accept_ra=2: it keeps taking router advertisements now that IPv6 forwarding is on"
                     ));
                 }
             }

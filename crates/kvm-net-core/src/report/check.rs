@@ -10,7 +10,7 @@ use crate::firewall::guests::{FilterState, GuestFilter};
 use crate::firewall::{self, firewalld, plan, Backend, Family, Hook, Kind, RuleState};
 use crate::kernel::listeners::listeners;
 use crate::kernel::netlink::{Link, Netlink};
-use crate::kernel::sysctl::read_small;
+use crate::kernel::sysctl::{deaf_to_advertisements, read_small};
 use crate::services::dnsmasq::Dnsmasq;
 use crate::switch::linux::abandoned_bridges;
 use crate::switch::{self, Switch};
@@ -504,8 +504,27 @@ fn check_forwarding(network: &Network, backend: Backend, findings: &mut Vec<Find
                 format!("run `kvm-net repair {name}`, or sysctl -w {key}=1"),
             ));
         }
+        if family == Family::V6 {
+            check_deaf_uplinks(network, findings)?;
+        }
         check_iptables_drops(network, family, Kind::Forward, backend, findings)?;
         check_foreign_drops(network, family, Hook::Forward, findings)?;
+    }
+    Ok(())
+}
+
+/// Interfaces that ignore router advertisements now that IPv6 forwarding
+/// is on (accept_ra=1) but hold an address or route one gave them: the
+/// host loses it when it expires.
+fn check_deaf_uplinks(network: &Network, findings: &mut Vec<Finding>) -> Result<()> {
+    for uplink in deaf_to_advertisements()? {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "uplink-ignores-ra",
+            Some(network),
+            format!("{uplink} has accept_ra=1 with IPv6 forwarding on: it ignores router advertisements, and loses the address or route it learned from them when it expires"),
+            format!("sysctl -w net.ipv6.conf.{uplink}.accept_ra=2 (and in /etc/sysctl.d, to keep it)"),
+        ));
     }
     Ok(())
 }

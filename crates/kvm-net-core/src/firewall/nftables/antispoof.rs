@@ -1206,6 +1206,7 @@ mod tests {
         dhcp.hosts.push(crate::config::model::StaticLease {
             mac: "52:54:00:00:00:10".into(),
             ip: Ipv4Addr::new(192, 168, 100, 10),
+            ipv6: None,
             name: Some("web1".into()),
             tap: glob::Pattern::new("web1-*").ok(),
         });

@@ -4,7 +4,7 @@
 //! unchanged rules from anything else in its chains.
 
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ipnetwork::IpNetwork;
@@ -137,6 +137,12 @@ fn match_expressions(condition: &Match) -> Vec<Expression> {
             cmp(Operator::GreatherThanEqual, ports.first.to_be_bytes().to_vec()),
             cmp(Operator::LessThanEqual, ports.last.to_be_bytes().to_vec()),
         ],
+        Match::Icmpv6 { kind } => vec![
+            meta(MetaKey::L4Proto),
+            cmp(Operator::Equal, vec![libc::IPPROTO_ICMPV6 as u8]),
+            payload(TRANSPORT_HEADER, 0, 1),
+            cmp(Operator::Equal, vec![*kind]),
+        ],
         Match::LocalDestination => vec![
             raw(
                 "fib",
@@ -203,11 +209,15 @@ fn load(register: Register, value: Vec<u8>) -> Expression {
 /// changes) into register 2, then `dnat`. A range mapped one to one looks
 /// the port up in an anonymous map (nft's `dnat to IP:FIRST-LAST` would be
 /// a pool: any port of the range).
-fn dnat_expressions(to: Ipv4Addr, ports: &PortMapping, maps: &mut Vec<AnonymousMap>) -> Vec<Expression> {
+fn dnat_expressions(to: IpAddr, ports: &PortMapping, maps: &mut Vec<AnonymousMap>) -> Vec<Expression> {
     let mut expressions = Vec::new();
+    let (family, address) = match to {
+        IpAddr::V4(v4) => (libc::NFPROTO_IPV4, v4.octets().to_vec()),
+        IpAddr::V6(v6) => (libc::NFPROTO_IPV6, v6.octets().to_vec()),
+    };
     let mut nat = vec![
         u32_attribute(NFTA_NAT_TYPE, libc::NFT_NAT_DNAT as u32),
-        u32_attribute(NFTA_NAT_FAMILY, libc::NFPROTO_IPV4 as u32),
+        u32_attribute(NFTA_NAT_FAMILY, family as u32),
         u32_attribute(NFTA_NAT_REG_ADDR_MIN, Register::Reg1.into()),
     ];
     match ports {
@@ -229,7 +239,7 @@ fn dnat_expressions(to: Ipv4Addr, ports: &PortMapping, maps: &mut Vec<AnonymousM
         nat.push(u32_attribute(NFTA_NAT_REG_PROTO_MIN, Register::Reg2.into()));
         nat.push(u32_attribute(NFTA_NAT_REG_PROTO_MAX, Register::Reg2.into()));
     }
-    expressions.push(load(Register::Reg1, to.octets().to_vec()));
+    expressions.push(load(Register::Reg1, address));
     expressions.push(raw("nat", nat));
     expressions
 }
@@ -384,7 +394,7 @@ mod tests {
         let (from, to) = (PortRange { first: 8000, last: 8002 }, PortRange { first: 9000, last: 9002 });
         let rule = Rule {
             matches: Vec::new(),
-            action: Action::Dnat { to: Ipv4Addr::new(192, 168, 100, 10), ports: PortMapping::Shift { from, to } },
+            action: Action::Dnat { to: IpAddr::from([192, 168, 100, 10]), ports: PortMapping::Shift { from, to } },
         };
         let expressions = rule_expressions(&rule, &mut maps);
         assert_eq!(maps.len(), 1);

@@ -251,6 +251,26 @@ fn ipv6_guest_reaches_upstream_through_nat66() {
 }
 
 #[test]
+fn an_ipv6_guest_configures_itself_from_the_networks_advertisements_and_reaches_upstream_over_nat66() {
+    let config = ConfigFile::new(
+        "[network.default]\nmode = \"nat\"\nbridge = \"br0\"\nipv4 = \"192.168.100.1/24\"\nipv6 = \"fd6b:766e::1/64\"\nguest_spoofing = \"deny\"\n",
+    );
+    let lab = Lab::new();
+    let server = UpstreamServer::start(&lab.upstream, UPSTREAM6);
+    let spec = VmSpec::new("slaac", "vmtap7", 7)
+        .order("slaac", "1")
+        .order("ping", "fd6b:766e::1")
+        .order("tcp6", format!("{UPSTREAM6}:{}", server.port()))
+        .env("KVM_NET_CONFIG", config.path());
+    let run = Vm::start(&lab.host, &spec).wait(BOOT);
+    run.assert_passed(&["link", "slaac", "ping:fd6b:766e::1", "tcp6"]);
+    let said = run.result("slaac").map(|(_, detail)| detail).unwrap_or_default();
+    assert!(said.starts_with("fd6b:766e:") && said.contains(" via fe80::"), "{said}");
+    assert_eq!(server.seen().first().map(|s| s.peer), Some(HOST_UPLINK6.into()), "NAT66");
+    assert_no_nat_network(&lab.host, "br0");
+}
+
+#[test]
 fn dhcp_guests_get_a_lease_a_fixed_address_and_a_name() {
     let config = ConfigFile::new(
         r#"

@@ -1,7 +1,7 @@
-//! Frames a hostile guest crafts: Ethernet with any source MAC, IPv4 with
-//! any source address (TCP SYN, ICMP echo, UDP), ARP replies, IPv6 router
-//! advertisements, sent as they are through an `AF_PACKET` socket from
-//! inside the guest's namespace.
+//! Frames a hostile guest crafts: Ethernet with any source MAC, IPv4 and
+//! IPv6 with any source address (TCP SYN, ICMP echo, UDP), ARP replies,
+//! IPv6 router and neighbour advertisements, sent as they are through an
+//! `AF_PACKET` socket from inside the guest's namespace.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -114,35 +114,81 @@ pub fn arp_reply(sender_mac: Mac, sender_ip: Ipv4Addr, target_mac: Mac, target_i
     arp
 }
 
+/// An IPv6 packet (no extension headers) with hop limit `hops`.
+pub fn ipv6(source: Ipv6Addr, destination: Ipv6Addr, next_header: u8, hops: u8, payload: &[u8]) -> Vec<u8> {
+    let mut header = vec![0x60, 0, 0, 0];
+    header.extend(u16::try_from(payload.len()).expect("a small packet").to_be_bytes());
+    header.extend([next_header, hops]);
+    header.extend(source.octets());
+    header.extend(destination.octets());
+    [header, payload.to_vec()].concat()
+}
+
+/// The checksum of an upper-layer message over IPv6 (its pseudo-header),
+/// written into `message` at `at`.
+fn checksum6(source: Ipv6Addr, destination: Ipv6Addr, next_header: u8, message: &mut [u8], at: usize) {
+    let mut pseudo = [source.octets(), destination.octets()].concat();
+    pseudo.extend(u32::try_from(message.len()).expect("small").to_be_bytes());
+    pseudo.extend([0, 0, 0, next_header]);
+    let sum = checksum(&[pseudo, message.to_vec()].concat());
+    message[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// An ICMPv6 message (type, code, then `body`) in an IPv6 packet with hop
+/// limit 255 (what neighbour discovery requires), its checksum filled in.
+pub fn icmpv6(source: Ipv6Addr, destination: Ipv6Addr, kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = [vec![kind, 0, 0, 0], body.to_vec()].concat();
+    checksum6(source, destination, 58, &mut message, 2);
+    ipv6(source, destination, 58, 255, &message)
+}
+
+/// A TCP SYN over IPv6.
+pub fn tcp_syn6(source: Ipv6Addr, destination: Ipv6Addr, source_port: u16, destination_port: u16) -> Vec<u8> {
+    let mut segment = Vec::new();
+    segment.extend(source_port.to_be_bytes());
+    segment.extend(destination_port.to_be_bytes());
+    segment.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    checksum6(source, destination, 6, &mut segment, 16);
+    ipv6(source, destination, 6, 64, &segment)
+}
+
+/// An ICMPv6 echo request with identifier `id`.
+pub fn echo6(source: Ipv6Addr, destination: Ipv6Addr, id: u16) -> Vec<u8> {
+    let mut body = id.to_be_bytes().to_vec();
+    body.extend(1u16.to_be_bytes());
+    body.extend(b"kvm-net spoof test");
+    icmpv6(source, destination, 128, &body)
+}
+
+/// An unsolicited neighbour advertisement (override set) from `source` to
+/// all nodes: `target` is at `mac`.
+pub fn neighbour_advertisement(source_mac: Mac, source: Ipv6Addr, target: Ipv6Addr, mac: Mac) -> Vec<u8> {
+    let all_nodes: Ipv6Addr = "ff02::1".parse().expect("an address");
+    let mut body = vec![0x20, 0, 0, 0];
+    body.extend(target.octets());
+    // Target link-layer address option.
+    body.extend([2, 1]);
+    body.extend(mac);
+    ethernet([0x33, 0x33, 0, 0, 0, 1], source_mac, 0x86dd, &icmpv6(source, all_nodes, 136, &body))
+}
+
 /// An IPv6 router advertisement from `source` (link-local), offering
 /// `prefix`/64 for autoconfiguration and itself as the default router.
 pub fn router_advertisement(source_mac: Mac, source: Ipv6Addr, prefix: Ipv6Addr) -> Vec<u8> {
     let all_nodes: Ipv6Addr = "ff02::1".parse().expect("an address");
-    let mut message = vec![134, 0, 0, 0, 64, 0];
-    message.extend(1800u16.to_be_bytes());
-    message.extend([0u8; 8]);
+    let mut body = vec![64, 0];
+    body.extend(1800u16.to_be_bytes());
+    body.extend([0u8; 8]);
     // Source link-layer address option.
-    message.extend([1, 1]);
-    message.extend(source_mac);
+    body.extend([1, 1]);
+    body.extend(source_mac);
     // Prefix information: on-link and autonomous, valid and preferred for an hour.
-    message.extend([3, 4, 64, 0xc0]);
-    message.extend(3600u32.to_be_bytes());
-    message.extend(3600u32.to_be_bytes());
-    message.extend([0u8; 4]);
-    message.extend(prefix.octets());
-    let length = u32::try_from(message.len()).expect("small");
-    let mut pseudo = [source.octets(), all_nodes.octets()].concat();
-    pseudo.extend(length.to_be_bytes());
-    pseudo.extend([0, 0, 0, 58]);
-    let sum = checksum(&[pseudo, message.clone()].concat());
-    message[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut header = vec![0x60, 0, 0, 0];
-    header.extend(u16::try_from(message.len()).expect("small").to_be_bytes());
-    header.extend([58, 255]);
-    header.extend(source.octets());
-    header.extend(all_nodes.octets());
-    let payload = [header, message].concat();
-    ethernet([0x33, 0x33, 0, 0, 0, 1], source_mac, 0x86dd, &payload)
+    body.extend([3, 4, 64, 0xc0]);
+    body.extend(3600u32.to_be_bytes());
+    body.extend(3600u32.to_be_bytes());
+    body.extend([0u8; 4]);
+    body.extend(prefix.octets());
+    ethernet([0x33, 0x33, 0, 0, 0, 1], source_mac, 0x86dd, &icmpv6(source, all_nodes, 134, &body))
 }
 
 /// Sends `frame`, as it is, out of `ifname` in `ns`.

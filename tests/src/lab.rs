@@ -59,6 +59,127 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// A guest namespace on `host_end` that configures IPv6 itself, as a
+    /// VM does: it takes router advertisements (`accept_ra=2`, whatever its
+    /// forwarding), probes each address before it uses it (duplicate
+    /// address detection), and has MAC `mac` if given. No IPv4 address.
+    pub fn autoconf_guest(&self, host_end: &str, mac: Option<&str>) -> Netns {
+        let guest = Netns::new();
+        self.host.ok(&["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0"]);
+        self.host.move_link("eth0", &guest);
+        let mac = mac.map_or(String::new(), |mac| format!("ip link set eth0 address {mac}; "));
+        guest.sh(&format!("{mac}echo 2 > /proc/sys/net/ipv6/conf/eth0/accept_ra; ip link set eth0 up"));
+        guest
+    }
+}
+
+/// The global IPv6 addresses on `guest`'s eth0 (not tentative).
+pub fn global6(guest: &Netns) -> Vec<Ipv6Addr> {
+    let listing = guest.ok(&["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global", "-tentative"]);
+    listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().skip_while(|w| *w != "inet6").nth(1))
+        .filter_map(|address| address.split('/').next()?.parse().ok())
+        .collect()
+}
+
+/// Waits (up to 10 s: router advertisements come at once on a solicitation)
+/// for `guest` to hold a global IPv6 address and, if `routed`, a default
+/// route; the first address.
+pub fn autoconfigured(guest: &Netns, routed: bool) -> Option<Ipv6Addr> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let route = guest.ok(&["ip", "-6", "route", "show", "default"]);
+        if let Some(address) = global6(guest).first().copied().filter(|_| !routed || !route.trim().is_empty()) {
+            return Some(address);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether `guest`'s eth0 has a link-local address past duplicate address
+/// detection, waiting up to 5 s for it.
+fn link_local_ready(guest: &Netns) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while guest.ok(&["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link", "-tentative"]).trim().is_empty()
+    {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// What a router advertisement `guest` solicits on eth0 says, as rdisc6
+/// prints it (empty: none came in 3 s).
+pub fn solicit(guest: &Netns) -> String {
+    // A solicitation goes from the link-local address, once it is no longer tentative.
+    if !link_local_ready(guest) {
+        return String::new();
+    }
+    let out = guest.output(&["rdisc6", "-1", "-r", "3", "-w", "1000", "eth0"]);
+    match out.status.success() {
+        true => String::from_utf8_lossy(&out.stdout).into_owned(),
+        false => String::new(),
+    }
+}
+
+/// Asks for a DHCPv6 lease from inside `guest` (ISC dhclient, its files in
+/// the scratch directory, a script that only adds the address); the
+/// address leased. The client stops then (the address stays, leased).
+pub fn dhcpv6_lease(guest: &Netns, name: &str) -> Option<Ipv6Addr> {
+    // dhclient gives up on an interface whose link-local address is still tentative.
+    if !link_local_ready(guest) {
+        return None;
+    }
+    let dir = crate::run::ConfigFile::scratch_dir().join(format!("dhclient-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dhclient's directory");
+    let script = dir.join("script");
+    let said = dir.join("said");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$reason\" in BOUND6|RENEW6|REBIND6|REBOOT6)\n  ip -6 addr replace \"$new_ip6_address/$new_ip6_prefixlen\" dev \"$interface\" nodad\n  echo \"$new_ip6_address\" >> {}\nesac\nexit 0\n",
+            said.display()
+        ),
+    )
+    .expect("dhclient script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let path = |file: &str| dir.join(file).to_str().expect("UTF-8 path").to_owned();
+    let (leases, pid, script) = (path("leases"), path("pid"), path("script"));
+    let mut client = guest
+        .cmd("dhclient")
+        .args(["-6", "-d", "-1", "-lf", &leases, "-pf", &pid, "-sf", &script, "eth0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).expect("dhclient's log"))
+        .spawn()
+        .expect("dhclient (apt-get install isc-dhcp-client)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut leased = None;
+    while leased.is_none() && std::time::Instant::now() < deadline {
+        leased = std::fs::read_to_string(&said).ok().and_then(|t| t.lines().last()?.trim().parse().ok());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    leased
+}
+
+/// The IPv6 address the DNS server at `server` answers for `name` (AAAA),
+/// asked from inside `ns`.
+pub fn resolve6(ns: &Netns, name: &str, server: IpAddr) -> Option<Ipv6Addr> {
+    let out = ns.output(&["busybox", "nslookup", "-type=aaaa", name, &server.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let answer = text.split_once(&format!("Name:\t{name}"))?.1;
+    answer.lines().find_map(|l| l.strip_prefix("Address: ")).and_then(|a| a.trim().parse().ok())
+}
+
 impl Default for Lab {
     fn default() -> Self {
         Self::new()

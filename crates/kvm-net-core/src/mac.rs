@@ -18,6 +18,16 @@ pub fn show(mac: &Mac) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// The link-local IPv6 address the kernel gives an interface with this MAC
+/// (`addr_gen_mode` eui64, its default): fe80::/64 and the modified EUI-64.
+pub fn link_local(mac: &Mac) -> std::net::Ipv6Addr {
+    let [a, b, c, d, e, f] = *mac;
+    let mut octets = [0u8; 16];
+    octets[..2].copy_from_slice(&[0xfe, 0x80]);
+    octets[8..].copy_from_slice(&[a ^ 0x02, b, c, 0xff, 0xfe, d, e, f]);
+    std::net::Ipv6Addr::from(octets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,5 +42,11 @@ mod tests {
         {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_link_local_address_is_the_kernels_eui64() {
+        let address = link_local(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(address.to_string(), "fe80::5054:ff:fe12:3456");
     }
 }

@@ -7,11 +7,12 @@
 //! plan: `nftables/antispoof.rs`) is this folder's business.
 //!
 //! What it does today: `guest_spoofing = "deny"` (a port locked to its
-//! MAC, IPv4 and ARP only from its lease, DHCP only about its own MAC, no
-//! server replies or router advertisements) and `dhcp.hosts` reservations
-//! for taps. Per-guest IPv6 bindings and per-port limits belong here too.
+//! MAC, IPv4 and ARP only from its lease, DHCP only about its own MAC,
+//! IPv6 only from addresses it holds first come first served or leased,
+//! no server replies or router advertisements) and `dhcp.hosts`
+//! reservations for taps. Per-port limits belong here too.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::{anyhow, Result};
 
@@ -67,10 +68,11 @@ impl GuestFilter {
 
     /// Makes the filter what the config asks for, with `ports` (the
     /// bridge's ports now) admitted and nothing left of ports that are gone;
-    /// removes a filter the config no longer asks for.
-    pub fn ensure(&self, ports: &[String]) -> Result<()> {
+    /// removes a filter the config no longer asks for. `link_local`: the
+    /// bridge's link-local addresses, which no guest may use either.
+    pub fn ensure(&self, ports: &[String], link_local: &[Ipv6Addr]) -> Result<()> {
         match &self.policy {
-            Some(policy) => antispoof::ensure(&self.bridge, policy, ports),
+            Some(policy) => antispoof::ensure(&self.bridge, &policy.clone().with_own(link_local), ports),
             None if self.is_present()? => antispoof::remove(&self.bridge),
             None => Ok(()),
         }
@@ -110,10 +112,10 @@ impl GuestFilter {
         antispoof::release_departed(&self.bridge, present)
     }
 
-    /// Binds a lease (`ip` to `mac`) to the port the filter locked `mac`
-    /// to: never to one the lease's words point at, nor to one the bridge
-    /// merely learned it behind (any frame teaches the bridge).
-    pub fn bind(&self, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
+    /// Binds a lease (`ip` to `mac`, DHCP or DHCPv6) to the port the filter
+    /// locked `mac` to: never to one the lease's words point at, nor to one
+    /// the bridge merely learned it behind (any frame teaches the bridge).
+    pub fn bind(&self, mac: &Mac, ip: IpAddr) -> Result<()> {
         let bridge = &self.bridge;
         match antispoof::port_holding(bridge, mac)? {
             Some(port) if antispoof::admits(bridge, &port)? => antispoof::bind(bridge, &port, mac, ip),
@@ -122,7 +124,7 @@ impl GuestFilter {
     }
 
     /// Unbinds a lease that ended, wherever it is bound.
-    pub fn unbind(&self, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
+    pub fn unbind(&self, mac: &Mac, ip: IpAddr) -> Result<()> {
         antispoof::unbind(&self.bridge, mac, ip)
     }
 

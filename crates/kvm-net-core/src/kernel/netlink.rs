@@ -54,6 +54,8 @@ pub struct Link {
     /// Its IPv6 `accept_ra` setting, as the link's own answer carries it
     /// (`None` without IPv6): no read of /proc/sys needed to know it is off.
     pub accept_ra: Option<i32>,
+    /// Its IPv6 `accept_dad` setting, from the same answer.
+    pub accept_dad: Option<i32>,
 }
 
 /// What the kernel says of a tun/tap device: who may open it without
@@ -84,6 +86,7 @@ impl Link {
             tun: None,
             isolated: false,
             accept_ra: None,
+            accept_dad: None,
         };
         for (kind, value) in attributes(body.get(IFINFOMSG..).unwrap_or_default()) {
             match kind {
@@ -96,9 +99,13 @@ impl Link {
                     // IPv6's per-link settings: an array of i32 indexed by DEVCONF_*.
                     let settings = attribute(value, libc::AF_INET6 as u16)
                         .and_then(|inet6| attribute(inet6, uapi::IFLA_INET6_CONF));
-                    link.accept_ra = settings
-                        .and_then(|conf| conf.get(uapi::DEVCONF_ACCEPT_RA * 4..uapi::DEVCONF_ACCEPT_RA * 4 + 4))
-                        .map(|bytes| i32::from_ne_bytes(word(bytes)));
+                    let setting = |index: usize| {
+                        settings
+                            .and_then(|conf| conf.get(index * 4..index * 4 + 4))
+                            .map(|bytes| i32::from_ne_bytes(word(bytes)))
+                    };
+                    link.accept_ra = setting(uapi::DEVCONF_ACCEPT_RA);
+                    link.accept_dad = setting(uapi::DEVCONF_ACCEPT_DAD);
                 }
                 libc::IFLA_LINKINFO => {
                     link.kind = attribute(value, libc::IFLA_INFO_KIND).and_then(string).map(str::to_owned);

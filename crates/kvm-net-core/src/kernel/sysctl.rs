@@ -117,6 +117,19 @@ fn autoconfigured_address(line: &str) -> Option<&str> {
     (scope == 0 && flags & IFA_F_PERMANENT == 0).then_some(*dev)
 }
 
+/// Gives a bridge its link-local address without duplicate address
+/// detection: the address it sends router advertisements from is usable
+/// the moment its first port brings its carrier up (until then dnsmasq
+/// answers from a global address, which guests must ignore), and no guest
+/// can take it by answering the detection first.
+pub fn disable_dad(bridge: &IfName) -> Result<()> {
+    let path = format!("{IPV6_CONF}/{bridge}/accept_dad");
+    if !Path::new(&path).exists() {
+        return Ok(());
+    }
+    ensure(&path, "0", "turning off duplicate address detection on the bridge").map(drop)
+}
+
 /// Stops a bridge from configuring itself from router advertisements that
 /// guests send; a no-op where IPv6 is off.
 pub fn disable_accept_ra(bridge: &IfName) -> Result<()> {

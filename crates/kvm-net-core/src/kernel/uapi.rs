@@ -8,6 +8,8 @@
 pub const IFLA_INET6_CONF: u16 = 2;
 /// `DEVCONF_ACCEPT_RA` (linux/ipv6.h): `accept_ra`'s place in those settings.
 pub const DEVCONF_ACCEPT_RA: usize = 3;
+/// `DEVCONF_ACCEPT_DAD` (linux/ipv6.h): `accept_dad`'s.
+pub const DEVCONF_ACCEPT_DAD: usize = 27;
 /// `IFLA_BRPORT_ISOLATED` (linux/if_link.h): the port may talk to the
 /// bridge and to ports that are not isolated, never to another isolated port.
 pub const IFLA_BRPORT_ISOLATED: u16 = 33;
@@ -147,7 +149,9 @@ mod tests {
         ] {
             assert_eq!(link.get(name), Some(&value), "{name}");
         }
-        assert_eq!(header::numbers("linux/ipv6.h").get("DEVCONF_ACCEPT_RA"), Some(&(DEVCONF_ACCEPT_RA as i64)));
+        let ipv6 = header::numbers("linux/ipv6.h");
+        assert_eq!(ipv6.get("DEVCONF_ACCEPT_RA"), Some(&(DEVCONF_ACCEPT_RA as i64)));
+        assert_eq!(ipv6.get("DEVCONF_ACCEPT_DAD"), Some(&(DEVCONF_ACCEPT_DAD as i64)));
         assert_eq!(header::numbers("linux/neighbour.h").get("NDA_MASTER"), Some(&i64::from(NDA_MASTER)));
         assert_eq!(header::numbers("linux/if_addr.h").get("IFA_F_PERMANENT"), Some(&i64::from(IFA_F_PERMANENT)));
     }

@@ -1,5 +1,6 @@
 //! `kvm-net-lease`: the script the dnsmasq of a kvm-net network runs for
-//! each lease (`--dhcp-script`: `add|old|del MAC IP [NAME]`). It binds the
+//! each lease (`--dhcp-script`: `add|old|del MAC IP [NAME]`; for a DHCPv6
+//! lease `add|old|del DUID IPV6 [NAME]`, the MAC in `DNSMASQ_MAC`). It binds the
 //! leased address to the port the guest sends from, or unbinds it, where
 //! the network has a guest filter (`guest_spoofing = "deny"`); and it
 //! publishes the host name the guest sent, where the network may have it
@@ -12,7 +13,7 @@
 //!
 //! Also here: where that program is installed ([`hook_path`]).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,24 +66,33 @@ pub fn hook_path() -> Result<PathBuf> {
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
     /// Given or renewed (`add`, `old`): bind it.
-    Bound { mac: Mac, ip: Ipv4Addr },
+    Bound { mac: Mac, ip: IpAddr },
     /// Released or expired (`del`): unbind it.
-    Gone { mac: Mac, ip: Ipv4Addr },
+    Gone { mac: Mac, ip: IpAddr },
     /// Anything else dnsmasq tells a script (`init`, `tftp`, `arp-add`, ...).
     Other,
 }
 
-fn parse(args: &[String]) -> Result<Event> {
-    let (action, mac, ip) = match args {
-        [action, mac, ip, ..] => (action.as_str(), mac, ip),
+/// A lease event from dnsmasq's arguments; `mac6`: `DNSMASQ_MAC`, which
+/// names the client of a DHCPv6 lease (whose second argument is a DUID).
+fn parse(args: &[String], mac6: Option<&str>) -> Result<Event> {
+    let (action, client, ip) = match args {
+        [action, client, ip, ..] => (action.as_str(), client, ip),
         _ => return Ok(Event::Other),
     };
     if !matches!(action, "add" | "old" | "del") {
         return Ok(Event::Other);
     }
+    let ip: IpAddr = ip.parse().map_err(|_| anyhow!("{ip:?} is not an IP address"))?;
+    let mac = match ip {
+        IpAddr::V4(_) => client.as_str(),
+        // A client dnsmasq knows no MAC of is none kvm-net can find a port for.
+        IpAddr::V6(_) => match mac6 {
+            Some(mac) => mac,
+            None => return Ok(Event::Other),
+        },
+    };
     let mac = mac::parse(mac).ok_or_else(|| anyhow!("{mac:?} is not a MAC address"))?;
-    // An IPv6 lease (DHCPv6) is no business of the IPv4 binding.
-    let Ok(ip) = ip.parse::<Ipv4Addr>() else { return Ok(Event::Other) };
     Ok(if action == "del" { Event::Gone { mac, ip } } else { Event::Bound { mac, ip } })
 }
 
@@ -102,9 +112,9 @@ fn bridge_of_parent() -> Result<IfName> {
         .ok_or_else(|| anyhow!("dnsmasq's config {tag:?} is not for a bridge of this network namespace"))
 }
 
-fn run(args: &[String], supplied_name: Option<&str>) -> Result<()> {
+fn run(args: &[String], supplied_name: Option<&str>, mac6: Option<&str>) -> Result<()> {
     crate::security::privilege::keep_only_network_admin()?;
-    let event = parse(args)?;
+    let event = parse(args, mac6)?;
     if event == Event::Other {
         return Ok(());
     }
@@ -118,7 +128,8 @@ fn run(args: &[String], supplied_name: Option<&str>) -> Result<()> {
             if filtered {
                 filter.bind(&mac, ip)?;
             }
-            if let Some(dir) = &dir {
+            // Guests' own names are published for their IPv4 lease.
+            if let (Some(dir), IpAddr::V4(ip)) = (&dir, ip) {
                 match names::on_lease(dir, &mac, ip, supplied_name)? {
                     Outcome::Refused(why) => crate::trace::warn(format_args!(
                         "{NAME}: {}'s host name is not published: {why}",
@@ -130,7 +141,7 @@ fn run(args: &[String], supplied_name: Option<&str>) -> Result<()> {
             Ok(())
         }
         Event::Gone { mac, ip } => {
-            if let Some(dir) = &dir {
+            if let (Some(dir), IpAddr::V4(ip)) = (&dir, ip) {
                 names::on_release(dir, &mac, ip)?;
             }
             if filtered {
@@ -147,7 +158,8 @@ pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The name the guest sent, as dnsmasq (run as root, our parent) passes it.
     let supplied_name = std::env::var("DNSMASQ_SUPPLIED_HOSTNAME").ok();
-    match run(&args, supplied_name.as_deref()) {
+    let mac6 = std::env::var("DNSMASQ_MAC").ok();
+    match run(&args, supplied_name.as_deref(), mac6.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             crate::trace::warn(format_args!("{NAME}: {err:#}"));
@@ -167,17 +179,31 @@ mod tests {
     #[test]
     fn reads_dnsmasqs_lease_events() {
         let mac = [0x52, 0x54, 0, 0, 0, 0x10];
-        let ip = Ipv4Addr::new(192, 168, 100, 10);
+        let ip = IpAddr::from([192, 168, 100, 10]);
         for action in ["add", "old"] {
             assert_eq!(
-                parse(&args(&[action, "52:54:00:00:00:10", "192.168.100.10", "web1"])).ok(),
+                parse(&args(&[action, "52:54:00:00:00:10", "192.168.100.10", "web1"]), None).ok(),
                 Some(Event::Bound { mac, ip })
             );
         }
-        assert_eq!(parse(&args(&["del", "52:54:00:00:00:10", "192.168.100.10"])).ok(), Some(Event::Gone { mac, ip }));
-        assert_eq!(parse(&args(&["init"])).ok(), Some(Event::Other));
-        assert_eq!(parse(&args(&["add", "52:54:00:00:00:10", "fd00::10"])).ok(), Some(Event::Other));
-        assert!(parse(&args(&["add", "52:54:00:00:00:1", "192.168.100.10"])).is_err());
-        assert!(parse(&args(&["add", "52:54:00:00:00:10:11", "192.168.100.10"])).is_err());
+        assert_eq!(
+            parse(&args(&["del", "52:54:00:00:00:10", "192.168.100.10"]), None).ok(),
+            Some(Event::Gone { mac, ip })
+        );
+        assert_eq!(parse(&args(&["init"]), None).ok(), Some(Event::Other));
+        assert!(parse(&args(&["add", "52:54:00:00:00:1", "192.168.100.10"]), None).is_err());
+        assert!(parse(&args(&["add", "52:54:00:00:00:10:11", "192.168.100.10"]), None).is_err());
+    }
+
+    #[test]
+    fn a_dhcpv6_lease_is_the_client_dnsmasq_names_by_its_mac() {
+        let duid = "00:01:00:01:2c:aa:bb:cc:52:54:00:00:00:10";
+        let ip: IpAddr = "fd00:60::1000".parse().expect("an address");
+        assert_eq!(
+            parse(&args(&["add", duid, "fd00:60::1000"]), Some("52:54:00:00:00:10")).ok(),
+            Some(Event::Bound { mac: [0x52, 0x54, 0, 0, 0, 0x10], ip })
+        );
+        assert_eq!(parse(&args(&["add", duid, "fd00:60::1000"]), None).ok(), Some(Event::Other), "no MAC, no port");
+        assert!(parse(&args(&["add", duid, "fd00:60::1000"]), Some("x")).is_err());
     }
 }

@@ -2,9 +2,11 @@
 //! forwarding, rules, dnsmasq) and tearing it down, under the bridge's lock.
 //! The helpers, `kvm-net up/down` and `kvm-net gc` all go through here.
 
+use std::net::Ipv6Addr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
+use ipnetwork::IpNetwork;
 
 use crate::config::model::{Config, Network, Spoofing};
 use crate::error::Error;
@@ -12,7 +14,8 @@ use crate::firewall::guests::GuestFilter;
 use crate::firewall::{self, firewalld, plan, Backend, Firewall};
 use crate::ifname::IfName;
 use crate::kernel::netlink::{has_port_besides, Link, Netlink};
-use crate::kernel::sysctl::{disable_accept_ra, enable_ipv4_forwarding, enable_ipv6_forwarding};
+use crate::kernel::sysctl::{disable_accept_ra, disable_dad, enable_ipv4_forwarding, enable_ipv6_forwarding};
+use crate::mac;
 use crate::ops::lease_hook;
 use crate::ops::warm::{fingerprint, Record};
 use crate::security::lock::BridgeLock;
@@ -178,6 +181,9 @@ impl<'a> Bringup<'a> {
         if bridge.accept_ra != Some(0) {
             disable_accept_ra(name)?;
         }
+        if network.ipv6.is_some() && bridge.accept_dad != Some(0) {
+            disable_dad(name)?;
+        }
         if !bridge.up {
             netlink.set_up(&bridge)?;
         }
@@ -253,7 +259,11 @@ impl Bringup<'_> {
             true => netlink.ports_of(bridge)?.into_iter().map(|port| port.name).collect(),
             false => Vec::new(),
         };
-        guest_filter.ensure(&ports)?;
+        let link_local = match guest_filter.is_asked_for() {
+            true => link_local_of(netlink, bridge)?,
+            false => Vec::new(),
+        };
+        guest_filter.ensure(&ports, &link_local)?;
         if let Some(record) = record {
             if firewall::generation() == Some(record.generation) {
                 trace(format_args!("rules of {name} whole at generation {}", record.generation));
@@ -262,6 +272,20 @@ impl Bringup<'_> {
         }
         Ok(())
     }
+}
+
+/// The bridge's link-local IPv6 addresses: the one its MAC gives it
+/// (which it takes once a port brings its carrier up), and any it has.
+fn link_local_of(netlink: &mut Netlink, bridge: &Link) -> Result<Vec<Ipv6Addr>> {
+    let mut found: Vec<Ipv6Addr> = bridge.mac.iter().map(mac::link_local).collect();
+    for address in netlink.addresses_of(bridge)? {
+        if let IpNetwork::V6(v6) = address {
+            if v6.ip().is_unicast_link_local() && !found.contains(&v6.ip()) {
+                found.push(v6.ip());
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn create_bridge(netlink: &mut Netlink, network: &Network) -> Result<Link> {

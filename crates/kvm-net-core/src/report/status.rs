@@ -140,6 +140,9 @@ pub struct PortStatus {
     pub bound_mac: Option<String>,
     /// The address the guest filter lets it send from (its lease).
     pub bound_address: Option<String>,
+    /// The IPv6 addresses the guest filter holds for it (claimed by use,
+    /// first come first served, or leased by DHCPv6).
+    pub bound_ipv6: Vec<String>,
     /// An OVS port's `external_ids:iface-id` (`null` on a Linux bridge).
     pub iface_id: Option<String>,
     /// Whether OVN reports an OVS port's flows installed
@@ -285,6 +288,11 @@ fn port_status(port: PortReport, holders: &HashMap<String, (u32, String)>, bound
         isolated: port.isolated,
         bound_mac: binding.map(|b| mac::show(&b.mac)),
         bound_address: binding.and_then(|b| b.ip).map(|ip| ip.to_string()),
+        bound_ipv6: bound
+            .iter()
+            .filter(|b| b.port == port.name)
+            .flat_map(|b| b.ipv6.iter().map(ToString::to_string))
+            .collect(),
         iface_id: port.iface_id,
         ovn_installed: port.ovn_installed,
         name: port.name,

@@ -129,6 +129,7 @@ mod tests {
             tun,
             isolated: false,
             accept_ra: None,
+            accept_dad: None,
         }
     }
 

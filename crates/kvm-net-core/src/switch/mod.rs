@@ -313,6 +313,7 @@ mod tests {
             tun: None,
             isolated: false,
             accept_ra: None,
+            accept_dad: None,
         }
     }
 

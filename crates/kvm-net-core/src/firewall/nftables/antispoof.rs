@@ -36,17 +36,18 @@
 //! restores exactly them.
 
 use std::collections::{BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, Context, Result};
 use netlink_packet_core::DefaultNla;
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, DataAttribute, Expressions, Hook, InetHookNumber, ListAttribute, Lookup, MetaKey,
-    NfTablesMessage, Operator, Register, RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute, SetElementList,
-    SetElementMessage, SetFlags, SetMessage, TableAttribute, TableMessage, Verdict,
+    NfTablesMessage, Operator, Register, RuleAttribute, RuleMessage, SetAttribute, SetDescription, SetElementAttribute,
+    SetElementList, SetElementMessage, SetFlags, SetMessage, TableAttribute, TableMessage, Verdict,
 };
 use netlink_packet_netfilter::NetfilterProtoFamily;
 
+use super::antispoof6::{self, Scope, Sets6, HOLD_MS};
 use super::bindings;
 use super::numbers::*;
 use super::render::{
@@ -55,7 +56,7 @@ use super::render::{
 };
 use super::socket::{with_nft, Change, Committed, Nft, Owned};
 use super::{key_in_host_order, with_retries, TABLE};
-use crate::config::model::{Network, Spoofing};
+use crate::config::model::{Autoconfig, Network, Spoofing};
 use crate::ifname::IfName;
 use crate::kernel::wire::{self, NLM_F_APPEND, NLM_F_CREATE};
 use crate::mac;
@@ -68,12 +69,15 @@ const BRIDGE: NetfilterProtoFamily = NetfilterProtoFamily::Bridge;
 const BASE: &str = "prerouting";
 const PORTS: &str = "ports";
 /// Bumped whenever the chain's rules change, so that an older kvm-net's are rewritten.
-const RULES_VERSION: u32 = 2;
+const RULES_VERSION: u32 = 3;
 
 /// Field lengths in a concatenated key: each field takes whole 32-bit registers.
 const IFNAME_LEN: usize = 16;
 const MAC_LEN: usize = 8;
 const IPV4_LEN: usize = 4;
+const IPV6_LEN: usize = 16;
+/// The most IPv6 addresses a network's ports may hold together.
+const MAX_CLAIMS: u32 = 65_536;
 /// Ether types, protocols, ports and ICMPv6 types the chain looks at.
 const ETH_IP: u16 = libc::ETH_P_IP as u16;
 const ETH_ARP: u16 = libc::ETH_P_ARP as u16;
@@ -107,10 +111,34 @@ enum Set {
     Reserved,
     /// The ports that may use a reserved MAC (`ifname . ether_addr`).
     Allowed,
+    /// IPv6 addresses some port holds (`ipv6_addr`, [`antispoof6`]).
+    Held6,
+    /// Which port holds which IPv6 address (`ifname . ipv6_addr`).
+    Port6,
+    /// The network's own IPv6 addresses (`ipv6_addr`): the bridge's.
+    Own6,
+    /// `dhcp.hosts` IPv6 addresses (`ipv6_addr`).
+    Host6,
+    /// Each of those with its entry's MAC (`ether_addr . ipv6_addr`).
+    MacHost6,
 }
 
 impl Set {
-    const ALL: [Set; 6] = [Set::Locked, Set::PortMac, Set::Taken, Set::Bound, Set::Reserved, Set::Allowed];
+    /// The sets of the MAC lock, the IPv4 leases and the reservations.
+    const V4: [Set; 6] = [Set::Locked, Set::PortMac, Set::Taken, Set::Bound, Set::Reserved, Set::Allowed];
+    const ALL: [Set; 11] = [
+        Set::Locked,
+        Set::PortMac,
+        Set::Taken,
+        Set::Bound,
+        Set::Reserved,
+        Set::Allowed,
+        Set::Held6,
+        Set::Port6,
+        Set::Own6,
+        Set::Host6,
+        Set::MacHost6,
+    ];
 
     fn name(self, bridge: &IfName) -> String {
         let prefix = match self {
@@ -120,6 +148,11 @@ impl Set {
             Set::Bound => "bound",
             Set::Reserved => "reserved",
             Set::Allowed => "allowed",
+            Set::Held6 => "held6",
+            Set::Port6 => "port6",
+            Set::Own6 => "own6",
+            Set::Host6 => "host6",
+            Set::MacHost6 => "machost6",
         };
         format!("{prefix}-{bridge}")
     }
@@ -132,21 +165,31 @@ impl Set {
             Set::PortMac | Set::Allowed => (concat(&[TYPE_IFNAME, TYPE_ETHERADDR]), IFNAME_LEN + MAC_LEN),
             Set::Taken | Set::Reserved => (TYPE_ETHERADDR, 6),
             Set::Bound => (concat(&[TYPE_IFNAME, TYPE_ETHERADDR, TYPE_IPADDR]), IFNAME_LEN + MAC_LEN + IPV4_LEN),
+            Set::Held6 | Set::Own6 | Set::Host6 => (TYPE_IP6ADDR, IPV6_LEN),
+            Set::Port6 => (concat(&[TYPE_IFNAME, TYPE_IP6ADDR]), IFNAME_LEN + IPV6_LEN),
+            Set::MacHost6 => (concat(&[TYPE_ETHERADDR, TYPE_IP6ADDR]), MAC_LEN + IPV6_LEN),
         }
     }
 
     /// Filled from the packet path (`flags dynamic`), or only by kvm-net.
     fn flags(self) -> SetFlags {
         match self {
-            Set::Bound | Set::Reserved | Set::Allowed => SetFlags::empty(),
+            Set::Bound | Set::Reserved | Set::Allowed | Set::Own6 | Set::Host6 | Set::MacHost6 => SetFlags::empty(),
             Set::Locked | Set::PortMac | Set::Taken => SetFlags::Eval,
+            Set::Held6 | Set::Port6 => SetFlags::Eval | SetFlags::Timeout,
         }
+    }
+
+    /// The most elements it may hold, for a set guests fill address by
+    /// address (a bound on the kernel memory one guest can take).
+    fn size(self) -> Option<u32> {
+        matches!(self, Set::Held6 | Set::Port6).then_some(MAX_CLAIMS)
     }
 
     /// Whether it holds what guests did (locks, leases), which a set made
     /// anew loses; the others come from the config.
     fn holds_guest_state(self) -> bool {
-        matches!(self, Set::Locked | Set::PortMac | Set::Taken | Set::Bound)
+        matches!(self, Set::Locked | Set::PortMac | Set::Taken | Set::Bound | Set::Held6 | Set::Port6)
     }
 }
 
@@ -166,6 +209,13 @@ pub struct Policy {
     pub deny: bool,
     /// The network's reservations.
     pub reservations: Vec<Reservation>,
+    /// What IPv6 addresses are compared with: the prefix, the DHCPv6 range.
+    pub scope6: Scope,
+    /// The network's own IPv6 addresses, which no guest may use: the
+    /// bridge's, its subnet-router anycast address, its link-local ones.
+    pub own6: Vec<Ipv6Addr>,
+    /// `dhcp.hosts` IPv6 addresses, each usable only from its entry's MAC.
+    pub hosts6: Vec<(Mac, Ipv6Addr)>,
 }
 
 impl Policy {
@@ -179,7 +229,29 @@ impl Policy {
             .filter_map(|host| Some(Reservation { mac: mac::parse(&host.mac)?, taps: host.tap.clone()? }))
             .collect();
         let deny = network.guest_spoofing == Spoofing::Deny;
-        (deny || !reservations.is_empty()).then_some(Self { deny, reservations })
+        let pool = match network.ipv6_autoconfig {
+            Autoconfig::Dhcpv6 { range } => Some(range),
+            Autoconfig::Slaac | Autoconfig::Off => None,
+        };
+        let scope6 = Scope { prefix: network.subnet6(), pool };
+        let own6 = network.ipv6.iter().flat_map(|address| [address.ip(), address.network()]).collect();
+        let hosts6 = network
+            .dhcp
+            .iter()
+            .flat_map(|dhcp| &dhcp.hosts)
+            .filter_map(|host| Some((mac::parse(&host.mac)?, host.ipv6?)))
+            .collect();
+        (deny || !reservations.is_empty()).then_some(Self { deny, reservations, scope6, own6, hosts6 })
+    }
+
+    /// With the bridge's link-local addresses among the network's own.
+    pub fn with_own(mut self, link_local: &[Ipv6Addr]) -> Self {
+        for address in link_local {
+            if !self.own6.contains(address) {
+                self.own6.push(*address);
+            }
+        }
+        self
     }
 
     /// The reserved MACs `port` may use.
@@ -201,10 +273,28 @@ pub struct Binding {
     pub mac: Mac,
     /// The address leased to that MAC on that port, if any.
     pub ip: Option<Ipv4Addr>,
+    /// The IPv6 addresses the port holds (claimed by use, or leased).
+    pub ipv6: Vec<Ipv6Addr>,
 }
 
 fn chain_name(bridge: &IfName) -> String {
     format!("spoof-{bridge}")
+}
+
+/// The chain of the network's IPv6 rules ([`antispoof6`]).
+fn chain6_name(bridge: &IfName) -> String {
+    format!("spoof6-{bridge}")
+}
+
+/// The names of the sets the IPv6 rules use.
+fn sets6(bridge: &IfName) -> Sets6 {
+    Sets6 {
+        held: Set::Held6.name(bridge),
+        port: Set::Port6.name(bridge),
+        own: Set::Own6.name(bridge),
+        host: Set::Host6.name(bridge),
+        host_mac: Set::MacHost6.name(bridge),
+    }
 }
 
 fn ifname_bytes(name: &str) -> Vec<u8> {
@@ -221,14 +311,20 @@ fn mac_bytes(mac: &Mac) -> Vec<u8> {
 }
 
 /// A set's key for these fields, each padded to whole registers.
-fn key_of(set: Set, port: &str, mac: &Mac, ip: Option<Ipv4Addr>) -> Vec<u8> {
+fn key_of(set: Set, port: &str, mac: &Mac, ip: Option<IpAddr>) -> Vec<u8> {
+    let address = match ip {
+        Some(IpAddr::V4(v4)) => v4.octets().to_vec(),
+        Some(IpAddr::V6(v6)) => v6.octets().to_vec(),
+        None => Vec::new(),
+    };
     match set {
         Set::Locked => ifname_bytes(port),
         Set::Taken | Set::Reserved => mac.to_vec(),
         Set::PortMac | Set::Allowed => [ifname_bytes(port), mac_bytes(mac)].concat(),
-        Set::Bound => {
-            [ifname_bytes(port), mac_bytes(mac), ip.map_or_else(Vec::new, |ip| ip.octets().to_vec())].concat()
-        }
+        Set::Bound => [ifname_bytes(port), mac_bytes(mac), address].concat(),
+        Set::Held6 | Set::Own6 | Set::Host6 => address,
+        Set::Port6 => [ifname_bytes(port), address].concat(),
+        Set::MacHost6 => [mac_bytes(mac), address].concat(),
     }
 }
 
@@ -247,6 +343,11 @@ fn ip_of_key(key: &[u8]) -> Option<Ipv4Addr> {
     key.get(IFNAME_LEN + MAC_LEN..).and_then(|o| <[u8; 4]>::try_from(o).ok()).map(Ipv4Addr::from)
 }
 
+/// The address a key of `Port6` (or `Held6`) ends with.
+fn ip6_of_key(key: &[u8]) -> Option<Ipv6Addr> {
+    key.len().checked_sub(IPV6_LEN).and_then(|at| <[u8; 16]>::try_from(&key[at..]).ok()).map(Ipv6Addr::from)
+}
+
 // The chain's rules, one expression builder each.
 
 fn ether_type(kind: u16) -> Vec<Expression> {
@@ -257,7 +358,7 @@ fn l4proto(number: u8) -> Vec<Expression> {
     vec![meta(MetaKey::L4Proto), cmp(Operator::Equal, vec![number])]
 }
 
-fn lookup(set: &str, register: Register, inverted: bool) -> Expression {
+pub(super) fn lookup(set: &str, register: Register, inverted: bool) -> Expression {
     let mut attributes = vec![Lookup::Set(set.to_owned()), Lookup::SourceRegister(register)];
     if inverted {
         attributes.push(Lookup::Flags(libc::NFT_LOOKUP_F_INV as u32));
@@ -281,20 +382,28 @@ fn add_to(set: &str, register: Register) -> Expression {
 }
 
 /// The port's name into register 1 (16 bytes).
-fn port_name() -> Expression {
+pub(super) fn port_name() -> Expression {
     meta(MetaKey::Iifname)
 }
 
 /// The frame's source MAC into `register`.
-fn source_mac(register: Register) -> Expression {
+pub(super) fn source_mac(register: Register) -> Expression {
     payload_into(register, LINK_HEADER, 6, 6)
 }
 
-fn accept() -> Expression {
+/// To `chain`, which decides.
+fn jump(chain: &str) -> Expression {
+    expression(Expressions::Immediate(vec![
+        netlink_packet_netfilter::nftables::Immediate::DestinationRegister(Register::Verdict),
+        netlink_packet_netfilter::nftables::Immediate::Data(verdict(Verdict::Jump, Some(chain))),
+    ]))
+}
+
+pub(super) fn accept() -> Expression {
     set_verdict(Verdict::Other(NF_ACCEPT))
 }
 
-fn drop_it() -> Expression {
+pub(super) fn drop_it() -> Expression {
     set_verdict(Verdict::Other(NF_DROP))
 }
 
@@ -338,8 +447,8 @@ fn deny_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
     rules.extend(no_server_rules());
     rules.extend(dhcp_rules(bridge));
     rules.extend(address_rules(bridge));
-    // IPv6 (link-local, neighbour discovery; servers dropped above) and RARP.
-    rules.push([ether_type(ETH_IPV6), vec![accept()]].concat());
+    // IPv6: judged address by address (servers dropped above); and RARP.
+    rules.push([ether_type(ETH_IPV6), vec![jump(&chain6_name(bridge))]].concat());
     rules.push([ether_type(ETH_RARP), vec![accept()]].concat());
     rules.push(vec![drop_it()]);
     rules
@@ -348,7 +457,7 @@ fn deny_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
 /// Each port locked to the first MAC it sends from: not a MAC another port
 /// holds, nor one reserved for other taps.
 fn mac_lock_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
-    let [locked, portmac, taken, _, reserved, allowed] = Set::ALL.map(|set| set.name(bridge));
+    let [locked, portmac, taken, _, reserved, allowed] = Set::V4.map(|set| set.name(bridge));
     let unlocked = || vec![port_name(), lookup(&locked, Register::Reg1, true)];
     vec![
         // A port's first frame, from a MAC reserved for other taps.
@@ -450,7 +559,7 @@ fn dhcp_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
 /// IPv4 only from the port's lease; ARP only as a probe (sender 0.0.0.0)
 /// from the port's MAC, or from the lease.
 fn address_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
-    let [_, portmac, _, bound, _, _] = Set::ALL.map(|set| set.name(bridge));
+    let [_, portmac, _, bound, _, _] = Set::V4.map(|set| set.name(bridge));
     let sender_mac = |register| payload_into(register, NETWORK_HEADER, 8, 6);
     vec![
         [ether_type(ETH_IP), from_bound(bridge), vec![accept()]].concat(),
@@ -486,7 +595,7 @@ fn address_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
 /// passes from the taps it is reserved for; the rest returns to the base
 /// chain, which accepts.
 fn reservation_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
-    let [_, _, _, _, reserved, allowed] = Set::ALL.map(|set| set.name(bridge));
+    let [_, _, _, _, reserved, allowed] = Set::V4.map(|set| set.name(bridge));
     vec![
         [
             dhcp_request(),
@@ -503,19 +612,35 @@ fn reservation_rules(bridge: &IfName) -> Vec<Vec<Expression>> {
     ]
 }
 
-fn chain_rules(bridge: &IfName, deny: bool) -> Vec<Vec<Expression>> {
-    if deny {
-        deny_rules(bridge)
-    } else {
-        reservation_rules(bridge)
-    }
+/// One chain of a network's filter, as it should be: its rules, and the
+/// comment each carries (the bridge, which rule, and what it compares
+/// with), by which a later run knows them.
+struct ChainSpec {
+    name: String,
+    rules: Vec<Vec<Expression>>,
+    comments: Vec<Vec<u8>>,
 }
 
-/// The comment each rule of the chain carries: the bridge, and which rule.
-fn rule_comments(bridge: &IfName, deny: bool) -> Vec<Vec<u8>> {
+/// The network's chains, a chain ahead of the one that jumps to it: with
+/// "deny", its IPv6 chain and its chain; otherwise its chain of reservations.
+fn chain_specs(bridge: &IfName, policy: &Policy) -> Vec<ChainSpec> {
     let tag = format!("kvm-net:{bridge}");
-    let kind = if deny { "antispoof" } else { "reservations" };
-    (0..chain_rules(bridge, deny).len()).map(|index| comment(&tag, &(kind, RULES_VERSION, index))).collect()
+    let spec = |name: String, rules: Vec<Vec<Expression>>, what: &dyn Fn(usize) -> Vec<u8>| ChainSpec {
+        comments: (0..rules.len()).map(what).collect(),
+        name,
+        rules,
+    };
+    if !policy.deny {
+        let rules = reservation_rules(bridge);
+        return vec![spec(chain_name(bridge), rules, &|index| comment(&tag, &("reservations", RULES_VERSION, index)))];
+    }
+    let scope = policy.scope6;
+    vec![
+        spec(chain6_name(bridge), antispoof6::rules(&sets6(bridge), &policy.scope6), &|index| {
+            comment(&tag, &("antispoof6", RULES_VERSION, index, scope))
+        }),
+        spec(chain_name(bridge), deny_rules(bridge), &|index| comment(&tag, &("antispoof", RULES_VERSION, index))),
+    ]
 }
 
 fn dispatch_comment() -> Vec<u8> {
@@ -568,11 +693,22 @@ fn key(value: Vec<u8>) -> SetElementAttribute {
 }
 
 fn add_elements(set: &str, keys: impl IntoIterator<Item = Vec<u8>>) -> Option<Change> {
+    add_elements_for(set, keys, None)
+}
+
+/// As [`add_elements`], each living `timeout` milliseconds from now (and
+/// from each use, in a set the packet path renews); `None`: for good.
+fn add_elements_for(set: &str, keys: impl IntoIterator<Item = Vec<u8>>, timeout: Option<u64>) -> Option<Change> {
     let keys: Vec<Vec<u8>> = keys.into_iter().collect();
     if keys.is_empty() {
         return None;
     }
-    let message = NfTablesMessage::NewSetElement(elements(set, keys.into_iter().map(|k| vec![key(k)]).collect()));
+    let element = |k| {
+        let mut element = vec![key(k)];
+        element.extend(timeout.map(SetElementAttribute::Timeout));
+        element
+    };
+    let message = NfTablesMessage::NewSetElement(elements(set, keys.into_iter().map(element).collect()));
     Some(change(message, NLM_F_CREATE, format!("adding to set {} {set}", table_name())))
 }
 
@@ -680,7 +816,7 @@ fn forget_ports(nft: &mut Nft, bridge: &IfName, ports: &BTreeSet<String>, change
     if ports.is_empty() {
         return Ok(false);
     }
-    let [locked, portmac, taken, bound, _, _] = Set::ALL.map(|set| set.name(bridge));
+    let [locked, portmac, taken, bound, _, _] = Set::V4.map(|set| set.name(bridge));
     let theirs = |keys: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
         keys.into_iter().filter(|key| port_of_key(key).is_some_and(|port| ports.contains(&port))).collect()
     };
@@ -695,7 +831,30 @@ fn forget_ports(nft: &mut Nft, bridge: &IfName, ports: &BTreeSet<String>, change
     changes.extend(delete_elements(&locked, locks));
     let still_taken: Vec<Vec<u8>> = keys_of(nft, &taken)?.into_iter().filter(|mac| held.contains(mac)).collect();
     changes.extend(delete_elements(&taken, still_taken));
+    forget_ipv6(nft, bridge, ports, changes)?;
     Ok(unbinds)
+}
+
+/// The changes that take away the IPv6 addresses `ports` hold (the
+/// address itself too, unless another port holds it as well).
+fn forget_ipv6(nft: &mut Nft, bridge: &IfName, ports: &BTreeSet<String>, changes: &mut Vec<Change>) -> Result<()> {
+    let (held, port6) = (Set::Held6.name(bridge), Set::Port6.name(bridge));
+    if !set_exists(nft, &port6)? {
+        return Ok(());
+    }
+    let (theirs, others): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+        keys_of(nft, &port6)?.into_iter().partition(|key| port_of_key(key).is_some_and(|port| ports.contains(&port)));
+    let kept: HashSet<Ipv6Addr> = others.iter().filter_map(|key| ip6_of_key(key)).collect();
+    let gone: BTreeSet<Vec<u8>> = theirs
+        .iter()
+        .filter_map(|key| ip6_of_key(key))
+        .filter(|ip| !kept.contains(ip))
+        .map(|ip| ip.octets().to_vec())
+        .collect();
+    let present: HashSet<Vec<u8>> = keys_of(nft, &held)?.into_iter().collect();
+    changes.extend(delete_elements(&port6, theirs));
+    changes.extend(delete_elements(&held, gone.into_iter().filter(|key| present.contains(key))));
+    Ok(())
 }
 
 /// The changes that make `set` hold exactly `wanted`.
@@ -738,7 +897,8 @@ pub fn ensure(bridge: &IfName, policy: &Policy, ports: &[String]) -> Result<()> 
         nft.commit(generation, changes)
     })
     .with_context(|| format!("installing the guest filter of bridge {bridge}"))?;
-    if unbinds {
+    // Under "deny", also what guests claimed by use since (IPv6).
+    if unbinds || policy.deny {
         save_record(bridge)?;
     }
     Ok(())
@@ -769,7 +929,7 @@ fn sets_whole(nft: &mut Nft, bridge: &IfName, changes: &mut Vec<Change>) -> Resu
         }
         missing.insert(set);
         let (key_type, key_len) = set.key();
-        let attributes = vec![
+        let mut attributes = vec![
             SetAttribute::Table(TABLE.to_owned()),
             SetAttribute::Name(name.clone()),
             SetAttribute::Flags(set.flags()),
@@ -777,6 +937,9 @@ fn sets_whole(nft: &mut Nft, bridge: &IfName, changes: &mut Vec<Change>) -> Resu
             SetAttribute::KeyLen(key_len as u32),
             SetAttribute::Id(2),
         ];
+        if let Some(size) = set.size() {
+            attributes.push(SetAttribute::Description(vec![SetDescription::Size(size)]));
+        }
         changes.push(change(
             NfTablesMessage::NewSet(SetMessage { attributes }),
             NLM_F_CREATE,
@@ -786,27 +949,38 @@ fn sets_whole(nft: &mut Nft, bridge: &IfName, changes: &mut Vec<Change>) -> Resu
     Ok(missing)
 }
 
-/// The network's chain, with exactly the rules `policy` calls for.
+/// The network's chains, with exactly the rules `policy` calls for; the
+/// IPv6 chain goes once nothing jumps to it.
 fn chain_whole(nft: &mut Nft, bridge: &IfName, policy: &Policy, changes: &mut Vec<Change>) -> Result<()> {
-    let chain = chain_name(bridge);
-    let wanted = rule_comments(bridge, policy.deny);
-    let present = comments_of(nft, &chain)?;
-    if present == wanted {
-        return Ok(());
+    for spec in chain_specs(bridge, policy) {
+        let present = comments_of(nft, &spec.name)?;
+        if present == spec.comments {
+            continue;
+        }
+        let chain = &spec.name;
+        trace(format_args!("{} {chain}: write {} rules", table_name(), spec.rules.len()));
+        changes.push(change(
+            NfTablesMessage::NewChain(chain_message(chain)),
+            NLM_F_CREATE,
+            format!("creating chain {} {chain}", table_name()),
+        ));
+        if !present.is_empty() {
+            changes.push(flush(chain));
+        }
+        for (expressions, userdata) in spec.rules.into_iter().zip(spec.comments) {
+            changes.push(new_rule(chain, expressions, userdata));
+        }
     }
-    trace(format_args!("{} {chain}: write {} rules", table_name(), wanted.len()));
-    changes.push(change(
-        NfTablesMessage::NewChain(chain_message(&chain)),
-        NLM_F_CREATE,
-        format!("creating chain {} {chain}", table_name()),
-    ));
-    if !present.is_empty() {
-        changes.push(flush(&chain));
-    }
-    for (expressions, userdata) in chain_rules(bridge, policy.deny).into_iter().zip(wanted) {
-        changes.push(new_rule(&chain, expressions, userdata));
+    let chain6 = chain6_name(bridge);
+    if !policy.deny && exists(nft, NfTablesMessage::GetChain(chain_message(&chain6)))? {
+        changes.push(flush(&chain6));
+        changes.push(delete_chain(&chain6));
     }
     Ok(())
+}
+
+fn delete_chain(chain: &str) -> Change {
+    change(NfTablesMessage::DeleteChain(chain_message(chain)), 0, format!("deleting chain {} {chain}", table_name()))
 }
 
 /// A map element for each of `ports`, and none for a port that is gone
@@ -854,7 +1028,17 @@ fn reservations_whole(
     changes: &mut Vec<Change>,
 ) -> Result<()> {
     let reserved: BTreeSet<Vec<u8>> = policy.reservations.iter().map(|r| r.mac.to_vec()).collect();
-    for (set, wanted) in [(Set::Reserved, reserved), (Set::Allowed, allowed_keys(policy, ports))] {
+    let own: BTreeSet<Vec<u8>> = policy.own6.iter().map(|ip| ip.octets().to_vec()).collect();
+    let hosts: BTreeSet<Vec<u8>> = policy.hosts6.iter().map(|(_, ip)| ip.octets().to_vec()).collect();
+    let host_macs: BTreeSet<Vec<u8>> =
+        policy.hosts6.iter().map(|(mac, ip)| key_of(Set::MacHost6, "", mac, Some(IpAddr::V6(*ip)))).collect();
+    for (set, wanted) in [
+        (Set::Reserved, reserved),
+        (Set::Allowed, allowed_keys(policy, ports)),
+        (Set::Own6, own),
+        (Set::Host6, hosts),
+        (Set::MacHost6, host_macs),
+    ] {
         if missing.contains(&set) {
             changes.extend(add_elements(&set.name(bridge), wanted));
         } else {
@@ -920,17 +1104,31 @@ fn restore(bridge: &IfName, policy: &Policy, ports: &BTreeSet<String>, changes: 
         return Ok(());
     }
     trace(format_args!("{}: restoring {} recorded bindings", table_name(), recorded.len()));
-    let keys =
-        |set: Set| -> BTreeSet<Vec<u8>> { recorded.iter().map(|b| key_of(set, &b.port, &b.mac, b.ip)).collect() };
-    for set in [Set::Locked, Set::PortMac, Set::Taken, Set::Bound] {
+    let keys = |set: Set| -> BTreeSet<Vec<u8>> {
+        recorded.iter().map(|b| key_of(set, &b.port, &b.mac, b.ip.map(IpAddr::V4))).collect()
+    };
+    for set in [Set::Locked, Set::PortMac, Set::Taken] {
         changes.extend(add_elements(&set.name(bridge), keys(set)));
+    }
+    changes.extend(add_elements(
+        &Set::Bound.name(bridge),
+        keys(Set::Bound).into_iter().filter(|k| k.len() == Set::Bound.key().1),
+    ));
+    let v6 = |set: Set| -> BTreeSet<Vec<u8>> {
+        recorded
+            .iter()
+            .flat_map(|b| b.ipv6.iter().map(move |ip| key_of(set, &b.port, &b.mac, Some(IpAddr::V6(*ip)))))
+            .collect()
+    };
+    for set in [Set::Held6, Set::Port6] {
+        changes.extend(add_elements_for(&set.name(bridge), v6(set), Some(HOLD_MS)));
     }
     Ok(())
 }
 
 /// Records the bindings now in force (the bridge's lock is held).
 fn save_record(bridge: &IfName) -> Result<()> {
-    let bound = bindings(bridge)?.into_iter().filter(|b| b.ip.is_some()).collect::<Vec<_>>();
+    let bound = bindings(bridge)?.into_iter().filter(|b| b.ip.is_some() || !b.ipv6.is_empty()).collect::<Vec<_>>();
     bindings::save(bridge, &bound).with_context(|| format!("recording the guest bindings of bridge {bridge}"))
 }
 
@@ -1003,15 +1201,87 @@ pub fn release_departed(bridge: &IfName, present: &[String]) -> Result<Vec<Strin
     Ok(gone)
 }
 
+/// Binds a lease to `port`, locked to `mac` ([`bind4`], [`bind6`]).
+pub fn bind(bridge: &IfName, port: &str, mac: &Mac, ip: IpAddr) -> Result<()> {
+    match ip {
+        IpAddr::V4(v4) => bind4(bridge, port, mac, v4),
+        IpAddr::V6(v6) => bind6(bridge, port, v6),
+    }
+    .with_context(|| format!("binding {ip} to {} on {port} (bridge {bridge})", mac::show(mac)))
+}
+
+/// Unbinds a lease that ended ([`unbind4`], [`unbind6`]).
+pub fn unbind(bridge: &IfName, mac: &Mac, ip: IpAddr) -> Result<()> {
+    match ip {
+        IpAddr::V4(v4) => unbind4(bridge, mac, v4),
+        IpAddr::V6(v6) => unbind6(bridge, mac, v6),
+    }
+    .with_context(|| format!("unbinding {ip} from {} (bridge {bridge})", mac::show(mac)))
+}
+
+/// Binds a DHCPv6 lease of `ip` to `port`, as a claim of its (renewed by
+/// each renewal, and by use). Refused while another port kvm-net
+/// admitted holds that address.
+fn bind6(bridge: &IfName, port: &str, ip: Ipv6Addr) -> Result<()> {
+    let (held, port6) = (Set::Held6.name(bridge), Set::Port6.name(bridge));
+    with_retries("binding a DHCPv6 lease in kvm-net's bridge filter", |nft| {
+        let generation = nft.generation()?;
+        let holders: Vec<String> = keys_of(nft, &port6)?
+            .iter()
+            .filter(|key| ip6_of_key(key) == Some(ip))
+            .filter_map(|key| port_of_key(key))
+            .collect();
+        let admitted = admitted(nft, bridge)?;
+        if let Some(holder) = holders.iter().find(|holder| *holder != port && admitted.contains(*holder)) {
+            return Err(anyhow!("{ip} is held by port {holder}, which is still attached"));
+        }
+        let mut changes: Vec<Change> = delete_elements(
+            &port6,
+            holders
+                .iter()
+                .filter(|holder| *holder != port)
+                .map(|holder| key_of(Set::Port6, holder, &[0; 6], Some(IpAddr::V6(ip)))),
+        )
+        .into_iter()
+        .collect();
+        let lease = |set| key_of(set, port, &[0; 6], Some(IpAddr::V6(ip)));
+        changes.extend(add_elements_for(&held, [lease(Set::Held6)], Some(HOLD_MS)));
+        changes.extend(add_elements_for(&port6, [lease(Set::Port6)], Some(HOLD_MS)));
+        nft.commit(generation, changes)
+    })?;
+    save_record(bridge)
+}
+
+/// Unbinds an ended DHCPv6 lease of `ip` from the port `mac` is locked to.
+fn unbind6(bridge: &IfName, mac: &Mac, ip: Ipv6Addr) -> Result<()> {
+    let Some(port) = port_holding(bridge, mac)? else { return Ok(()) };
+    let (held, port6) = (Set::Held6.name(bridge), Set::Port6.name(bridge));
+    with_retries("unbinding a DHCPv6 lease in kvm-net's bridge filter", |nft| {
+        let generation = nft.generation()?;
+        let keys = keys_of(nft, &port6)?;
+        let theirs = key_of(Set::Port6, &port, mac, Some(IpAddr::V6(ip)));
+        if !keys.contains(&theirs) {
+            return Ok(Committed::Done);
+        }
+        let others = keys.iter().any(|key| *key != theirs && ip6_of_key(key) == Some(ip));
+        let mut changes: Vec<Change> = delete_elements(&port6, [theirs]).into_iter().collect();
+        if !others {
+            changes.extend(delete_elements(&held, [ip.octets().to_vec()]));
+        }
+        nft.commit(generation, changes)
+    })?;
+    save_record(bridge)
+}
+
 /// Binds `ip` to `mac` on `port` (a lease given or renewed): the MAC keeps
 /// no other address. Refused while another port kvm-net admitted holds
 /// that address: an address is never bound to two ports.
-pub fn bind(bridge: &IfName, port: &str, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
+fn bind4(bridge: &IfName, port: &str, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
     let bound = Set::Bound.name(bridge);
     let mut changed = false;
     with_retries("binding a lease in kvm-net's bridge filter", |nft| {
         let generation = nft.generation()?;
-        let wanted = key_of(Set::Bound, port, mac, Some(ip));
+        let wanted = key_of(Set::Bound, port, mac, Some(IpAddr::V4(ip)));
         let present = keys_of(nft, &bound)?;
         let same_ip_or_mac: Vec<Vec<u8>> =
             present.iter().filter(|key| same_ip(key, ip) || same_mac(key, mac)).cloned().collect();
@@ -1031,8 +1301,7 @@ pub fn bind(bridge: &IfName, port: &str, mac: &Mac, ip: Ipv4Addr) -> Result<()> 
         changes.extend(add_elements(&bound, [wanted.clone()]));
         changed = true;
         nft.commit(generation, changes)
-    })
-    .with_context(|| format!("binding {ip} to {} on {port} (bridge {bridge})", mac::show(mac)))?;
+    })?;
     if changed {
         save_record(bridge)?;
     }
@@ -1040,7 +1309,7 @@ pub fn bind(bridge: &IfName, port: &str, mac: &Mac, ip: Ipv4Addr) -> Result<()> 
 }
 
 /// Unbinds `ip` from `mac` (a lease released or expired), wherever it is bound.
-pub fn unbind(bridge: &IfName, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
+fn unbind4(bridge: &IfName, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
     let bound = Set::Bound.name(bridge);
     let mut changed = false;
     with_retries("unbinding a lease in kvm-net's bridge filter", |nft| {
@@ -1049,8 +1318,7 @@ pub fn unbind(bridge: &IfName, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
             keys_of(nft, &bound)?.into_iter().filter(|key| same_ip(key, ip) && same_mac(key, mac)).collect();
         changed = !stale.is_empty();
         nft.commit(generation, delete_elements(&bound, stale).into_iter().collect())
-    })
-    .with_context(|| format!("unbinding {ip} from {} (bridge {bridge})", mac::show(mac)))?;
+    })?;
     if changed {
         save_record(bridge)?;
     }
@@ -1078,18 +1346,34 @@ pub fn admits(bridge: &IfName, port: &str) -> Result<bool> {
 
 /// Each locked port's MAC and its bound addresses, for `kvm-net status`.
 pub fn bindings(bridge: &IfName) -> Result<Vec<Binding>> {
-    let [_, portmac, _, bound, _, _] = Set::ALL.map(|set| set.name(bridge));
+    let [_, portmac, _, bound, _, _] = Set::V4.map(|set| set.name(bridge));
+    let port6 = Set::Port6.name(bridge);
     with_nft(|nft| {
         let mut found: Vec<Binding> = keys_of(nft, &portmac)?
             .into_iter()
-            .filter_map(|key| Some(Binding { port: port_of_key(&key)?, mac: mac_of_key(&key, IFNAME_LEN)?, ip: None }))
+            .filter_map(|key| {
+                Some(Binding {
+                    port: port_of_key(&key)?,
+                    mac: mac_of_key(&key, IFNAME_LEN)?,
+                    ip: None,
+                    ipv6: Vec::new(),
+                })
+            })
             .collect();
         for key in keys_of(nft, &bound)? {
             let (Some(port), Some(mac)) = (port_of_key(&key), mac_of_key(&key, IFNAME_LEN)) else { continue };
             let ip = ip_of_key(&key);
             match found.iter_mut().find(|b| b.port == port && b.mac == mac && b.ip.is_none()) {
                 Some(binding) => binding.ip = ip,
-                None => found.push(Binding { port, mac, ip }),
+                None => found.push(Binding { port, mac, ip, ipv6: Vec::new() }),
+            }
+        }
+        if set_exists(nft, &port6)? {
+            for key in keys_of(nft, &port6)? {
+                let (Some(port), Some(ip)) = (port_of_key(&key), ip6_of_key(&key)) else { continue };
+                if let Some(binding) = found.iter_mut().find(|b| b.port == port) {
+                    binding.ipv6.push(ip);
+                }
             }
         }
         Ok(found)
@@ -1108,9 +1392,11 @@ pub fn state(bridge: &IfName, policy: &Policy) -> Result<Option<bool>> {
         let sets = Set::ALL
             .iter()
             .try_fold(true, |all, set| Ok::<_, anyhow::Error>(all && set_exists(nft, &set.name(bridge))?))?;
-        Ok(Some(
-            sets && present == rule_comments(bridge, policy.deny) && comments_of(nft, BASE)? == [dispatch_comment()],
-        ))
+        let mut whole = sets && comments_of(nft, BASE)? == [dispatch_comment()];
+        for spec in chain_specs(bridge, policy) {
+            whole &= comments_of(nft, &spec.name)? == spec.comments;
+        }
+        Ok(Some(whole))
     })
 }
 
@@ -1135,7 +1421,8 @@ pub fn remove(bridge: &IfName) -> Result<()> {
             .filter_map(|c| c.string(3).map(str::to_owned))
             .collect();
         let mut changes = Vec::new();
-        if chains.iter().all(|c| c == BASE || *c == chain) {
+        let chain6 = chain6_name(bridge);
+        if chains.iter().all(|c| c == BASE || *c == chain || *c == chain6) {
             if !chains.is_empty() {
                 trace(format_args!("{}: the last network with a filter is gone; deleting the table", table_name()));
                 let message = NfTablesMessage::DeleteTable(TableMessage {
@@ -1147,13 +1434,11 @@ pub fn remove(bridge: &IfName) -> Result<()> {
         }
         let ours = admitted(nft, bridge)?;
         changes.extend(drop_ports(&ours));
-        if chains.contains(&chain) {
-            changes.push(flush(&chain));
-            changes.push(change(
-                NfTablesMessage::DeleteChain(chain_message(&chain)),
-                0,
-                format!("deleting chain {} {chain}", table_name()),
-            ));
+        for name in [&chain, &chain6] {
+            if chains.contains(name) {
+                changes.push(flush(name));
+                changes.push(delete_chain(name));
+            }
         }
         for set in Set::ALL {
             let name = set.name(bridge);
@@ -1187,7 +1472,7 @@ mod tests {
     #[test]
     fn keys_are_padded_fields_in_register_order() {
         let mac = [0x52, 0x54, 0, 0, 0, 1];
-        let key = key_of(Set::Bound, "tap0", &mac, Some(Ipv4Addr::new(192, 168, 100, 10)));
+        let key = key_of(Set::Bound, "tap0", &mac, Some(IpAddr::from([192, 168, 100, 10])));
         assert_eq!(key.len(), 28);
         assert_eq!(&key[..5], b"tap0\0");
         assert_eq!(&key[16..24], &[0x52, 0x54, 0, 0, 0, 1, 0, 0]);
@@ -1245,9 +1530,55 @@ mod tests {
     #[test]
     fn each_kind_of_chain_has_a_comment_per_rule_and_they_differ() {
         let bridge = IfName::parse("br0").expect("a name");
-        for deny in [true, false] {
-            assert_eq!(rule_comments(&bridge, deny).len(), chain_rules(&bridge, deny).len());
+        let mut network = Network { guest_spoofing: Spoofing::Deny, ..Network::classic() };
+        network.dhcp = network.ipv4.map(crate::config::model::Dhcp::defaults_for);
+        let deny = Policy::of(&network).expect("deny has a filter");
+        let specs = chain_specs(&bridge, &deny);
+        assert_eq!(specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["spoof6-br0", "spoof-br0"]);
+        for spec in &specs {
+            assert_eq!(spec.comments.len(), spec.rules.len());
         }
-        assert_ne!(rule_comments(&bridge, true)[0], rule_comments(&bridge, false)[0]);
+        let reserving = Policy { deny: false, ..deny.clone() };
+        let only = chain_specs(&bridge, &reserving);
+        assert_eq!(only.len(), 1);
+        assert_ne!(only[0].comments[0], specs[1].comments[0]);
+        // Another prefix, other IPv6 rules: the comments say so.
+        let v6 = Policy { scope6: Scope { prefix: "fd00:60::/64".parse().ok(), pool: None }, ..deny };
+        assert_ne!(chain_specs(&bridge, &v6)[0].comments, specs[0].comments);
+        assert_eq!(chain_specs(&bridge, &v6)[1].comments, specs[1].comments);
+    }
+
+    #[test]
+    fn a_networks_own_and_hosts_ipv6_addresses_come_from_its_config() {
+        let mut network = Network {
+            guest_spoofing: Spoofing::Deny,
+            ipv6: "fd00:60::1/64".parse().ok(),
+            ipv6_autoconfig: Autoconfig::Dhcpv6 {
+                range: ("fd00:60::1000".parse().expect("ip"), "fd00:60::1fff".parse().expect("ip")),
+            },
+            ..Network::classic()
+        };
+        let mut dhcp = crate::config::model::Dhcp::defaults_for(network.ipv4.expect("an address"));
+        dhcp.hosts.push(crate::config::model::StaticLease {
+            mac: "52:54:00:00:60:10".into(),
+            ip: Ipv4Addr::new(192, 168, 100, 10),
+            ipv6: "fd00:60::10".parse().ok(),
+            name: None,
+            tap: None,
+        });
+        network.dhcp = Some(dhcp);
+        let link_local: Ipv6Addr = "fe80::1".parse().expect("ip");
+        let policy = Policy::of(&network).expect("a filter").with_own(&[link_local, link_local]);
+        let own: Vec<String> = policy.own6.iter().map(ToString::to_string).collect();
+        assert_eq!(own, ["fd00:60::1", "fd00:60::", "fe80::1"]);
+        assert_eq!(policy.hosts6, [([0x52, 0x54, 0, 0, 0x60, 0x10], "fd00:60::10".parse().expect("ip"))]);
+        assert_eq!(policy.scope6.prefix, "fd00:60::/64".parse().ok());
+        assert!(policy.scope6.pool.is_some());
+        let port6 = key_of(Set::Port6, "tap0", &[0; 6], Some(IpAddr::V6(link_local)));
+        assert_eq!(
+            (port6.len(), ip6_of_key(&port6), port_of_key(&port6).as_deref()),
+            (32, Some(link_local), Some("tap0"))
+        );
+        assert_eq!(Set::Port6.key(), ((41 << 6) | 8, 32));
     }
 }

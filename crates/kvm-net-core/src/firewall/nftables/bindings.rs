@@ -8,7 +8,7 @@
 //! database, which any frame teaches; the lease file, whose MACs are what
 //! guests said).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::Result;
 
@@ -25,24 +25,45 @@ fn file_name(bridge: &IfName) -> Result<String> {
     Ok(format!("{}.bindings", bridge_tag(bridge)?))
 }
 
-/// One line per bound address: `PORT MAC IP`.
+/// One line per bound address, IPv4 or IPv6: `PORT MAC IP`.
 fn text(bindings: &[Binding]) -> String {
-    bindings.iter().filter_map(|b| Some(format!("{} {} {}\n", b.port, mac::show(&b.mac), b.ip?))).collect()
+    let mut text = String::new();
+    for binding in bindings {
+        let addresses = binding.ip.map(IpAddr::V4).into_iter().chain(binding.ipv6.iter().copied().map(IpAddr::V6));
+        for ip in addresses {
+            text.push_str(&format!("{} {} {ip}\n", binding.port, mac::show(&binding.mac)));
+        }
+    }
+    text
 }
 
 fn parse(text: &str) -> Vec<Binding> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split(' ');
-            let port = IfName::parse(words.next()?).ok()?.to_string();
-            let mac = mac::parse(words.next()?)?;
-            let ip: Ipv4Addr = words.next()?.parse().ok()?;
-            words.next().is_none().then_some(Binding { port, mac, ip: Some(ip) })
-        })
-        .collect()
+    let mut bindings: Vec<Binding> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split(' ');
+        let (Some(port), Some(mac), Some(ip), None) = (words.next(), words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        let (Ok(port), Some(mac), Ok(ip)) = (IfName::parse(port), mac::parse(mac), ip.parse::<IpAddr>()) else {
+            continue;
+        };
+        let port = port.to_string();
+        let index = match bindings.iter().position(|b| b.port == port && b.mac == mac) {
+            Some(index) => index,
+            None => {
+                bindings.push(Binding { port, mac, ip: None, ipv6: Vec::new() });
+                bindings.len() - 1
+            }
+        };
+        match ip {
+            IpAddr::V4(v4) => bindings[index].ip = Some(v4),
+            IpAddr::V6(v6) => bindings[index].ipv6.push(v6),
+        }
+    }
+    bindings
 }
 
-/// Records `bindings` (those with an address) as the ones in force.
+/// Records `bindings` (their addresses) as the ones in force.
 pub fn save(bridge: &IfName, bindings: &[Binding]) -> Result<()> {
     let dir = SafeDir::create(Area::Guests)?;
     let name = file_name(bridge)?;
@@ -73,14 +94,29 @@ mod tests {
 
     #[test]
     fn records_read_back_and_damaged_lines_are_skipped() {
+        let ip = |text: &str| text.parse().expect("an address");
+        let ip6 = |text: &str| text.parse().expect("an address");
         let bindings = vec![
-            Binding { port: "vm-a".into(), mac: [0x52, 0x54, 0, 0, 0, 0x0a], ip: Some(Ipv4Addr::new(10, 0, 0, 10)) },
-            Binding { port: "vm-b".into(), mac: [0x52, 0x54, 0, 0, 0, 0x0b], ip: Some(Ipv4Addr::new(10, 0, 0, 11)) },
+            Binding {
+                port: "vm-a".into(),
+                mac: [0x52, 0x54, 0, 0, 0, 0x0a],
+                ip: Some(ip("10.0.0.10")),
+                ipv6: Vec::new(),
+            },
+            Binding {
+                port: "vm-b".into(),
+                mac: [0x52, 0x54, 0, 0, 0, 0x0b],
+                ip: Some(ip("10.0.0.11")),
+                ipv6: vec![ip6("fd00::b"), ip6("fe80::5054:ff:fe00:b")],
+            },
         ];
         let written = text(&bindings);
-        assert_eq!(written, "vm-a 52:54:00:00:00:0a 10.0.0.10\nvm-b 52:54:00:00:00:0b 10.0.0.11\n");
+        assert_eq!(
+            written,
+            "vm-a 52:54:00:00:00:0a 10.0.0.10\nvm-b 52:54:00:00:00:0b 10.0.0.11\nvm-b 52:54:00:00:00:0b fd00::b\nvm-b 52:54:00:00:00:0b fe80::5054:ff:fe00:b\n"
+        );
         assert_eq!(parse(&written), bindings);
-        let unbound = Binding { port: "vm-c".into(), mac: [0; 6], ip: None };
+        let unbound = Binding { port: "vm-c".into(), mac: [0; 6], ip: None, ipv6: Vec::new() };
         assert_eq!(text(&[unbound]), "");
         for bad in ["vm-a 52:54:00:00:00:0a", "vm/a 52:54:00:00:00:0a 10.0.0.1", "vm-a x 10.0.0.1", "a b c d"] {
             assert!(parse(bad).is_empty(), "{bad:?}");

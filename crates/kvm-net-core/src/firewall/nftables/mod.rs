@@ -16,6 +16,7 @@
 //! ```
 
 pub mod antispoof;
+mod antispoof6;
 mod bindings;
 pub mod foreign;
 mod numbers;

@@ -71,6 +71,16 @@ pub const NFTA_DYNSET_SET_NAME: u16 = 1;
 pub const NFTA_DYNSET_OP: u16 = 3;
 /// `NFTA_DYNSET_SREG_KEY`.
 pub const NFTA_DYNSET_SREG_KEY: u16 = 4;
+/// `NFTA_DYNSET_TIMEOUT`: how long an element the packet path adds lives (ms).
+pub const NFTA_DYNSET_TIMEOUT: u16 = 6;
+/// `NFTA_RANGE_SREG`, `NFTA_RANGE_OP`, `NFTA_RANGE_FROM_DATA`, `NFTA_RANGE_TO_DATA`.
+pub const NFTA_RANGE_SREG: u16 = 1;
+/// See [`NFTA_RANGE_SREG`].
+pub const NFTA_RANGE_OP: u16 = 2;
+/// See [`NFTA_RANGE_SREG`].
+pub const NFTA_RANGE_FROM_DATA: u16 = 3;
+/// See [`NFTA_RANGE_SREG`].
+pub const NFTA_RANGE_TO_DATA: u16 = 4;
 /// `NFTA_CT_DREG`.
 pub const NFTA_CT_DREG: u16 = 1;
 /// `NFTA_CT_KEY`.
@@ -124,6 +134,8 @@ pub const TYPE_IFNAME: u32 = 41;
 pub const TYPE_ETHERADDR: u32 = 9;
 /// IPv4 addresses (`TYPE_IPADDR`).
 pub const TYPE_IPADDR: u32 = 7;
+/// IPv6 addresses (`TYPE_IP6ADDR`).
+pub const TYPE_IP6ADDR: u32 = 8;
 /// Ports (`TYPE_INET_SERVICE`).
 pub const TYPE_INET_SERVICE: u32 = 13;
 /// How nft numbers a concatenation of data types (`TYPE_BITS`).
@@ -168,6 +180,11 @@ mod tests {
             ("NFTA_DYNSET_SET_NAME", NFTA_DYNSET_SET_NAME),
             ("NFTA_DYNSET_OP", NFTA_DYNSET_OP),
             ("NFTA_DYNSET_SREG_KEY", NFTA_DYNSET_SREG_KEY),
+            ("NFTA_DYNSET_TIMEOUT", NFTA_DYNSET_TIMEOUT),
+            ("NFTA_RANGE_SREG", NFTA_RANGE_SREG),
+            ("NFTA_RANGE_OP", NFTA_RANGE_OP),
+            ("NFTA_RANGE_FROM_DATA", NFTA_RANGE_FROM_DATA),
+            ("NFTA_RANGE_TO_DATA", NFTA_RANGE_TO_DATA),
             ("NFTA_CT_DREG", NFTA_CT_DREG),
             ("NFTA_CT_KEY", NFTA_CT_KEY),
             ("NFTA_MASQ_FLAGS", NFTA_MASQ_FLAGS),

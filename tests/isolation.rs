@@ -1,13 +1,16 @@
 //! What docs/modes.md promises about traffic between networks, whatever
-//! order they started in: nothing is forwarded into or out of an isolated
-//! network, and nothing opens a new connection into a NAT guest; routed
-//! guests stay reachable. Guests are namespaces on veth pairs, the upstream
-//! host routes every guest subnet back to this host (as a hostile LAN could).
+//! order they started in, in IPv4 and IPv6: nothing is forwarded into or
+//! out of an isolated network, and nothing opens a new connection into a
+//! NAT guest; routed guests stay reachable. Guests are namespaces on veth
+//! pairs, the upstream host routes every guest subnet back to this host (as
+//! a hostile LAN could).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use kvm_net_tests::lab::{connect_from, connect_to, connect_within, Lab, UpstreamServer, HOST_UPLINK, UPSTREAM};
+use kvm_net_tests::lab::{
+    connect_from, connect_to, connect_within, Lab, UpstreamServer, HOST_UPLINK, HOST_UPLINK6, UPSTREAM, UPSTREAM6,
+};
 use kvm_net_tests::run::{ok_with, run, ConfigFile};
 use kvm_net_tests::Netns;
 
@@ -16,6 +19,8 @@ const NETWORKS: &str = r#"
 mode = "nat"
 bridge = "natbr"
 ipv4 = "192.168.100.1/24"
+ipv6 = "fd00:100::1/64"
+ipv6_autoconfig = "off"
 dhcp = { enabled = false }
 taps = ["nat-*"]
 
@@ -23,6 +28,8 @@ taps = ["nat-*"]
 mode = "isolated"
 bridge = "isobr"
 ipv4 = "10.88.0.1/24"
+ipv6 = "fd00:88::1/64"
+ipv6_autoconfig = "off"
 dhcp = { enabled = false }
 taps = ["iso-*"]
 
@@ -30,6 +37,8 @@ taps = ["iso-*"]
 mode = "routed"
 bridge = "rtbr"
 ipv4 = "10.77.0.1/24"
+ipv6 = "fd00:77::1/64"
+ipv6_autoconfig = "off"
 dhcp = { enabled = false }
 taps = ["rt-*"]
 "#;
@@ -37,6 +46,9 @@ taps = ["rt-*"]
 const NAT_GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 10);
 const ISO_GUEST: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 10);
 const RT_GUEST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
+const NAT_GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x10);
+const ISO_GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x88, 0, 0, 0, 0, 0, 0x10);
+const RT_GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x10);
 
 /// Long enough for any answer between namespaces; a dropped SYN never gets one.
 const BLOCKED: Duration = Duration::from_secs(1);
@@ -44,16 +56,34 @@ const BLOCKED: Duration = Duration::from_secs(1);
 struct Guest {
     ns: Netns,
     server: UpstreamServer,
+    /// The same service on the guest's IPv6 address, where it has one.
+    server6: Option<UpstreamServer>,
 }
 
 fn guest(lab: &Lab, tap: &str, ip: Ipv4Addr, gateway: &str) -> Guest {
     let ns = lab.guest(tap, &format!("{ip}/24"), Some(gateway));
     let server = UpstreamServer::start(&ns, ip);
-    Guest { ns, server }
+    Guest { ns, server, server6: None }
+}
+
+/// A guest with an IPv6 address too (set by hand: the networks advertise
+/// none), and its gateway's.
+fn dual_guest(lab: &Lab, tap: &str, ip: Ipv4Addr, gateway: &str, ip6: Ipv6Addr) -> Guest {
+    let mut guest = guest(lab, tap, ip, gateway);
+    let gateway6 = Ipv6Addr::from(u128::from(ip6) & !0xffff | 1);
+    guest.ns.sh(&format!("ip -6 addr add {ip6}/64 dev eth0 nodad; ip -6 route add default via {gateway6}"));
+    guest.server6 = Some(UpstreamServer::start(&guest.ns, ip6));
+    guest
+}
+
+impl Guest {
+    fn server6(&self) -> &UpstreamServer {
+        self.server6.as_ref().expect("an IPv6 service")
+    }
 }
 
 #[track_caller]
-fn assert_blocked(from: &Netns, to: Ipv4Addr, server: &UpstreamServer, what: &str) {
+fn assert_blocked(from: &Netns, to: impl Into<IpAddr>, server: &UpstreamServer, what: &str) {
     let result = connect_within(from, to, server, what, BLOCKED);
     assert!(result.is_err(), "{what}: connected ({result:?})");
 }
@@ -67,10 +97,14 @@ fn three_networks_started_in(order: [&str; 3]) {
     for subnet in ["192.168.100.0/24", "10.88.0.0/24", "10.77.0.0/24"] {
         lab.upstream.ok(&["ip", "route", "add", subnet, "via", &HOST_UPLINK.to_string()]);
     }
+    for subnet in ["fd00:100::/64", "fd00:88::/64", "fd00:77::/64"] {
+        lab.upstream.ok(&["ip", "-6", "route", "add", subnet, "via", &HOST_UPLINK6.to_string()]);
+    }
     let upstream = UpstreamServer::start(&lab.upstream, UPSTREAM);
-    let nat = guest(&lab, "nat-g", NAT_GUEST, "192.168.100.1");
-    let iso = guest(&lab, "iso-g", ISO_GUEST, "10.88.0.1");
-    let rt = guest(&lab, "rt-g", RT_GUEST, "10.77.0.1");
+    let upstream6 = UpstreamServer::start(&lab.upstream, UPSTREAM6);
+    let nat = dual_guest(&lab, "nat-g", NAT_GUEST, "192.168.100.1", NAT_GUEST6);
+    let iso = dual_guest(&lab, "iso-g", ISO_GUEST, "10.88.0.1", ISO_GUEST6);
+    let rt = dual_guest(&lab, "rt-g", RT_GUEST, "10.77.0.1", RT_GUEST6);
     for prefix in order {
         ok_with(&lab.host, "kvm-natup", &format!("{prefix}-g"), &env);
     }
@@ -91,6 +125,27 @@ fn three_networks_started_in(order: [&str; 3]) {
     // New connections into the NAT guest, from outside and from another network.
     assert_blocked(&lab.upstream, NAT_GUEST, &nat.server, "upstream to nat guest");
     assert_blocked(&rt.ns, NAT_GUEST, &nat.server, "routed guest to nat guest");
+    // The same in IPv6.
+    assert_eq!(
+        connect_from(&nat.ns, UPSTREAM6, &upstream6, "nat-out6").expect("nat66 out"),
+        format!("seen {HOST_UPLINK6}")
+    );
+    assert_eq!(
+        connect_from(&rt.ns, UPSTREAM6, &upstream6, "rt-out6").expect("routed out"),
+        format!("seen {RT_GUEST6}")
+    );
+    assert_eq!(
+        connect_from(&lab.upstream, RT_GUEST6, rt.server6(), "rt-in6").expect("routed in"),
+        format!("seen {UPSTREAM6}")
+    );
+    assert_blocked(&nat.ns, ISO_GUEST6, iso.server6(), "nat guest to isolated guest (IPv6)");
+    assert_blocked(&iso.ns, NAT_GUEST6, nat.server6(), "isolated guest to nat guest (IPv6)");
+    assert_blocked(&rt.ns, ISO_GUEST6, iso.server6(), "routed guest to isolated guest (IPv6)");
+    assert_blocked(&iso.ns, RT_GUEST6, rt.server6(), "isolated guest to routed guest (IPv6)");
+    assert_blocked(&iso.ns, UPSTREAM6, &upstream6, "isolated guest to upstream (IPv6)");
+    assert_blocked(&lab.upstream, ISO_GUEST6, iso.server6(), "upstream to isolated guest (IPv6)");
+    assert_blocked(&lab.upstream, NAT_GUEST6, nat.server6(), "upstream to nat guest (IPv6)");
+    assert_blocked(&rt.ns, NAT_GUEST6, nat.server6(), "routed guest to nat guest (IPv6)");
     // Guests of the isolated network still reach its host address.
     let host_server = UpstreamServer::start(&lab.host, Ipv4Addr::new(10, 88, 0, 1));
     assert!(connect_from(&iso.ns, Ipv4Addr::new(10, 88, 0, 1), &host_server, "iso-host").is_ok());
@@ -193,10 +248,10 @@ fn isolated_guests_with_bridge_netfilter(on: bool) {
     let from_upstream = connect_to(&lab.upstream, HOST_UPLINK, 2222, "in", BLOCKED);
     assert_eq!(from_upstream.ok(), Some(format!("seen {UPSTREAM}")), "the forward from outside");
     // What must not: guest to guest, both ways, also routed through the gateway.
-    assert_blocked(&a, leased.parse().expect("IPv4"), &b_server, "a to b");
+    assert_blocked(&a, leased.parse::<Ipv4Addr>().expect("IPv4"), &b_server, "a to b");
     assert_blocked(&b, Ipv4Addr::new(192, 168, 100, 10), &a_ssh, "b to a");
     a.sh(&format!("ip route add {leased}/32 via 192.168.100.1"));
-    assert_blocked(&a, leased.parse().expect("IPv4"), &b_server, "a to b through the gateway");
+    assert_blocked(&a, leased.parse::<Ipv4Addr>().expect("IPv4"), &b_server, "a to b through the gateway");
     assert_blocked(&iso1.ns, Ipv4Addr::new(10, 88, 0, 12), &iso2.server, "isolated network, guest to guest");
     let iso_host = UpstreamServer::start(&lab.host, Ipv4Addr::new(10, 88, 0, 1));
     assert!(connect_from(&iso1.ns, Ipv4Addr::new(10, 88, 0, 1), &iso_host, "iso-host").is_ok());

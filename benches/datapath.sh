@@ -5,8 +5,9 @@
 # rule (the kernel's floor), taking turns, each in namespaces of its own:
 #   guest (10.99.0.10) -- vm-0 | bridge 10.99.0.1, host | up0 -- upstream (203.0.113.2)
 # Figures: iperf3 TCP throughput, iperf3 UDP 64-byte packets received per
-# second, new TCP connections per second (conn-rate). Prints a markdown table
-# of medians of paired ratios (kvm-net / floor) to stdout.
+# second, new TCP connections per second (conn-rate). Then IPv6 against IPv4
+# through one kvm-net network (NAT66 against NAT44), taking turns. Prints a
+# markdown table of medians of paired ratios (kvm-net / floor) to stdout.
 #   benches/datapath.sh    (KVM_NET_BIN_DIR: the helpers; CONN_RATE: the client)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,17 +41,22 @@ topology() {
     ip -n "$name-h" link add vm-0 type veth peer name eth0 netns "$name-g"
     ip -n "$name-h" link add up0 type veth peer name wan0 netns "$name-u"
     ip -n "$name-h" addr add 203.0.113.1/24 dev up0
+    ip -n "$name-h" addr add 2001:db8:1::1/64 dev up0 nodad
     ip -n "$name-h" link set up0 up
     ip -n "$name-g" link set lo up
     ip -n "$name-g" addr add 10.99.0.10/24 dev eth0
+    ip -n "$name-g" addr add fd00:99::10/64 dev eth0 nodad
     ip -n "$name-g" link set eth0 up
     ip -n "$name-g" route add default via 10.99.0.1
+    ip -n "$name-g" -6 route add default via fd00:99::1
     ip -n "$name-u" link set lo up
     ip -n "$name-u" addr add 203.0.113.2/24 dev wan0
+    ip -n "$name-u" addr add 2001:db8:1::2/64 dev wan0 nodad
     ip -n "$name-u" link set wan0 up
     ip netns exec "$name-u" iperf3 -s -D
     # In a subshell of its own: its death at the end is not this shell's news.
     (ip netns exec "$name-u" "$conn_rate" --serve 203.0.113.2:7000 >/dev/null 2>&1 &)
+    (ip netns exec "$name-u" "$conn_rate" --serve '[2001:db8:1::2]:7000' >/dev/null 2>&1 &)
 }
 
 # The floor: a bridge, its address, forwarding and one masquerade rule.
@@ -73,7 +79,7 @@ EOF
 kvmnet() {
     local name=$1 backend=$2 others=$3 config=$out/$1.toml
     topology "$name"
-    printf '[network.bench]\nmode = "nat"\nbridge = "brbench"\nipv4 = "10.99.0.1/24"\ntaps = ["vm-*"]\ndhcp = { enabled = false }\n' > "$config"
+    printf '[network.bench]\nmode = "nat"\nbridge = "brbench"\nipv4 = "10.99.0.1/24"\nipv6 = "fd00:99::1/64"\nipv6_autoconfig = "off"\ntaps = ["vm-*"]\ndhcp = { enabled = false }\n' > "$config"
     for i in $(seq 1 "$others"); do
         printf '[network.o%d]\nmode = "nat"\nbridge = "bro%d"\nipv4 = "10.%d.%d.1/24"\ntaps = ["o%d-*"]\ndhcp = { enabled = false }\n' \
             "$i" "$i" $((100 + i / 200)) $((i % 200)) "$i" >> "$config"
@@ -85,15 +91,17 @@ kvmnet() {
         for i in \$(seq 1 $others); do ip tuntap add dev o\$i-0 mode tap; $bin/kvm-natup o\$i-0; done"
 }
 
-# figure NAME METRIC: one measurement from NAME-g to NAME-u.
+# figure NAME METRIC [FAMILY]: one measurement from NAME-g to NAME-u, over
+# IPv4 (the default) or IPv6 (6).
 figure() {
-    local name=$1 metric=$2
+    local name=$1 metric=$2 upstream=203.0.113.2 at=203.0.113.2:7000
+    if [ "${3:-4}" = 6 ]; then upstream=2001:db8:1::2 at='[2001:db8:1::2]:7000'; fi
     case $metric in
-        tcp) ip netns exec "$name-g" iperf3 -c 203.0.113.2 -t "$seconds" -J \
+        tcp) ip netns exec "$name-g" iperf3 -c "$upstream" -t "$seconds" -J \
                  | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])' ;;
-        udp64) ip netns exec "$name-g" iperf3 -c 203.0.113.2 -u -l 64 -b 0 -t "$seconds" -J \
+        udp64) ip netns exec "$name-g" iperf3 -c "$upstream" -u -l 64 -b 0 -t "$seconds" -J \
                  | python3 -c 'import json,sys; s=json.load(sys.stdin)["end"]["sum"]; print((s["packets"]-s["lost_packets"])/s["seconds"])' ;;
-        conn) ip netns exec "$name-g" "$conn_rate" 203.0.113.2:7000 "$seconds" ;;
+        conn) ip netns exec "$name-g" "$conn_rate" "$at" "$seconds" ;;
     esac
 }
 
@@ -126,3 +134,19 @@ for backend in nftables iptables; do
         done
     done
 done
+
+# IPv6 against IPv4 through the same kvm-net network (nftables), taking turns.
+name=k-six
+echo "datapath: IPv6 against IPv4" >&2
+kvmnet "$name" nftables 0
+row="| IPv6 (NAT66) / IPv4 (NAT44), the same kvm-net network (nftables)"
+for metric in $metrics; do
+    : > "$out/$name.$metric"
+    for _ in $(seq 1 "$rounds"); do
+        four=$(figure "$name" "$metric")
+        six=$(figure "$name" "$metric" 6)
+        awk -v a="$six" -v b="$four" 'BEGIN { printf "%.4f\n", a / b }' >> "$out/$name.$metric"
+    done
+    row="$row | $(median < "$out/$name.$metric" | awk '{ printf "%.2fx", $1 }')"
+done
+echo "$row | ≥ 0.9x |"

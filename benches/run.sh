@@ -154,6 +154,29 @@ for fw in nftables iptables; do
 done
 unset KVM_NET_FIREWALL
 
+# A warm kvm-natup on an IPv6 network (router advertisements, its dnsmasq
+# running) against one on an IPv4-only network, taking turns in one
+# namespace (nftables), and the processes it starts (none: it stays one).
+dual=$out/dual.toml
+printf '[network.four]\nmode = "nat"\nbridge = "br4"\nipv4 = "10.4.0.1/24"\ntaps = ["f*"]\n[network.six]\nmode = "nat"\nbridge = "br6"\nipv4 = "10.6.0.1/24"\nipv6 = "fd00:66::1/64"\ntaps = ["s*"]\n' > "$dual"
+echo "bench: ipv6" >&2
+KVM_NET_CONFIG=$dual KVM_NET_FIREWALL=nftables unshare --net --mount --propagation private -- bash -ec "
+    mkdir -p /run/kvm-net; mount -n -t tmpfs -o mode=0755 tmpfs /run/kvm-net; ip link set lo up
+    ip tuntap add dev f0 mode tap; ip tuntap add dev s0 mode tap; $bin/kvm-natup f0; $bin/kvm-natup s0
+    ip link set dev s0 nomaster
+    strace -f -qq -e trace=clone,clone3,fork,vfork,execve -o $out/ipv6-warm.strace $bin/kvm-natup s0
+    $bin/kvm-natdown f0; $bin/kvm-natdown s0"
+# The pair, alternating: both networks in one namespace, each call on its own tap.
+KVM_NET_CONFIG=$dual KVM_NET_FIREWALL=nftables unshare --net --mount --propagation private -- bash -ec "
+    mkdir -p /run/kvm-net; mount -n -t tmpfs -o mode=0755 tmpfs /run/kvm-net; ip link set lo up
+    ip tuntap add dev f0 mode tap; ip tuntap add dev s0 mode tap; ip tuntap add dev f1 mode tap; ip tuntap add dev s1 mode tap
+    $bin/kvm-natup f0; $bin/kvm-natup s0
+    hyperfine --style none --export-csv '$out/ipv6-vs-ipv4.csv' -N --warmup 5 --runs $runs \
+        --prepare 'ip link set dev f1 nomaster' '$bin/kvm-natup f1' \
+        --prepare 'ip link set dev s1 nomaster' '$bin/kvm-natup s1' >/dev/null
+    $bin/kvm-natdown f1; $bin/kvm-natdown s1; $bin/kvm-natdown f0; $bin/kvm-natdown s0"
+ipv6_processes=$(grep -cE 'clone|fork|execve' "$out/ipv6-warm.strace")
+
 # The classic scripts, for comparison.
 measure warm-classic "ip tuntap add dev t0 mode tap; $seeds/qemu-natup t0 >/dev/null" \
     -N --warmup 5 --runs "$runs" --prepare "ip link set dev t0 nomaster" "$seeds/qemu-natup t0"
@@ -185,6 +208,8 @@ row() { echo "| $1 | $2 ms | $3 ms | $(ratio "$2" "$3") | $4 |"; }
     echo "| non-last \`kvm-natdown\` with 1000 other ports vs 1 (the floor: $(awk -v a="$(floor_us floor-ports-1000 3)" -v b="$(floor_us floor-ports-1 3)" 'BEGIN { printf "%.2fx", a / b }')) | $(floor_us floor-ports-1000 4) µs | $(floor_us floor-ports-1 4) µs | $(awk -v a="$(floor_us floor-ports-1000 4)" -v b="$(floor_us floor-ports-1 4)" 'BEGIN { printf "%.2fx", a / b }') | ≤ 1.2x |"
     echo "| system calls / nf_tables requests: warm \`kvm-natup\` | $(calls calls-natup 1) / $(calls calls-natup 2) | floor: $(calls calls-floor 1) / 0 | | |"
     echo "| system calls / nf_tables requests: non-last \`kvm-natdown\`, \`kvm-ifup\` | $(calls calls-natdown 1) / $(calls calls-natdown 2), $(calls calls-ifup 1) / $(calls calls-ifup 2) | | | |"
+    row "warm \`kvm-natup\`, an IPv6 network (advertising) vs an IPv4-only one (nftables)" "$(median ipv6-vs-ipv4 2)" "$(median ipv6-vs-ipv4 1)" "≤ 1.1x"
+    echo "| processes a warm \`kvm-natup\` on an IPv6 network runs (execve, clone) | $ipv6_processes | | | 1 (itself) |"
     for p in nft- ipt-; do
         name=nftables
         [ "$p" = ipt- ] && name=iptables

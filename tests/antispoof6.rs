@@ -11,7 +11,9 @@
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use kvm_net_tests::frames::{echo6, ethernet, mac, mac_of, neighbour_advertisement, send, tcp_syn6, Mac};
+use kvm_net_tests::frames::{
+    echo6, ethernet, mac, mac_of, neighbour_advertisement, router_advertisement, send, tcp_syn6, Mac,
+};
 use kvm_net_tests::lab::{
     autoconfigured, connect_from, dhcpv6_lease, global6, Lab, UpstreamServer, HOST_UPLINK6, UPSTREAM6,
 };
@@ -164,6 +166,13 @@ fn a_guest_on_a_network_left_at_allow_can_impersonate_another_over_ipv6() {
 fn denied(bridge_netfilter: bool) {
     let shared = Shared::new(&config("", ""), bridge_netfilter);
     assert_eq!(attack(&shared), Got::default(), "bridge-nf-call-ip6tables={bridge_netfilter}");
+    // A rogue router: b takes no address of a's prefix.
+    let a_link_local = link_local(&shared.a, "eth0");
+    for _ in 0..3 {
+        send(&shared.a, "eth0", &router_advertisement(mac(A_MAC), a_link_local, "2001:db8:bad::".parse().expect("p")));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!shared.b.ok(&["ip", "-6", "addr"]).contains("2001:db8:bad:"), "b took a's advertisement");
     // The victim, and the attacker as itself, still work.
     for (guest, name) in [(&shared.b, "b"), (&shared.a, "a")] {
         assert_eq!(

@@ -103,9 +103,12 @@ impl Shared {
     /// A guest namespace on tap `tap` with NIC MAC `mac`, not yet addressed.
     fn guest(lab: &Lab, config: &ConfigFile, tap: &str, mac: &str) -> Netns {
         let guest = lab.guest(tap, "0.0.0.0/32", None);
-        // No duplicate address detection: the link-local address is usable at once.
+        // No duplicate address detection: the link-local address is usable at
+        // once; no router solicitations, which would move the guest's MAC
+        // back on the bridge in the middle of an attack.
         guest.sh(&format!(
-            "ip link set eth0 down; ip link set eth0 address {mac}; echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad; ip link set eth0 up"
+            "ip link set eth0 down; ip link set eth0 address {mac}; echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad; \
+             echo 0 > /proc/sys/net/ipv6/conf/eth0/router_solicitations; ip link set eth0 up"
         ));
         ok_with(&lab.host, "kvm-natup", tap, &[("KVM_NET_CONFIG", config.path())]);
         guest
@@ -169,8 +172,16 @@ fn attack(shared: &Shared) -> Got {
             &ethernet(shared.gateway_mac, source_mac, 0x0800, &icmp_echo(B_IP, UPSTREAM, SPOOF_ICMP_ID)),
         );
     }
-    // Before b sends anything again, which would take its MAC back.
-    let mac_moved = shared.port_of(B_MAC).as_deref() == Some("vm-a");
+    // Before b sends anything again, which would take its MAC back (b's MLD
+    // reports do now and then: a few more tries, each checked at once).
+    let mut mac_moved = shared.port_of(B_MAC).as_deref() == Some("vm-a");
+    for _ in 0..5 {
+        if mac_moved {
+            break;
+        }
+        send(&shared.a, "eth0", &ethernet(shared.gateway_mac, b_mac, 0x0800, &icmp_echo(B_IP, UPSTREAM, 1)));
+        mac_moved = shared.port_of(B_MAC).as_deref() == Some("vm-a");
+    }
     // Neighbour entries to poison: b knows the gateway, the host knows b; past
     // their lock time (1 s), in which the kernel ignores other answers.
     assert!(shared.b.output(&["busybox", "ping", "-c", "1", "-W", "1", &GATEWAY.to_string()]).status.success());
@@ -528,8 +539,13 @@ fn a_rebuilt_filter_restores_the_bindings_in_force_not_what_the_bridge_learned()
     shared.lab.host.ok(&["nft", "flush", "ruleset"]);
     // Unfiltered meanwhile, a sends from b's MAC: the bridge now has b's MAC behind a's port.
     let b = mac(B_MAC);
-    for _ in 0..3 {
+    // b's own frames (MLD reports) take its MAC back now and then: until the bridge has it behind a.
+    for _ in 0..20 {
         send(&shared.a, "eth0", &ethernet(shared.gateway_mac, b, 0x0800, &icmp_echo(B_IP, UPSTREAM, 1)));
+        if shared.port_of(B_MAC).as_deref() == Some("vm-a") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(shared.port_of(B_MAC).as_deref(), Some("vm-a"), "the bridge learned b's MAC on a's port");
     // The next VM start rebuilds the filter.

@@ -29,6 +29,8 @@ command -v ping >/dev/null || need+=(iputils-ping)
 # IPv6 guests: dhclient -6 (DHCPv6) and rdisc6 (router advertisements), in namespaces.
 command -v dhclient >/dev/null || [ -x /usr/sbin/dhclient ] || need+=(isc-dhcp-client)
 command -v rdisc6 >/dev/null || need+=(ndisc6)
+# Rate limits measured against their rate (tests/bandwidth.rs), and the data path's traffic in make bench.
+command -v iperf3 >/dev/null || need+=(iperf3)
 # The kernel's UAPI headers: unit tests check kvm-net's hand-typed kernel numbers against them.
 [ -e /usr/include/linux/netfilter/nf_tables.h ] || need+=(linux-libc-dev)
 if [ "${1:-}" = --bench ]; then
@@ -40,7 +42,6 @@ if [ "${1:-}" = --bench ]; then
     # The kernel's floor (benches/attach-floor.c, built static) and the data path's traffic.
     command -v gcc >/dev/null || need+=(gcc)
     [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
-    command -v iperf3 >/dev/null || need+=(iperf3)
     command -v python3 >/dev/null || need+=(python3)
 fi
 

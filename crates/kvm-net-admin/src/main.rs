@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kvm_net_core::cli::one_line;
-use kvm_net_core::config::model::Config;
+use kvm_net_core::config::model::{Config, Mode};
 use kvm_net_core::config::Environment;
 use kvm_net_core::error::Error;
 use kvm_net_core::ifname::IfName;
@@ -133,7 +133,11 @@ fn run(args: Args) -> Result<u8> {
         }
         Command::Repair { network } => {
             let config = config?;
-            let chosen = managed(&config, &network)?;
+            // A bridged network's ports have limits of kvm-net's to repair, if it gives them any.
+            let chosen = match config.network(&network) {
+                Some(chosen) if chosen.mode == Mode::Bridged && chosen.has_limits() => chosen,
+                _ => managed(&config, &network)?,
+            };
             if network::repair(chosen)? {
                 println!("network {network} on {} is whole again", chosen.bridge);
                 Ok(0)

@@ -11,7 +11,7 @@
 //! 3. [`kernel`]: netlink, taps, sysctls, what the kernel says
 //! 4. [`security`]: privilege, access, `/run/kvm-net`, locks
 //! 5. [`config`]: loading, validating, choosing a network
-//! 6. [`firewall`], [`switch`], [`services`]: what a network is made of
+//! 6. [`firewall`], [`switch`], [`services`], [`shaping`]: what a network is made of
 //! 7. [`ops`]: the operations that put it together
 //! 8. [`report`]: status and check
 //! 9. [`cli`]: QEMU's contract
@@ -38,5 +38,6 @@ pub mod ports;
 pub mod report;
 pub mod security;
 pub mod services;
+pub mod shaping;
 pub mod switch;
 pub mod trace;

@@ -9,7 +9,7 @@
 //! 3. `kernel`
 //! 4. `security`
 //! 5. `config` (the facade: reading, validating, choosing)
-//! 6. `firewall`, `switch`, `services`
+//! 6. `firewall`, `switch`, `services`, `shaping`
 //! 7. `ops`
 //! 8. `report`
 //! 9. `cli`
@@ -33,6 +33,7 @@ fn place(module: &str) -> Option<(u8, &'static str)> {
         ("firewall", _) => (6, "firewall"),
         ("switch", _) => (6, "switch"),
         ("services", _) => (6, "services"),
+        ("shaping", _) => (6, "shaping"),
         ("ops", _) => (7, "ops"),
         ("report", _) => (8, "report"),
         ("cli", _) => (9, "root"),

@@ -9,8 +9,8 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
 use super::model::{
-    Autoconfig, Choice, Config, Dhcp, Forward, Grants, HostRecord, Mode, Network, OvsPorts, Source, Spoofing,
-    StaticLease, DEFAULT_IFACE_ID, DEFAULT_MAX_TAPS_PER_USER, DEFAULT_OVSDB,
+    Autoconfig, Bandwidth, BandwidthOverride, Choice, Config, Dhcp, Forward, Grants, HostRecord, Mode, Network,
+    OvsPorts, Rate, Source, Spoofing, StaticLease, DEFAULT_IFACE_ID, DEFAULT_MAX_TAPS_PER_USER, DEFAULT_OVSDB,
 };
 use crate::error::Error;
 use crate::ifname::IfName;
@@ -50,9 +50,27 @@ struct RawNetwork {
     #[serde(default)]
     forwards: Vec<RawForward>,
     guest_spoofing: Option<String>,
+    bandwidth: Option<RawBandwidth>,
+    #[serde(default)]
+    bandwidth_overrides: Vec<RawOverride>,
     iface_id: Option<String>,
     ovsdb: Option<String>,
     vlan: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBandwidth {
+    to_guest: Option<String>,
+    from_guest: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    taps: Vec<String>,
+    to_guest: Option<String>,
+    from_guest: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +231,8 @@ impl RawNetwork {
         let guest_spoofing = self.spoofing(&name, mode, dhcp.is_some()).map_err(bad)?;
         let forwards =
             self.forwards_of(ipv4, dhcp.as_ref(), |field, reason| field_error(path, &name, &field, reason))?;
+        let (bandwidth, bandwidth_overrides) =
+            self.bandwidth_of(mode).map_err(|(field, reason)| field_error(path, &name, &field, reason))?;
         Ok(Network {
             name,
             mode,
@@ -229,8 +249,60 @@ impl RawNetwork {
             isolate_guests: self.isolate_guests.unwrap_or(false),
             forwards,
             guest_spoofing,
+            bandwidth,
+            bandwidth_overrides,
             ovs,
         })
+    }
+
+    /// `bandwidth` and `bandwidth_overrides`, each rate checked; an error
+    /// names the field (`bandwidth.to_guest`, `bandwidth_overrides[1].taps`).
+    fn bandwidth_of(&self, mode: Mode) -> Result<(Bandwidth, Vec<BandwidthOverride>), (String, String)> {
+        let rate = |field: String, text: &Option<String>| -> Result<Option<Rate>, (String, String)> {
+            let Some(text) = text else { return Ok(None) };
+            match Rate::parse(text) {
+                Some(rate) if rate >= Rate::MIN => Ok(Some(rate)),
+                _ => Err((
+                    field,
+                    format!(
+                        "{text:?} is not a rate of at least 8kbit: an integer with kbit, mbit or gbit (\"50mbit\")"
+                    ),
+                )),
+            }
+        };
+        let bandwidth = match &self.bandwidth {
+            None => Bandwidth::default(),
+            Some(raw) => Bandwidth {
+                to_guest: rate("bandwidth.to_guest".to_owned(), &raw.to_guest)?,
+                from_guest: rate("bandwidth.from_guest".to_owned(), &raw.from_guest)?,
+            },
+        };
+        let mut overrides = Vec::new();
+        for (index, raw) in self.bandwidth_overrides.iter().enumerate() {
+            let field = |name: &str| format!("bandwidth_overrides[{index}].{name}");
+            if raw.taps.is_empty() {
+                return Err((field("taps"), "name at least one tap pattern (\"db-*\")".to_owned()));
+            }
+            let taps = raw
+                .taps
+                .iter()
+                .map(|p| glob::Pattern::new(p).map_err(|e| (field("taps"), format!("{p:?}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let limits = Bandwidth {
+                to_guest: rate(field("to_guest"), &raw.to_guest)?,
+                from_guest: rate(field("from_guest"), &raw.from_guest)?,
+            };
+            overrides.push(BandwidthOverride { taps, limits });
+        }
+        let set = self.bandwidth.is_some() || !overrides.is_empty();
+        if set && mode == Mode::Ovs {
+            let field = if self.bandwidth.is_some() { "bandwidth" } else { "bandwidth_overrides" };
+            return Err((
+                field.to_owned(),
+                "kvm-net does not limit Open vSwitch ports: set ingress_policing_rate or a QoS on the port's Interface row (ovs-vsctl)".to_owned(),
+            ));
+        }
+        Ok((bandwidth, overrides))
     }
 
     /// The bridge's addresses, and the MTU, as `mode` allows them.

@@ -110,6 +110,10 @@ pub struct Network {
     pub forwards: Vec<Forward>,
     /// Whether guests may send as another guest (`guest_spoofing`).
     pub guest_spoofing: Spoofing,
+    /// Each guest port's rate limits (`bandwidth`), unless an override matches it.
+    pub bandwidth: Bandwidth,
+    /// Limits for the taps whose names match (`bandwidth_overrides`): the first match wins.
+    pub bandwidth_overrides: Vec<BandwidthOverride>,
     /// How taps join the network's Open vSwitch bridge (`mode = "ovs"` only).
     pub ovs: Option<OvsPorts>,
 }
@@ -157,6 +161,87 @@ impl Autoconfig {
         let half = (size / 2).wrapping_add(1);
         let last = if host_bits > 8 { first + size - 128 } else { first + size };
         (Ipv6Addr::from(first + half), Ipv6Addr::from(last))
+    }
+}
+
+/// A rate in bits per second, as `tc` reads `50mbit` (1000-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rate(pub u64);
+
+impl Rate {
+    /// The least rate a limit may have: `8kbit`.
+    pub const MIN: Rate = Rate(8_000);
+
+    /// Reads an integer with `kbit`, `mbit` or `gbit`; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+        let factor: u64 = match unit {
+            "kbit" => 1_000,
+            "mbit" => 1_000_000,
+            "gbit" => 1_000_000_000,
+            _ => return None,
+        };
+        if digits.is_empty() || digits.len() > 12 {
+            return None;
+        }
+        digits.parse::<u64>().ok()?.checked_mul(factor).map(Rate)
+    }
+
+    /// Bytes per second, as the kernel's shapers count.
+    pub fn bytes_per_second(self) -> u64 {
+        self.0 / 8
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            bits if bits % 1_000_000_000 == 0 => write!(f, "{}gbit", bits / 1_000_000_000),
+            bits if bits % 1_000_000 == 0 => write!(f, "{}mbit", bits / 1_000_000),
+            bits if bits % 1_000 == 0 => write!(f, "{}kbit", bits / 1_000),
+            bits => write!(f, "{bits}bit"),
+        }
+    }
+}
+
+/// A guest port's limits, one per direction; `None`: unlimited that way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Bandwidth {
+    /// What the guest receives (the tap's transmit side).
+    pub to_guest: Option<Rate>,
+    /// What the guest sends (the tap's receive side).
+    pub from_guest: Option<Rate>,
+}
+
+impl Bandwidth {
+    /// Whether it limits anything.
+    pub fn is_limited(&self) -> bool {
+        self.to_guest.is_some() || self.from_guest.is_some()
+    }
+}
+
+/// Limits for some taps of a network (`[[network.NAME.bandwidth_overrides]]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BandwidthOverride {
+    /// The tap-name patterns it is for.
+    pub taps: Vec<glob::Pattern>,
+    /// Their limits (a direction left out: unlimited).
+    pub limits: Bandwidth,
+}
+
+impl Network {
+    /// The limits of the port `tap`: the first override whose pattern
+    /// matches it, else the network's.
+    pub fn limits_for(&self, tap: &str) -> Bandwidth {
+        self.bandwidth_overrides
+            .iter()
+            .find(|o| o.taps.iter().any(|pattern| pattern.matches(tap)))
+            .map_or(self.bandwidth, |o| o.limits)
+    }
+
+    /// Whether any port of the network may be limited.
+    pub fn has_limits(&self) -> bool {
+        self.bandwidth.is_limited() || self.bandwidth_overrides.iter().any(|o| o.limits.is_limited())
     }
 }
 
@@ -345,6 +430,8 @@ impl Network {
             isolate_guests: false,
             forwards: Vec::new(),
             guest_spoofing: Spoofing::Allow,
+            bandwidth: Bandwidth::default(),
+            bandwidth_overrides: Vec::new(),
             ovs: None,
         }
     }
@@ -453,5 +540,47 @@ impl Choice {
             "iptables" => Some(Choice::Only(Backend::Iptables)),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_integers_with_a_tc_unit_and_read_back() {
+        for (text, bits) in
+            [("8kbit", 8_000), ("50mbit", 50_000_000), ("1gbit", 1_000_000_000), ("12000kbit", 12_000_000)]
+        {
+            let rate = Rate::parse(text).expect(text);
+            assert_eq!(rate.0, bits, "{text}");
+            assert_eq!(Rate::parse(&rate.to_string()), Some(rate), "{text} reads back");
+        }
+        assert_eq!(Rate(12_000_000).to_string(), "12mbit");
+        for bad in ["fast", "5", "1.5mbit", "50mbps", "-5mbit", "+5mbit", "mbit", "5 mbit", "99999999999999gbit"] {
+            assert_eq!(Rate::parse(bad), None, "{bad}");
+        }
+        assert!(Rate::parse("0kbit").is_some_and(|rate| rate < Rate::MIN));
+    }
+
+    #[test]
+    fn the_first_matching_override_wins_and_a_direction_it_leaves_out_is_unlimited() {
+        let limits =
+            |to: Option<u64>, from: Option<u64>| Bandwidth { to_guest: to.map(Rate), from_guest: from.map(Rate) };
+        let network = Network {
+            bandwidth: limits(Some(50_000_000), Some(20_000_000)),
+            bandwidth_overrides: vec![
+                BandwidthOverride {
+                    taps: vec![glob::Pattern::new("db-*").expect("p")],
+                    limits: limits(Some(1_000_000_000), None),
+                },
+                BandwidthOverride { taps: vec![glob::Pattern::new("d*").expect("p")], limits: limits(None, None) },
+            ],
+            ..Network::classic()
+        };
+        assert_eq!(network.limits_for("db-1"), limits(Some(1_000_000_000), None));
+        assert_eq!(network.limits_for("dev0"), limits(None, None));
+        assert_eq!(network.limits_for("vm0"), network.bandwidth);
+        assert!(network.has_limits() && !Network::classic().has_limits());
     }
 }

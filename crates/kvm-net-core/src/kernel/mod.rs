@@ -8,5 +8,6 @@ pub mod netlink;
 pub mod netns;
 pub mod sysctl;
 pub mod tap;
+pub mod tc;
 pub mod uapi;
 pub mod wire;

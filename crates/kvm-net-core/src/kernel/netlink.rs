@@ -56,6 +56,30 @@ pub struct Link {
     pub accept_ra: Option<i32>,
     /// Its IPv6 `accept_dad` setting, from the same answer.
     pub accept_dad: Option<i32>,
+    /// What it has received and sent (`None` where the answer had no counters).
+    pub counters: Option<Counters>,
+}
+
+/// A link's traffic since it was made, as the kernel counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+impl Counters {
+    /// The first four fields of `struct rtnl_link_stats64`.
+    fn from_stats64(value: &[u8]) -> Option<Self> {
+        let field =
+            |at: usize| value.get(at * 8..at * 8 + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_ne_bytes);
+        Some(Self { rx_packets: field(0)?, tx_packets: field(1)?, rx_bytes: field(2)?, tx_bytes: field(3)? })
+    }
 }
 
 /// What the kernel says of a tun/tap device: who may open it without
@@ -72,6 +96,11 @@ pub struct Tun {
 }
 
 impl Link {
+    /// A link from the kernel's echo of a link it made.
+    pub(super) fn from_echo(body: &[u8]) -> Self {
+        Self::from_object(body)
+    }
+
     /// A link from an `libc::RTM_NEWLINK` answer: `struct ifinfomsg`, then attributes.
     fn from_object(body: &[u8]) -> Self {
         let mut link = Link {
@@ -87,6 +116,7 @@ impl Link {
             isolated: false,
             accept_ra: None,
             accept_dad: None,
+            counters: None,
         };
         for (kind, value) in attributes(body.get(IFINFOMSG..).unwrap_or_default()) {
             match kind {
@@ -95,6 +125,7 @@ impl Link {
                 libc::IFLA_MASTER => link.controller = Some(u32_at(value, 0)).filter(|index| *index != 0),
                 libc::IFLA_IFALIAS => link.alias = string(value).map(str::to_owned),
                 libc::IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(value).ok(),
+                uapi::IFLA_STATS64 => link.counters = Counters::from_stats64(value),
                 libc::IFLA_AF_SPEC => {
                     // IPv6's per-link settings: an array of i32 indexed by DEVCONF_*.
                     let settings = attribute(value, libc::AF_INET6 as u16)
@@ -146,7 +177,7 @@ fn up_unless_isolated(isolated: bool) -> u32 {
 }
 
 /// `struct ifinfomsg` for a link (0: none), with flags to set and which of them change.
-fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; IFINFOMSG] {
+pub(super) fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; IFINFOMSG] {
     let mut header = [0; IFINFOMSG];
     header[4..8].copy_from_slice(&index.to_ne_bytes());
     header[8..12].copy_from_slice(&flags.to_ne_bytes());
@@ -195,8 +226,14 @@ impl Netlink {
         Ok(Self { channel })
     }
 
+    /// A request's answer, the error kept as the kernel's errno (for a
+    /// caller that tells one apart); errors in `absent` mean none.
+    pub(super) fn channel_exchange(&mut self, request: Request, absent: &[i32]) -> io::Result<Vec<Object>> {
+        self.channel.exchange(request, false, absent)
+    }
+
     /// A request's answer; errors in `absent` (no such link) mean none.
-    fn ask(
+    pub(super) fn ask(
         &mut self,
         request: Request,
         dump: bool,

@@ -25,6 +25,45 @@ pub const NDA_MASTER: u16 = 9;
 /// learned (libc has it for Android only).
 pub const IFA_F_PERMANENT: u32 = 0x80;
 
+/// `IFLA_STATS64` (linux/if_link.h): a link's counters, 64-bit
+/// (`struct rtnl_link_stats64`: packets, then bytes, received then sent).
+pub const IFLA_STATS64: u16 = 23;
+/// `NLM_F_REPLACE` (linux/netlink.h): a new object replaces one that is there.
+pub const NLM_F_REPLACE: u16 = 0x100;
+/// `NLM_F_ECHO` (linux/netlink.h): the kernel answers a change with the
+/// object it made (links since Linux 6.3; earlier kernels just acknowledge).
+pub const NLM_F_ECHO: u16 = 0x8;
+
+// Traffic control (linux/pkt_sched.h, linux/pkt_cls.h, linux/tc_act/tc_mirred.h).
+/// `TC_H_ROOT`: a qdisc's parent when it is the device's root.
+pub const TC_H_ROOT: u32 = 0xffff_ffff;
+/// `TC_H_INGRESS`: the ingress qdisc's parent.
+pub const TC_H_INGRESS: u32 = 0xffff_fff1;
+/// `TC_LINKLAYER_ETHERNET`: a rate that counts Ethernet frames (no rate table needed).
+pub const TC_LINKLAYER_ETHERNET: u8 = 1;
+/// `TCA_TBF_PARMS`: tbf's `struct tc_tbf_qopt`.
+pub const TCA_TBF_PARMS: u16 = 1;
+/// `TCA_TBF_RATE64`: a rate above 2^32 - 1 bytes a second.
+pub const TCA_TBF_RATE64: u16 = 4;
+/// `TCA_TBF_BURST`: the bucket, in bytes.
+pub const TCA_TBF_BURST: u16 = 6;
+/// `TCA_U32_SEL`: u32's `struct tc_u32_sel` with its keys.
+pub const TCA_U32_SEL: u16 = 5;
+/// `TCA_U32_ACT`: u32's actions.
+pub const TCA_U32_ACT: u16 = 7;
+/// `TC_U32_TERMINAL`: a selector whose match is final.
+pub const TC_U32_TERMINAL: u8 = 1;
+/// `TCA_ACT_KIND`, `TCA_ACT_OPTIONS`: an action's name and settings.
+pub const TCA_ACT_KIND: u16 = 1;
+/// See [`TCA_ACT_KIND`].
+pub const TCA_ACT_OPTIONS: u16 = 2;
+/// `TC_ACT_STOLEN`: the packet is the action's (mirred's redirect).
+pub const TC_ACT_STOLEN: i32 = 4;
+/// `TCA_MIRRED_PARMS`: mirred's `struct tc_mirred`.
+pub const TCA_MIRRED_PARMS: u16 = 2;
+/// `TCA_EGRESS_REDIR`: mirred sends the packet out of the other device.
+pub const TCA_EGRESS_REDIR: i32 = 1;
+
 /// Reading C headers, for tests that check hand-typed numbers against
 /// them: `#define NAME VALUE` and enum members, with the simple
 /// expressions headers use (`1 << 3`, `A | B`, earlier names).
@@ -154,6 +193,35 @@ mod tests {
         assert_eq!(ipv6.get("DEVCONF_ACCEPT_DAD"), Some(&(DEVCONF_ACCEPT_DAD as i64)));
         assert_eq!(header::numbers("linux/neighbour.h").get("NDA_MASTER"), Some(&i64::from(NDA_MASTER)));
         assert_eq!(header::numbers("linux/if_addr.h").get("IFA_F_PERMANENT"), Some(&i64::from(IFA_F_PERMANENT)));
+        assert_eq!(link.get("IFLA_STATS64"), Some(&i64::from(IFLA_STATS64)));
+        let netlink = header::numbers("linux/netlink.h");
+        assert_eq!(netlink.get("NLM_F_REPLACE"), Some(&i64::from(NLM_F_REPLACE)));
+        assert_eq!(netlink.get("NLM_F_ECHO"), Some(&i64::from(NLM_F_ECHO)));
+        let sched = header::numbers("linux/pkt_sched.h");
+        for (name, value) in [
+            ("TC_H_ROOT", i64::from(TC_H_ROOT)),
+            ("TC_H_INGRESS", i64::from(TC_H_INGRESS)),
+            ("TC_LINKLAYER_ETHERNET", i64::from(TC_LINKLAYER_ETHERNET)),
+            ("TCA_TBF_PARMS", i64::from(TCA_TBF_PARMS)),
+            ("TCA_TBF_RATE64", i64::from(TCA_TBF_RATE64)),
+            ("TCA_TBF_BURST", i64::from(TCA_TBF_BURST)),
+        ] {
+            assert_eq!(sched.get(name), Some(&value), "{name}");
+        }
+        let classify = header::numbers("linux/pkt_cls.h");
+        for (name, value) in [
+            ("TCA_U32_SEL", i64::from(TCA_U32_SEL)),
+            ("TCA_U32_ACT", i64::from(TCA_U32_ACT)),
+            ("TC_U32_TERMINAL", i64::from(TC_U32_TERMINAL)),
+            ("TCA_ACT_KIND", i64::from(TCA_ACT_KIND)),
+            ("TCA_ACT_OPTIONS", i64::from(TCA_ACT_OPTIONS)),
+            ("TC_ACT_STOLEN", i64::from(TC_ACT_STOLEN)),
+        ] {
+            assert_eq!(classify.get(name), Some(&value), "{name}");
+        }
+        let mirred = header::numbers("linux/tc_act/tc_mirred.h");
+        assert_eq!(mirred.get("TCA_MIRRED_PARMS"), Some(&i64::from(TCA_MIRRED_PARMS)));
+        assert_eq!(mirred.get("TCA_EGRESS_REDIR"), Some(&i64::from(TCA_EGRESS_REDIR)));
     }
 
     #[test]

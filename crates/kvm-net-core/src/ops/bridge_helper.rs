@@ -25,11 +25,12 @@ use crate::error::Error;
 use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::tap::Tap;
 use crate::ops::network::Bringup;
-use crate::ops::tap_scripts::{plug_in, release_stale_named};
+use crate::ops::tap_scripts::{attach_limited, plug_in, release_stale_named};
 use crate::ops::watch;
 use crate::security::access::Access;
 use crate::security::lock::BridgeLock;
 use crate::security::privilege::{Install, Needs, Start};
+use crate::shaping;
 use crate::switch::{self, Switch};
 use crate::trace::trace;
 
@@ -237,12 +238,14 @@ pub fn run(request: &Request, start: &Start) -> Result<()> {
             // A switch that keeps the ports of departed taps needs a watcher
             // to take this one away with its tap; as for managed networks,
             // it is started (or found) under the bridge's lock.
-            let keeps = switch.keeps_departed_ports();
+            // So does a tap with an ifb (a limit on what its guest sends),
+            // which outlives its tap.
+            let keeps = switch.keeps_departed_ports() || network.limits_for(&port.name).from_guest.is_some();
             let _lock = keeps.then(|| BridgeLock::acquire(&network.bridge)).transpose()?;
             // A tap the kernel just named may share its name with a stale
             // port elsewhere, which that switch takes whatever the tap is for.
             release_stale_named(&config.networks, &network, &port.name)?;
-            switch.attach(&mut netlink, &port, switch::Tap::Made)?;
+            attach_limited(&mut netlink, &network, &mut *switch, &port, switch::Tap::Made)?;
             within_bound(&mut netlink, &access, &network, &port, &mut *switch)?;
             if keeps {
                 watch::ensure_watcher(&network)?;
@@ -274,6 +277,9 @@ fn within_bound(
         return Ok(());
     }
     switch.detach(netlink, port)?;
+    if shaping::is_asked_for(network) {
+        shaping::unlimit(netlink, port)?;
+    }
     Err(Error::TooManyTaps { user: caller.name(), network: network.name.clone(), max: network.max_taps_per_user }
         .into())
 }

@@ -20,6 +20,7 @@ use crate::ops::lease_hook;
 use crate::ops::warm::{fingerprint, Record};
 use crate::security::lock::BridgeLock;
 use crate::services::dnsmasq::{self, Dnsmasq, Hooks};
+use crate::shaping;
 use crate::switch;
 use crate::switch::linux::{
     abandoned_bridges, create_managed_bridge, find_bridge, Marks, KEPT_UP_ALIAS, MANAGED_ALIAS,
@@ -331,6 +332,9 @@ pub fn up(network: &Network) -> Result<()> {
 /// creates nothing for a network that is down, and leaves kept-up as it was.
 /// Returns whether the network was up.
 pub fn repair(network: &Network) -> Result<bool> {
+    if !network.mode.is_managed() {
+        return repair_limits(network);
+    }
     let mut bringup = Bringup::prepare(network, "kvm-net repair")?;
     bringup.jumps_ahead = true;
     let mut netlink = Netlink::connect()?;
@@ -338,8 +342,29 @@ pub fn repair(network: &Network) -> Result<bool> {
     if find_bridge(&mut netlink, &network.bridge)?.is_none() {
         return Ok(false);
     }
-    bringup.run(&mut netlink, &lock, |_, _| Ok(()))?;
+    bringup.run(&mut netlink, &lock, |netlink, bridge| limit_ports(netlink, network, &bridge))?;
     Ok(true)
+}
+
+/// Each guest port's limits as the config says (a bridged network has
+/// nothing else of kvm-net's to repair). Whether the bridge is there.
+fn repair_limits(network: &Network) -> Result<bool> {
+    let mut netlink = Netlink::connect()?;
+    let Some(bridge) = find_bridge(&mut netlink, &network.bridge)? else { return Ok(false) };
+    limit_ports(&mut netlink, network, &bridge)?;
+    Ok(true)
+}
+
+/// Gives every guest port of `bridge` the limits `network` asks for it;
+/// nothing where the network has none.
+fn limit_ports(netlink: &mut Netlink, network: &Network, bridge: &Link) -> Result<()> {
+    if !shaping::is_asked_for(network) {
+        return Ok(());
+    }
+    for port in netlink.ports_of(bridge)?.iter().filter(|port| shaping::is_guest_port(network, port)) {
+        shaping::limit(netlink, network, port)?;
+    }
+    Ok(())
 }
 
 /// Why a managed network stays after a port left (`leaving`, which QEMU
@@ -433,6 +458,14 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
             report.extend(gc_guest_filter(&mut netlink, network, dry_run)?);
         }
     }
+    // The ifbs of limited taps that went without a downscript, whatever
+    // network they were of (the config may have changed since).
+    let departed = shaping::departed(&mut netlink)?;
+    if !dry_run && !departed.is_empty() {
+        shaping::release_departed(&mut netlink)?;
+    }
+    let done = if dry_run { "would remove" } else { "removed" };
+    report.extend(departed.iter().map(|ifb| format!("{done} {ifb}, the limit of a tap that is gone")));
     Ok(report)
 }
 

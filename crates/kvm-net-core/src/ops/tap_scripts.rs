@@ -12,6 +12,7 @@ use crate::ops::network::{why_it_stays, Bringup, Services};
 use crate::ops::watch;
 use crate::security::access::Access;
 use crate::security::lock::BridgeLock;
+use crate::shaping;
 use crate::switch::linux::Marks;
 use crate::switch::{self, Switch, Tap};
 use crate::trace::{trace, warn};
@@ -66,7 +67,7 @@ pub fn ifup(tap: &IfName, network: &Network, source: &Source, access: &Access, a
         ));
     }
     release_stale_named(all, network, tap.as_str())?;
-    switch.attach(&mut netlink, &port, Tap::Qemu)?;
+    attach_limited(&mut netlink, network, &mut *switch, &port, Tap::Qemu)?;
     if switch.keeps_departed_ports() {
         watch::ensure_watcher(network)?;
     }
@@ -106,7 +107,9 @@ pub fn ifdown(tap: &IfName, access: &Access, marked_network: impl FnOnce(&str) -
         }
         trace(format_args!("{tap}: network {name} has no {kind} switch any more"));
     }
-    netlink.detach_and_down(&link)
+    netlink.detach_and_down(&link)?;
+    // kvm-ifdown reads no config: whatever limits kvm-net gave the tap go.
+    shaping::unlimit(&mut netlink, &link)
 }
 
 /// `kvm-natup`: makes a managed network whole (bridge, addresses,
@@ -138,8 +141,30 @@ pub fn plug_in(
     release_stale_named(all, network, &port.name)?;
     GuestFilter::of(network).admit(&port.name)?;
     let mut switch = switch::open(network, netlink, Some(bridge))?;
-    switch.attach(netlink, port, tap)?;
+    attach_limited(netlink, network, &mut *switch, port, tap)?;
     Ok(switch)
+}
+
+/// Gives `port` its limits, if the network has any, then attaches it
+/// (which brings it up): no frame passes unlimited. If the attach fails,
+/// the limits go again.
+pub fn attach_limited(
+    netlink: &mut Netlink,
+    network: &Network,
+    switch: &mut dyn Switch,
+    port: &Link,
+    tap: Tap,
+) -> Result<()> {
+    let limited = shaping::is_asked_for(network);
+    if limited {
+        shaping::limit(netlink, network, port)?;
+    }
+    let attached = switch.attach(netlink, port, tap);
+    if attached.is_err() && limited {
+        // Best effort: the attach's error is the one worth reporting.
+        let _ = shaping::unlimit(netlink, port);
+    }
+    attached
 }
 
 /// `kvm-natdown`: detaches the tap; when no other port is left, removes
@@ -169,6 +194,9 @@ fn natdown_locked(netlink: &mut Netlink, network: &Network, services: &Services,
         netlink.detach_and_down(port)?;
         // Tap names are reused: nothing of this guest's stays bound to it.
         GuestFilter::of(network).release(&port.name)?;
+        if shaping::is_asked_for(network) {
+            shaping::unlimit(netlink, port)?;
+        }
     }
     let bridge = match netlink.link_by_name(network.bridge.as_str())? {
         Some(bridge) if bridge.is_bridge() => bridge,

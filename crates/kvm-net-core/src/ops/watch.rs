@@ -4,7 +4,10 @@
 //! network leaves one small process behind, the watcher, which sleeps on the
 //! kernel's link notifications and, when the bridge has no ports left,
 //! removes the network exactly as the last `kvm-natdown` would, then exits.
-//! No kvm-net process runs while no VM uses the network.
+//! It also takes away what outlives a tap: a switch's port (Open vSwitch),
+//! the guest filter's bindings, the ifb of a limited port (on a bridged
+//! network, that is all its watcher is for). No kvm-net process runs while
+//! no VM uses the network.
 //!
 //! One watcher per network: it holds `/run/kvm-net/watch/TAG.lock` for its
 //! whole life. Both the helper that starts a watcher and a watcher that
@@ -27,6 +30,7 @@ use crate::kernel::netns::bridge_tag;
 use crate::ops::network::{why_it_stays, Services};
 use crate::security::lock::BridgeLock;
 use crate::security::rundir::{Area, SafeDir};
+use crate::shaping;
 use crate::switch::linux::Marks;
 use crate::switch::{self, Departures, Switch};
 use crate::trace::trace;
@@ -208,6 +212,18 @@ fn look(network: &Network, lock: WatchLock) -> Result<Look> {
         lock.release()?;
         return Ok(Look::Done);
     };
+    // The ifbs of limited taps that went (no lock needed: each is its tap's alone).
+    let ifbs_left = shaping::is_asked_for(network) && shaping::release_departed(&mut netlink)?;
+    // A switch kvm-net does not make, whose ports go with their links, has
+    // a watcher for its ports' ifbs alone (the bridge helper's taps on a
+    // bridged network): it leaves with the last of them.
+    if !network.mode.is_managed() && !switch.keeps_departed_ports() {
+        if ifbs_left {
+            return Ok(Look::Keep(lock, switch.departures(&mut netlink)?));
+        }
+        lock.release()?;
+        return Ok(Look::Done);
+    }
     // The common case, without the bridge's lock: ports left, and nothing to take away.
     if !filtered && switch.has_ports(&mut netlink)? && switch.stale_ports(&mut netlink)?.is_empty() {
         return Ok(Look::Keep(lock, switch.departures(&mut netlink)?));

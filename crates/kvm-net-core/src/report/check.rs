@@ -12,6 +12,7 @@ use crate::kernel::listeners::listeners;
 use crate::kernel::netlink::{Link, Netlink};
 use crate::kernel::sysctl::{deaf_to_advertisements, read_small};
 use crate::services::dnsmasq::Dnsmasq;
+use crate::shaping;
 use crate::switch::linux::abandoned_bridges;
 use crate::switch::{self, Switch};
 
@@ -223,6 +224,7 @@ fn check_network(
     if abandoned_bridges(links).any(|abandoned| abandoned.index == link.index) {
         return Ok(None);
     }
+    check_limits(netlink, network, link, findings)?;
     match network.mode {
         Mode::Bridged => {
             if read_small("/proc/sys/net/bridge/bridge-nf-call-iptables").ok().as_deref() == Some("1") {
@@ -243,6 +245,40 @@ fn check_network(
         }
     }
     Ok(None)
+}
+
+/// Each guest port of a network with limits has exactly the limits the
+/// config asks for it.
+fn check_limits(netlink: &mut Netlink, network: &Network, bridge: &Link, findings: &mut Vec<Finding>) -> Result<()> {
+    if !shaping::is_asked_for(network) {
+        return Ok(());
+    }
+    let name = &network.name;
+    let show = |limits: &crate::config::model::Bandwidth| {
+        let rate = |rate: Option<crate::config::model::Rate>| rate.map_or("unlimited".to_owned(), |r| r.to_string());
+        format!("to the guest {}, from the guest {}", rate(limits.to_guest), rate(limits.from_guest))
+    };
+    for port in netlink.ports_of(bridge)?.iter().filter(|port| shaping::is_guest_port(network, port)) {
+        let wanted = network.limits_for(&port.name);
+        let found = shaping::in_force(netlink, port)?;
+        if found == wanted {
+            continue;
+        }
+        let code = if found.is_limited() { "limits-differ" } else { "limits-missing" };
+        findings.push(Finding::new(
+            Severity::Error,
+            code,
+            Some(network),
+            format!(
+                "port {} of network {name} has {}, and the config asks for {}: its guest is not held to its limits",
+                port.name,
+                if found.is_limited() { show(&found) } else { "no limits".to_owned() },
+                show(&wanted)
+            ),
+            format!("run `kvm-net repair {name}`"),
+        ));
+    }
+    Ok(())
 }
 
 /// A switch beside the kernel (an ovs network's): reachable, with its

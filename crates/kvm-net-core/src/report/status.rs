@@ -19,6 +19,7 @@ use crate::mac;
 use crate::security::privilege;
 use crate::services::dnsmasq::Dnsmasq;
 use crate::services::names;
+use crate::shaping;
 use crate::switch::linux::Marks;
 use crate::switch::{self, PortReport, Switch};
 
@@ -148,6 +149,35 @@ pub struct PortStatus {
     /// Whether OVN reports an OVS port's flows installed
     /// (`external_ids:ovn-installed`; `null` on a Linux bridge).
     pub ovn_installed: Option<bool>,
+    /// The limits in force on it (`bandwidth`): `50mbit`, `null` for none;
+    /// `null` as a whole where the switch's port is no link of this host's.
+    pub limits: Option<LimitsStatus>,
+    /// What went through it since its tap was made, from the kernel's link
+    /// counters (`null` where the switch's port is no link of this host's).
+    pub traffic: Option<TrafficStatus>,
+}
+
+/// A port's limits in force, per direction.
+#[derive(Debug, Serialize)]
+pub struct LimitsStatus {
+    /// What the guest may receive.
+    pub to_guest: Option<String>,
+    /// What the guest may send.
+    pub from_guest: Option<String>,
+}
+
+/// A port's traffic: to the guest is what its tap sent, from the guest
+/// what it received.
+#[derive(Debug, Serialize)]
+pub struct TrafficStatus {
+    /// Bytes the guest received.
+    pub to_guest_bytes: u64,
+    /// Packets the guest received.
+    pub to_guest_packets: u64,
+    /// Bytes the guest sent.
+    pub from_guest_bytes: u64,
+    /// Packets the guest sent.
+    pub from_guest_packets: u64,
 }
 
 /// One of kvm-net's chains.
@@ -216,7 +246,23 @@ fn network_status(
     };
     let ports = match &mut switch {
         Some(switch) => {
-            switch.port_reports(netlink)?.into_iter().map(|port| port_status(port, holders, &bound)).collect()
+            let mut ports: Vec<PortStatus> =
+                switch.port_reports(netlink)?.into_iter().map(|port| port_status(port, holders, &bound)).collect();
+            for port in &mut ports {
+                let Some(link) = links.iter().find(|link| link.name == port.name) else { continue };
+                port.traffic = link.counters.map(|c| TrafficStatus {
+                    to_guest_bytes: c.tx_bytes,
+                    to_guest_packets: c.tx_packets,
+                    from_guest_bytes: c.rx_bytes,
+                    from_guest_packets: c.rx_packets,
+                });
+                let limits = shaping::in_force(netlink, link)?;
+                port.limits = Some(LimitsStatus {
+                    to_guest: limits.to_guest.map(|rate| rate.to_string()),
+                    from_guest: limits.from_guest.map(|rate| rate.to_string()),
+                });
+            }
+            ports
         }
         None => Vec::new(),
     };
@@ -295,6 +341,8 @@ fn port_status(port: PortReport, holders: &HashMap<String, (u32, String)>, bound
             .collect(),
         iface_id: port.iface_id,
         ovn_installed: port.ovn_installed,
+        limits: None,
+        traffic: None,
         name: port.name,
     }
 }

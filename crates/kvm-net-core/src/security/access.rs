@@ -130,6 +130,7 @@ mod tests {
             isolated: false,
             accept_ra: None,
             accept_dad: None,
+            counters: None,
         }
     }
 

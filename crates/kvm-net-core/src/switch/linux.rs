@@ -218,6 +218,7 @@ mod tests {
             isolated: false,
             accept_ra: None,
             accept_dad: None,
+            counters: None,
         }
     }
 

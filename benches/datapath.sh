@@ -91,6 +91,23 @@ kvmnet() {
         for i in \$(seq 1 $others); do ip tuntap add dev o\$i-0 mode tap; $bin/kvm-natup o\$i-0; done"
 }
 
+# The same network with everything a shared host turns on: guest_spoofing
+# = "deny" (the guest takes its fixed address by DHCP, which binds it),
+# isolate_guests and a port forward.
+hardened() {
+    local name=$1 config=$out/$1.toml
+    topology "$name"
+    printf '[network.bench]\nmode = "nat"\nbridge = "brbench"\nipv4 = "10.99.0.1/24"\ntaps = ["vm-*"]\nguest_spoofing = "deny"\nisolate_guests = true\n[network.bench.dhcp]\nhosts = [{ mac = "52:54:00:99:00:10", ip = "10.99.0.10", name = "bench" }]\n[[network.bench.forwards]]\nhost_port = 2222\nguest = "bench"\nguest_port = 22\n' > "$config"
+    ip -n "$name-g" link set eth0 down
+    ip -n "$name-g" link set eth0 address 52:54:00:99:00:10
+    ip -n "$name-g" link set eth0 up
+    ip -n "$name-g" route replace default via 10.99.0.1
+    ip netns exec "$name-h" env KVM_NET_CONFIG="$config" KVM_NET_FIREWALL=nftables "$bin/kvm-natup" vm-0
+    printf '#!/bin/sh\nexit 0\n' > "$out/udhcpc.sh"
+    chmod 0755 "$out/udhcpc.sh"
+    ip netns exec "$name-g" busybox udhcpc -i eth0 -n -q -f -t 5 -T 1 -s "$out/udhcpc.sh" >/dev/null 2>&1
+}
+
 # figure NAME METRIC [FAMILY]: one measurement from NAME-g to NAME-u, over
 # IPv4 (the default) or IPv6 (6).
 figure() {
@@ -150,3 +167,24 @@ for metric in $metrics; do
     row="$row | $(median < "$out/$name.$metric" | awk '{ printf "%.2fx", $1 }')"
 done
 echo "$row | ≥ 0.9x |"
+
+# deny, isolate_guests and a forward against the same network with defaults
+# and against the floor (nftables), taking turns.
+echo "datapath: hardened" >&2
+hardened k-hard
+kvmnet k-plain nftables 0
+for baseline in f k-plain; do
+    what="the floor"
+    [ "$baseline" = k-plain ] && what="defaults"
+    row="| guest_spoofing = deny, isolate_guests, a forward / $what (nftables)"
+    for metric in $metrics; do
+        : > "$out/k-hard-$baseline.$metric"
+        for _ in $(seq 1 "$rounds"); do
+            base=$(figure "$baseline" "$metric")
+            mine=$(figure k-hard "$metric")
+            awk -v a="$mine" -v b="$base" 'BEGIN { printf "%.4f\n", a / b }' >> "$out/k-hard-$baseline.$metric"
+        done
+        row="$row | $(median < "$out/k-hard-$baseline.$metric" | awk '{ printf "%.2fx", $1 }')"
+    done
+    echo "$row | ≥ 0.9x |"
+done

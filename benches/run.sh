@@ -177,6 +177,22 @@ KVM_NET_CONFIG=$dual KVM_NET_FIREWALL=nftables unshare --net --mount --propagati
     $bin/kvm-natdown f1; $bin/kvm-natdown s1; $bin/kvm-natdown f0; $bin/kvm-natdown s0"
 ipv6_processes=$(grep -cE 'clone|fork|execve' "$out/ipv6-warm.strace")
 
+# A warm kvm-natup on a network with rate limits both ways (a shaper on the
+# tap, an ifb for what the guest sends) against one without, each on a new
+# tap as every VM start has, taking turns (attach-driver), and the
+# processes it starts.
+limited=$out/limited.toml
+printf '[network.plain]\nmode = "nat"\nbridge = "brp"\nipv4 = "10.5.0.1/24"\ntaps = ["p*"]\ndhcp = { enabled = false }\n[network.lim]\nmode = "nat"\nbridge = "brl"\nipv4 = "10.6.0.1/24"\ntaps = ["l*"]\ndhcp = { enabled = false }\nbandwidth = { to_guest = "50mbit", from_guest = "20mbit" }\n' > "$limited"
+echo "bench: limits" >&2
+KVM_NET_CONFIG=$limited KVM_NET_FIREWALL=nftables unshare --net --mount --propagation private -- bash -ec "
+    mkdir -p /run/kvm-net; mount -n -t tmpfs -o mode=0755 tmpfs /run/kvm-net; ip link set lo up
+    for tap in p0 p1 l0 l1; do ip tuntap add dev \$tap mode tap; done
+    $bin/kvm-natup p0; $bin/kvm-natup l0
+    $attach_driver --repeat $runs --prepare '$top/benches/retap.sh p1 l1' -- $bin/kvm-natup p1 ';;' $bin/kvm-natup l1
+    $top/benches/retap.sh l1
+    strace -f -qq -e trace=clone,clone3,fork,vfork,execve -o $out/limits-warm.strace $bin/kvm-natup l1" > "$out/limits.txt"
+limits_processes=$(grep -cE 'clone|fork|execve' "$out/limits-warm.strace")
+
 # The classic scripts, for comparison.
 measure warm-classic "ip tuntap add dev t0 mode tap; $seeds/qemu-natup t0 >/dev/null" \
     -N --warmup 5 --runs "$runs" --prepare "ip link set dev t0 nomaster" "$seeds/qemu-natup t0"
@@ -210,6 +226,8 @@ row() { echo "| $1 | $2 ms | $3 ms | $(ratio "$2" "$3") | $4 |"; }
     echo "| system calls / nf_tables requests: non-last \`kvm-natdown\`, \`kvm-ifup\` | $(calls calls-natdown 1) / $(calls calls-natdown 2), $(calls calls-ifup 1) / $(calls calls-ifup 2) | | | |"
     row "warm \`kvm-natup\`, an IPv6 network (advertising) vs an IPv4-only one (nftables)" "$(median ipv6-vs-ipv4 2)" "$(median ipv6-vs-ipv4 1)" "≤ 1.1x"
     echo "| processes a warm \`kvm-natup\` on an IPv6 network runs (execve, clone) | $ipv6_processes | | | 1 (itself) |"
+    echo "| warm \`kvm-natup\` on a new tap, rate limits both ways vs none (medians of paired ratios) | $(floor_us limits 2) µs | $(floor_us limits 1) µs | $(floor_ratio limits 2) | ≤ 1.1x |"
+    echo "| processes a warm \`kvm-natup\` with limits runs (execve, clone) | $limits_processes | | | 1 (itself) |"
     for p in nft- ipt-; do
         name=nftables
         [ "$p" = ipt- ] && name=iptables

@@ -56,6 +56,7 @@ struct RawNetwork {
     iface_id: Option<String>,
     ovsdb: Option<String>,
     vlan: Option<u16>,
+    autostart: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +116,8 @@ struct RawDhcp {
     hosts: Vec<RawLease>,
     #[serde(default)]
     records: Vec<RawRecord>,
+    domain: Option<String>,
+    upstream_dns: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +236,7 @@ impl RawNetwork {
             self.forwards_of(ipv4, dhcp.as_ref(), |field, reason| field_error(path, &name, &field, reason))?;
         let (bandwidth, bandwidth_overrides) =
             self.bandwidth_of(mode).map_err(|(field, reason)| field_error(path, &name, &field, reason))?;
+        let autostart = self.autostart_of(mode).map_err(bad)?;
         Ok(Network {
             name,
             mode,
@@ -252,7 +256,19 @@ impl RawNetwork {
             bandwidth,
             bandwidth_overrides,
             ovs,
+            autostart,
         })
+    }
+
+    /// `autostart`, for the networks kvm-net brings up itself.
+    fn autostart_of(&self, mode: Mode) -> Result<bool, Invalid> {
+        match self.autostart {
+            Some(true) if !mode.is_managed() => Err((
+                "autostart",
+                format!("kvm-net brings up only the networks it makes (nat, routed, isolated), and this one is {mode}"),
+            )),
+            autostart => Ok(autostart.unwrap_or(false)),
+        }
     }
 
     /// `bandwidth` and `bandwidth_overrides`, each rate checked; an error
@@ -646,6 +662,18 @@ impl RawDhcp {
                 ),
             };
             dhcp.hosts.push(StaticLease { mac, ip, ipv6, name: lease.name.clone(), tap });
+        }
+        if let Some(domain) = &self.domain {
+            if !is_hostname(domain) {
+                return Err(("dhcp.domain", format!("{domain:?} is not a DNS name (like vm.internal)")));
+            }
+            dhcp.domain = Some(domain.to_ascii_lowercase());
+        }
+        for server in self.upstream_dns.iter().flatten() {
+            let ip = server
+                .parse()
+                .map_err(|_| ("dhcp.upstream_dns", format!("{server:?} is not an IPv4 or IPv6 address")))?;
+            dhcp.upstream_dns.push(ip);
         }
         for record in &self.records {
             if !is_hostname(&record.name) {

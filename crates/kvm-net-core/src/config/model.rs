@@ -116,6 +116,9 @@ pub struct Network {
     pub bandwidth_overrides: Vec<BandwidthOverride>,
     /// How taps join the network's Open vSwitch bridge (`mode = "ovs"` only).
     pub ovs: Option<OvsPorts>,
+    /// Whether `kvm-net up --autostart` brings it up at boot, and it stays
+    /// up after its last VM (`autostart`; managed networks only).
+    pub autostart: bool,
 }
 
 /// How a network's guests configure IPv6 (`ipv6_autoconfig`).
@@ -365,6 +368,12 @@ pub struct Dhcp {
     pub hosts: Vec<StaticLease>,
     /// Extra names dnsmasq answers for.
     pub records: Vec<HostRecord>,
+    /// The guests' DNS domain (`domain`): leases carry it, and the network's
+    /// DNS answers in it itself, never asking upstream.
+    pub domain: Option<String>,
+    /// The resolvers other queries go to (`upstream_dns`); empty: the host's
+    /// `/etc/resolv.conf`.
+    pub upstream_dns: Vec<IpAddr>,
 }
 
 impl Dhcp {
@@ -380,6 +389,8 @@ impl Dhcp {
             dns: true,
             hosts: Vec::new(),
             records: Vec::new(),
+            domain: None,
+            upstream_dns: Vec::new(),
         }
     }
 }
@@ -433,6 +444,7 @@ impl Network {
             bandwidth: Bandwidth::default(),
             bandwidth_overrides: Vec::new(),
             ovs: None,
+            autostart: false,
         }
     }
 

@@ -27,6 +27,7 @@ use crate::kernel::netns::bridge_of_tag;
 use crate::mac::{self, Mac};
 use crate::security::lock::BridgeLock;
 use crate::services::dnsmasq::Dnsmasq;
+use crate::services::host_names;
 use crate::services::names::{self, Outcome};
 
 /// The binary's name, installed beside the tap helpers.
@@ -122,7 +123,8 @@ fn run(args: &[String], supplied_name: Option<&str>, mac6: Option<&str>) -> Resu
     let _lock = BridgeLock::acquire(&bridge)?;
     let filter = GuestFilter::of_bridge(&bridge);
     let filtered = filter.is_present()?;
-    let dir = Dnsmasq::for_bridge(&bridge)?.dir()?;
+    let dnsmasq = Dnsmasq::for_bridge(&bridge)?;
+    let dir = dnsmasq.dir()?;
     match event {
         Event::Bound { mac, ip } => {
             if filtered {
@@ -137,12 +139,14 @@ fn run(args: &[String], supplied_name: Option<&str>, mac6: Option<&str>) -> Resu
                     )),
                     Outcome::Published(_) | Outcome::Nothing => {}
                 }
+                host_names::publish_leases(&bridge, &names::published(dir), dnsmasq.domain().as_deref())?;
             }
             Ok(())
         }
         Event::Gone { mac, ip } => {
             if let (Some(dir), IpAddr::V4(ip)) = (&dir, ip) {
                 names::on_release(dir, &mac, ip)?;
+                host_names::publish_leases(&bridge, &names::published(dir), dnsmasq.domain().as_deref())?;
             }
             if filtered {
                 filter.unbind(&mac, ip)?;

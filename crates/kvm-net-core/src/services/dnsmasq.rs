@@ -15,7 +15,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::config::model::{Autoconfig, Mode, Network};
+use crate::config::model::{Autoconfig, Dhcp, Mode, Network};
 use crate::ifname::IfName;
 use crate::kernel::netns::{all_processes, bridge_tag};
 use crate::security::privilege;
@@ -121,6 +121,14 @@ impl Dnsmasq {
         self.start(&dir, binary, &network.bridge)
     }
 
+    /// The guests' domain its config gives it (`domain=`), for the lease
+    /// hook, which reads no config of kvm-net's.
+    pub fn domain(&self) -> Option<String> {
+        let dir = self.existing_dir().ok()??;
+        let text = dir.read("dnsmasq.conf", MAX_CONFIG).ok()??;
+        text.lines().find_map(|line| line.strip_prefix("domain=")).map(str::to_owned)
+    }
+
     /// Its directory, for the lease hook (which the dnsmasq serving this
     /// bridge runs), if it exists.
     pub fn dir(&self) -> Result<Option<SafeDir>> {
@@ -195,6 +203,9 @@ fn parent_of(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// The most of a config of kvm-net's it reads back.
+const MAX_CONFIG: u64 = 1 << 20;
 
 /// The most of a lease file kvm-net reads: far more than the leases a /16 holds.
 const MAX_LEASE_FILE: u64 = 16 << 20;
@@ -367,13 +378,17 @@ pub fn config_text(network: &Network, dir: &Path, hooks: &Hooks<'_>) -> String {
         let name = host.name.as_ref().map_or(String::new(), |name| format!(",{name}"));
         lines.push(format!("dhcp-host={},{}{ipv6}{name}", host.mac, host.ip));
     }
-    // dnsmasq answers a dhcp-host's name only for the address it leased:
-    // the IPv6 one (SLAAC leases none) is a record of its own.
+    // dnsmasq answers a dhcp-host's name only for the address it leased,
+    // and only once leased: each named host is a record of its own, with
+    // its IPv6 address (SLAAC leases none), plain and in the domain.
+    let domain = dhcp.and_then(|d| d.domain.as_deref());
     for host in dhcp.map_or(&[][..], |d| &d.hosts) {
-        if let (Some(name), Some(v6)) = (&host.name, host.ipv6) {
-            lines.push(format!("host-record={name},{v6}"));
-        }
+        let Some(name) = &host.name else { continue };
+        let qualified = domain.map_or(String::new(), |domain| format!(",{name}.{domain}"));
+        let v6 = host.ipv6.map_or(String::new(), |v6| format!(",{v6}"));
+        lines.push(format!("host-record={name}{qualified},{}{v6}", host.ip));
     }
+    lines.extend(domain_lines(dhcp));
     for record in dhcp.map_or(&[][..], |d| &d.records) {
         lines.push(format!("host-record={},{}", record.name, record.ip));
     }
@@ -392,6 +407,30 @@ pub fn config_text(network: &Network, dir: &Path, hooks: &Hooks<'_>) -> String {
     }
     lines.push(String::new());
     lines.join("\n")
+}
+
+/// The guests' domain: in leases (option 15, and the search list, 119 and
+/// DHCPv6's, for a client that asks), guests' names in it (`expand-hosts`
+/// for the names the lease hook publishes), answered here alone (`local=`:
+/// unknown names in it are NXDOMAIN, never a query upstream); and the
+/// resolvers other queries go to instead of the host's resolv.conf.
+fn domain_lines(dhcp: Option<&Dhcp>) -> Vec<String> {
+    let Some(dhcp) = dhcp else { return Vec::new() };
+    let mut lines = Vec::new();
+    if let Some(domain) = &dhcp.domain {
+        lines.extend([
+            format!("domain={domain}"),
+            format!("local=/{domain}/"),
+            "expand-hosts".to_owned(),
+            format!("dhcp-option=option:domain-search,{domain}"),
+            format!("dhcp-option=option6:domain-search,{domain}"),
+        ]);
+    }
+    if !dhcp.upstream_dns.is_empty() {
+        lines.push("no-resolv".to_owned());
+        lines.extend(dhcp.upstream_dns.iter().map(|server| format!("server={server}")));
+    }
+    lines
 }
 
 /// Whether the network's dnsmasq answers DNS (`dhcp.dns`).
@@ -431,7 +470,7 @@ fn router_advertisements(network: &Network) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::{Dhcp, HostRecord, StaticLease};
+    use crate::config::model::{HostRecord, StaticLease};
 
     #[test]
     fn config_is_hermetic_and_bound_to_the_bridge() {
@@ -464,6 +503,7 @@ mod tests {
                 "no-ping",
                 "dhcp-leasefile=/run/kvm-net/dnsmasq/x/dnsmasq.leases",
                 "dhcp-host=52:54:00:00:00:01,192.168.100.50,web1",
+                "host-record=web1,192.168.100.50",
                 "host-record=upstream.lab,203.0.113.2",
                 "dhcp-ignore-names",
             ]
@@ -548,10 +588,45 @@ mod tests {
             "enable-ra",
             "dhcp-range=fd00:60::1000,fd00:60::1fff,64,1h",
             "dhcp-host=52:54:00:00:60:10,192.168.60.10,[fd00:60::10],web1",
-            "host-record=web1,fd00:60::10",
+            "host-record=web1,192.168.60.10,fd00:60::10",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_domain_is_answered_here_alone_and_upstream_resolvers_replace_resolv_conf() {
+        let mut network = v6(Mode::Nat, Autoconfig::Off, true);
+        if let Some(dhcp) = network.dhcp.as_mut() {
+            dhcp.hosts.push(StaticLease {
+                mac: "52:54:00:00:60:10".into(),
+                ip: "192.168.60.10".parse().expect("ip"),
+                ipv6: None,
+                name: Some("web1".into()),
+                tap: None,
+            });
+            dhcp.domain = Some("vm.internal".into());
+            dhcp.upstream_dns = vec!["10.0.0.53".parse().expect("ip"), "2001:db8::53".parse().expect("ip")];
+        }
+        let text = config_text(&network, Path::new("/x"), &Hooks::default());
+        let wanted = [
+            "host-record=web1,web1.vm.internal,192.168.60.10",
+            "domain=vm.internal",
+            "local=/vm.internal/",
+            "expand-hosts",
+            "dhcp-option=option:domain-search,vm.internal",
+            "no-resolv",
+            "server=10.0.0.53",
+            "server=2001:db8::53",
+        ];
+        for line in wanted {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        if let Some(dhcp) = network.dhcp.as_mut() {
+            (dhcp.domain, dhcp.upstream_dns) = (None, Vec::new());
+        }
+        let plain = config_text(&network, Path::new("/x"), &Hooks::default());
+        assert!(!plain.contains("domain") && !plain.contains("server=") && !plain.contains("no-resolv"), "{plain}");
     }
 
     fn has_cmdline(pid: u32) -> bool {

@@ -52,10 +52,14 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Bring a managed network up before any VM (bridge, rules, DHCP)
+    /// Bring a managed network up before any VM (bridge, rules, DHCP), or every autostart network
     Up {
         /// Network name from the config
-        network: String,
+        #[arg(required_unless_present = "autostart", conflicts_with = "autostart")]
+        network: Option<String>,
+        /// Every network with autostart = true (what kvm-net.service runs at boot)
+        #[arg(long)]
+        autostart: bool,
     },
     /// Restore a running network's rules, dnsmasq and forwarding, with its firewall jumps ahead of DROP rules
     Repair {
@@ -65,10 +69,14 @@ enum Command {
     /// Take a managed network down; refused while VMs are attached
     Down {
         /// Network name from the config
-        network: String,
+        #[arg(required_unless_present = "autostart", conflicts_with = "autostart")]
+        network: Option<String>,
         /// Also when ports are attached (their VMs lose the network)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "autostart")]
         force: bool,
+        /// Every network with autostart = true that no VM uses (busy ones stay up)
+        #[arg(long)]
+        autostart: bool,
     },
 }
 
@@ -124,7 +132,10 @@ fn run(args: Args) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Up { network } => {
+        Command::Up { autostart: true, .. } => Ok(up_autostart(&config?)),
+        Command::Down { autostart: true, .. } => Ok(down_autostart(&config?)),
+        Command::Up { network, .. } => {
+            let network = network.unwrap_or_default();
             let config = config?;
             let chosen = managed(&config, &network)?;
             network::up(chosen)?;
@@ -146,7 +157,8 @@ fn run(args: Args) -> Result<u8> {
                 Ok(1)
             }
         }
-        Command::Down { network, force } => {
+        Command::Down { network, force, .. } => {
+            let network = network.unwrap_or_default();
             let config = config?;
             let bridge: IfName = managed(&config, &network)?.bridge.clone();
             match network::down(&bridge, force)? {
@@ -168,6 +180,52 @@ fn run(args: Args) -> Result<u8> {
             }
         }
     }
+}
+
+/// Said when no network autostarts (kvm-net.service's journal says why nothing came up).
+fn none_autostart(config: &Config) {
+    println!("no network in {} has autostart = true", config.source);
+}
+
+/// `kvm-net up --autostart`: one line per network; 1 if any failed.
+fn up_autostart(config: &Config) -> u8 {
+    let mut code = 0;
+    let outcomes = network::up_autostart(config);
+    if outcomes.is_empty() {
+        none_autostart(config);
+    }
+    for (network, outcome) in outcomes {
+        match outcome {
+            Ok(()) => println!("network {} is up on {}", network.name, network.bridge),
+            Err(err) => {
+                eprintln!("kvm-net: network {}: {}", network.name, one_line(&err));
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+/// `kvm-net down --autostart`: one line per network; 1 if any failed.
+fn down_autostart(config: &Config) -> u8 {
+    let mut code = 0;
+    let outcomes = network::down_autostart(config);
+    if outcomes.is_empty() {
+        none_autostart(config);
+    }
+    for (network, outcome) in outcomes {
+        match outcome {
+            Ok(Down::Removed { .. }) => println!("network {} is down", network.name),
+            Ok(Down::InUse { ports }) => {
+                println!("network {} stays up: VMs still use it ({})", network.name, ports.join(", "))
+            }
+            Err(err) => {
+                eprintln!("kvm-net: network {}: {}", network.name, one_line(&err));
+                code = 1;
+            }
+        }
+    }
+    code
 }
 
 fn managed<'a>(config: &'a Config, name: &str) -> Result<&'a kvm_net_core::config::model::Network> {
@@ -226,6 +284,12 @@ fn print_status(status: &Status) {
     }
     print!("{}", table::render(&rows));
     for n in &status.networks {
+        if let Some(domain) = &n.domain {
+            println!("domain of {}: {domain}", n.name);
+        }
+        if n.autostart {
+            println!("{} starts at boot (autostart)", n.name);
+        }
         for f in &n.forwards {
             let listens = match &f.host_address {
                 Some(address) => format!("{} {address}:{}", f.proto, f.host_ports),

@@ -20,6 +20,7 @@ use crate::ops::lease_hook;
 use crate::ops::warm::{fingerprint, Record};
 use crate::security::lock::BridgeLock;
 use crate::services::dnsmasq::{self, Dnsmasq, Hooks};
+use crate::services::host_names;
 use crate::shaping;
 use crate::switch;
 use crate::switch::linux::{
@@ -52,7 +53,10 @@ impl Services {
         let name = self.bridge.clone();
         let dhcp_server = self.dhcp_server.clone();
         let daemon_and_rules = std::thread::spawn(move || {
-            let daemon = dhcp_server.stop().with_context(|| format!("stopping DHCP on bridge {name}"));
+            let daemon = dhcp_server
+                .stop()
+                .and_then(|()| host_names::forget(&name))
+                .with_context(|| format!("stopping DHCP on bridge {name}"));
             let zone =
                 firewalld::release(&name).with_context(|| format!("taking bridge {name} out of firewalld's zone"));
             [daemon, firewall::remove(&name), zone]
@@ -155,10 +159,11 @@ impl<'a> Bringup<'a> {
             }
             None => (create_bridge(netlink, network)?, true),
         };
-        let result = match self.complete(netlink, lock, &bridge) {
-            Ok(bridge) => and_then(netlink, bridge),
-            Err(err) => Err(err),
-        };
+        let result =
+            match self.complete(netlink, lock, &bridge).and_then(|bridge| keep_up(netlink, self.network, bridge)) {
+                Ok(bridge) => and_then(netlink, bridge),
+                Err(err) => Err(err),
+            };
         if let (Err(_), true) = (&result, created) {
             trace(format_args!("undoing: removing bridge {} and what was made for it", bridge.name));
             // Best effort: the first error is the one worth reporting.
@@ -205,6 +210,9 @@ impl<'a> Bringup<'a> {
             // DHCP and router advertisements turned off in the config since the server was started.
             None => self.services.dhcp_server.stop()?,
         }
+        // Written or, where the config names no host any more, removed.
+        host_names::publish_config(network)
+            .with_context(|| format!("publishing the guests' names of network {}", network.name))?;
         // Last: the step most likely to fail (the firewall) is behind us, and
         // forwarding is a host-wide switch that is never undone.
         if network.mode.forwards() {
@@ -317,13 +325,40 @@ pub fn up(network: &Network) -> Result<()> {
     let bringup = Bringup::prepare(network, "kvm-net up")?;
     let mut netlink = Netlink::connect()?;
     let lock = BridgeLock::acquire(&network.bridge)?;
-    bringup.run(&mut netlink, &lock, |netlink, bridge| {
-        // A bridge of the system's stays unmarked: its owner decides when it goes.
-        if bridge.is_managed() {
-            netlink.set_alias(&bridge, KEPT_UP_ALIAS)?;
-        }
-        Ok(())
-    })
+    bringup.run(&mut netlink, &lock, |netlink, bridge| mark_kept_up(netlink, &bridge).map(drop))
+}
+
+/// Marks a bridge kvm-net made as kept up (`kvm-net up`), unless it is
+/// already; a bridge of the system's stays unmarked: its owner decides
+/// when it goes.
+fn mark_kept_up(netlink: &mut Netlink, bridge: &Link) -> Result<Link> {
+    if !bridge.is_managed() || bridge.alias.as_deref() == Some(KEPT_UP_ALIAS) {
+        return Ok(bridge.clone());
+    }
+    netlink.set_alias(bridge, KEPT_UP_ALIAS)?;
+    Ok(Link { alias: Some(KEPT_UP_ALIAS.to_owned()), ..bridge.clone() })
+}
+
+/// An autostart network stays up after its last VM, whoever brought it up
+/// (a VM's start at least): its bridge is kept up, as `kvm-net up` keeps it.
+fn keep_up(netlink: &mut Netlink, network: &Network, bridge: Link) -> Result<Link> {
+    match network.autostart {
+        true => mark_kept_up(netlink, &bridge),
+        false => Ok(bridge),
+    }
+}
+
+/// `kvm-net up --autostart`: every autostart network of `config` up, as
+/// `kvm-net up` brings one; each network's outcome, one failing not
+/// stopping the others.
+pub fn up_autostart(config: &Config) -> Vec<(&Network, Result<()>)> {
+    config.networks.iter().filter(|n| n.autostart).map(|network| (network, up(network))).collect()
+}
+
+/// `kvm-net down --autostart`: every autostart network with no VM port
+/// left taken down; a busy one stays up ([`Down::InUse`]).
+pub fn down_autostart(config: &Config) -> Vec<(&Network, Result<Down>)> {
+    config.networks.iter().filter(|n| n.autostart).map(|network| (network, down(&network.bridge, false))).collect()
 }
 
 /// `kvm-net repair`: makes a network that is up whole again, exactly as a VM
@@ -433,8 +468,10 @@ pub fn gc(config: Option<&Config>, dry_run: bool) -> Result<Vec<String>> {
     for (bridge, network) in candidates {
         let lock = BridgeLock::acquire(&bridge)?;
         let services = Services::for_bridge(&bridge)?;
-        let leftovers =
-            services.dhcp_server.leftover() || firewall::leftovers(&bridge)? || firewalld::leftover(&bridge)?;
+        let leftovers = services.dhcp_server.leftover()
+            || firewall::leftovers(&bridge)?
+            || firewalld::leftover(&bridge)?
+            || host_names::leftover(&bridge)?;
         let link = netlink.link_by_name(bridge.as_str())?;
         let what = match &link {
             Some(link) if link.is_managed() && why_it_stays(link, None)?.is_none() => "an empty bridge",

@@ -133,6 +133,23 @@ fn check_spoofing(network: &Network, findings: &mut Vec<Finding>) {
     }
 }
 
+/// An autostart network whose bridge is not there: down since boot
+/// (kvm-net.service not enabled, or it failed) or taken down by hand.
+fn check_autostart(network: &Network, findings: &mut Vec<Finding>) {
+    if network.autostart {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "autostart-down",
+            Some(network),
+            format!("network {} has autostart = true and is down", network.name),
+            format!(
+                "run `kvm-net up {}`; at boot kvm-net.service brings it up (systemctl enable --now kvm-net.service, and its journal says why it failed)",
+                network.name
+            ),
+        ));
+    }
+}
+
 /// A forward to a guest that no reservation ties to its taps, on a network
 /// several users start guests on: while the forward's guest is stopped,
 /// another user's guest can take its MAC and address first, and with them
@@ -218,7 +235,10 @@ fn check_network(
             }
         }
     }
-    let Some(link) = link else { return Ok(None) };
+    let Some(link) = link else {
+        check_autostart(network, findings);
+        return Ok(None);
+    };
     // A bridge its VMs left behind is one finding (empty-bridge), whose fix
     // removes it; its rules and dnsmasq are not worth reporting as well.
     if abandoned_bridges(links).any(|abandoned| abandoned.index == link.index) {

@@ -79,6 +79,10 @@ pub struct NetworkStatus {
     pub leases: Vec<LeaseStatus>,
     /// Where its Open vSwitch is (`null` for Linux bridges).
     pub ovs: Option<OvsStatus>,
+    /// Its guests' DNS domain (`dhcp.domain`), if it has one.
+    pub domain: Option<String>,
+    /// Whether `kvm-net up --autostart` brings it up at boot (`autostart`).
+    pub autostart: bool,
     /// What could not be read without root (`rules`, `guest filter`): the
     /// firewall answers only a process with CAP_NET_ADMIN.
     pub needs_root: Vec<&'static str>,
@@ -294,6 +298,8 @@ fn network_status(
         forwards: network.forwards.iter().map(forward_status).collect(),
         leases,
         ovs: switch::database_of(network).map(|socket| OvsStatus { socket, error }),
+        domain: network.dhcp.as_ref().and_then(|dhcp| dhcp.domain.clone()),
+        autostart: network.autostart,
         needs_root,
     })
 }

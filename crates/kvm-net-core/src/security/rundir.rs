@@ -43,6 +43,9 @@ pub enum Area {
     /// force (which port holds which MAC and address): what a filter made
     /// anew restores. Root's alone (0700): guests' MACs.
     Guests,
+    /// Guests' names and addresses for the host's resolver (the NSS module,
+    /// which runs as any user): readable by all (0755), names and addresses only.
+    Hosts,
 }
 
 impl Area {
@@ -53,13 +56,14 @@ impl Area {
             Area::Firewalld => "firewalld",
             Area::Watch => "watch",
             Area::Guests => "guests",
+            Area::Hosts => "hosts",
         }
     }
 
     fn mode(self) -> u32 {
         match self {
             Area::Lock | Area::Watch | Area::Guests => 0o700,
-            Area::Dnsmasq | Area::Firewalld => 0o755,
+            Area::Dnsmasq | Area::Firewalld | Area::Hosts => 0o755,
         }
     }
 }

@@ -2,4 +2,5 @@
 //! and DNS), and the guests' names it answers.
 
 pub mod dnsmasq;
+pub mod host_names;
 pub mod names;

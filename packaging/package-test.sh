@@ -17,6 +17,7 @@ if dpkg -s kvm-net >/dev/null 2>&1; then
 fi
 fingerprint() { if [ -e "$1" ]; then sha256sum "$1"; else echo "absent $1"; fi; }
 ifup_before=$(fingerprint /etc/qemu-ifup)
+nsswitch_before=$(fingerprint /etc/nsswitch.conf)
 ifdown_before=$(fingerprint /etc/qemu-ifdown)
 # make install / make uninstall into a scratch DESTDIR leave nothing behind.
 destdir=$(mktemp -d)
@@ -46,6 +47,33 @@ if command -v man >/dev/null; then
 fi
 kvm-net --version >/dev/null || fail "kvm-net does not run"
 pass "installed ${#files[@]} files, no conffile"
+
+module=/usr/lib/$(cc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/libnss_kvmnet.so.2
+[ -f "$module" ] || fail "$module is not installed"
+[ "$(stat -c '%U:%G %a' "$module")" = "root:root 644" ] || fail "$module: $(stat -c '%U:%G %a' "$module")"
+# glibc's loader finds it by the name nsswitch.conf's kvmnet makes it look for, with nothing more than libc.
+python3 -c 'import ctypes; ctypes.CDLL("libnss_kvmnet.so.2").__getattr__("_nss_kvmnet_gethostbyname2_r")' \
+    || fail "glibc does not load libnss_kvmnet.so.2 by name"
+needed=$(objdump -p "$module" | awk '/NEEDED/ { print $2 }')
+[ "$needed" = libc.so.6 ] || fail "$module needs more than libc: $needed"
+[ "$(fingerprint /etc/nsswitch.conf)" = "$nsswitch_before" ] || fail "the package edited /etc/nsswitch.conf"
+pass "the NSS module is installed where glibc finds it, needs libc alone, and nsswitch.conf is untouched"
+
+unit=/usr/lib/systemd/system/kvm-net.service
+[ -f "$unit" ] || fail "$unit is not installed"
+grep -qx 'ExecStart=/usr/bin/kvm-net up --autostart' "$unit" || fail "$unit does not run the installed kvm-net"
+if command -v systemd-analyze >/dev/null; then
+    man=no
+    command -v man >/dev/null && man=yes
+    said=$(systemd-analyze verify --man=$man "$unit" 2>&1) || fail "systemd-analyze verify $unit: $said"
+    # Units it names that this machine lacks (nftables, firewalld) are not the unit's fault.
+    bad=$(echo "$said" | grep -v -e 'nftables.service' -e 'firewalld.service' -e '^$' || true)
+    [ -z "$bad" ] || fail "systemd-analyze verify $unit: $bad"
+fi
+if command -v deb-systemd-helper >/dev/null; then
+    [ -L /etc/systemd/system/multi-user.target.wants/kvm-net.service ] || fail "kvm-net.service is not enabled"
+fi
+pass "kvm-net.service is installed, verified and enabled"
 
 if [ -e /etc/qemu-ifup ]; then
     kvm-net-qemu-dropin enable >/dev/null
@@ -77,5 +105,6 @@ done
 [ ! -e /usr/share/doc/kvm-net ] || fail "/usr/share/doc/kvm-net is left after purge"
 [ "$(fingerprint /etc/qemu-ifup)" = "$ifup_before" ] || fail "/etc/qemu-ifup not restored by purge"
 [ -z "$(dpkg-divert --list /etc/qemu-ifup)" ] || fail "a diversion of /etc/qemu-ifup is left"
+[ ! -e /etc/systemd/system/multi-user.target.wants/kvm-net.service ] || fail "kvm-net.service is still enabled after purge"
 pass "purge left nothing of the package, and the drop-in was undone"
 echo "package-test: $passed passed, 0 failed"

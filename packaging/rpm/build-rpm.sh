@@ -9,7 +9,7 @@ cd "$top"
 command -v rpmbuild >/dev/null || { echo "rpm: rpmbuild is missing (Debian: apt-get install rpm)" >&2; exit 1; }
 stage=$top/target/rpm/stage
 rm -rf "$stage"
-make --no-print-directory install DESTDIR="$stage" PREFIX=/usr LIBEXECDIR=/usr/libexec BIN_DIR="$bin_dir" >/dev/null
+make --no-print-directory install DESTDIR="$stage" PREFIX=/usr LIBEXECDIR=/usr/libexec LIBDIR=/usr/lib64 BIN_DIR="$bin_dir" >/dev/null
 rpmbuild -bb --quiet \
     --define "_topdir $top/target/rpm" \
     --define "version $version" \

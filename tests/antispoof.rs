@@ -173,9 +173,10 @@ fn attack(shared: &Shared) -> Got {
         );
     }
     // Before b sends anything again, which would take its MAC back (b's MLD
-    // reports do now and then: a few more tries, each checked at once).
+    // reports do now and then, and a loaded machine checks late: more tries,
+    // each checked at once).
     let mut mac_moved = shared.port_of(B_MAC).as_deref() == Some("vm-a");
-    for _ in 0..5 {
+    for _ in 0..20 {
         if mac_moved {
             break;
         }

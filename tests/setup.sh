@@ -2,7 +2,8 @@
 # Installs what building and testing kvm-net needs on a fresh Debian machine:
 # the firewall and link tools the helpers and tests drive, dnsmasq for DHCP,
 # QEMU and busybox for the end-to-end guest, setcap and useradd for the
-# install-mode tests, nft, firewalld and dbus for the firewall tests, Open
+# install-mode tests, nft, firewalld and dbus for the firewall tests, python3
+# and systemd-analyze for the NSS module and kvm-net.service, Open
 # vSwitch, OVN and ethtool for the multi-host tests, and the musl target for static binaries; with --bench also hyperfine,
 # bridge-utils, qemu-bridge-helper, gcc and iperf3. Idempotent: it installs only what is missing.
 set -euo pipefail
@@ -31,6 +32,10 @@ command -v dhclient >/dev/null || [ -x /usr/sbin/dhclient ] || need+=(isc-dhcp-c
 command -v rdisc6 >/dev/null || need+=(ndisc6)
 # Rate limits measured against their rate (tests/bandwidth.rs), and the data path's traffic in make bench.
 command -v iperf3 >/dev/null || need+=(iperf3)
+# The NSS module asked through Python's getaddrinfo as an ordinary user (tests/host_names.rs).
+[ -x /usr/bin/python3 ] || need+=(python3)
+# systemd-analyze verifies kvm-net.service (systemd is not PID 1 here: nothing starts).
+command -v systemd-analyze >/dev/null || need+=(systemd)
 # The kernel's UAPI headers: unit tests check kvm-net's hand-typed kernel numbers against them.
 [ -e /usr/include/linux/netfilter/nf_tables.h ] || need+=(linux-libc-dev)
 if [ "${1:-}" = --bench ]; then
@@ -42,7 +47,6 @@ if [ "${1:-}" = --bench ]; then
     # The kernel's floor (benches/attach-floor.c, built static) and the data path's traffic.
     command -v gcc >/dev/null || need+=(gcc)
     [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
-    command -v python3 >/dev/null || need+=(python3)
 fi
 
 # Daemons the tests start inside namespaces of their own (firewalld with its

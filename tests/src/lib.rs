@@ -11,6 +11,7 @@ pub mod netns;
 pub mod ovn;
 pub mod ovs;
 pub mod qemu;
+pub mod resolver;
 pub mod run;
 pub mod sandbox;
 

@@ -49,7 +49,8 @@ pub enum Area {
 }
 
 impl Area {
-    fn name(self) -> &'static str {
+    /// Its directory's name under [`RUN_DIR`].
+    pub fn name(self) -> &'static str {
         match self {
             Area::Lock => "lock",
             Area::Dnsmasq => "dnsmasq",

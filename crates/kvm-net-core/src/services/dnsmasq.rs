@@ -47,7 +47,7 @@ impl Dnsmasq {
 
     /// Its directory, as dnsmasq is told it.
     fn dir_path(&self) -> PathBuf {
-        Path::new(crate::security::rundir::RUN_DIR).join("dnsmasq").join(&self.tag)
+        Path::new(crate::security::rundir::RUN_DIR).join(Area::Dnsmasq.name()).join(&self.tag)
     }
 
     /// Its directory, if it exists (verified).

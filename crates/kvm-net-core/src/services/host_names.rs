@@ -13,13 +13,14 @@
 //! of the host's (`mail`, `localhost`, the host's own) by choosing it.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 
 use anyhow::Result;
 
 use crate::config::model::Network;
 use crate::ifname::IfName;
 use crate::kernel::netns::bridge_tag;
-use crate::security::rundir::{Area, SafeDir};
+use crate::security::rundir::{Area, SafeDir, RUN_DIR};
 
 fn file(bridge: &IfName, kind: &str) -> Result<String> {
     Ok(format!("{}.{kind}", bridge_tag(bridge)?))
@@ -48,10 +49,7 @@ pub fn publish_config(network: &Network) -> Result<()> {
     let name = file(&network.bridge, "hosts")?;
     let text = config_text(network);
     if text.is_empty() {
-        return match SafeDir::existing(Area::Hosts)? {
-            Some(dir) => dir.remove(&name),
-            None => Ok(()),
-        };
+        return remove(&name);
     }
     let dir = SafeDir::create(Area::Hosts)?;
     if dir.read(&name, text.len() as u64 + 1)?.as_deref() == Some(text.as_str()) {
@@ -70,19 +68,30 @@ pub fn publish_leases(bridge: &IfName, published: &[(Ipv4Addr, String)], domain:
         None => String::new(),
     };
     if text.is_empty() {
-        return match SafeDir::existing(Area::Hosts)? {
-            Some(dir) => dir.remove(&name),
-            None => Ok(()),
-        };
+        return remove(&name);
     }
     SafeDir::create(Area::Hosts)?.replace(&name, text.as_bytes(), 0o644)
 }
 
+/// Removes the file `name`, if there is one. The common case, a network
+/// without names, costs a warm start one system call: only root makes
+/// entries under /run/kvm-net, so "not there" cannot be faked; whatever is
+/// there is opened and verified.
+fn remove(name: &str) -> Result<()> {
+    let path = Path::new(RUN_DIR).join(Area::Hosts.name()).join(name);
+    if matches!(nix::sys::stat::lstat(&path), Err(nix::errno::Errno::ENOENT)) {
+        return Ok(());
+    }
+    match SafeDir::existing(Area::Hosts)? {
+        Some(dir) => dir.remove(name),
+        None => Ok(()),
+    }
+}
+
 /// Removes the bridge's names (its network is going down).
 pub fn forget(bridge: &IfName) -> Result<()> {
-    let Some(dir) = SafeDir::existing(Area::Hosts)? else { return Ok(()) };
-    dir.remove(&file(bridge, "hosts")?)?;
-    dir.remove(&file(bridge, "leases")?)
+    remove(&file(bridge, "hosts")?)?;
+    remove(&file(bridge, "leases")?)
 }
 
 /// Whether anything of the bridge's names is left.

@@ -225,7 +225,27 @@ fn bad_autostart_domain_and_resolver_fields_are_refused_with_nothing_changed() {
         ),
         ("[network.lab]\nmode = \"nat\"\nbridge = \"od0\"\nipv4 = \"10.90.0.1/24\"\nautostart = \"yes\"\n", "autostart"),
     ];
+    // Resolvers that parse but cannot serve: none at all, the network's own
+    // address (dnsmasq would ask itself), nowhere, a group, one twice.
+    let resolvers = [
+        ("[]", "at least one resolver"),
+        ("[\"10.90.0.1\"]", "own address"),
+        ("[\"fd00:90::1\"]", "own address"),
+        ("[\"0.0.0.0\"]", "cannot be a resolver"),
+        ("[\"::\"]", "cannot be a resolver"),
+        ("[\"224.0.0.251\"]", "cannot be a resolver"),
+        ("[\"255.255.255.255\"]", "cannot be a resolver"),
+        ("[\"10.0.0.53\", \"10.0.0.53\"]", "given twice"),
+    ]
+    .map(|(list, says)| {
+        let text = format!(
+            "[network.lab]\nmode = \"nat\"\nbridge = \"od0\"\nipv4 = \"10.90.0.1/24\"\nipv6 = \"fd00:90::1/64\"\ndhcp = {{ upstream_dns = {list} }}\n"
+        );
+        (text, says)
+    });
+    let cases = cases.iter().map(|(text, says)| (text.to_string(), *says)).chain(resolvers);
     for (text_of, says) in cases {
+        let text_of = text_of.as_str();
         let config = ConfigFile::new(text_of);
         let before = host.snapshot();
         for args in [&["up", "--autostart"][..], &["status"]] {

@@ -1,7 +1,7 @@
 //! The config file format (TOML) and its validation, which names the file,
 //! the network and the field of every error.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -669,10 +669,29 @@ impl RawDhcp {
             }
             dhcp.domain = Some(domain.to_ascii_lowercase());
         }
+        if self.upstream_dns.as_ref().is_some_and(Vec::is_empty) {
+            return Err((
+                "dhcp.upstream_dns",
+                "name at least one resolver, or leave upstream_dns out for the host's /etc/resolv.conf".to_owned(),
+            ));
+        }
+        let own = [Some(IpAddr::V4(address.ip())), ipv6.map(|v6| IpAddr::V6(v6.ip()))];
         for server in self.upstream_dns.iter().flatten() {
-            let ip = server
+            let ip: IpAddr = server
                 .parse()
                 .map_err(|_| ("dhcp.upstream_dns", format!("{server:?} is not an IPv4 or IPv6 address")))?;
+            if own.contains(&Some(ip)) {
+                return Err((
+                    "dhcp.upstream_dns",
+                    format!("{ip} is this network's own address: dnsmasq would ask itself"),
+                ));
+            }
+            if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+                return Err(("dhcp.upstream_dns", format!("{ip} cannot be a resolver")));
+            }
+            if dhcp.upstream_dns.contains(&ip) {
+                return Err(("dhcp.upstream_dns", format!("{ip} is given twice")));
+            }
             dhcp.upstream_dns.push(ip);
         }
         for record in &self.records {

@@ -8,6 +8,7 @@ use indexmap::IndexMap;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
+use super::key_path;
 use super::model::{
     Autoconfig, Bandwidth, BandwidthOverride, Choice, Config, Dhcp, Forward, Grants, HostRecord, Mode, Network,
     OvsPorts, Rate, Source, Spoofing, StaticLease, DEFAULT_IFACE_ID, DEFAULT_MAX_TAPS_PER_USER, DEFAULT_OVSDB,
@@ -139,18 +140,7 @@ struct RawRecord {
 
 /// Parses and validates a whole config file.
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, Error> {
-    // Tracking the path of every value doubles the parse; it is only needed
-    // to name the field of an error, so only a file with one pays for it.
-    let raw: RawFile = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(_) => toml::Deserializer::parse(text)
-            .map_err(|err| (None, err))
-            .and_then(|deserializer| {
-                serde_path_to_error::deserialize(deserializer)
-                    .map_err(|err| (Some(err.path().clone()), err.into_inner()))
-            })
-            .map_err(|(at, err)| syntax_error(text, path, at.as_ref(), &err))?,
-    };
+    let raw: RawFile = toml::from_str(text).map_err(|err| syntax_error(text, path, &err))?;
     let firewall = match raw.firewall.as_deref() {
         None => Choice::Auto,
         Some(text) => Choice::parse(text).ok_or_else(|| Error::Config {
@@ -172,9 +162,9 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, Error> {
 
 /// A TOML or type error, with the line, and the network and field it is in
 /// (`network.lab.dhcp.hosts[0].ip` names network lab, field dhcp.hosts[0].ip).
-fn syntax_error(text: &str, path: &Path, at: Option<&serde_path_to_error::Path>, err: &toml::de::Error) -> Error {
+fn syntax_error(text: &str, path: &Path, err: &toml::de::Error) -> Error {
     let line = err.span().map(|span| text[..span.start.min(text.len())].lines().count().max(1));
-    let segments: Vec<String> = at.map(|at| at.iter().map(ToString::to_string).collect()).unwrap_or_default();
+    let segments = err.span().map(|span| key_path::at(text, span.start)).unwrap_or_default();
     let (network, field) = match segments.as_slice() {
         [table, name, rest @ ..] if table == "network" => {
             let field = (!rest.is_empty()).then(|| rest.join(".").replace(".[", "["));

@@ -3,6 +3,7 @@
 
 mod env;
 mod file;
+mod key_path;
 pub mod model;
 mod select;
 

@@ -4,7 +4,8 @@
 //! from b's global and link-local addresses, from outside the prefix,
 //! from the gateway's address, neighbour advertisements for b's address
 //! and the gateway's, a DHCPv6 range address it holds no lease of, and a
-//! `dhcp.hosts` address not its own. And what must keep working: both
+//! `dhcp.hosts` address not its own, neighbour discovery that gives b's MAC
+//! for a's own address. And what must keep working: both
 //! guests' own addresses (privacy addresses too), `kvm-net status`'s view
 //! of them, and a guest that comes back on another tap.
 
@@ -12,7 +13,8 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use kvm_net_tests::frames::{
-    echo6, ethernet, mac, mac_of, neighbour_advertisement, router_advertisement, send, tcp_syn6, Mac,
+    echo6, ethernet, link_layer_option, mac, mac_of, neighbour_advertisement, neighbour_advertisement_with,
+    neighbour_solicitation, router_advertisement, send, tcp_syn6, Mac,
 };
 use kvm_net_tests::lab::{
     autoconfigured, connect_from, dhcpv6_lease, global6, Lab, UpstreamServer, HOST_UPLINK6, UPSTREAM6,
@@ -191,6 +193,59 @@ fn deny_stops_ipv6_address_and_neighbour_spoofing_with_bridged_frames_through_th
 #[test]
 fn deny_stops_ipv6_address_and_neighbour_spoofing_with_bridged_frames_past_the_firewall() {
     denied(false);
+}
+
+/// a, from its own address, tells the host that this address is at b's
+/// MAC: in an advertisement's target link-layer option, in a
+/// solicitation's source link-layer option, and in an advertisement whose
+/// first option hides the second. Each time, whether the host took it
+/// (and would send a's traffic to b: a flood a aims at b).
+fn links_to_b(shared: &Shared) -> Vec<&'static str> {
+    let (a_mac, b_mac) = (mac(A_MAC), mac(B_MAC));
+    let a_ip = global6(&shared.a).first().copied().expect("a's address");
+    let nonce = [14, 1, 1, 2, 3, 4, 5, 6];
+    let attacks = [
+        ("target option", neighbour_advertisement(a_mac, a_ip, a_ip, b_mac)),
+        ("source option", neighbour_solicitation(a_mac, a_ip, GATEWAY6, &link_layer_option(1, b_mac))),
+        (
+            "second option",
+            neighbour_advertisement_with(a_mac, a_ip, a_ip, &[&nonce[..], &link_layer_option(2, b_mac)].concat()),
+        ),
+    ];
+    let mut taken = Vec::new();
+    for (what, frame) in attacks {
+        // The host knows a at a's MAC first.
+        shared.lab.host.sh(&format!("ip -6 neigh del {a_ip} dev v6br0 2>/dev/null || true"));
+        assert!(shared.lab.host.output(&["ping", "-6", "-c", "1", "-W", "2", &a_ip.to_string()]).status.success());
+        for _ in 0..3 {
+            send(&shared.a, "eth0", &frame);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if neighbour(&shared.lab.host, a_ip) == Some(b_mac) {
+            taken.push(what);
+        }
+    }
+    taken
+}
+
+#[test]
+fn a_guest_cannot_give_another_guests_mac_for_its_own_address() {
+    let allowed = Shared::new(&config("", "").replace("guest_spoofing = \"deny\"", "guest_spoofing = \"allow\""), true);
+    assert_eq!(links_to_b(&allowed), ["target option", "source option", "second option"], "without the filter");
+    drop(allowed);
+    let shared = Shared::new(&config("", ""), true);
+    assert_eq!(links_to_b(&shared), Vec::<&str>::new(), "under deny");
+    // Neighbour discovery as guests do it still works, both ways.
+    for (guest, name) in [(&shared.a, "a"), (&shared.b, "b")] {
+        assert_eq!(
+            connect_from(guest, UPSTREAM6, &shared.upstream, name).ok(),
+            Some(format!("seen {HOST_UPLINK6}")),
+            "{name}"
+        );
+    }
+    let b_ip = shared.b_ip.to_string();
+    assert!(shared.lab.host.output(&["ping", "-6", "-c", "1", "-W", "2", &b_ip]).status.success(), "the host to b");
+    assert_eq!(neighbour(&shared.lab.host, shared.b_ip), Some(mac(B_MAC)));
 }
 
 #[test]

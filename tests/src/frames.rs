@@ -1,6 +1,6 @@
 //! Frames a hostile guest crafts: Ethernet with any source MAC, IPv4 and
 //! IPv6 with any source address (TCP SYN, ICMP echo, UDP), ARP replies,
-//! IPv6 router and neighbour advertisements, sent as they are through an
+//! IPv6 router and neighbour advertisements and solicitations, sent as they are through an
 //! `AF_PACKET` socket from inside the guest's namespace.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -163,13 +163,28 @@ pub fn echo6(source: Ipv6Addr, destination: Ipv6Addr, id: u16) -> Vec<u8> {
 /// An unsolicited neighbour advertisement (override set) from `source` to
 /// all nodes: `target` is at `mac`.
 pub fn neighbour_advertisement(source_mac: Mac, source: Ipv6Addr, target: Ipv6Addr, mac: Mac) -> Vec<u8> {
+    neighbour_advertisement_with(source_mac, source, target, &link_layer_option(2, mac))
+}
+
+/// A neighbour discovery link-layer address option: `kind` 1 (source) or 2 (target).
+pub fn link_layer_option(kind: u8, mac: Mac) -> Vec<u8> {
+    [vec![kind, 1], mac.to_vec()].concat()
+}
+
+/// As [`neighbour_advertisement`], with `options` (whole, as bytes) after the target.
+pub fn neighbour_advertisement_with(source_mac: Mac, source: Ipv6Addr, target: Ipv6Addr, options: &[u8]) -> Vec<u8> {
     let all_nodes: Ipv6Addr = "ff02::1".parse().expect("an address");
-    let mut body = vec![0x20, 0, 0, 0];
-    body.extend(target.octets());
-    // Target link-layer address option.
-    body.extend([2, 1]);
-    body.extend(mac);
+    let body = [&[0x20, 0, 0, 0][..], &target.octets(), options].concat();
     ethernet([0x33, 0x33, 0, 0, 0, 1], source_mac, 0x86dd, &icmpv6(source, all_nodes, 136, &body))
+}
+
+/// A neighbour solicitation from `source` for `target`, to `target`'s
+/// solicited-node group, with `options` (whole, as bytes).
+pub fn neighbour_solicitation(source_mac: Mac, source: Ipv6Addr, target: Ipv6Addr, options: &[u8]) -> Vec<u8> {
+    let [.., a, b, c] = target.octets();
+    let group = Ipv6Addr::from([0xff02, 0, 0, 0, 0, 1, 0xff00 | u16::from(a), u16::from_be_bytes([b, c])]);
+    let body = [&[0u8; 4][..], &target.octets(), options].concat();
+    ethernet([0x33, 0x33, 0xff, a, b, c], source_mac, 0x86dd, &icmpv6(source, group, 135, &body))
 }
 
 /// An IPv6 router advertisement from `source` (link-local), offering

@@ -69,7 +69,7 @@ const BRIDGE: NetfilterProtoFamily = NetfilterProtoFamily::Bridge;
 const BASE: &str = "prerouting";
 const PORTS: &str = "ports";
 /// Bumped whenever the chain's rules change, so that an older kvm-net's are rewritten.
-const RULES_VERSION: u32 = 3;
+const RULES_VERSION: u32 = 4;
 
 /// Field lengths in a concatenated key: each field takes whole 32-bit registers.
 const IFNAME_LEN: usize = 16;
@@ -294,6 +294,7 @@ fn sets6(bridge: &IfName) -> Sets6 {
         own: Set::Own6.name(bridge),
         host: Set::Host6.name(bridge),
         host_mac: Set::MacHost6.name(bridge),
+        port_mac: Set::PortMac.name(bridge),
     }
 }
 

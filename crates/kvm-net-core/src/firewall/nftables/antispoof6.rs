@@ -13,7 +13,9 @@
 //! `dhcp.hosts` entry's `ipv6` but from that entry's MAC, or (DHCPv6) an
 //! address of the leased range the port holds no lease of. A neighbour
 //! advertisement is judged by its target the same way, so no guest can
-//! answer for another's address or the gateway's. Claims live in two sets
+//! answer for another's address or the gateway's, and a solicitation's or
+//! an advertisement's link-layer address must be the port's own MAC, so no
+//! guest can point its address at another's MAC. Claims live in two sets
 //! filled from the packet path (`held6-`: the address; `port6-`: port and
 //! address), each use renewing them for [`HOLD_MS`]; the lease hook adds
 //! a DHCPv6 lease the same way, and a port's claims go with it.
@@ -41,6 +43,12 @@ const NEIGHBOUR_SOLICITATION: u8 = 135;
 const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 const MLD2_REPORT: u8 = 143;
 
+/// Neighbour discovery's link-layer address options (RFC 4861, 4.6.1),
+/// and the bytes of one for Ethernet.
+const SOURCE_LINK_LAYER: u8 = 1;
+const TARGET_LINK_LAYER: u8 = 2;
+const LINK_LAYER_OPTION: u32 = 8;
+
 /// The names of the sets the rules use.
 pub struct Sets6 {
     /// Addresses some port holds (`ipv6_addr`).
@@ -53,6 +61,9 @@ pub struct Sets6 {
     pub host: String,
     /// See [`Sets6::host`].
     pub host_mac: String,
+    /// Each locked port's MAC (`ifname . ether_addr`), which its
+    /// link-layer address options must give.
+    pub port_mac: String,
 }
 
 /// What the rules compare addresses with, besides the sets: the
@@ -130,7 +141,63 @@ pub fn rules(sets: &Sets6, scope: &Scope) -> Vec<Vec<Expression>> {
     for field in [Field::Source, Field::Target] {
         rules.extend(judged(field, sets, scope));
     }
+    rules.extend(link_layer_options(sets));
     rules.push(vec![accept()]);
+    rules
+}
+
+/// Neighbour discovery from a port's own address: what neighbour tables
+/// take the address's MAC from (RFC 4861's link-layer address options)
+/// is the port's own MAC, so that no guest can point its address at
+/// another guest's MAC and have the host (or a guest) send its traffic
+/// there. At most the one option each message carries from a host on
+/// Ethernet, of its kind and length; the kernel reads every option, so a
+/// second one would hide the address it takes.
+fn link_layer_options(sets: &Sets6) -> Vec<Vec<Expression>> {
+    let mut rules = Vec::new();
+    for (kind, options_at, option) in [
+        (NEIGHBOUR_SOLICITATION, 24, SOURCE_LINK_LAYER),
+        (NEIGHBOUR_ADVERTISEMENT, 24, TARGET_LINK_LAYER),
+        (ROUTER_SOLICITATION, 8, SOURCE_LINK_LAYER),
+    ] {
+        // Anything after one option (a message that short does not match).
+        rules.push(
+            [
+                icmpv6(kind),
+                vec![
+                    payload_into(Register::Reg1, TRANSPORT_HEADER, options_at + LINK_LAYER_OPTION, 1),
+                    cmp(Operator::GreatherThanEqual, vec![0]),
+                    drop_it(),
+                ],
+            ]
+            .concat(),
+        );
+        // An option, but not a link-layer address for Ethernet.
+        rules.push(
+            [
+                icmpv6(kind),
+                vec![
+                    payload_into(Register::Reg1, TRANSPORT_HEADER, options_at, 2),
+                    cmp(Operator::NotEqual, vec![option, 1]),
+                    drop_it(),
+                ],
+            ]
+            .concat(),
+        );
+        // A MAC not the port's.
+        rules.push(
+            [
+                icmpv6(kind),
+                vec![
+                    port_name(),
+                    payload_into(Register::Reg2, TRANSPORT_HEADER, options_at + 2, 6),
+                    lookup(&sets.port_mac, Register::Reg1, true),
+                    drop_it(),
+                ],
+            ]
+            .concat(),
+        );
+    }
     rules
 }
 
@@ -285,6 +352,7 @@ mod tests {
             own: "own6-br0".into(),
             host: "host6-br0".into(),
             host_mac: "machost6-br0".into(),
+            port_mac: "portmac-br0".into(),
         };
         let scope = Scope { prefix: "fd00:60::/64".parse().ok(), pool: None };
         let target = judged(Field::Target, &sets, &scope);

@@ -222,7 +222,7 @@ fn the_module_answers_every_user_with_names_of_networks_that_are_up() {
 }
 
 /// Whatever the files under /run/kvm-net/hosts hold (garbage, huge, a link,
-/// a FIFO, unreadable, rewritten as it reads), the module answers what is
+/// a FIFO, unreadable, not root's, rewritten as it reads), the module answers what is
 /// well formed, never hangs, and leaves its caller as it found it.
 #[test]
 fn the_module_survives_hostile_files() {
@@ -234,7 +234,8 @@ fn the_module_survives_hostile_files() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let ours = |name: &str| dir.join(format!("{}-{name}", ns.id()));
     // The module reads the files of bridges that exist: one for each file here.
-    for bridge in ["garbage", "huge", "empty", "truncated", "link", "fifo", "dir", "private", "churn"] {
+    for bridge in ["garbage", "huge", "empty", "truncated", "link", "fifo", "dir", "private", "churn", "alices", "open"]
+    {
         ns.ok(&["ip", "link", "add", "name", bridge, "type", "bridge"]);
     }
     // Garbage: random bytes, NULs, overlong lines, binary around a good line.
@@ -261,6 +262,11 @@ fn the_module_survives_hostile_files() {
     // Unreadable by alice (a file root alone may read).
     std::fs::write(ours("private.hosts"), b"10.7.7.7 private.vm.internal\n").expect("private");
     std::fs::set_permissions(ours("private.hosts"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // Not kvm-net's: a file of alice's, a file anyone may write.
+    std::fs::write(ours("alices.hosts"), b"10.5.5.5 alices.vm.internal\n").expect("alice's");
+    ns.ok(&["chown", &alice.name, &ours("alices.hosts").to_string_lossy()]);
+    std::fs::write(ours("open.hosts"), b"10.5.5.6 open.vm.internal\n").expect("open");
+    std::fs::set_permissions(ours("open.hosts"), std::fs::Permissions::from_mode(0o666)).expect("chmod");
     // Rewritten all the while, as kvm-net replaces a file.
     std::fs::write(ours("churn.leases"), b"10.8.8.8 churn.vm.internal\n").expect("churn");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -290,6 +296,8 @@ fn the_module_survives_hostile_files() {
             "bad_name.vm.internal",
             "beyond.vm.internal",
             "followed.vm.internal",
+            "alices.vm.internal",
+            "open.vm.internal",
         ] {
             assert!(host.getent(user, refused).is_empty(), "{refused} answered as {user:?}");
         }
@@ -303,6 +311,11 @@ fn the_module_survives_hostile_files() {
     ns.ok(&["ip", "link", "del", "truncated"]);
     assert!(host.getent(None, "trunc.vm.internal").is_empty(), "a name of a bridge that is gone");
     assert!(host.getent(Some(&alice), "private.vm.internal").is_empty(), "alice read a file root alone may read");
+    // A directory anyone may write to is not kvm-net's: nothing in it is believed.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    assert!(host.getent(None, "good.vm.internal").is_empty(), "a name from a directory anyone may write to");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert_eq!(host.getent(None, "good.vm.internal"), vec![ip("10.1.2.3")]);
     // In one process, a thousand lookups: no descriptor and no memory kept.
     let script = "import os, resource, socket\n\
                   def ask():\n    try:\n        socket.getaddrinfo('churn.vm.internal', None)\n    except socket.gaierror:\n        pass\n    try:\n        socket.getaddrinfo('nothing.vm.internal', None)\n    except socket.gaierror:\n        pass\n\

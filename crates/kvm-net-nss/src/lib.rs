@@ -120,6 +120,17 @@ fn bridge_exists(bridge: &[u8]) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr().cast()) != 0 }
 }
 
+/// Whether `fd` is open on a file of kind `kind` (`S_IFREG`, `S_IFDIR`)
+/// that root owns and only root may write: what kvm-net makes. Anything
+/// else under /run/kvm-net/hosts is not kvm-net's, and not believed.
+fn is_roots(fd: c_int, kind: libc::mode_t) -> bool {
+    // SAFETY: stat is plain old data; all-zero bytes are a valid value.
+    let mut status: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: fstat writes one stat into `status`; `fd` is open.
+    let known = unsafe { libc::fstat(fd, &mut status) } == 0;
+    known && status.st_mode & libc::S_IFMT == kind && status.st_uid == 0 && status.st_mode & 0o022 == 0
+}
+
 /// Feeds every byte of the regular file `name` (in `dir`) to `lines`.
 fn read_file(dir: c_int, name: &CStr, lines: &mut Lines<'_>, found: &mut impl FnMut(IpAddr)) {
     // SAFETY: openat reads the NUL-terminated name; `dir` is open.
@@ -129,10 +140,7 @@ fn read_file(dir: c_int, name: &CStr, lines: &mut Lines<'_>, found: &mut impl Fn
     if fd < 0 {
         return;
     }
-    // SAFETY: stat is plain old data; all-zero bytes are a valid value.
-    let mut status: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: fstat writes one stat into `status`; `fd` is open.
-    let regular = unsafe { libc::fstat(fd, &mut status) } == 0 && status.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let regular = is_roots(fd, libc::S_IFREG);
     let mut buffer = [0u8; 4096];
     let mut total = 0;
     while regular && total < MAX_FILE {
@@ -162,6 +170,11 @@ fn lookup(name: &[u8], family: c_int, found: &mut [IpAddr; MAX_ADDRESSES]) -> us
     // SAFETY: open reads the NUL-terminated path.
     let dir = unsafe { libc::open(HOSTS_DIR.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
     if dir < 0 {
+        return 0;
+    }
+    if !is_roots(dir, libc::S_IFDIR) {
+        // SAFETY: closes the descriptor this function opened.
+        unsafe { libc::close(dir) };
         return 0;
     }
     // SAFETY: dup gives fdopendir a descriptor of its own, which closedir closes.

@@ -10,14 +10,17 @@
 //!   and as an ordinary user, in a private mount namespace whose
 //!   nsswitch.conf says `hosts: files kvmnet dns`: `dhcp.hosts` names plain
 //!   and qualified, guests' lease names qualified only, nothing of a
-//!   network that is down or of another network namespace, and nothing
+//!   network that is down or of another network namespace, a guest's name
+//!   for its DHCPv6 lease too (and over the network's DNS), and nothing
 //!   crashes, hangs or leaks whatever the files under /run hold.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use kvm_net_tests::lab::{lease_named, resolve, udhcpc_with, Lab, HOST_UPLINK6, UPSTREAM, UPSTREAM6};
+use kvm_net_tests::lab::{
+    dhcpv6_lease, lease, lease_named, resolve, resolve6, udhcpc_with, Lab, HOST_UPLINK6, UPSTREAM, UPSTREAM6,
+};
 use kvm_net_tests::resolver::{HostResolver, UpstreamResolver};
 use kvm_net_tests::run::{ok_with, run, ConfigFile};
 use kvm_net_tests::sandbox::User;
@@ -219,6 +222,61 @@ fn the_module_answers_every_user_with_names_of_networks_that_are_up() {
         assert!(host.getent(Some(&alice), name).is_empty(), "{name} answered for a network that is down");
     }
     assert_eq!(std::fs::read_dir(&published).map(|d| d.count()).unwrap_or(0), 0, "names left behind");
+}
+
+/// Under `ipv6_autoconfig = "dhcpv6"` a guest's name names its DHCPv6
+/// lease as well as its IPv4 one (DHCPv6 clients seldom send a name: the
+/// MAC's is taken), on the host and in the network's DNS; another guest's
+/// lease without a name of its own gets none, and the name still cannot
+/// be taken by another MAC.
+#[test]
+fn a_guests_name_names_its_dhcpv6_lease_too() {
+    let config = ConfigFile::new(&format!(
+        r#"
+[network.lab]
+mode = "nat"
+bridge = "labbr0"
+ipv4 = "10.88.0.1/24"
+ipv6 = "fd00:88::1/64"
+ipv6_autoconfig = "dhcpv6"
+taps = ["vm*"]
+
+[network.lab.dhcp]
+domain = "vm.internal"
+hosts = [{{ mac = "{WEB1_MAC}", ip = "{WEB1}", ipv6 = "{WEB1_V6}", name = "web1" }}]
+"#
+    ));
+    let lab = Lab::new();
+    let host = HostResolver::enable(&lab.host);
+    let alice = User::alice();
+    let (db, db_ip) = named_guest(&lab, &config, "vm1", Some("52:54:00:00:88:01"), "db7");
+    let db6 = dhcpv6_lease(&db, "db7").expect("db7's DHCPv6 lease");
+    let quiet = lab.guest("vm2", "0.0.0.0/32", None);
+    quiet.ok(&["ip", "link", "set", "eth0", "address", "52:54:00:00:88:02"]);
+    ok_with(&lab.host, "kvm-natup", "vm2", &[("KVM_NET_CONFIG", config.path())]);
+    let quiet_ip = lease(&quiet).expect("the quiet guest's lease");
+    quiet.ok(&["ip", "addr", "add", &format!("{quiet_ip}/24"), "dev", "eth0"]);
+    let quiet6 = dhcpv6_lease(&quiet, "quiet").expect("the quiet guest's DHCPv6 lease");
+    eventually("db7.vm.internal, both addresses, by the module", || {
+        let mut got = host.getaddrinfo(Some(&alice), "db7.vm.internal");
+        got.sort();
+        got == vec![ip(&db_ip), IpAddr::V6(db6)]
+    });
+    assert!(host.getent(Some(&alice), "db7").is_empty(), "a lease name answered unqualified");
+    assert_eq!(resolve6(&quiet, "db7.vm.internal", GATEWAY.into()), Some(db6), "AAAA in the network's DNS");
+    assert_eq!(resolve(&quiet, "db7.vm.internal", GATEWAY), db_ip.parse().ok(), "A in the network's DNS");
+    let published = lab.host.kvm_net_dir().join("hosts");
+    let everything: String = std::fs::read_dir(&published)
+        .expect("the published names")
+        .map(|entry| std::fs::read_to_string(entry.expect("an entry").path()).expect("readable"))
+        .collect();
+    assert!(!everything.contains(&quiet6.to_string()), "a lease without a name published: {everything}");
+    // Another MAC asking for db7 over DHCPv4 does not get it, nor its addresses.
+    let (_thief, thief_ip) = named_guest(&lab, &config, "vm3", Some("52:54:00:00:88:03"), "db7");
+    std::thread::sleep(Duration::from_millis(300));
+    let got = host.getaddrinfo(None, "db7.vm.internal");
+    assert!(!got.contains(&ip(&thief_ip)), "db7 taken by another MAC: {got:?}");
+    assert!(got.contains(&IpAddr::V6(db6)), "{got:?}");
 }
 
 /// Whatever the files under /run/kvm-net/hosts hold (garbage, huge, a link,

@@ -130,8 +130,8 @@ fn run(args: &[String], supplied_name: Option<&str>, mac6: Option<&str>) -> Resu
             if filtered {
                 filter.bind(&mac, ip)?;
             }
-            // Guests' own names are published for their IPv4 lease.
-            if let (Some(dir), IpAddr::V4(ip)) = (&dir, ip) {
+            // Guests' own names are published for their leases, IPv4 and DHCPv6.
+            if let Some(dir) = &dir {
                 match names::on_lease(dir, &mac, ip, supplied_name)? {
                     Outcome::Refused(why) => crate::trace::warn(format_args!(
                         "{NAME}: {}'s host name is not published: {why}",
@@ -144,7 +144,7 @@ fn run(args: &[String], supplied_name: Option<&str>, mac6: Option<&str>) -> Resu
             Ok(())
         }
         Event::Gone { mac, ip } => {
-            if let (Some(dir), IpAddr::V4(ip)) = (&dir, ip) {
+            if let Some(dir) = &dir {
                 names::on_release(dir, &mac, ip)?;
                 host_names::publish_leases(&bridge, &names::published(dir), dnsmasq.domain().as_deref())?;
             }

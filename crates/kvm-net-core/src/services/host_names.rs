@@ -12,7 +12,7 @@
 //! domain and never plain (`TAG.leases`), so that no guest shadows a name
 //! of the host's (`mail`, `localhost`, the host's own) by choosing it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::Result;
@@ -61,7 +61,7 @@ pub fn publish_config(network: &Network) -> Result<()> {
 /// Writes the guests' own names, `published` (what the lease hook has
 /// published for the network's DNS), qualified with `domain`; none without
 /// a domain.
-pub fn publish_leases(bridge: &IfName, published: &[(Ipv4Addr, String)], domain: Option<&str>) -> Result<()> {
+pub fn publish_leases(bridge: &IfName, published: &[(IpAddr, String)], domain: Option<&str>) -> Result<()> {
     let name = file(bridge, "leases")?;
     let text: String = match domain {
         Some(domain) => published.iter().map(|(ip, label)| format!("{ip} {label}.{domain}\n")).collect(),
@@ -102,6 +102,8 @@ pub fn leftover(bridge: &IfName) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::config::model::{Dhcp, StaticLease};
 

@@ -19,7 +19,7 @@
 //! addresses only). Everything happens under the bridge's lock.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::Result;
 
@@ -44,11 +44,12 @@ const MAX_FILE: u64 = 4 << 20;
 const SERVICE_NAMES: [&str; 8] =
     ["localhost", "localdomain", "wpad", "isatap", "ip6-localhost", "ip6-loopback", "broadcasthost", "gateway"];
 
-/// One published name.
+/// One published name: a MAC holds one name, for each address it leases
+/// (its IPv4 lease and its DHCPv6 leases).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Held {
     mac: Mac,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     name: String,
 }
 
@@ -144,33 +145,44 @@ pub enum Outcome {
 }
 
 /// A lease given or renewed to `mac` (`ip`), whose guest sent `supplied`:
-/// the MAC's name is the one it asks for, if it may have it; any other it
-/// held goes. Without a name sent (a renewal that sends none, or dnsmasq
-/// telling of the lease again after it read the hosts file) the MAC keeps
-/// the name it holds for that address.
-pub fn on_lease(dir: &SafeDir, mac: &Mac, ip: Ipv4Addr, supplied: Option<&str>) -> Result<Outcome> {
+/// the MAC's name is the one it asks for, if it may have it, for every
+/// address it leases; any other it held goes. Without a name sent (a
+/// renewal that sends none, dnsmasq telling of the lease again after it
+/// read the hosts file, or a DHCPv6 client, which seldom sends one) the
+/// address keeps the name it has, or takes the one its MAC holds.
+pub fn on_lease(dir: &SafeDir, mac: &Mac, ip: IpAddr, supplied: Option<&str>) -> Result<Outcome> {
     let Some(hosts) = publishes(dir)? else { return Ok(Outcome::Nothing) };
     let mut held = load(dir)?;
     let before = held.clone();
     let current = held.iter().find(|h| h.mac == *mac && h.ip == ip).map(|h| h.name.clone());
+    // The MAC's lease of this family moved (IPv4: one at a time) or ended
+    // unseen; whoever had this address had it before.
+    let replaced = |h: &Held| (h.mac == *mac && h.ip.is_ipv4() && ip.is_ipv4()) || h.ip == ip;
     let outcome = match (supplied.filter(|s| !s.is_empty()), current) {
         (None, Some(_)) => Outcome::Nothing,
         (None, None) => {
-            held.retain(|h| h.mac != *mac && h.ip != ip);
+            held.retain(|h| !replaced(h));
+            if let Some(name) = held.iter().find(|h| h.mac == *mac).map(|h| h.name.clone()) {
+                held.push(Held { mac: *mac, ip, name });
+            }
             Outcome::Nothing
         }
         (Some(supplied), current) => {
             let reserved: BTreeSet<String> =
                 dir.read(RESERVED_FILE, MAX_FILE)?.unwrap_or_default().lines().map(str::to_owned).collect();
-            held.retain(|h| h.mac != *mac && h.ip != ip);
+            held.retain(|h| !replaced(h));
             match label_of(supplied) {
                 None => Outcome::Refused(format!("{supplied:?} is not a DNS label")),
                 Some(name) if reserved.contains(&name) => Outcome::Refused(format!("{name} is reserved")),
-                Some(name) => match held.iter().find(|h| h.name == name) {
+                Some(name) => match held.iter().find(|h| h.name == name && h.mac != *mac) {
                     Some(other) => {
                         Outcome::Refused(format!("{name} is held by {} ({})", other.ip, mac::show(&other.mac)))
                     }
                     None => {
+                        // One name per MAC: its other addresses take the new one.
+                        for other in held.iter_mut().filter(|h| h.mac == *mac) {
+                            other.name.clone_from(&name);
+                        }
                         held.push(Held { mac: *mac, ip, name: name.clone() });
                         if current.as_deref() == Some(name.as_str()) {
                             Outcome::Nothing
@@ -189,7 +201,7 @@ pub fn on_lease(dir: &SafeDir, mac: &Mac, ip: Ipv4Addr, supplied: Option<&str>) 
 }
 
 /// A lease released or expired: its name is free again.
-pub fn on_release(dir: &SafeDir, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
+pub fn on_release(dir: &SafeDir, mac: &Mac, ip: IpAddr) -> Result<()> {
     let Some(hosts) = publishes(dir)? else { return Ok(()) };
     let mut held = load(dir)?;
     let count = held.len();
@@ -202,7 +214,7 @@ pub fn on_release(dir: &SafeDir, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
 
 /// The names published now, by address (for `kvm-net status`: the hosts
 /// file is readable by all).
-pub fn published(dir: &SafeDir) -> Vec<(Ipv4Addr, String)> {
+pub fn published(dir: &SafeDir) -> Vec<(IpAddr, String)> {
     let Ok(Some(hosts)) = publishes(dir) else { return Vec::new() };
     let text = hosts.read(HOSTS_FILE, MAX_FILE).ok().flatten().unwrap_or_default();
     text.lines()
@@ -232,7 +244,7 @@ mod tests {
         let mut dhcp = Dhcp::defaults_for(network.ipv4.expect("an address"));
         dhcp.hosts.push(crate::config::model::StaticLease {
             mac: "52:54:00:00:00:10".into(),
-            ip: Ipv4Addr::new(192, 168, 100, 10),
+            ip: std::net::Ipv4Addr::new(192, 168, 100, 10),
             ipv6: None,
             name: Some("Web1".into()),
             tap: None,
@@ -252,7 +264,7 @@ mod tests {
         let held = parse_state("52:54:00:00:00:0a 10.0.0.10 alpha\nbad line\n52:54:00:00:00:0b 10.0.0.11 -x\n");
         assert_eq!(
             held,
-            [Held { mac: [0x52, 0x54, 0, 0, 0, 0x0a], ip: Ipv4Addr::new(10, 0, 0, 10), name: "alpha".into() }]
+            [Held { mac: [0x52, 0x54, 0, 0, 0, 0x0a], ip: IpAddr::from([10, 0, 0, 10]), name: "alpha".into() }]
         );
     }
 }

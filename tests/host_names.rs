@@ -2,8 +2,9 @@
 //! the host through the NSS module `libnss_kvmnet.so.2`:
 //!
 //! - a guest gets the domain by DHCP (option 15, and the search list when
-//!   it asks); the network's dnsmasq answers names in it, NXDOMAIN for the
-//!   rest, and never forwards a query for it (an upstream resolver in its
+//!   it asks); the network's dnsmasq answers names in it and in the
+//!   subnets' reverse zones, NXDOMAIN for the rest, and never forwards a
+//!   query for them (an upstream resolver in its
 //!   own namespace logs every query it gets); other queries go to
 //!   `upstream_dns` alone, not to the host's resolv.conf;
 //! - the module answers `getent hosts` and Python's `getaddrinfo`, as root
@@ -108,12 +109,24 @@ fn a_guest_gets_the_domain_by_dhcp_and_dns_answers_it_here_alone() {
     assert!(nx_said.contains("NXDOMAIN"), "{nx_said}");
     let _ = guest.output(&["busybox", "nslookup", "-type=aaaa", "other.vm.internal", "10.88.0.1"]);
     let _ = guest.output(&["busybox", "nslookup", "-type=mx", "vm.internal", "10.88.0.1"]);
+    // The network's reverse zones too: its names answered, the rest NXDOMAIN, here.
+    let ptr = |name: &str| {
+        let out = guest.output(&["busybox", "nslookup", "-type=ptr", name, "10.88.0.1"]);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let web1_ptr = ptr("10.0.88.10.in-addr.arpa");
+    assert!(web1_ptr.contains("web1"), "{web1_ptr}");
+    assert!(ptr("99.0.88.10.in-addr.arpa").contains("NXDOMAIN"));
+    assert!(ptr("9.9.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.8.0.0.0.0.d.f.ip6.arpa").contains("NXDOMAIN"));
     // Other names go upstream, to upstream_dns.
     assert_eq!(resolve(&guest, "www.example.test", GATEWAY), Some(UpstreamResolver::ANSWER.parse().expect("ip")));
     let queries = upstream.queries();
     assert!(queries.iter().any(|q| q.contains("www.example.test")), "nothing forwarded upstream: {queries:?}");
-    let leaked: Vec<&String> = queries.iter().filter(|q| q.contains("vm.internal")).collect();
-    assert!(leaked.is_empty(), "queries in the network's domain went upstream: {leaked:?}");
+    let leaked: Vec<&String> = queries
+        .iter()
+        .filter(|q| q.contains("vm.internal") || q.contains("88.10.in-addr") || q.contains("8.8.0.0.0.0.d.f.ip6"))
+        .collect();
+    assert!(leaked.is_empty(), "queries in the network's domain or reverse zones went upstream: {leaked:?}");
     ok_with(&lab.host, "kvm-natdown", "vm1", &[("KVM_NET_CONFIG", config.path())]);
 }
 

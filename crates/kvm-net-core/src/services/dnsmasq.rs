@@ -15,7 +15,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::config::model::{Autoconfig, Dhcp, Mode, Network};
+use crate::config::model::{Autoconfig, Mode, Network};
 use crate::ifname::IfName;
 use crate::kernel::netns::{all_processes, bridge_tag};
 use crate::security::privilege;
@@ -388,7 +388,7 @@ pub fn config_text(network: &Network, dir: &Path, hooks: &Hooks<'_>) -> String {
         let v6 = host.ipv6.map_or(String::new(), |v6| format!(",{v6}"));
         lines.push(format!("host-record={name}{qualified},{}{v6}", host.ip));
     }
-    lines.extend(domain_lines(dhcp));
+    lines.extend(domain_lines(network));
     for record in dhcp.map_or(&[][..], |d| &d.records) {
         lines.push(format!("host-record={},{}", record.name, record.ip));
     }
@@ -414,8 +414,8 @@ pub fn config_text(network: &Network, dir: &Path, hooks: &Hooks<'_>) -> String {
 /// for the names the lease hook publishes), answered here alone (`local=`:
 /// unknown names in it are NXDOMAIN, never a query upstream); and the
 /// resolvers other queries go to instead of the host's resolv.conf.
-fn domain_lines(dhcp: Option<&Dhcp>) -> Vec<String> {
-    let Some(dhcp) = dhcp else { return Vec::new() };
+fn domain_lines(network: &Network) -> Vec<String> {
+    let Some(dhcp) = &network.dhcp else { return Vec::new() };
     let mut lines = Vec::new();
     if let Some(domain) = &dhcp.domain {
         lines.extend([
@@ -425,12 +425,48 @@ fn domain_lines(dhcp: Option<&Dhcp>) -> Vec<String> {
             format!("dhcp-option=option:domain-search,{domain}"),
             format!("dhcp-option=option6:domain-search,{domain}"),
         ]);
+        // The reverse zones of the network's own subnets, as the domain:
+        // answered here (the guests' names), never asked upstream.
+        let v4 = network.ipv4.iter().flat_map(|ipv4| reverse_zones4(*ipv4));
+        let v6 = network.ipv6.iter().flat_map(|ipv6| reverse_zones6(*ipv6));
+        lines.extend(v4.chain(v6).map(|zone| format!("local=/{zone}/")));
     }
     if !dhcp.upstream_dns.is_empty() {
         lines.push("no-resolv".to_owned());
         lines.extend(dhcp.upstream_dns.iter().map(|server| format!("server={server}")));
     }
     lines
+}
+
+/// The `in-addr.arpa` zones that cover `subnet` exactly: one per /8, /16
+/// or /24 within it (a /20: 16 zones of /24).
+fn reverse_zones4(subnet: ipnetwork::Ipv4Network) -> Vec<String> {
+    let prefix = u32::from(subnet.prefix());
+    let octets = prefix.div_ceil(8).max(1);
+    let base = u32::from(subnet.network());
+    (0..1u32 << (octets * 8 - prefix))
+        .map(|index| {
+            let address = (base + (index << (32 - octets * 8))).to_be_bytes();
+            let labels: Vec<String> = address[..octets as usize].iter().rev().map(u8::to_string).collect();
+            format!("{}.in-addr.arpa", labels.join("."))
+        })
+        .collect()
+}
+
+/// The `ip6.arpa` zones that cover `subnet` exactly, one per nibble
+/// boundary within it (a /64: one zone of 16 nibbles).
+fn reverse_zones6(subnet: ipnetwork::Ipv6Network) -> Vec<String> {
+    let prefix = u32::from(subnet.prefix());
+    let nibbles = prefix.div_ceil(4).max(1);
+    let base = u128::from(subnet.network());
+    (0..1u128 << (nibbles * 4 - prefix))
+        .map(|index| {
+            let address = base + (index << (128 - nibbles * 4));
+            let labels: Vec<String> =
+                (0..nibbles).rev().map(|at| format!("{:x}", (address >> (124 - at * 4)) & 0xf)).collect();
+            format!("{}.ip6.arpa", labels.join("."))
+        })
+        .collect()
 }
 
 /// Whether the network's dnsmasq answers DNS (`dhcp.dns`).
@@ -470,7 +506,7 @@ fn router_advertisements(network: &Network) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::{HostRecord, StaticLease};
+    use crate::config::model::{Dhcp, HostRecord, StaticLease};
 
     #[test]
     fn config_is_hermetic_and_bound_to_the_bridge() {
@@ -622,11 +658,40 @@ mod tests {
         for line in wanted {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
+        assert!(text.lines().any(|l| l == "local=/60.168.192.in-addr.arpa/"), "{text}");
+        assert!(text.lines().any(|l| l == "local=/0.0.0.0.0.0.0.0.0.6.0.0.0.0.d.f.ip6.arpa/"), "{text}");
         if let Some(dhcp) = network.dhcp.as_mut() {
             (dhcp.domain, dhcp.upstream_dns) = (None, Vec::new());
         }
         let plain = config_text(&network, Path::new("/x"), &Hooks::default());
         assert!(!plain.contains("domain") && !plain.contains("server=") && !plain.contains("no-resolv"), "{plain}");
+    }
+
+    #[test]
+    fn reverse_zones_cover_a_subnet_exactly() {
+        let zones4 = |text: &str| reverse_zones4(text.parse().expect("a subnet"));
+        assert_eq!(zones4("10.88.0.1/24"), ["0.88.10.in-addr.arpa"]);
+        assert_eq!(zones4("10.0.0.1/8"), ["10.in-addr.arpa"]);
+        let twenty = zones4("172.16.32.1/20");
+        assert_eq!(
+            (twenty.len(), twenty[0].as_str(), twenty[15].as_str()),
+            (16, "32.16.172.in-addr.arpa", "47.16.172.in-addr.arpa")
+        );
+        let thirty = zones4("192.168.1.5/30");
+        assert_eq!(
+            thirty,
+            [
+                "4.1.168.192.in-addr.arpa",
+                "5.1.168.192.in-addr.arpa",
+                "6.1.168.192.in-addr.arpa",
+                "7.1.168.192.in-addr.arpa"
+            ]
+        );
+        let zones6 = |text: &str| reverse_zones6(text.parse().expect("a subnet"));
+        assert_eq!(zones6("fd00:60::1/64"), ["0.0.0.0.0.0.0.0.0.6.0.0.0.0.d.f.ip6.arpa"]);
+        let odd = zones6("fd00:60::1/62");
+        assert_eq!(odd.len(), 4);
+        assert_eq!(odd[3], "3.0.0.0.0.0.0.0.0.6.0.0.0.0.d.f.ip6.arpa");
     }
 
     fn has_cmdline(pid: u32) -> bool {

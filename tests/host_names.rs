@@ -34,6 +34,11 @@ const WEB1_MAC: &str = "52:54:00:00:00:10";
 
 /// The network of the issue, its resolvers given by `upstream_dns`.
 fn config(upstream_dns: &str) -> ConfigFile {
+    config_with("", upstream_dns)
+}
+
+/// As [`config`], with `network` (more of the network's own keys).
+fn config_with(network: &str, upstream_dns: &str) -> ConfigFile {
     ConfigFile::new(&format!(
         r#"
 [network.lab]
@@ -42,6 +47,7 @@ bridge = "labbr0"
 ipv4 = "10.88.0.1/24"
 ipv6 = "fd00:88::1/64"
 taps = ["vm*"]
+{network}
 
 [network.lab.dhcp]
 domain = "vm.internal"
@@ -244,21 +250,7 @@ fn the_module_answers_every_user_with_names_of_networks_that_are_up() {
 /// be taken by another MAC.
 #[test]
 fn a_guests_name_names_its_dhcpv6_lease_too() {
-    let config = ConfigFile::new(&format!(
-        r#"
-[network.lab]
-mode = "nat"
-bridge = "labbr0"
-ipv4 = "10.88.0.1/24"
-ipv6 = "fd00:88::1/64"
-ipv6_autoconfig = "dhcpv6"
-taps = ["vm*"]
-
-[network.lab.dhcp]
-domain = "vm.internal"
-hosts = [{{ mac = "{WEB1_MAC}", ip = "{WEB1}", ipv6 = "{WEB1_V6}", name = "web1" }}]
-"#
-    ));
+    let config = config_with("ipv6_autoconfig = \"dhcpv6\"", "");
     let lab = Lab::new();
     let host = HostResolver::enable(&lab.host);
     let alice = User::alice();

@@ -27,8 +27,9 @@ const NDMSG: usize = 12;
 /// libc's flags are `c_int`; link flags travel as `u32`.
 const IFF_UP: u32 = libc::IFF_UP as u32;
 
-/// What kvm-net needs to know about one link.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What kvm-net needs to know about one link (`Default`: what an answer
+/// that says nothing about it leaves).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Link {
     /// Kernel interface index.
     pub index: u32,
@@ -103,21 +104,7 @@ impl Link {
 
     /// A link from an `libc::RTM_NEWLINK` answer: `struct ifinfomsg`, then attributes.
     fn from_object(body: &[u8]) -> Self {
-        let mut link = Link {
-            index: u32_at(body, 4),
-            name: String::new(),
-            kind: None,
-            mtu: 0,
-            controller: None,
-            alias: None,
-            up: u32_at(body, 8) & IFF_UP != 0,
-            mac: None,
-            tun: None,
-            isolated: false,
-            accept_ra: None,
-            accept_dad: None,
-            counters: None,
-        };
+        let mut link = Link { index: u32_at(body, 4), up: u32_at(body, 8) & IFF_UP != 0, ..Link::default() };
         for (kind, value) in attributes(body.get(IFINFOMSG..).unwrap_or_default()) {
             match kind {
                 libc::IFLA_IFNAME => link.name = string(value).unwrap_or_default().to_owned(),

@@ -117,21 +117,7 @@ mod tests {
     }
 
     fn link(kind: &str, tun: Option<Tun>) -> Link {
-        Link {
-            index: 7,
-            name: "tap0".to_owned(),
-            kind: Some(kind.to_owned()),
-            mtu: 1500,
-            controller: None,
-            alias: None,
-            up: false,
-            mac: None,
-            tun,
-            isolated: false,
-            accept_ra: None,
-            accept_dad: None,
-            counters: None,
-        }
+        Link { index: 7, name: "tap0".to_owned(), kind: Some(kind.to_owned()), mtu: 1500, tun, ..Link::default() }
     }
 
     #[test]

@@ -170,21 +170,7 @@ mod tests {
     use super::*;
 
     fn link(index: u32, name: &str, kind: &str) -> Link {
-        Link {
-            index,
-            name: name.to_owned(),
-            kind: Some(kind.to_owned()),
-            mtu: 1500,
-            controller: None,
-            alias: None,
-            up: true,
-            mac: None,
-            tun: None,
-            isolated: false,
-            accept_ra: None,
-            accept_dad: None,
-            counters: None,
-        }
+        Link { index, name: name.to_owned(), kind: Some(kind.to_owned()), mtu: 1500, up: true, ..Link::default() }
     }
 
     #[test]

@@ -211,14 +211,9 @@ mod tests {
             kind: Some("bridge".to_owned()),
             mtu: 1500,
             controller,
-            alias: None,
             up: true,
             mac: Some(bridge_mac(name)),
-            tun: None,
-            isolated: false,
-            accept_ra: None,
-            accept_dad: None,
-            counters: None,
+            ..Link::default()
         }
     }
 

@@ -306,15 +306,8 @@ mod tests {
             name: name.to_owned(),
             kind: Some("tun".to_owned()),
             mtu: 1500,
-            controller: None,
-            alias: None,
-            up: false,
             mac: Some([0x52, 0x54, 0, 0, 0, 1]),
-            tun: None,
-            isolated: false,
-            accept_ra: None,
-            accept_dad: None,
-            counters: None,
+            ..Link::default()
         }
     }
 

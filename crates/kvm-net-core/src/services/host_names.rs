@@ -46,31 +46,31 @@ fn config_text(network: &Network) -> String {
 /// Writes (or removes, where it has none) `network`'s `dhcp.hosts` names;
 /// at each start of the network, so that a changed config is followed.
 pub fn publish_config(network: &Network) -> Result<()> {
-    let name = file(&network.bridge, "hosts")?;
-    let text = config_text(network);
-    if text.is_empty() {
-        return remove(&name);
-    }
-    let dir = SafeDir::create(Area::Hosts)?;
-    if dir.read(&name, text.len() as u64 + 1)?.as_deref() == Some(text.as_str()) {
-        return Ok(());
-    }
-    dir.replace(&name, text.as_bytes(), 0o644)
+    publish(&file(&network.bridge, "hosts")?, &config_text(network))
 }
 
 /// Writes the guests' own names, `published` (what the lease hook has
 /// published for the network's DNS), qualified with `domain`; none without
 /// a domain.
 pub fn publish_leases(bridge: &IfName, published: &[(IpAddr, String)], domain: Option<&str>) -> Result<()> {
-    let name = file(bridge, "leases")?;
     let text: String = match domain {
         Some(domain) => published.iter().map(|(ip, label)| format!("{ip} {label}.{domain}\n")).collect(),
         None => String::new(),
     };
+    publish(&file(bridge, "leases")?, &text)
+}
+
+/// Makes the file `name` hold `text`, rewritten only when it differs;
+/// removed when there is nothing to say.
+fn publish(name: &str, text: &str) -> Result<()> {
     if text.is_empty() {
-        return remove(&name);
+        return remove(name);
     }
-    SafeDir::create(Area::Hosts)?.replace(&name, text.as_bytes(), 0o644)
+    let dir = SafeDir::create(Area::Hosts)?;
+    if dir.read(name, text.len() as u64 + 1)?.as_deref() == Some(text) {
+        return Ok(());
+    }
+    dir.replace(name, text.as_bytes(), 0o644)
 }
 
 /// Removes the file `name`, if there is one. The common case, a network

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kvm_net_core::cli::one_line;
-use kvm_net_core::config::model::{Config, Mode};
+use kvm_net_core::config::model::{Config, Mode, Network};
 use kvm_net_core::config::Environment;
 use kvm_net_core::error::Error;
 use kvm_net_core::ifname::IfName;
@@ -182,43 +182,36 @@ fn run(args: Args) -> Result<u8> {
     }
 }
 
-/// Said when no network autostarts (kvm-net.service's journal says why nothing came up).
-fn none_autostart(config: &Config) {
-    println!("no network in {} has autostart = true", config.source);
-}
-
 /// `kvm-net up --autostart`: one line per network; 1 if any failed.
 fn up_autostart(config: &Config) -> u8 {
-    let mut code = 0;
-    let outcomes = network::up_autostart(config);
-    if outcomes.is_empty() {
-        none_autostart(config);
-    }
-    for (network, outcome) in outcomes {
-        match outcome {
-            Ok(()) => println!("network {} is up on {}", network.name, network.bridge),
-            Err(err) => {
-                eprintln!("kvm-net: network {}: {}", network.name, one_line(&err));
-                code = 1;
-            }
-        }
-    }
-    code
+    each_autostart(config, network::up_autostart(config), |network, ()| {
+        format!("network {} is up on {}", network.name, network.bridge)
+    })
 }
 
 /// `kvm-net down --autostart`: one line per network; 1 if any failed.
 fn down_autostart(config: &Config) -> u8 {
-    let mut code = 0;
-    let outcomes = network::down_autostart(config);
+    each_autostart(config, network::down_autostart(config), |network, down| match down {
+        Down::Removed { .. } => format!("network {} is down", network.name),
+        Down::InUse { ports } => format!("network {} stays up: VMs still use it ({})", network.name, ports.join(", ")),
+    })
+}
+
+/// Prints each autostart network's outcome, `said` on success and the
+/// error on stderr; 1 if any failed. With none, says so (kvm-net.service's
+/// journal then tells why nothing came up or went down).
+fn each_autostart<T>(
+    config: &Config,
+    outcomes: Vec<(&Network, Result<T>)>,
+    said: impl Fn(&Network, T) -> String,
+) -> u8 {
     if outcomes.is_empty() {
-        none_autostart(config);
+        println!("no network in {} has autostart = true", config.source);
     }
+    let mut code = 0;
     for (network, outcome) in outcomes {
         match outcome {
-            Ok(Down::Removed { .. }) => println!("network {} is down", network.name),
-            Ok(Down::InUse { ports }) => {
-                println!("network {} stays up: VMs still use it ({})", network.name, ports.join(", "))
-            }
+            Ok(done) => println!("{}", said(network, done)),
             Err(err) => {
                 eprintln!("kvm-net: network {}: {}", network.name, one_line(&err));
                 code = 1;
@@ -228,7 +221,7 @@ fn down_autostart(config: &Config) -> u8 {
     code
 }
 
-fn managed<'a>(config: &'a Config, name: &str) -> Result<&'a kvm_net_core::config::model::Network> {
+fn managed<'a>(config: &'a Config, name: &str) -> Result<&'a Network> {
     let network = config.network(name).with_context(|| format!("no network named {name} in {}", config.source))?;
     if !network.mode.is_managed() {
         anyhow::bail!(

@@ -233,19 +233,23 @@ fn a_guest_cannot_give_another_guests_mac_for_its_own_address() {
     let allowed = Shared::new(&config("", "").replace("guest_spoofing = \"deny\"", "guest_spoofing = \"allow\""), true);
     assert_eq!(links_to_b(&allowed), ["target option", "source option", "second option"], "without the filter");
     drop(allowed);
-    let shared = Shared::new(&config("", ""), true);
-    assert_eq!(links_to_b(&shared), Vec::<&str>::new(), "under deny");
-    // Neighbour discovery as guests do it still works, both ways.
-    for (guest, name) in [(&shared.a, "a"), (&shared.b, "b")] {
-        assert_eq!(
-            connect_from(guest, UPSTREAM6, &shared.upstream, name).ok(),
-            Some(format!("seen {HOST_UPLINK6}")),
-            "{name}"
-        );
+    for bridge_netfilter in [true, false] {
+        let shared = Shared::new(&config("", ""), bridge_netfilter);
+        let under = format!("under deny, bridge-nf-call-ip6tables={bridge_netfilter}");
+        assert_eq!(links_to_b(&shared), Vec::<&str>::new(), "{under}");
+        // Neighbour discovery as guests do it still works, both ways.
+        for (guest, name) in [(&shared.a, "a"), (&shared.b, "b")] {
+            assert_eq!(
+                connect_from(guest, UPSTREAM6, &shared.upstream, name).ok(),
+                Some(format!("seen {HOST_UPLINK6}")),
+                "{name}, {under}"
+            );
+        }
+        let b_ip = shared.b_ip.to_string();
+        let ping = shared.lab.host.output(&["ping", "-6", "-c", "1", "-W", "2", &b_ip]);
+        assert!(ping.status.success(), "the host to b, {under}");
+        assert_eq!(neighbour(&shared.lab.host, shared.b_ip), Some(mac(B_MAC)), "{under}");
     }
-    let b_ip = shared.b_ip.to_string();
-    assert!(shared.lab.host.output(&["ping", "-6", "-c", "1", "-W", "2", &b_ip]).status.success(), "the host to b");
-    assert_eq!(neighbour(&shared.lab.host, shared.b_ip), Some(mac(B_MAC)));
 }
 
 #[test]

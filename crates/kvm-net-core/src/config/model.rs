@@ -216,6 +216,14 @@ pub struct Bandwidth {
     pub from_guest: Option<Rate>,
 }
 
+/// `to the guest 50mbit, from the guest unlimited`, as traces and reports say it.
+impl fmt::Display for Bandwidth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |rate: Option<Rate>| rate.map_or_else(|| "unlimited".to_owned(), |rate| rate.to_string());
+        write!(f, "to the guest {}, from the guest {}", show(self.to_guest), show(self.from_guest))
+    }
+}
+
 impl Bandwidth {
     /// Whether it limits anything.
     pub fn is_limited(&self) -> bool {

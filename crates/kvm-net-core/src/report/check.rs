@@ -274,10 +274,6 @@ fn check_limits(netlink: &mut Netlink, network: &Network, bridge: &Link, finding
         return Ok(());
     }
     let name = &network.name;
-    let show = |limits: &crate::config::model::Bandwidth| {
-        let rate = |rate: Option<crate::config::model::Rate>| rate.map_or("unlimited".to_owned(), |r| r.to_string());
-        format!("to the guest {}, from the guest {}", rate(limits.to_guest), rate(limits.from_guest))
-    };
     for port in netlink.ports_of(bridge)?.iter().filter(|port| shaping::is_guest_port(network, port)) {
         let wanted = network.limits_for(&port.name);
         let found = shaping::in_force(netlink, port)?;
@@ -292,8 +288,8 @@ fn check_limits(netlink: &mut Netlink, network: &Network, bridge: &Link, finding
             format!(
                 "port {} of network {name} has {}, and the config asks for {}: its guest is not held to its limits",
                 port.name,
-                if found.is_limited() { show(&found) } else { "no limits".to_owned() },
-                show(&wanted)
+                if found.is_limited() { found.to_string() } else { "no limits".to_owned() },
+                wanted
             ),
             format!("run `kvm-net repair {name}`"),
         ));

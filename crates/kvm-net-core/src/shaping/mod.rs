@@ -41,17 +41,8 @@ pub fn is_asked_for(network: &Network) -> bool {
 /// before the port comes up, for each port kvm-net attaches.
 pub fn limit(netlink: &mut Netlink, network: &Network, port: &Link) -> Result<()> {
     let limits = network.limits_for(&port.name);
-    trace(format_args!(
-        "{}: to the guest {}, from the guest {}",
-        port.name,
-        show(limits.to_guest),
-        show(limits.from_guest)
-    ));
+    trace(format_args!("{}: {limits}", port.name));
     apply(netlink, port, &limits).with_context(|| format!("limiting {} (network {})", port.name, network.name))
-}
-
-fn show(rate: Option<Rate>) -> String {
-    rate.map_or_else(|| "unlimited".to_owned(), |rate| rate.to_string())
 }
 
 /// Makes `port`'s limits exactly `limits`.

@@ -11,8 +11,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use kvm_net_tests::frames::{
-    arp_reply, client_id_of, ethernet, fragments, icmp_echo, mac, mac_of, router_advertisement, send, tcp_syn,
-    DhcpMessage, Mac, DHCPDECLINE, DHCPRELEASE, DHCPREQUEST,
+    arp_reply, client_id_of, ethernet, fragments, icmp_echo, mac, mac_of, neighbour, router_advertisement, send,
+    tcp_syn, DhcpMessage, Mac, DHCPDECLINE, DHCPRELEASE, DHCPREQUEST,
 };
 use kvm_net_tests::inspect::assert_no_nat_network;
 use kvm_net_tests::lab::{
@@ -135,13 +135,6 @@ impl Shared {
         let words: Vec<&str> = line.split_whitespace().collect();
         words.windows(2).find(|w| w[0] == "dev").map(|w| w[1].to_owned())
     }
-}
-
-/// The MAC `ns` has for `ip` in its neighbour table.
-fn neighbour(ns: &Netns, ip: Ipv4Addr) -> Option<Mac> {
-    let line = ns.ok(&["ip", "neigh", "show", &ip.to_string()]);
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words.windows(2).find(|w| w[0] == "lladdr").map(|w| mac(w[1]))
 }
 
 /// What a hostile guest a got away with.

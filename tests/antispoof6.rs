@@ -13,8 +13,8 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use kvm_net_tests::frames::{
-    echo6, ethernet, link_layer_option, mac, mac_of, neighbour_advertisement, neighbour_advertisement_with,
-    neighbour_solicitation, router_advertisement, send, tcp_syn6, Mac,
+    echo6, ethernet, link_layer_option, mac, mac_of, neighbour, neighbour_advertisement, neighbour_advertisement_with,
+    neighbour_solicitation, router_advertisement, send, tcp_syn6,
 };
 use kvm_net_tests::lab::{
     autoconfigured, connect_from, dhcpv6_lease, global6, Lab, UpstreamServer, HOST_UPLINK6, UPSTREAM6,
@@ -106,13 +106,6 @@ fn link_local(ns: &Netns, ifname: &str) -> Ipv6Addr {
     let line = ns.ok(&["ip", "-6", "-o", "addr", "show", "dev", ifname, "scope", "link"]);
     let word = line.split_whitespace().skip_while(|w| *w != "inet6").nth(1).expect("a link-local address");
     word.split('/').next().and_then(|a| a.parse().ok()).expect("an IPv6 address")
-}
-
-/// The MAC `ns` has for `ip` in its neighbour table.
-fn neighbour(ns: &Netns, ip: Ipv6Addr) -> Option<Mac> {
-    let line = ns.ok(&["ip", "-6", "neigh", "show", &ip.to_string()]);
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words.windows(2).find(|w| w[0] == "lladdr").map(|w| mac(w[1]))
 }
 
 /// What a hostile guest a got away with.

@@ -3,7 +3,7 @@
 //! IPv6 router and neighbour advertisements and solicitations, sent as they are through an
 //! `AF_PACKET` socket from inside the guest's namespace.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::Netns;
@@ -23,6 +23,13 @@ pub fn mac_of(ns: &Netns, ifname: &str) -> Mac {
     let words: Vec<&str> = line.split_whitespace().collect();
     let at = words.iter().position(|w| *w == "link/ether").expect("an Ethernet link");
     mac(words[at + 1])
+}
+
+/// The MAC `ns` has for `ip` in its neighbour table (ARP or IPv6's).
+pub fn neighbour(ns: &Netns, ip: impl Into<IpAddr>) -> Option<Mac> {
+    let line = ns.ok(&["ip", "neigh", "show", &ip.into().to_string()]);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.windows(2).find(|w| w[0] == "lladdr").map(|w| mac(w[1]))
 }
 
 /// The broadcast MAC.
